@@ -1,0 +1,127 @@
+"""The registered presets: one named configuration per standard ResNet variant."""
+
+from __future__ import annotations
+
+from ._registry import Preset, register_model
+from .resnet import ResNetConfig
+
+_TV = "torchvision.models"
+_KERAS = dict(stem_bias=True, conv_bias=True, bn_eps=1.001e-5)
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR_STD = (0.2470, 0.2435, 0.2616)
+
+# --- ImageNet ResNet v1.5 (torchvision) ---------------------------------------------------------
+for _name, _block, _layers, _params, _weights in [
+    ("resnet18", "basic", (2, 2, 2, 2), 11_689_512, "ResNet18_Weights.IMAGENET1K_V1"),
+    ("resnet34", "basic", (3, 4, 6, 3), 21_797_672, "ResNet34_Weights.IMAGENET1K_V1"),
+    ("resnet50", "bottleneck", (3, 4, 6, 3), 25_557_032, "ResNet50_Weights.IMAGENET1K_V2"),
+    ("resnet101", "bottleneck", (3, 4, 23, 3), 44_549_160, "ResNet101_Weights.IMAGENET1K_V2"),
+    ("resnet152", "bottleneck", (3, 8, 36, 3), 60_192_808, "ResNet152_Weights.IMAGENET1K_V2"),
+]:
+    register_model(Preset(
+        _name, ResNetConfig(block=_block, layers=_layers),
+        f"ResNet-{_name[6:]} v1.5 (stride in the 3x3), torchvision's layout and names",
+        reference_params=_params, reference=f"{_TV}.{_name}", default_weights=f"torchvision:{_weights}",
+        tags=("imagenet", "torchvision"),
+    ))
+
+for _name, _layers, _params, _weights in [
+    ("wide_resnet50_2", (3, 4, 6, 3), 68_883_240, "Wide_ResNet50_2_Weights.IMAGENET1K_V2"),
+    ("wide_resnet101_2", (3, 4, 23, 3), 126_886_696, "Wide_ResNet101_2_Weights.IMAGENET1K_V2"),
+]:
+    register_model(Preset(
+        _name, ResNetConfig(layers=_layers, base_width=128),
+        "Wide ResNet (Zagoruyko & Komodakis 2016): bottleneck 3x3 twice as wide",
+        reference_params=_params, reference=f"{_TV}.{_name}", default_weights=f"torchvision:{_weights}",
+        tags=("imagenet", "torchvision"),
+    ))
+
+for _name, _layers, _groups, _bw, _params, _weights in [
+    ("resnext50_32x4d", (3, 4, 6, 3), 32, 4, 25_028_904, "ResNeXt50_32X4D_Weights.IMAGENET1K_V2"),
+    ("resnext101_32x8d", (3, 4, 23, 3), 32, 8, 88_791_336, "ResNeXt101_32X8D_Weights.IMAGENET1K_V2"),
+]:
+    register_model(Preset(
+        _name, ResNetConfig(layers=_layers, groups=_groups, base_width=_bw),
+        f"ResNeXt (Xie et al. 2017): {_groups} groups of width {_bw} in each 3x3",
+        reference_params=_params, reference=f"{_TV}.{_name}", default_weights=f"torchvision:{_weights}",
+        tags=("imagenet", "torchvision"),
+    ))
+
+# --- timm variants (timm's names) --------------------------------------------------------------
+register_model(Preset(
+    "resnet50d", ResNetConfig(stem="deep", shortcut="avg"),
+    "ResNet-50-D (He et al. 2019, 'Bag of Tricks'): deep 3x3 stem, average-pool shortcut",
+    reference_params=25_576_264, reference="timm resnet50d", default_weights="timm:resnet50d.ra2_in1k",
+    tags=("imagenet", "timm"),
+))
+register_model(Preset(
+    "seresnet50", ResNetConfig(se_ratio=1 / 16),
+    "SE-ResNet-50 (Hu et al. 2018): squeeze-and-excitation in every bottleneck (timm layout)",
+    reference_params=28_088_024, reference="timm seresnet50", default_weights="timm:seresnet50.a1_in1k",
+    tags=("imagenet", "timm"),
+))
+
+# --- Keras applications -----------------------------------------------------------------------
+# Reference counts are Keras's *trainable* parameters: its "Total params" also counts the BN
+# moving statistics (53,120 for ResNet50), which are buffers here. The parity tests check them
+# against keras itself.
+for _depth, _layers, _params in [(50, (3, 4, 6, 3), 25_583_592), (101, (3, 4, 23, 3), 44_601_832),
+                                 (152, (3, 8, 36, 3), 60_268_520)]:
+    register_model(Preset(
+        f"keras_resnet{_depth}",
+        ResNetConfig(layers=_layers, stride_in_1x1=True, **_KERAS),
+        f"keras.applications.ResNet{_depth}: original v1 (stride in the first 1x1, conv biases, BN eps 1.001e-5)",
+        reference_params=_params, reference=f"keras.applications.ResNet{_depth}", tags=("imagenet", "keras"),
+    ))
+for _depth, _layers, _params in [(50, (3, 4, 6, 3), 25_568_360), (101, (3, 4, 23, 3), 44_577_896),
+                                 (152, (3, 8, 36, 3), 60_236_904)]:
+    register_model(Preset(
+        f"keras_resnet{_depth}v2",
+        ResNetConfig(block="preact_bottleneck", layers=_layers, strides=(2, 2, 2, 1), stem="preact",
+                     stride_in_last_block=True, stem_pool_zero_pad=True, **_KERAS),
+        f"keras.applications.ResNet{_depth}V2: pre-activation, stride in the last block of a stage, "
+        "1x1 max-pool shortcut",
+        mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
+        reference_params=_params, reference=f"keras.applications.ResNet{_depth}V2", tags=("imagenet", "keras"),
+    ))
+
+# --- He et al. 2016 pre-activation ------------------------------------------------------------
+register_model(Preset(
+    "preact_resnet18", ResNetConfig(block="preact_basic", layers=(2, 2, 2, 2), stem="preact"),
+    "Pre-activation ResNet-18 (He et al. 2016, 'Identity Mappings'): BN-ReLU-conv, final BN-ReLU",
+    tags=("imagenet", "preact"),
+))
+register_model(Preset(
+    "preact_resnet50", ResNetConfig(block="preact_bottleneck", layers=(3, 4, 6, 3), stem="preact"),
+    "Pre-activation ResNet-50 (He et al. 2016, 'Identity Mappings'): BN-ReLU-conv, final BN-ReLU",
+    tags=("imagenet", "preact"),
+))
+
+# --- CIFAR ResNets (He et al. 2015, section 4.2) ------------------------------------------------
+for _depth, _params in [(20, 269_722), (32, 464_154), (44, 658_586), (56, 853_018), (110, 1_727_962)]:
+    _n = (_depth - 2) // 6
+    register_model(Preset(
+        f"resnet{_depth}",
+        ResNetConfig(block="basic", layers=(_n, _n, _n), widths=(16, 32, 64), strides=(1, 2, 2), stem="cifar",
+                     stem_width=16, shortcut="pad", num_classes=10, input_size=(3, 32, 32)),
+        f"CIFAR ResNet-{_depth} (He et al. 2015): 3x3 stem, 3 stages of {_n} basic blocks at 16/32/64 "
+        "channels, option-A (zero-pad) shortcuts; shortcut='conv' for projections",
+        mean=CIFAR_MEAN, std=CIFAR_STD, reference_params=_params, reference="He et al. 2015, Table 6 (0.27M-1.7M); exact counts as akamaster/pytorch_resnet_cifar10",
+        tags=("cifar",),
+    ))
+
+# --- The network of the project's founding document, made correct ------------------------------
+register_model(Preset(
+    "resnet_seed",
+    ResNetConfig(block="basic", layers=(2, 2, 2, 2, 2, 4), widths=(64, 128, 256, 512, 1024, 2048),
+                 strides=(1, 2, 2, 2, 2, 2)),
+    "The 14-block network sketched in this project's founding document, made correct. That "
+    "sketch added an unprojected input to blocks of another shape (a shape error), applied BN "
+    "after ReLU, and downsampled only once, which left 2048-channel 3x3 convolutions running at "
+    "112x112. Here it has the standard 7x7/2 stem with max-pool, conv-BN-ReLU ordering, stride 2 "
+    "in the first block of each new width and conv+BN projections where the shape changes: 332M "
+    "parameters for 3.5 GMACs (7.0 GFLOPs) at 224x224. Its 1024/2048-wide basic blocks spend 20x the parameters of "
+    "ResNet-34 for a 0.1x-0.2x smaller feature map; prefer resnet18/34/50, which were tuned "
+    "for this budget and have pretrained weights.",
+    reference_params=332_039_720, reference="resnet-tune issue 2", tags=("imagenet",),
+))
