@@ -1,0 +1,23 @@
+"""Errors that reach a user as one clear sentence (the CLI prints them without a stack trace)."""
+
+from __future__ import annotations
+
+
+class ResnetTuneError(Exception):
+    """Base class: ``str(err)`` is a complete sentence saying what is wrong and what to do."""
+
+
+class DataError(ResnetTuneError, ValueError):
+    """The data cannot be used as given (missing folder, empty dataset, unusable files)."""
+
+
+class ConfigError(ResnetTuneError, ValueError):
+    """An option or configuration file is invalid."""
+
+
+class CheckpointError(ResnetTuneError, ValueError):
+    """A checkpoint cannot be read or does not match the model or data."""
+
+
+class TrainingError(ResnetTuneError, RuntimeError):
+    """Training cannot go on (for example a non-finite loss)."""

@@ -1,0 +1,218 @@
+"""The model library: every preset builds, trains, exports and matches its published size."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+import resnet_tune as rt
+from resnet_tune.models import ResNetConfig, UnknownModelError, build_model, count_params, get_preset, model_info
+
+ALL = rt.list_models()
+LARGE = {"resnet101", "resnet152", "wide_resnet50_2", "wide_resnet101_2", "resnext101_32x8d", "keras_resnet101",
+         "keras_resnet152", "keras_resnet101v2", "keras_resnet152v2", "resnet_seed", "resnet110"}
+SWEEP = [pytest.param(n, marks=pytest.mark.slow) if n in LARGE else n for n in ALL]
+
+
+def _small_input(model: rt.ResNet, batch: int = 2) -> torch.Tensor:
+    size = 32 if model.cfg.stem == "cifar" else 64
+    return torch.randn(batch, model.in_chans, size, size)
+
+
+@pytest.mark.parametrize("name", SWEEP)
+def test_forward_backward_every_parameter_gets_a_gradient(name: str) -> None:
+    torch.manual_seed(0)
+    model = rt.create_model(name, num_classes=7)
+    x = _small_input(model)
+    out = model(x)
+    assert out.shape == (2, 7)
+    assert torch.isfinite(out).all()
+    out.logsumexp(1).sum().backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
+    assert not missing, f"parameters without a finite gradient: {missing[:5]}"
+
+
+@pytest.mark.parametrize("name", SWEEP)
+def test_param_count_matches_reference(name: str) -> None:
+    preset = get_preset(name)
+    if preset.reference_params is None:
+        pytest.skip("no published parameter count")
+    with torch.device("meta"):
+        model = rt.create_model(name)
+    assert count_params(model) == preset.reference_params
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet34", "resnet50", "resnext50_32x4d", "wide_resnet50_2"])
+def test_state_dict_moves_both_ways_with_torchvision(name: str) -> None:
+    tv = getattr(torchvision.models, name)()
+    ours = rt.create_model(name)
+    ours.load_state_dict(tv.state_dict(), strict=True)
+    tv.load_state_dict(ours.state_dict(), strict=True)
+    tv.eval(), ours.eval()
+    x = torch.randn(1, 3, 64, 64)
+    torch.testing.assert_close(ours(x), tv(x), rtol=0, atol=0)
+
+
+def test_torchvision_macs_convention() -> None:
+    # torchvision's model card says 4.09 "GFLOPS" for ResNet-50: those are multiply-accumulates.
+    info = model_info("resnet50")
+    assert info.gmacs == pytest.approx(4.09, abs=0.01)
+    assert info.gflops == pytest.approx(2 * info.gmacs)
+    assert info.num_params == 25_557_032
+    assert info.input_size == (3, 224, 224)
+
+
+def test_resnet_seed_matches_issue_figures() -> None:
+    info = model_info("resnet_seed")
+    assert info.num_params == 332_039_720
+    assert info.gflops == pytest.approx(7.0, abs=0.05)
+    assert [f["stride"] for f in info.feature_info] == [4, 8, 16, 32, 64, 128]
+    assert [f["channels"] for f in info.feature_info] == [64, 128, 256, 512, 1024, 2048]
+
+
+def test_cifar_resnet20_size_and_shortcuts() -> None:
+    m = rt.create_model("resnet20")
+    assert m.num_classes == 10
+    assert 0.26e6 < count_params(m) < 0.28e6
+    # option A shortcuts carry no parameters; projection ones do
+    proj = rt.create_model("resnet20", shortcut="conv")
+    assert count_params(proj) > count_params(m)
+    assert m(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+@pytest.mark.parametrize("name,strides", [("resnet18", [4, 8, 16, 32]), ("resnet50", [4, 8, 16, 32]),
+                                          ("resnet20", [1, 2, 4]), ("keras_resnet50v2", [8, 16, 32, 32])])
+def test_feature_maps_strides_match_tensors(name: str, strides: list[int]) -> None:
+    model = rt.create_model(name).eval()
+    size = 64
+    x = torch.randn(1, 3, size, size)
+    feats = model.feature_maps(x)
+    assert [f.stride for f in feats] == strides
+    for f, info in zip(feats, model.feature_info):
+        assert f.tensor.shape[-1] == size // f.stride
+        assert f.tensor.shape[1] == info["channels"]
+    torch.testing.assert_close(model.forward_head(feats[-1].tensor), model(x))
+
+
+def test_dilation_keeps_resolution() -> None:
+    model = rt.create_model("resnet50", replace_stride_with_dilation=(False, True, True)).eval()
+    feats = model.feature_maps(torch.randn(1, 3, 64, 64))
+    assert feats[-1].tensor.shape[-1] == 8
+    assert [f.stride for f in feats] == [4, 8, 8, 8]
+
+
+def test_forward_head_pre_logits_and_classifier_api() -> None:
+    model = rt.create_model("resnet18").eval()
+    x = torch.randn(2, 3, 64, 64)
+    feat = model.forward_features(x)
+    assert feat.shape == (2, 512, 2, 2)
+    assert model.forward_head(feat, pre_logits=True).shape == (2, 512)
+    assert model.get_classifier() is model.fc
+    model.reset_classifier(5)
+    assert model(x).shape == (2, 5) and model.num_classes == 5
+    model.reset_classifier(0)
+    assert model(x).shape == (2, 512)
+
+
+def test_zero_init_residual_makes_blocks_identity_on_branch() -> None:
+    model = rt.create_model("resnet50", zero_init_residual=True)
+    assert all((b.bn3.weight == 0).all() for layer in [model.layer1, model.layer4] for b in layer)
+    basic = rt.create_model("resnet18", zero_init_residual=True)
+    assert (basic.layer1[0].bn2.weight == 0).all()
+
+
+def test_drop_path_rises_linearly_and_is_off_in_eval() -> None:
+    model = rt.create_model("resnet18", drop_path_rate=0.2)
+    rates = [b.drop_path.p for layer in [model.layer1, model.layer2, model.layer3, model.layer4] for b in layer
+             if b.drop_path is not None]
+    assert rates == sorted(rates) and rates[-1] == pytest.approx(0.2)
+    model.eval()
+    x = torch.randn(2, 3, 64, 64)
+    torch.testing.assert_close(model(x), model(x))
+
+
+def test_squeeze_excitation_and_groups() -> None:
+    m = rt.create_model("seresnet50")
+    assert m.layer1[0].se.fc1.out_channels == 16  # timm: 256/16 rounded to a multiple of 8
+    rx = rt.create_model("resnext50_32x4d")
+    assert rx.layer1[0].conv2.groups == 32
+
+
+def test_user_defined_network_from_dict() -> None:
+    model = build_model({"block": "basic", "layers": [1, 1], "widths": [8, 16], "strides": [1, 2],
+                         "stem": "cifar", "stem_width": 8, "num_classes": 3, "input_size": [3, 16, 16]})
+    assert model(torch.randn(2, 3, 16, 16)).shape == (2, 3)
+    custom = rt.create_model("custom", block="bottleneck", layers=[1, 1, 1], widths=[8, 16, 32],
+                             strides=[1, 2, 2], num_classes=4)
+    assert custom(torch.randn(1, 3, 64, 64)).shape == (1, 4)
+
+
+def test_unknown_names_fail_loudly() -> None:
+    with pytest.raises(UnknownModelError, match="resnet50"):
+        rt.create_model("resnet5O")
+    with pytest.raises(TypeError, match="drop_pth_rate"):
+        rt.create_model("resnet18", drop_pth_rate=0.1)
+    with pytest.raises(ValueError, match="block="):
+        ResNetConfig(block="triple")
+    with pytest.raises(ValueError, match="one entry per stage"):
+        build_model({"layers": [1, 1], "widths": [8], "strides": [1, 2]})
+
+
+def test_wrong_input_channels_or_rank_give_a_clear_error() -> None:
+    model = rt.create_model("resnet18")
+    with pytest.raises(ValueError, match="3-channel input but got 1 channels"):
+        model(torch.randn(1, 1, 32, 32))
+    with pytest.raises(ValueError, match=r"\(N, C, H, W\)"):
+        model(torch.randn(3, 32, 32))
+    gray = rt.create_model("resnet18", in_chans=1).eval()
+    assert gray(torch.randn(1, 1, 32, 32)).shape == (1, 1000)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50d", "resnet20", "keras_resnet50v2", "preact_resnet18",
+                                  "seresnet50", "keras_resnet50"])
+def test_torch_export_matches_eager(name: str) -> None:
+    model = rt.create_model(name, num_classes=5).eval()
+    x = _small_input(model)
+    ep = torch.export.export(model, (x,))
+    torch.testing.assert_close(ep.module()(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["resnet20", "resnet18"])
+def test_torchscript_trace_matches_eager(name: str) -> None:
+    # torch.jit.script is deprecated upstream; TorchScript files are made by tracing.
+    model = rt.create_model(name, num_classes=5).eval()
+    x = _small_input(model)
+    traced = torch.jit.trace(model, (x,), check_trace=False)
+    y = _small_input(model, batch=3)
+    torch.testing.assert_close(traced(y), model(y), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["resnet20", "resnet50"])
+def test_torch_compile_matches_eager(name: str) -> None:
+    model = rt.create_model(name, num_classes=5).eval()
+    x = _small_input(model)
+    compiled = torch.compile(model)
+    torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-4)
+
+
+def test_every_model_listed_with_info() -> None:
+    names = rt.list_models()
+    assert len(names) == len(set(names)) >= 24
+    assert rt.list_models("keras_*") == ["keras_resnet50", "keras_resnet101", "keras_resnet152",
+                                         "keras_resnet50v2", "keras_resnet101v2", "keras_resnet152v2"]
+    with pytest.raises(ValueError, match="already registered"):
+        from resnet_tune.models import register_model
+        register_model(get_preset("resnet18"))
+
+
+def test_preact_blocks_have_no_post_addition_activation() -> None:
+    # In pre-activation ResNets the output of a block is the plain sum (He et al. 2016).
+    model = rt.create_model("preact_resnet18").eval()
+    block = model.layer2[1]
+    x = torch.randn(1, 128, 8, 8)
+    out = block(x)
+    assert (out < 0).any()
+    assert isinstance(model.norm, nn.BatchNorm2d)
