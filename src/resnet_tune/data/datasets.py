@@ -1,0 +1,682 @@
+"""Finding the images of a dataset and reading them as 8-bit RGB.
+
+Three layouts are understood by :func:`discover`:
+
+``folder``
+    ``DIR/<class>/*.jpg`` (subfolders of a class folder are searched too); a validation split is drawn
+    per class with a fixed seed.
+``split-folders``
+    ``DIR/train/<class>`` and ``DIR/val/<class>`` (``valid`` and ``validation`` work too), with an optional
+    ``DIR/test/<class>``; without a val folder the validation split is drawn from train.
+``csv``
+    a CSV file of ``path,label`` rows (header optional; relative paths are resolved against the CSV's
+    folder), with an optional ``split`` column holding ``train``/``val``/``test``.
+
+Class names are sorted, so a class's index is its position in the sorted list (as in torchvision's
+``ImageFolder``).  Files whose extension is not an image extension are kept in the sample lists so that the
+scan (:mod:`resnet_tune.data.scan`) reports them instead of dropping them silently; hidden files and
+operating-system junk (``Thumbs.db``, ``.DS_Store``, ...) are ignored.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import random
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from ..errors import ConfigError, DataError
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "MAX_IMAGE_PIXELS",
+    "BadImageError",
+    "DataSplits",
+    "DecodeInfo",
+    "decode_image",
+    "discover",
+    "discover_eval",
+    "is_image_file",
+    "list_images",
+    "load_image",
+]
+
+Sample = tuple[str, int]
+
+#: File extensions read as images (compared lower-case, with the dot).
+IMAGE_EXTENSIONS: frozenset[str] = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+)
+
+#: Names (lower-case) that operating systems and tools leave in folders; never treated as data.
+JUNK_NAMES: frozenset[str] = frozenset(
+    {"thumbs.db", "ehthumbs.db", "desktop.ini", ".ds_store", "__macosx", "@eadir", ".ipynb_checkpoints"}
+)
+
+#: Largest image (in pixels) that is decoded.  This is the threshold at which Pillow itself raises
+#: ``DecompressionBombError`` by default (twice ``Image.MAX_IMAGE_PIXELS``), enforced here from the
+#: header even if ``Image.MAX_IMAGE_PIXELS`` was switched off elsewhere; Pillow's own global setting is
+#: left as it is.  Larger files are reported as bad, not decoded.
+MAX_IMAGE_PIXELS: int = 2 * 89_478_485
+
+_SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
+_PATH_COLUMNS = ("path", "filepath", "file_path", "file", "filename", "file_name", "image", "image_path", "img")
+_LABEL_COLUMNS = ("label", "labels", "class", "class_name", "target", "category")
+
+
+# --------------------------------------------------------------------------------------------- splits
+@dataclass
+class DataSplits:
+    """The samples of a dataset: ``(path, class index)`` pairs per split and the sorted class names."""
+
+    classes: list[str]
+    train: list[Sample]
+    val: list[Sample]
+    test: list[Sample] | None
+    layout: str  # 'folder', 'split-folders' or 'csv'
+    #: Files found where no class can be given to them (loose files next to the class folders); not used.
+    ignored: list[str] = field(default_factory=list)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def all_samples(self) -> list[Sample]:
+        """Train, val and test samples together (for a scan of the whole dataset)."""
+        return [*self.train, *self.val, *(self.test or [])]
+
+    def describe(self) -> str:
+        """One line: layout, sample count per split and the classes."""
+        names = ", ".join(self.classes[:8]) + (f", ... ({len(self.classes) - 8} more)" if len(self.classes) > 8 else "")
+        parts = [f"train {len(self.train)}", f"val {len(self.val)}"]
+        if self.test is not None:
+            parts.append(f"test {len(self.test)}")
+        extra = f"; {len(self.ignored)} loose file(s) outside class folders ignored" if self.ignored else ""
+        return f"{self.layout} layout: {', '.join(parts)} files; {len(self.classes)} classes ({names}){extra}"
+
+
+# ------------------------------------------------------------------------------------------ file tests
+def is_image_file(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` has an image extension (case-insensitive)."""
+    return os.path.splitext(os.fspath(path))[1].lower() in IMAGE_EXTENSIONS
+
+
+def _is_junk(name: str) -> bool:
+    return name.startswith(".") or name.lower() in JUNK_NAMES or name.endswith("~")
+
+
+def _abs(path: str | os.PathLike[str]) -> str:
+    return os.path.abspath(os.fspath(path))
+
+
+def _walk_files(folder: str) -> list[str]:
+    """Every non-hidden, non-junk file under ``folder`` (recursively, following links), sorted."""
+    out: list[str] = []
+    for root, dirs, files in os.walk(folder, followlinks=True):
+        dirs[:] = sorted(d for d in dirs if not _is_junk(d))
+        out.extend(os.path.join(root, f) for f in files if not _is_junk(f))
+    return sorted(out)
+
+
+def _subdirs(folder: str) -> list[str]:
+    """Names of the non-hidden, non-junk subfolders of ``folder``, sorted."""
+    with os.scandir(folder) as it:
+        return sorted(e.name for e in it if not _is_junk(e.name) and e.is_dir())
+
+
+def _loose_files(folder: str) -> list[str]:
+    with os.scandir(folder) as it:
+        return sorted(_abs(e.path) for e in it if not _is_junk(e.name) and e.is_file())
+
+
+def _quote_list(names: Sequence[str], limit: int = 10) -> str:
+    shown = ", ".join(repr(n) for n in names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+# -------------------------------------------------------------------------------------------- layouts
+def _split_folders(root: str) -> dict[str, str]:
+    """Map 'train'/'val'/'test' to the subfolder of ``root`` holding that split (those that hold folders)."""
+    found: dict[str, str] = {}
+    for name in _subdirs(root):
+        split = _SPLIT_NAMES.get(name.lower())
+        if split is None:
+            continue
+        path = os.path.join(root, name)
+        if not _subdirs(path):
+            continue
+        if split in found:
+            raise DataError(
+                f"Data folder {root} has two {split} folders ({os.path.basename(found[split])!r} and {name!r}); "
+                "keep only one of them."
+            )
+        found[split] = path
+    return found
+
+
+def _read_class_folders(folder: str) -> tuple[dict[str, list[str]], list[str]]:
+    """``{class name: sorted absolute file paths}`` for the class folders of ``folder``, and loose files."""
+    classes = {name: [_abs(p) for p in _walk_files(os.path.join(folder, name))] for name in _subdirs(folder)}
+    return classes, _loose_files(folder)
+
+
+def _labelled(files: dict[str, list[str]], index: dict[str, int]) -> list[Sample]:
+    return [(p, index[c]) for c in sorted(files) for p in files[c]]
+
+
+def _stratified_split(
+    files: dict[str, list[str]], index: dict[str, int], val_fraction: float, seed: int
+) -> tuple[list[Sample], list[Sample]]:
+    """Split each class's images into train and val.
+
+    Per class, the sorted image paths are shuffled with a generator seeded by ``(seed, class name)`` (so a
+    class's split does not depend on the other classes or on listing order), and ``round(n * val_fraction)``
+    images go to val, at least one when the class has two or more images and never all of them.  Files with
+    a non-image extension stay in train (the scan reports them; they must not take a val place).
+    """
+    train: list[Sample] = []
+    val: list[Sample] = []
+    for name in sorted(files):
+        label = index[name]
+        paths = sorted(files[name])
+        images = [p for p in paths if is_image_file(p)]
+        others = [p for p in paths if not is_image_file(p)]
+        random.Random(f"{seed}/{name}").shuffle(images)
+        n = len(images)
+        n_val = 0
+        if val_fraction > 0 and n >= 2:
+            n_val = min(max(1, round(n * val_fraction)), n - 1)
+        val.extend((p, label) for p in sorted(images[:n_val]))
+        train.extend((p, label) for p in sorted(images[n_val:] + others))
+    return train, val
+
+
+def _check_val_fraction(val_fraction: float) -> None:
+    if not 0.0 <= float(val_fraction) < 1.0:
+        raise ConfigError(f"val_fraction must be at least 0 and below 1, got {val_fraction}; use e.g. 0.2.")
+
+
+def _check_classes(classes: list[str], counts: dict[str, int], where: str) -> None:
+    total = sum(counts.values())
+    if total == 0:
+        raise DataError(
+            f"No files were found in the class folders of {where}; put the images in {where}/<class>/."
+        )
+    nonempty = [c for c in classes if counts.get(c, 0) > 0]
+    if len(nonempty) < 2:
+        only = f" (only {nonempty[0]!r} has files)" if nonempty else ""
+        raise DataError(
+            f"The dataset in {where} has only one class with files{only}; you need at least two classes, so add "
+            "a folder of images for each other class."
+        )
+
+
+def _no_class_folders(root: str) -> DataError:
+    loose = _loose_files(root)
+    images = [p for p in loose if is_image_file(p)]
+    if images:
+        return DataError(
+            f"Data folder {root} holds {len(images)} images but no class subfolders; "
+            f"move each class's images into its own subfolder, {root}/<class>/."
+        )
+    return DataError(
+        f"Data folder {root} has no class subfolders and no images; expected {root}/<class>/*.jpg, "
+        f"{root}/train/<class>/ and {root}/val/<class>/, or a CSV file of path,label rows."
+    )
+
+
+def _discover_folder(root: str, val_fraction: float, seed: int) -> DataSplits:
+    files, loose = _read_class_folders(root)
+    if not files:
+        raise _no_class_folders(root)
+    classes = sorted(files)
+    _check_classes(classes, {c: len(v) for c, v in files.items()}, root)
+    index = {c: i for i, c in enumerate(classes)}
+    train, val = _stratified_split(files, index, val_fraction, seed)
+    return DataSplits(classes, train, val, None, "folder", ignored=loose)
+
+
+def _discover_split_folders(root: str, found: dict[str, str], val_fraction: float, seed: int) -> DataSplits:
+    train_files, ignored = _read_class_folders(found["train"])
+    classes = sorted(train_files)
+    _check_classes(classes, {c: len(v) for c, v in train_files.items()}, found["train"])
+    index = {c: i for i, c in enumerate(classes)}
+
+    def other(split: str) -> list[Sample] | None:
+        if split not in found:
+            return None
+        files, loose = _read_class_folders(found[split])
+        ignored.extend(loose)
+        unknown = [c for c in sorted(files) if c not in index]
+        if unknown:
+            raise DataError(
+                f"The {split} folder {found[split]} has class folder(s) {_quote_list(unknown)} that are not in "
+                f"the train folder (train classes: {_quote_list(classes)}); rename them to train classes or "
+                "add training images for them."
+            )
+        return _labelled(files, index)
+
+    test = other("test")
+    if "val" in found:
+        train = _labelled(train_files, index)
+        val = other("val") or []
+    else:
+        train, val = _stratified_split(train_files, index, val_fraction, seed)
+    return DataSplits(classes, train, val, test, "split-folders", ignored=ignored)
+
+
+def _discover_dir(root: str, val_fraction: float, seed: int) -> DataSplits:
+    found = _split_folders(root)
+    if "train" in found:
+        return _discover_split_folders(root, found, val_fraction, seed)
+    if found:
+        names = " and ".join(sorted(found))
+        raise DataError(
+            f"Data folder {root} has {names} folder(s) but no train folder; add {root}/train/<class>/ "
+            "with the training images."
+        )
+    return _discover_folder(root, val_fraction, seed)
+
+
+# ------------------------------------------------------------------------------------------------ CSV
+@dataclass
+class _CsvRow:
+    path: str
+    label: str
+    split: str | None
+    line: int
+
+
+def _read_csv(csv_path: str) -> tuple[list[_CsvRow], bool]:
+    """Rows of a path,label[,split] CSV and whether it had a split column."""
+    try:
+        with open(csv_path, newline="", encoding="utf-8-sig") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"Cannot read the CSV file {csv_path} ({e}); check that it is a readable UTF-8 text file.") from e
+    first_line = text.split("\n", 1)[0]
+    if csv_path.lower().endswith(".tsv"):
+        delimiter = "\t"
+    else:  # comma, else tab, else semicolon (spreadsheets in some locales), judged on the first line
+        delimiter = next((d for d in (",", "\t", ";") if d in first_line), ",")
+    rows = [r for r in csv.reader(text.splitlines(), delimiter=delimiter) if any(c.strip() for c in r)]
+    if not rows:
+        raise DataError(f"The CSV file {csv_path} is empty; add one path,label row per image.")
+
+    header = [c.strip().lower() for c in rows[0]]
+    known = set(_PATH_COLUMNS) | set(_LABEL_COLUMNS) | {"split"}
+    # A first row is a header when it names a known column, or when its first cell cannot be a file path
+    # (no extension and no such file): paths to images nearly always have an extension.
+    first = rows[0][0].strip()
+    looks_like_header = not os.path.splitext(first)[1] and not os.path.isfile(
+        os.path.join(os.path.dirname(_abs(csv_path)), first)
+    )
+    if any(c in known for c in header) or looks_like_header:
+        path_col = next((header.index(c) for c in _PATH_COLUMNS if c in header), None)
+        label_col = next((header.index(c) for c in _LABEL_COLUMNS if c in header), None)
+        split_col = header.index("split") if "split" in header else None
+        missing = [name for name, col in (("path", path_col), ("label", label_col)) if col is None]
+        if missing:
+            raise DataError(
+                f"The CSV file {csv_path} has no {' or '.join(repr(m) for m in missing)} column "
+                f"(its columns are {_quote_list(rows[0])}); name the columns path,label (and optionally split)."
+            )
+        body = list(enumerate(rows[1:], start=2))
+    else:
+        if len(rows[0]) < 2:
+            raise DataError(
+                f"The CSV file {csv_path} has only one column; give each row a path and a label (path,label)."
+            )
+        path_col, label_col = 0, 1
+        split_col = 2 if len(rows[0]) >= 3 else None
+        body = list(enumerate(rows, start=1))
+
+    assert path_col is not None and label_col is not None
+    out: list[_CsvRow] = []
+    short: list[int] = []
+    for line, r in body:
+        need = max(path_col, label_col)
+        if len(r) <= need or not r[path_col].strip() or not r[label_col].strip():
+            short.append(line)
+            continue
+        split = r[split_col].strip() if split_col is not None and split_col < len(r) else ""
+        out.append(_CsvRow(r[path_col].strip(), r[label_col].strip(), split or None, line))
+    if short:
+        raise DataError(
+            f"The CSV file {csv_path} has {len(short)} row(s) without a path or label (line(s) "
+            f"{', '.join(map(str, short[:5]))}{', ...' if len(short) > 5 else ''}); fill them in or delete them."
+        )
+    if not out:
+        raise DataError(f"The CSV file {csv_path} has a header but no rows; add one path,label row per image.")
+    return out, split_col is not None
+
+
+def _resolve_csv_rows(csv_path: str, rows: list[_CsvRow]) -> list[str]:
+    base = os.path.dirname(_abs(csv_path))
+    paths = [_abs(r.path if os.path.isabs(r.path) else os.path.join(base, r.path)) for r in rows]
+    missing = [(r, p) for r, p in zip(rows, paths) if not os.path.isfile(p)]
+    if missing:
+        shown = ", ".join(repr(r.path) for r, _ in missing[:5])
+        raise DataError(
+            f"{len(missing)} file(s) listed in {csv_path} do not exist (first: {shown}); fix the paths "
+            f"(relative paths are resolved against {base})."
+        )
+    return paths
+
+
+def _split_of(row: _CsvRow, csv_path: str) -> str:
+    if row.split is None:
+        return "train"
+    split = _SPLIT_NAMES.get(row.split.lower())
+    if split is None:
+        raise DataError(
+            f"Line {row.line} of {csv_path} has split {row.split!r}; use train, val or test (or leave it empty "
+            "for train)."
+        )
+    return split
+
+
+def _discover_csv(csv_path: str, val_fraction: float, seed: int) -> DataSplits:
+    rows, has_split = _read_csv(csv_path)
+    paths = _resolve_csv_rows(csv_path, rows)
+    by_split: dict[str, dict[str, list[str]]] = {"train": {}, "val": {}, "test": {}}
+    for row, path in zip(rows, paths):
+        split = _split_of(row, csv_path) if has_split else "train"
+        by_split[split].setdefault(row.label, []).append(path)
+
+    classes = sorted(by_split["train"])
+    if not classes:
+        raise DataError(
+            f"The CSV file {csv_path} has no rows with split 'train'; mark the training images with split train."
+        )
+    _check_classes(classes, {c: len(v) for c, v in by_split["train"].items()}, csv_path)
+    index = {c: i for i, c in enumerate(classes)}
+    for split in ("val", "test"):
+        unknown = sorted(c for c in by_split[split] if c not in index)
+        if unknown:
+            raise DataError(
+                f"The {split} rows of {csv_path} have label(s) {_quote_list(unknown)} that no train row has "
+                f"(train classes: {_quote_list(classes)}); fix the labels or add training rows for them."
+            )
+    if by_split["val"]:
+        train = _labelled({c: sorted(v) for c, v in by_split["train"].items()}, index)
+        val = _labelled({c: sorted(v) for c, v in by_split["val"].items()}, index)
+    else:
+        train, val = _stratified_split(by_split["train"], index, val_fraction, seed)
+    test = _labelled({c: sorted(v) for c, v in by_split["test"].items()}, index) if by_split["test"] else None
+    return DataSplits(classes, train, val, test, "csv")
+
+
+# ------------------------------------------------------------------------------------------ discovery
+def _existing(data: str | os.PathLike[str]) -> str:
+    path = _abs(data)
+    if not os.path.exists(path):
+        raise DataError(f"Data folder {os.fspath(data)} does not exist; check the --data path.")
+    return path
+
+
+def discover(data: str | os.PathLike[str], *, val_fraction: float = 0.2, seed: int = 0) -> DataSplits:
+    """Find the classes and the train/val(/test) samples of a dataset folder or CSV file.
+
+    See the module docstring for the layouts.  Paths in the result are absolute; each split is sorted by
+    (class, path).  Raises :class:`DataError` when the data cannot be used and :class:`ConfigError` for a
+    ``val_fraction`` outside [0, 1).
+    """
+    _check_val_fraction(val_fraction)
+    path = _existing(data)
+    if os.path.isdir(path):
+        return _discover_dir(path, val_fraction, seed)
+    if path.lower().endswith((".csv", ".tsv")):
+        return _discover_csv(path, val_fraction, seed)
+    raise DataError(
+        f"--data {os.fspath(data)} is a file but not a CSV file; pass a folder of class folders or a .csv file "
+        "of path,label rows."
+    )
+
+
+def discover_eval(data: str | os.PathLike[str], classes: list[str]) -> list[Sample]:
+    """The labelled samples to evaluate a model trained on ``classes`` with.
+
+    ``data`` is a folder of class folders, a dataset with split folders (``test`` is used, else ``val``), or a
+    CSV file (with a split column: its test rows, else its val rows, else all rows).  Every class in the data
+    must be one of ``classes`` (the checkpoint's); labels are indices into ``classes``.
+    """
+    path = _existing(data)
+    index = {c: i for i, c in enumerate(classes)}
+    known = _quote_list(list(classes), limit=20)
+
+    def check(found: Iterable[str], where: str) -> None:
+        unknown = sorted(c for c in found if c not in index)
+        if unknown:
+            raise DataError(
+                f"{where} has class(es) {_quote_list(unknown)} that the checkpoint does not know (its classes are "
+                f"{known}); remove or rename them."
+            )
+
+    if os.path.isdir(path):
+        found = _split_folders(path)
+        folder = found.get("test") or found.get("val")
+        if folder is None and found:
+            raise DataError(
+                f"Data folder {path} has a train folder but no test or val folder to evaluate on; add "
+                f"{path}/test/<class>/ or pass a folder of class folders."
+            )
+        folder = folder or path
+        files, _ = _read_class_folders(folder)
+        if not files:
+            raise _no_class_folders(folder)
+        check(files, f"The evaluation folder {folder}")
+        samples = _labelled(files, index)
+        if not samples:
+            raise DataError(f"No files were found in the class folders of {folder}; add images to evaluate on.")
+        return samples
+
+    if not path.lower().endswith((".csv", ".tsv")):
+        raise DataError(
+            f"--data {os.fspath(data)} is a file but not a CSV file; pass a folder of class folders or a .csv "
+            "file of path,label rows."
+        )
+    rows, has_split = _read_csv(path)
+    if has_split:
+        splits = [_split_of(r, path) for r in rows]
+        for wanted in ("test", "val"):
+            if wanted in splits:
+                rows = [r for r, s in zip(rows, splits) if s == wanted]
+                break
+    check({r.label for r in rows}, f"The CSV file {path}")
+    paths = _resolve_csv_rows(path, rows)
+    return sorted(((p, index[r.label]) for r, p in zip(rows, paths)), key=lambda s: (s[1], s[0]))
+
+
+def list_images(path_or_paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]) -> list[str]:
+    """Image files to predict on: a file, a folder (searched recursively, sorted) or a list of either.
+
+    Files without an image extension are skipped; duplicates are dropped (first one kept).  Raises
+    :class:`DataError` when a path does not exist or no image is found.
+    """
+    items = [path_or_paths] if isinstance(path_or_paths, (str, os.PathLike)) else list(path_or_paths)
+    out: list[str] = []
+    seen: set[str] = set()
+    for item in items:
+        p = _abs(item)
+        if not os.path.exists(p):
+            raise DataError(f"{os.fspath(item)} does not exist; check the path of the images.")
+        candidates = _walk_files(p) if os.path.isdir(p) else [p]
+        for c in candidates:
+            c = _abs(c)
+            if is_image_file(c) and c not in seen:
+                seen.add(c)
+                out.append(c)
+    if not out:
+        names = ", ".join(os.fspath(i) for i in items[:3]) + (", ..." if len(items) > 3 else "")
+        raise DataError(
+            f"No images were found in {names or 'the given paths'}; pass image files or folders of images "
+            f"({', '.join(sorted(e[1:] for e in IMAGE_EXTENSIONS))})."
+        )
+    return out
+
+
+# ------------------------------------------------------------------------------------------- decoding
+class BadImageError(DataError):
+    """A file that cannot be used as an image; ``reason`` is a short phrase such as ``'truncated image'``."""
+
+    def __init__(self, path: str | os.PathLike[str], reason: str) -> None:
+        self.path = os.fspath(path)
+        self.reason = reason
+        super().__init__(f"Cannot read image {self.path}: {reason}; replace or remove the file.")
+
+
+@dataclass
+class DecodeInfo:
+    """What :func:`decode_image` did to a file."""
+
+    mode: str  # the mode of the file as decoded
+    conversion: str | None  # e.g. 'CMYK converted to RGB'; None for plain RGB
+    rotated: bool  # an EXIF orientation other than 1 was applied
+    size: tuple[int, int]  # (width, height) after rotation
+
+
+# EXIF orientation -> transpose, as in ImageOps.exif_transpose
+_ORIENTATION = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+def _orientation(img: Image.Image) -> int:
+    try:
+        value = img.getexif().get(0x0112, 1)
+        return int(value) if value in _ORIENTATION else 1
+    except Exception:  # a malformed EXIF block does not make the pixels unusable
+        return 1
+
+
+def _on_white(img: Image.Image) -> Image.Image:
+    rgba = img.convert("RGBA")
+    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(white, rgba).convert("RGB")
+
+
+def _gray_to_rgb(values: np.ndarray) -> Image.Image:
+    gray = np.ascontiguousarray(np.clip(values, 0, 255).astype(np.uint8))
+    return Image.fromarray(gray).convert("RGB")
+
+
+def _scale_16(values: np.ndarray) -> np.ndarray:
+    """0..65535 -> 0..255, rounding (65535 -> 255, 32768 -> 128)."""
+    v = values.astype(np.uint32)
+    return ((v * 255 + 32767) // 65535).astype(np.uint8)
+
+
+def _to_rgb(img: Image.Image) -> tuple[Image.Image, str | None]:
+    mode = img.mode
+    if mode == "RGB":
+        return img, None
+    if mode in ("1", "L"):
+        return img.convert("RGB"), f"grayscale ({mode}) converted to RGB"
+    if mode in ("LA", "La"):
+        return _on_white(img), f"grayscale with alpha ({mode}): alpha composited on white"
+    if mode in ("P", "PA"):
+        if mode == "PA" or "transparency" in img.info or (img.palette is not None and img.palette.mode == "RGBA"):
+            return _on_white(img), f"palette ({mode}) converted to RGB, transparency composited on white"
+        return img.convert("RGB"), f"palette ({mode}) converted to RGB"
+    if mode in ("RGBA", "RGBa"):
+        return _on_white(img), f"{mode}: alpha composited on white"
+    if mode == "RGBX":
+        return img.convert("RGB"), "RGBX converted to RGB"
+    if mode.startswith("I;16"):
+        return _gray_to_rgb(_scale_16(np.asarray(img))), f"16-bit ({mode}) scaled to 8-bit"
+    if mode == "I":
+        a = np.asarray(img).astype(np.int64)
+        if a.size == 0 or (a.min() >= 0 and a.max() <= 65535):
+            return _gray_to_rgb(_scale_16(a)), "16-bit (I) scaled to 8-bit"
+        lo, hi = int(a.min()), int(a.max())
+        scaled = np.round((a - lo) * (255.0 / max(hi - lo, 1)))
+        return _gray_to_rgb(scaled), f"32-bit integer (I) rescaled from [{lo}, {hi}] to 8-bit"
+    if mode == "F":
+        a = np.asarray(img).astype(np.float64)
+        finite = a[np.isfinite(a)]
+        if finite.size == 0:
+            raise ValueError("float image without finite values")
+        lo, hi = float(finite.min()), float(finite.max())
+        a = np.nan_to_num(a, nan=lo, posinf=hi, neginf=lo)
+        if lo >= 0.0 and hi <= 1.0:
+            return _gray_to_rgb(np.round(a * 255.0)), "float (F) scaled from [0, 1] to 8-bit"
+        scaled = np.round((a - lo) * (255.0 / (hi - lo))) if hi > lo else np.zeros_like(a)
+        return _gray_to_rgb(scaled), f"float (F) rescaled from [{lo:g}, {hi:g}] to 8-bit"
+    if mode == "CMYK":
+        return img.convert("RGB"), "CMYK converted to RGB"
+    # YCbCr, LAB, HSV and anything else Pillow can convert
+    return img.convert("RGB"), f"{mode} converted to RGB"
+
+
+def decode_image(path: str | os.PathLike[str]) -> tuple[Image.Image, DecodeInfo]:
+    """Fully decode ``path`` into an 8-bit RGB image, applying its EXIF orientation.
+
+    Returns the image and a :class:`DecodeInfo`; raises :class:`BadImageError` (a :class:`DataError`) with a
+    short ``reason`` for a missing, empty, unidentifiable, truncated, oversized or undecodable file.  Only the
+    first frame of animated images is read.  Truncated files are detected only while
+    ``ImageFile.LOAD_TRUNCATED_IMAGES`` is False (Pillow's default).
+    """
+    p = os.fspath(path)
+    try:
+        if os.path.getsize(p) == 0:
+            raise BadImageError(p, "zero-byte file")
+        with open(p, "rb") as f:
+            try:
+                img = Image.open(f)
+            except UnidentifiedImageError:
+                raise BadImageError(p, "not an image (cannot identify)") from None
+            w, h = img.size
+            if w * h > MAX_IMAGE_PIXELS:
+                raise BadImageError(
+                    p, f"image too large ({w}x{h} = {w * h:,} pixels, over the decompression-bomb limit)"
+                )
+            if w == 0 or h == 0:
+                raise BadImageError(p, f"image has no pixels ({w}x{h})")
+            img.load()
+            mode = img.mode
+            orientation = _orientation(img)
+            rgb, conversion = _to_rgb(img)
+        if orientation != 1:
+            rgb = rgb.transpose(_ORIENTATION[orientation])
+    except BadImageError:
+        raise
+    except FileNotFoundError:
+        raise BadImageError(p, "file not found") from None
+    except IsADirectoryError:
+        raise BadImageError(p, "is a folder, not a file") from None
+    except PermissionError:
+        raise BadImageError(p, "permission denied") from None
+    except Image.DecompressionBombError as e:
+        size = re.search(r"\((\d+) pixels\)", str(e))
+        pixels = f"{int(size.group(1)):,} pixels, " if size else ""
+        raise BadImageError(p, f"image too large ({pixels}over the decompression-bomb limit)") from None
+    except UnidentifiedImageError:
+        raise BadImageError(p, "not an image (cannot identify)") from None
+    except MemoryError:
+        raise BadImageError(p, "out of memory while decoding") from None
+    except Exception as e:  # Pillow raises OSError, ValueError, SyntaxError, struct.error, ... on bad data
+        msg = str(e) or type(e).__name__
+        if "truncated" in msg.lower():
+            raise BadImageError(p, "truncated image") from None
+        raise BadImageError(p, f"cannot decode ({msg})") from None
+    return rgb, DecodeInfo(mode, conversion, orientation != 1, rgb.size)
+
+
+def load_image(path: str | os.PathLike[str]) -> Image.Image:
+    """Read ``path`` as an 8-bit RGB image (EXIF orientation applied, other modes converted).
+
+    Raises :class:`BadImageError` (a :class:`DataError`) naming the file and the reason when it cannot be used.
+    """
+    return decode_image(path)[0]
