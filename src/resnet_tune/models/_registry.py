@@ -98,7 +98,7 @@ def create_model(
     *,
     num_classes: int | None = None,
     in_chans: int = 3,
-    pretrained: str | None = None,
+    pretrained: str | bool | None = None,
     **overrides: Any,
 ) -> ResNet:
     """Create a registered ResNet by name.
@@ -114,7 +114,7 @@ def create_model(
         pretrained: where to take weights from: ``torchvision:<WEIGHTS>`` (e.g.
             ``torchvision:ResNet50_Weights.IMAGENET1K_V2``), ``timm:<name>``, ``hf:<repo>``, a URL,
             a local file (``.safetensors``, ``.pth``, ``.h5``, ``.weights.h5``, ``.keras``), or
-            ``"default"`` for the preset's default weights.
+            ``"default"`` (or ``True``) for the preset's default weights.
         **overrides: architecture options (:class:`ResNetConfig` fields, e.g. ``drop_path_rate``,
             ``zero_init_residual``); an unknown name raises ``TypeError``.
     """
@@ -124,7 +124,9 @@ def create_model(
     else:
         preset = _get_preset(name)
         cfg = preset.config.replace(**overrides) if overrides else preset.config
-    if pretrained is None:
+    if pretrained is True:  # timm's spelling
+        pretrained = "default"
+    if pretrained is None or pretrained is False:
         return ResNet(cfg, num_classes=num_classes, in_chans=in_chans, name=name)
 
     from .pretrained import load_pretrained, resolve_source
@@ -141,8 +143,10 @@ def create_model(
     if ckpt_classes is not None and num_classes is None:
         num_classes = int(ckpt_classes)
     model = ResNet(cfg, num_classes=num_classes, in_chans=in_chans, name=name)
-    load_pretrained(model, state, reset_head=ckpt_classes is not None and num_classes != ckpt_classes,
-                    source=source)
+    reset = ckpt_classes is not None and num_classes != ckpt_classes
+    load_pretrained(model, state, reset_head=reset, source=source)
+    if reset:  # the checkpoint's class names describe the old head, not this one
+        meta = {k: v for k, v in meta.items() if k not in ("categories", "num_classes")}
     model.pretrained_meta = meta  # type: ignore[assignment]
     return model
 

@@ -1,0 +1,704 @@
+"""Pretrained weights: find them (:func:`resolve_source`) and load them into a model (:func:`load_pretrained`).
+
+Sources (the ``pretrained=`` argument of :func:`~resnet_tune.models.create_model`):
+
+* ``torchvision:<Weights>.<TAG>``, e.g. ``torchvision:ResNet50_Weights.IMAGENET1K_V2`` (or
+  ``.DEFAULT``): downloaded from torchvision's URL into torch.hub's cache
+  (``$TORCH_HOME/hub/checkpoints``), hash-checked like torchvision does;
+* ``timm:<name>``, e.g. ``timm:resnet50.a1_in1k``: the Hugging Face repository ``timm/<name>``;
+* ``hf:<org>/<repo>[@revision]``, e.g. ``hf:microsoft/resnet-50``: a Hugging Face repository
+  (transformers or timm layout), converted to our names;
+* an ``http(s)://`` URL, downloaded into torch.hub's cache;
+* a local file: ``.safetensors``, ``.pth`` / ``.pt`` / ``.bin`` (read with
+  ``torch.load(weights_only=True)``: a file that needs to run pickled code is refused, never
+  executed), ``.h5`` / ``.weights.h5`` / ``.keras`` (Keras), or a folder holding a Hugging Face
+  ``config.json`` and ``model.safetensors`` / ``pytorch_model.bin``.
+
+Weights in torchvision, timm, transformers and Keras names are converted to ours (torchvision's).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import pickle
+import re
+import urllib.parse
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import Tensor, nn
+
+from . import hub
+
+__all__ = ["VALID_SOURCES", "adapt_input_conv", "load_pretrained", "load_weights", "resolve_source"]
+
+log = logging.getLogger(__name__)
+
+VALID_SOURCES = (
+    "'torchvision:<Weights>.<TAG>' (e.g. 'torchvision:ResNet50_Weights.IMAGENET1K_V2'), "
+    "'timm:<name>' (e.g. 'timm:resnet50.a1_in1k'), 'hf:<org>/<repo>[@revision]' (e.g. 'hf:microsoft/resnet-50'), "
+    "an http(s):// URL, a local file (.safetensors, .pth, .pt, .bin, .h5, .weights.h5, .keras) or a folder "
+    "with a Hugging Face config.json, or 'default' for the preset's default weights"
+)
+TORCH_EXTS = (".pth", ".pt", ".bin", ".ckpt", ".pth.tar")
+KERAS_EXTS = (".h5", ".hdf5", ".keras")
+LOCAL_EXTS = (".safetensors",) + TORCH_EXTS + KERAS_EXTS
+WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "model_state")
+RECORD_KEYS = ("resnet_tune", "record", "meta")
+# Config fields that do not change how weights must be read (free to differ from the checkpoint's).
+_FREE_FIELDS = {"num_classes", "drop_path_rate", "zero_init_residual", "input_size", "replace_stride_with_dilation"}
+
+State = dict[str, Tensor]
+
+
+# --- sources -------------------------------------------------------------------------------------
+
+def resolve_source(source: str | os.PathLike[str], *, cfg: Any = None, model_name: str = "") -> tuple[State, dict]:
+    """Fetch and read the weights named by ``source``; returns ``(state_dict, meta)``.
+
+    The state dict uses our (torchvision's) parameter names. ``meta`` holds what is known about
+    the weights: ``source``, ``format`` and, where the source says, ``num_classes``,
+    ``categories`` (class names), ``mean``, ``std``, ``input_size``, plus the record our own
+    checkpoints carry.
+
+    ``cfg`` (the :class:`ResNetConfig` of the model the weights are for) lets a Hugging Face
+    config be checked against the model: a different architecture with the same parameter shapes
+    (e.g. the stride in the 1x1 instead of the 3x3) would otherwise load silently.
+
+    Raises:
+        FileNotFoundError: a local path that does not exist.
+        ValueError: a source of unknown form (the message lists the valid forms), unknown
+            torchvision weights, or a file that cannot be read safely.
+        hub.DownloadError: a download failed (the message says how to use a local file instead).
+    """
+    if isinstance(source, os.PathLike):
+        source = os.fspath(source)
+    if not isinstance(source, str):
+        raise TypeError(f"pretrained must be a string naming the weights, got {type(source).__name__}; "
+                        f"valid forms: {VALID_SOURCES}")
+    s = source.strip()
+    low = s.lower()
+    if low.startswith("torchvision:"):
+        state, meta = _from_torchvision(s.split(":", 1)[1].strip())
+    elif low.startswith("timm:"):
+        name, revision = _split_revision(s.split(":", 1)[1].strip())
+        if not name or "/" in name:
+            raise ValueError(f"{source!r}: write timm weights as 'timm:<name>', e.g. 'timm:resnet50.a1_in1k' "
+                             "(for another repository use 'hf:<org>/<repo>')")
+        state, meta = _from_hf_repo(f"timm/{name}", revision, cfg=cfg, model_name=model_name)
+    elif low.startswith("hf:"):
+        repo, revision = _split_revision(s.split(":", 1)[1].strip())
+        if repo.count("/") != 1 or not all(repo.split("/")):
+            raise ValueError(f"{source!r}: write Hugging Face weights as 'hf:<org>/<repo>[@revision]', "
+                             "e.g. 'hf:microsoft/resnet-50'")
+        state, meta = _from_hf_repo(repo, revision, cfg=cfg, model_name=model_name)
+    elif low.startswith(("http://", "https://")):
+        state, meta = _from_url(s, cfg=cfg, model_name=model_name)
+    elif low.startswith("file://"):
+        path = Path(urllib.parse.unquote(urllib.parse.urlparse(s).path))
+        state, meta = _from_local(path, cfg=cfg, model_name=model_name, source=source)
+    else:
+        path = Path(s).expanduser()
+        if path.exists():
+            state, meta = _from_local(path, cfg=cfg, model_name=model_name, source=source)
+        elif re.match(r"^[A-Za-z][A-Za-z0-9+.-]+:", s):  # a scheme (not a Windows drive letter)
+            raise ValueError(f"unknown weights source {source!r}; valid forms: {VALID_SOURCES}")
+        elif os.sep in s or "/" in s or s.lower().endswith(LOCAL_EXTS) or s.startswith(("~", ".")):
+            raise FileNotFoundError(f"the weights file {str(path)!r} does not exist; check the path "
+                                    f"(relative paths are taken from {os.getcwd()!r})")
+        else:
+            raise ValueError(f"unknown weights source {source!r} (no such file either); valid forms: {VALID_SOURCES}")
+    meta["source"] = source
+    return state, _reconcile(state, meta)
+
+
+def _split_revision(spec: str) -> tuple[str, str]:
+    name, _, revision = spec.partition("@")
+    return name.strip(), (revision.strip() or "main")
+
+
+def _reconcile(state: State, meta: dict) -> dict:
+    """Make ``num_classes`` and ``categories`` agree with the classifier actually in the weights."""
+    fc = state.get("fc.weight")
+    if fc is None:
+        meta.pop("num_classes", None)
+        meta.pop("categories", None)
+        return meta
+    n = int(fc.shape[0])
+    cats = meta.get("categories")
+    if cats is not None and len(cats) != n:
+        log.warning("ignoring %d class names for a %d-class checkpoint (%s)", len(cats), n, meta.get("source"))
+        meta.pop("categories")
+    meta["num_classes"] = n
+    return meta
+
+
+# torchvision ------------------------------------------------------------------------------------
+
+def _torchvision_weights(name: str) -> tuple[str, dict]:
+    """URL and meta of a torchvision weights enum member (``ResNet50_Weights.IMAGENET1K_V2``)."""
+    from torchvision.models import get_weight
+
+    try:
+        w = get_weight(name)
+    except (ValueError, KeyError, AttributeError):
+        raise ValueError(
+            f"unknown torchvision weights {name!r}; write them as 'torchvision:<Weights>.<TAG>', e.g. "
+            "'torchvision:ResNet50_Weights.IMAGENET1K_V2' (torchvision.models.get_model_weights('resnet50') "
+            "lists them)") from None
+    meta: dict[str, Any] = {"format": "torchvision", "url": w.url, "weights": f"{type(w).__name__}.{w.name}"}
+    cats = w.meta.get("categories")
+    if cats:
+        meta["categories"] = list(cats)
+        meta["num_classes"] = len(cats)
+    try:
+        t = w.transforms()
+        meta["mean"] = tuple(t.mean)
+        meta["std"] = tuple(t.std)
+        crop = int(t.crop_size[0])
+        meta["input_size"] = (3, crop, crop)
+        meta["resize_size"] = int(t.resize_size[0])
+        meta["interpolation"] = getattr(t.interpolation, "value", str(t.interpolation))
+    except Exception:  # noqa: BLE001 - transforms are informative only; other weight types differ
+        pass
+    if "_metrics" in w.meta:
+        meta["metrics"] = w.meta["_metrics"]
+    return w.url, meta
+
+
+def _from_torchvision(name: str) -> tuple[State, dict]:
+    url, meta = _torchvision_weights(name)
+    path = hub.download(url, hub.torch_cache_dir(), check_hash=True)
+    state = _plain_state(_torch_load(path), path)[0]
+    meta["path"] = str(path)
+    return state, meta
+
+
+# URLs -------------------------------------------------------------------------------------------
+
+def _from_url(url: str, *, cfg: Any, model_name: str) -> tuple[State, dict]:
+    filename = Path(urllib.parse.unquote(urllib.parse.urlparse(url).path)).name or "download"
+    cache = hub.torch_cache_dir()
+    hashed = hub.hash_prefix_from_name(filename) is not None
+    if not hashed:
+        # A name without a content hash (``model.safetensors``) is not unique across URLs: keep
+        # each URL's file in its own folder so two of them never overwrite each other.
+        cache = cache / f"url-{hashlib.sha256(url.encode()).hexdigest()[:16]}"
+    path = hub.download(url, cache, filename, check_hash=hashed)
+    state, meta = _from_local(path, cfg=cfg, model_name=model_name, source=url)
+    meta["url"] = url
+    return state, meta
+
+
+# Hugging Face -----------------------------------------------------------------------------------
+
+def _hf_optional_json(repo: str, filename: str, revision: str) -> dict | None:
+    """A JSON file of the repository, or ``None`` when it has none (or, offline, it is not cached)."""
+    try:
+        path = hub.hf_hub_download(repo, filename, revision, progress=False)
+    except hub.RemoteFileNotFoundError:
+        return None
+    except hub.DownloadError:
+        if hub.hf_offline():
+            return None
+        raise
+    return _read_json(path)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ValueError(f"could not read {path} as JSON ({e})") from None
+
+
+def _from_hf_repo(repo: str, revision: str, *, cfg: Any, model_name: str) -> tuple[State, dict]:
+    try:
+        weights = hub.hf_hub_download(repo, "model.safetensors", revision)
+    except hub.RemoteFileNotFoundError:
+        try:
+            weights = hub.hf_hub_download(repo, "pytorch_model.bin", revision)
+        except hub.RemoteFileNotFoundError:
+            hint = (" (timm names include the pretrained tag, e.g. 'timm:resnet50.a1_in1k')"
+                    if repo.startswith("timm/") and "." not in repo else "")
+            raise hub.RemoteFileNotFoundError(
+                f"{hub.hf_endpoint()}/{repo} (revision {revision}) has neither model.safetensors nor "
+                f"pytorch_model.bin: check the repository name{hint}, or {hub.LOCAL_HINT}.") from None
+    except hub.DownloadError:
+        cached = hub._hf_cached(repo, "pytorch_model.bin", revision) if hub.hf_offline() else None
+        if cached is None:
+            raise
+        weights = cached
+    config = _hf_optional_json(repo, "config.json", revision)
+    preprocessor = None
+    if config is not None and "model_type" in config:
+        preprocessor = _hf_optional_json(repo, "preprocessor_config.json", revision)
+    state, meta = _read_hf_files(weights, config, preprocessor, cfg=cfg, model_name=model_name)
+    meta.update(repo=repo, revision=revision, path=str(weights))
+    return state, meta
+
+
+def _read_hf_files(weights: Path, config: dict | None, preprocessor: dict | None, *, cfg: Any,
+                   model_name: str) -> tuple[State, dict]:
+    """Weights plus the config of a Hugging Face repository (timm or transformers layout)."""
+    if weights.name.endswith(".safetensors"):
+        state, meta = _read_safetensors(weights)
+    else:
+        state, meta = _plain_state(_torch_load(weights), weights)
+    if meta.get("format") == "resnet_tune":
+        return state, meta
+    if config is not None and "architecture" in config and "model_type" not in config:
+        state = _from_timm_names(state)
+        meta.update(_timm_meta(config))
+    elif config is not None and "model_type" in config:
+        state = _from_transformers_names(state, config, cfg=cfg, model_name=model_name, meta=meta)
+        meta.update(_transformers_meta(config, preprocessor))
+    else:
+        state, fmt = _to_ours(state)
+        meta["format"] = fmt
+    return state, meta
+
+
+def _timm_meta(config: dict) -> dict:
+    meta: dict[str, Any] = {"format": "timm", "architecture": config.get("architecture")}
+    pcfg = config.get("pretrained_cfg") or {}
+    for key in ("mean", "std", "input_size"):
+        if pcfg.get(key) is not None:
+            meta[key] = tuple(pcfg[key])
+    if pcfg.get("crop_pct") is not None:
+        meta["crop_pct"] = pcfg["crop_pct"]
+    if pcfg.get("interpolation"):
+        meta["interpolation"] = pcfg["interpolation"]
+    labels = config.get("label_names") or pcfg.get("label_names")
+    if labels:
+        meta["categories"] = list(labels)
+    n = config.get("num_classes", pcfg.get("num_classes"))
+    if n is not None:
+        meta["num_classes"] = int(n)
+    return meta
+
+
+def _transformers_meta(config: dict, preprocessor: dict | None) -> dict:
+    meta: dict[str, Any] = {"format": "transformers", "model_type": config.get("model_type")}
+    id2label = config.get("id2label")
+    if id2label:
+        labels = {int(k): v for k, v in id2label.items()}
+        if sorted(labels) == list(range(len(labels))):
+            meta["categories"] = [labels[i] for i in range(len(labels))]
+    if preprocessor:
+        if preprocessor.get("image_mean") is not None:
+            meta["mean"] = tuple(preprocessor["image_mean"])
+        if preprocessor.get("image_std") is not None:
+            meta["std"] = tuple(preprocessor["image_std"])
+        if preprocessor.get("crop_pct") is not None:
+            meta["crop_pct"] = preprocessor["crop_pct"]
+    return meta
+
+
+# converters (written alongside this module; imported lazily) ------------------------------------
+
+def _missing_converter(e: ImportError) -> bool:
+    """Whether ``e`` says the converter package (or the function asked for) does not exist."""
+    return bool(e.name) and e.name.startswith(f"{__package__}.convert")
+
+
+def _looks_like_ours(state: Mapping[str, Any]) -> bool:
+    return ("conv1.weight" in state or "conv1.0.weight" in state) and any(k.startswith("layer1.") for k in state)
+
+
+def _to_ours(state: State, config: dict | None = None) -> tuple[State, str]:
+    """Detect the naming of ``state`` and convert it to ours; returns ``(state, format)``."""
+    try:
+        from .convert import detect_format, to_resnet_tune
+    except ImportError as e:
+        if not _missing_converter(e):
+            raise
+        if _looks_like_ours(state):
+            return state, "resnet_tune"
+        raise ValueError("these weights are not in torchvision/timm names and the weight converters "
+                         "(resnet_tune.models.convert) are not available to convert them") from None
+    fmt = detect_format(state)
+    if fmt == "transformers" and config is not None:
+        from .convert.transformers import from_transformers
+
+        return from_transformers(state, config), fmt
+    return to_resnet_tune(state, fmt), fmt
+
+
+def _from_timm_names(state: State) -> State:
+    try:
+        from .convert.timm import from_timm
+    except ImportError as e:
+        if not _missing_converter(e):
+            raise
+        return state  # timm's ResNet names are ours (see resnet.py)
+    return from_timm(state)
+
+
+def _from_transformers_names(state: State, config: dict, *, cfg: Any, model_name: str, meta: dict) -> State:
+    try:
+        from .convert.transformers import from_transformers, hf_config_to_overrides
+    except ImportError as e:
+        if not _missing_converter(e):
+            raise
+        raise ValueError("converting Hugging Face transformers weights needs resnet_tune.models.convert, "
+                         "which is not available") from None
+    preset, overrides = hf_config_to_overrides(config)
+    meta["arch"] = preset
+    meta["arch_overrides"] = dict(overrides or {})
+    _check_architecture(preset, overrides or {}, cfg, model_name, meta)
+    return from_transformers(state, config)
+
+
+def _check_architecture(preset: str | None, overrides: dict, cfg: Any, model_name: str, meta: dict) -> None:
+    """Refuse weights whose architecture differs from the model's in ways shapes do not show."""
+    if cfg is None:
+        return
+    from ._registry import UnknownModelError, get_config
+    from .resnet import ResNetConfig
+
+    fields = set(ResNetConfig.__dataclass_fields__)
+    overrides = {k: v for k, v in overrides.items() if k in fields and k not in _FREE_FIELDS}
+    try:
+        base = get_config(preset) if preset and preset != "custom" else ResNetConfig()
+        expected = base.replace(**overrides)
+    except (UnknownModelError, TypeError, ValueError) as e:
+        log.debug("cannot check the architecture of %s: %s", meta.get("source"), e)
+        return
+    diffs = [f"{f}={getattr(cfg, f)!r} vs {getattr(expected, f)!r}"
+             for f in type(cfg).__dataclass_fields__
+             if f not in _FREE_FIELDS and getattr(cfg, f) != getattr(expected, f)]
+    if diffs:
+        raise ValueError(
+            f"these Hugging Face weights are for another architecture than {model_name or 'this model'}'s "
+            f"(model vs checkpoint: {', '.join(diffs)}); create the model as create_model({(preset or 'custom')!r}"
+            f"{''.join(f', {k}={v!r}' for k, v in overrides.items())}, pretrained=...)")
+
+
+# local files ------------------------------------------------------------------------------------
+
+def _from_local(path: Path, *, cfg: Any, model_name: str, source: str) -> tuple[State, dict]:
+    if path.is_dir():
+        return _from_local_dir(path, cfg=cfg, model_name=model_name)
+    if not path.is_file():
+        raise FileNotFoundError(f"the weights file {str(path)!r} does not exist; check the path")
+    name = path.name.lower()
+    kind = ("safetensors" if name.endswith(".safetensors") else
+            "keras" if name.endswith(KERAS_EXTS) else
+            "torch" if name.endswith(TORCH_EXTS) else _sniff(path))
+    if kind == "keras":
+        return _read_keras(path), {"format": "keras", "path": str(path)}
+    if kind == "safetensors":
+        state, meta = _read_safetensors(path)
+    elif kind == "torch":
+        state, meta = _plain_state(_torch_load(path), path)
+    else:
+        raise ValueError(f"cannot tell what kind of weights file {str(path)!r} is; name it .safetensors, .pth, "
+                         f".h5, .weights.h5 or .keras (valid sources: {VALID_SOURCES})")
+    meta["path"] = str(path)
+    if meta.get("format") == "resnet_tune":
+        return state, meta
+    # An HF-style folder's config.json sits next to the weights; the transformers converter needs it.
+    config_path = path.parent / "config.json"
+    config = _read_json(config_path) if config_path.is_file() else None
+    if config is not None and "model_type" in config and not _looks_like_ours(state):
+        state = _from_transformers_names(state, config, cfg=cfg, model_name=model_name, meta=meta)
+        meta.update(_transformers_meta(config, None))
+        return state, meta
+    state, fmt = _to_ours(state)
+    meta["format"] = fmt
+    return state, meta
+
+
+def _from_local_dir(path: Path, *, cfg: Any, model_name: str) -> tuple[State, dict]:
+    for fname in ("model.safetensors", "pytorch_model.bin"):
+        if (path / fname).is_file():
+            weights = path / fname
+            break
+    else:
+        raise FileNotFoundError(f"the folder {str(path)!r} holds neither model.safetensors nor pytorch_model.bin; "
+                                "pass the weights file itself")
+    config = _read_json(path / "config.json") if (path / "config.json").is_file() else None
+    pre = path / "preprocessor_config.json"
+    preprocessor = _read_json(pre) if pre.is_file() else None
+    state, meta = _read_hf_files(weights, config, preprocessor, cfg=cfg, model_name=model_name)
+    meta["path"] = str(weights)
+    return state, meta
+
+
+def _sniff(path: Path) -> str:
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if head.startswith(b"\x89HDF\r\n\x1a\n"):
+        return "keras"
+    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":  # torch zip archive or legacy pickle
+        return "torch"
+    if len(head) > 8 and head[8:9] == b"{":  # safetensors: u64 header length, then JSON
+        return "safetensors"
+    return "unknown"
+
+
+def _read_safetensors(path: Path) -> tuple[State, dict]:
+    from safetensors import SafetensorError, safe_open
+    from safetensors.torch import load_file
+
+    try:
+        state = load_file(str(path), device="cpu")
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ValueError(f"could not read {str(path)!r} as a safetensors file ({e}); the file may be "
+                         "truncated or not a safetensors file") from None
+    meta: dict[str, Any] = {}
+    record = metadata.get("resnet_tune")
+    if record:
+        try:
+            rec = json.loads(record)
+        except ValueError:
+            log.warning("ignoring the unreadable resnet_tune record in %s", path)
+        else:
+            if isinstance(rec, dict):
+                meta.update(_normalise_record(rec))
+                meta["format"] = "resnet_tune"
+    return dict(state), meta
+
+
+def _normalise_record(rec: dict) -> dict:
+    """Our checkpoints' record (engine/checkpoint.py) with the common meta keys filled in."""
+    meta = dict(rec)
+    if "categories" not in meta:
+        for key in ("classes", "class_names", "labels"):
+            if isinstance(meta.get(key), (list, tuple)):
+                meta["categories"] = list(meta[key])
+                break
+    pre = meta.get("preprocessing")
+    if isinstance(pre, Mapping):  # {"input_size": 224, "mean": [...], "std": [...], "resize": 256, ...}
+        for key in ("mean", "std", "interpolation"):
+            if pre.get(key) is not None:
+                meta.setdefault(key, pre[key])
+        size = pre.get("input_size")
+        if isinstance(size, int):
+            meta.setdefault("input_size", (int(meta.get("in_chans", 3)), size, size))
+        elif isinstance(size, (list, tuple)):
+            meta.setdefault("input_size", tuple(size))
+        if pre.get("resize") is not None:
+            meta.setdefault("resize_size", pre["resize"])
+    for key in ("mean", "std", "input_size"):
+        if isinstance(meta.get(key), list):
+            meta[key] = tuple(meta[key])
+    return meta
+
+
+def _torch_load(path: Path) -> Any:
+    """``torch.load(weights_only=True)``: tensors and plain containers only, never pickled code."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        m = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
+        if m is None:
+            detail = re.search(r"WeightsUnpickler error:\s*([^\n]+)", str(e))
+            raise ValueError(
+                f"could not read {str(path)!r} as a PyTorch checkpoint"
+                f"{f' ({detail.group(1).strip()})' if detail else ''}: it is damaged, in another format, or uses "
+                "pickle features that torch.load(weights_only=True) refuses; save plain weights with "
+                "torch.save(model.state_dict(), path) or as .safetensors") from None
+        what = f" (it refers to {m.group(1)})"
+        raise ValueError(
+            f"refusing to load {str(path)!r}: it is not a plain-tensor checkpoint{what}, and reading it would run "
+            "code stored in the file, which resnet-tune never does; if you trust the file, re-save only its "
+            "weights, e.g. torch.save(model.state_dict(), 'weights.pth') or as .safetensors") from None
+    except (RuntimeError, OSError, EOFError, ValueError) as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ValueError(f"could not read {str(path)!r} as a PyTorch checkpoint ({reason}); "
+                         "the file may be truncated or in another format") from None
+
+
+def _plain_state(obj: Any, path: Path) -> tuple[State, dict]:
+    """The state dict inside a loaded checkpoint (unwrapping ``state_dict``/``model``) and its record."""
+    meta: dict[str, Any] = {}
+    if isinstance(obj, Mapping) and not _all_tensors(obj):
+        for key in RECORD_KEYS:
+            rec = obj.get(key)
+            if isinstance(rec, str):
+                try:
+                    rec = json.loads(rec)
+                except ValueError:
+                    rec = None
+            if isinstance(rec, Mapping):
+                meta.update(_normalise_record(dict(rec)))
+                if key == "resnet_tune":
+                    meta["format"] = "resnet_tune"
+                break
+        for key in WRAPPER_KEYS:
+            inner = obj.get(key)
+            if isinstance(inner, Mapping) and inner and _all_tensors(inner):
+                obj = inner
+                break
+    if not isinstance(obj, Mapping) or not obj or not _all_tensors(obj):
+        keys = ", ".join(map(repr, list(obj)[:8])) if isinstance(obj, Mapping) else type(obj).__name__
+        raise ValueError(f"{str(path)!r} does not hold a state dict of tensors (found {keys}); save weights with "
+                         "torch.save(model.state_dict(), path)")
+    state = {str(k): v for k, v in obj.items()}
+    for prefix in ("module.", "_orig_mod."):  # DistributedDataParallel / torch.compile wrappers
+        if all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items()}
+    return state, meta
+
+
+def _all_tensors(d: Mapping) -> bool:
+    return all(isinstance(v, Tensor) for v in d.values())
+
+
+def _read_keras(path: Path) -> State:
+    no_h5py = f"reading Keras weights ({path.name}) needs h5py: pip install 'resnet-tune[keras]'"
+    try:
+        from .convert.keras import from_keras_h5
+    except ImportError as e:
+        if e.name == "h5py":
+            raise ValueError(no_h5py) from None
+        if not _missing_converter(e):
+            raise
+        raise ValueError("reading Keras weights needs resnet_tune.models.convert.keras, "
+                         "which is not available") from None
+    try:
+        return dict(from_keras_h5(path))
+    except ModuleNotFoundError as e:
+        if e.name == "h5py":
+            raise ValueError(no_h5py) from None
+        raise
+
+
+# --- loading into a model ------------------------------------------------------------------------
+
+def adapt_input_conv(in_chans: int, weight: Tensor) -> Tensor:
+    """Adapt a first-conv weight (out, C, kh, kw) trained on RGB to ``in_chans`` channels (as timm).
+
+    One channel: the sum over RGB (a grey image is R = G = B, so the response is unchanged).
+    Otherwise: RGB repeated to ``in_chans`` channels and scaled by ``3 / in_chans`` so the
+    output keeps its scale.
+    """
+    dtype = weight.dtype
+    w = weight.float()
+    o, i, kh, kw = w.shape
+    if in_chans == i:
+        return weight
+    if in_chans == 1:
+        if i > 3:
+            if i % 3:
+                raise ValueError(f"cannot adapt a {i}-channel input convolution to 1 channel")
+            w = w.reshape(o, i // 3, 3, kh, kw).sum(dim=2)
+        else:
+            w = w.sum(dim=1, keepdim=True)
+    else:
+        if i != 3:
+            raise ValueError(f"cannot adapt a {i}-channel input convolution to {in_chans} channels "
+                             "(only 3-channel weights are adapted)")
+        w = w.repeat(1, math.ceil(in_chans / 3), 1, 1)[:, :in_chans] * (3 / float(in_chans))
+    return w.to(dtype)
+
+
+def load_pretrained(model: nn.Module, state: Mapping[str, Tensor], *, reset_head: bool = False,
+                    source: str = "") -> None:
+    """Load a state dict (our names) into ``model``, strictly.
+
+    * The first convolution (``conv1.weight``, or ``conv1.0.weight`` for deep stems) is adapted
+      when the model's ``in_chans`` differs from the checkpoint's (see :func:`adapt_input_conv`).
+    * ``reset_head=True`` ignores the checkpoint's classifier (``fc.*``) and keeps the model's
+      freshly initialised one; so does a model without a classifier (``num_classes=0``) and a
+      checkpoint without one (a backbone).
+    * Anything else that does not match raises ``ValueError`` naming the missing, unexpected and
+      shape-mismatched keys.
+    """
+    where = source or "the checkpoint"
+    state = dict(state)
+    bad = [k for k, v in state.items() if not isinstance(v, Tensor)]
+    if bad:
+        raise ValueError(f"the weights from {where} hold non-tensor values ({', '.join(bad[:5])})")
+    own = model.state_dict()
+
+    for key in ("conv1.weight", "conv1.0.weight"):
+        if key in state and key in own and state[key].ndim == 4 and state[key].shape[1] != own[key].shape[1]:
+            state[key] = adapt_input_conv(int(own[key].shape[1]), state[key])
+
+    own_head = [k for k in own if k.startswith("fc.")]
+    ckpt_head = [k for k in state if k.startswith("fc.")]
+    keep_own = set()
+    if reset_head or not own_head or not ckpt_head:
+        if ckpt_head == [] and own_head and not reset_head:
+            log.info("%s has no classifier; %s keeps its freshly initialised one", where,
+                     getattr(model, "name", "") or "the model")
+        for k in ckpt_head:
+            del state[k]
+        keep_own = set(own_head)
+    for k, v in own.items():  # old checkpoints lack BatchNorm's counter
+        if k.endswith("num_batches_tracked") and k not in state:
+            keep_own.add(k)
+
+    missing = [k for k in own if k not in state and k not in keep_own]
+    unexpected = [k for k in state if k not in own]
+    shapes = [(k, tuple(state[k].shape), tuple(own[k].shape)) for k in state
+              if k in own and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or shapes:
+        raise ValueError(_mismatch_message(model, where, missing, unexpected, shapes))
+    for k in keep_own:
+        state[k] = own[k]
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:  # e.g. dtype that cannot be cast; shapes were checked above
+        raise ValueError(f"could not load the weights from {where}: {str(e).splitlines()[0]}") from None
+
+
+def _mismatch_message(model: nn.Module, where: str, missing: list[str], unexpected: list[str],
+                      shapes: list[tuple[str, tuple, tuple]]) -> str:
+    def listing(keys: list[str]) -> str:
+        more = f" and {len(keys) - 8} more" if len(keys) > 8 else ""
+        return ", ".join(keys[:8]) + more
+
+    name = getattr(model, "name", "") or "model"
+    parts = []
+    if shapes:
+        parts.append("shape mismatches: " + listing(
+            [f"{k}: checkpoint {_fmt(a)} vs model {_fmt(b)}" for k, a, b in shapes]))
+    if missing:
+        parts.append("missing in the checkpoint: " + listing(missing))
+    if unexpected:
+        parts.append("unexpected in the checkpoint: " + listing(unexpected))
+    msg = f"the weights from {where} do not fit {name}: " + "; ".join(parts) + "."
+    head_only = all(k.startswith("fc.") for k in missing + unexpected + [s[0] for s in shapes])
+    if head_only:
+        ckpt = next((a for k, a, _ in shapes if k == "fc.weight"), None)
+        n = f"num_classes={ckpt[0]}" if ckpt else "num_classes matching the checkpoint"
+        msg += (f" Only the classifier differs: pass {n} to keep the checkpoint's classifier, or re-initialise "
+                "the head with create_model(..., num_classes=<yours>, pretrained=...) or "
+                "load_weights(model, source, reset_head=True).")
+    else:
+        msg += (" Check that the weights are for this architecture (the model name must match the checkpoint's); "
+                "to re-initialise only the classifier pass num_classes to create_model or reset_head=True "
+                "to load_weights.")
+    return msg
+
+
+def _fmt(shape: tuple) -> str:
+    return "(" + ", ".join(map(str, shape)) + ")"
+
+
+def load_weights(model: nn.Module, source: str | os.PathLike[str], *, reset_head: bool = False) -> dict:
+    """Load weights from ``source`` (any form :func:`resolve_source` takes) into a built model.
+
+    Returns the weights' meta (also stored as ``model.pretrained_meta``); with ``reset_head`` the
+    checkpoint's class names are dropped from it, since the classifier is not the checkpoint's.
+    """
+    state, meta = resolve_source(source, cfg=getattr(model, "cfg", None), model_name=getattr(model, "name", ""))
+    src = os.fspath(source) if isinstance(source, os.PathLike) else str(source)
+    load_pretrained(model, state, reset_head=reset_head, source=src)
+    if reset_head:
+        meta = dict(meta)
+        meta["checkpoint_num_classes"] = meta.pop("num_classes", None)
+        meta.pop("categories", None)
+    model.pretrained_meta = meta  # type: ignore[assignment]
+    return meta
