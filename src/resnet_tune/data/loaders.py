@@ -24,11 +24,21 @@ from .transforms import Preprocessing, geometry_transform, normalize_batch
 
 
 class FileDataset(Dataset):
-    """(path, label) samples decoded with :func:`resnet_tune.data.datasets.load_image`."""
+    """(path, label) samples decoded with :func:`resnet_tune.data.datasets.load_image`.
 
-    def __init__(self, samples: Sequence[tuple[str, int]], transform: Callable) -> None:
+    With ``seed`` set, each sample's random augmentation is drawn from a generator seeded with
+    (seed, epoch, sample index), so it does not depend on the number of loader workers or
+    processes: an interrupted run resumes exactly, and N ranks see what one process would.
+    """
+
+    def __init__(self, samples: Sequence[tuple[str, int]], transform: Callable, seed: int | None = None) -> None:
         self.samples = list(samples)
         self.transform = transform
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -37,7 +47,12 @@ class FileDataset(Dataset):
         from .datasets import load_image
 
         path, label = self.samples[i]
-        return self.transform(load_image(path)), label
+        img = load_image(path)
+        if self.seed is None:
+            return self.transform(img), label
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed((self.seed * 1_000_003 + self.epoch) * 10_000_019 + i)
+            return self.transform(img), label
 
 
 def decode_to_memory(samples: Sequence[tuple[str, int]], pp: Preprocessing, workers: int | None = None,

@@ -1,0 +1,303 @@
+"""The ``resnet-tune`` command line: a thin layer that builds configs and calls the Python API."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import typing
+from pathlib import Path
+from typing import Any, Callable
+
+HELP = {
+    "data": "training data: DIR/<class>/*.jpg, DIR/train|val|test/<class>, or a CSV of path,label "
+            "(default: the embedded handwritten digits)",
+    "val_fraction": "validation share when the data has no val split (stratified, seeded)",
+    "img_size": "input size in pixels (default: the model's, or 32 for small images)",
+    "loader": "memory: decode once into RAM and augment in batches (small images); workers: DataLoader "
+              "workers; auto picks",
+    "workers": "DataLoader worker processes (default: chosen from the device)",
+    "augment": "extra augmentation on top of crop + flip",
+    "mixup": "mixup alpha (0 = off)",
+    "cutmix": "cutmix alpha (0 = off)",
+    "balance": "imbalanced data: class-weighted loss or a balanced sampler",
+    "model": "architecture (`resnet-tune models` lists them; default: resnet20 for small images, else resnet18)",
+    "pretrained": "weights to start from: torchvision:<WEIGHTS>, timm:<name>, hf:<repo>, a URL or a file",
+    "drop_path_rate": "stochastic depth rate",
+    "strategy": "auto = freeze_unfreeze with --pretrained, scratch without",
+    "freeze_epochs": "epochs with a frozen body in freeze_unfreeze",
+    "lr_decay": "discriminative learning rate: each earlier stage gets this factor of the next one's lr",
+    "epochs": "number of epochs",
+    "batch_size": "images per batch",
+    "lr": "peak learning rate (default: scaled from the batch size and strategy)",
+    "optimizer": "optimiser",
+    "momentum": "SGD momentum",
+    "nesterov": "Nesterov momentum for SGD",
+    "weight_decay": "weight decay (never applied to BatchNorm and biases)",
+    "schedule": "learning-rate schedule",
+    "warmup_epochs": "warm-up epochs for the cosine schedule",
+    "label_smoothing": "label smoothing",
+    "ema": "keep an exponential moving average of the weights and save it",
+    "ema_decay": "EMA decay per step",
+    "grad_clip": "clip the global gradient norm to this value (0 = off)",
+    "accum_steps": "gradient accumulation steps",
+    "early_stop": "stop after this many epochs without validation improvement (0 = off)",
+    "device": "auto, cpu, cuda, cuda:N or mps",
+    "precision": "auto = bf16 where the hardware has it, fp32 elsewhere",
+    "channels_last": "channels-last memory format (default: where it pays)",
+    "compile": "torch.compile the model (pays off on long runs)",
+    "threads": "CPU threads for PyTorch",
+    "seed": "random seed",
+    "deterministic": "deterministic algorithms (bit-exact resume on CPU in fp32)",
+    "output": "the run folder (default: runs/<model>-<date>-<time>)",
+    "progress": "progress bars on a terminal",
+    "tensorboard": "also log to TensorBoard (needs the tensorboard extra)",
+}
+
+
+def _add_train_options(p: argparse.ArgumentParser) -> None:
+    from .engine.config import TrainConfig
+
+    hints = typing.get_type_hints(TrainConfig)
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        kind = hints[f.name]
+        args = typing.get_args(kind)
+        base = next((a for a in args if a is not type(None)), kind) if args else kind
+        default_txt = "" if f.default is None else f" (default: {f.default})"
+        help_txt = HELP.get(f.name, f.name) + default_txt
+        if base is bool:
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_txt)
+        else:
+            choices = None
+            from .engine import config as C
+
+            choice_map = {"strategy": C.STRATEGIES, "optimizer": C.OPTIMIZERS, "schedule": C.SCHEDULES,
+                          "precision": C.PRECISIONS, "augment": C.AUGMENTS, "balance": C.BALANCE,
+                          "loader": C.LOADERS}
+            choices = choice_map.get(f.name)
+            p.add_argument(flag, type=base, default=argparse.SUPPRESS, choices=choices, help=help_txt,
+                           metavar=f.name.upper() if choices is None else None)
+
+
+def _train_config(args: argparse.Namespace, exclude: set[str] = frozenset()):  # type: ignore[assignment]
+    from .engine.config import TrainConfig, from_dict, load_yaml
+
+    values: dict[str, Any] = {}
+    if getattr(args, "config", None):
+        values.update(load_yaml(args.config))
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    for k in names - exclude:
+        if hasattr(args, k):
+            values[k] = getattr(args, k)
+    return from_dict(values, source=args.config or "command line") if values else TrainConfig()
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .engine.config import TrainConfig
+    from .engine.trainer import Trainer
+
+    if args.resume:
+        names = {f.name for f in dataclasses.fields(TrainConfig)}
+        overrides = {k: getattr(args, k) for k in names if hasattr(args, k)}
+        Trainer(resume=args.resume, overrides=overrides).fit()
+        return 0
+    Trainer(_train_config(args)).fit()
+    return 0
+
+
+def cmd_lr_find(args: argparse.Namespace) -> int:
+    from .engine.evaluate import lr_find
+
+    cfg = _train_config(args)
+    out = args.output_dir or "lr-find"
+    res = lr_find(cfg, start_lr=args.start_lr, end_lr=args.end_lr, steps=args.steps, output=out)
+    sug = res["suggestion"]
+    print(f"suggested learning rate: {sug:.3g}" if sug else "no suggestion: the loss did not fall; try more steps")
+    print(f"plot: {res.get('plot')}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .engine.checkpoint import resolve_checkpoint
+    from .engine.evaluate import evaluate
+    from .eval.metrics import format_report
+
+    out = args.output
+    if out is None:
+        ck = resolve_checkpoint(args.checkpoint)
+        out = ck.parent / f"evaluate-{Path(args.data).name or 'data'}"
+    report = evaluate(args.checkpoint, args.data, batch_size=args.batch_size, device=args.device, output=out)
+    print(format_report(report))
+    if report.get("skipped"):
+        print(f"skipped {len(report['skipped'])} unreadable file(s); see {out}/eval.json")
+    print(f"details: {out}/eval.json, {out}/confusion.png")
+    return 0
+
+
+def _write_predictions(results: list[dict], output: str) -> None:
+    path = Path(output)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix.lower() == ".json":
+        path.write_text(json.dumps(results, indent=2))
+    elif path.suffix.lower() == ".csv":
+        import csv
+
+        k = max((len(r["top"]) for r in results), default=0)
+        with path.open("w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["file"] + [c for i in range(1, k + 1) for c in (f"class_{i}", f"prob_{i}")] + ["error"])
+            for r in results:
+                cells = [c for t in r["top"] for c in (t["class"], f"{t['prob']:.6f}")]
+                cells += [""] * (2 * k - len(cells))
+                w.writerow([r["file"], *cells, r.get("error") or ""])
+    else:
+        from .errors import ConfigError
+
+        raise ConfigError(f"--output must end in .csv or .json, got {output}.")
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .data.datasets import list_images
+    from .serve.predictor import Predictor
+
+    files = list_images(args.images)
+    pred = Predictor(args.checkpoint, device=args.device, batch_size=args.batch_size)
+    results = pred.predict_files(files, top_k=args.top_k)
+    for r in results:
+        if r.get("error"):
+            print(f"{r['file']}: skipped ({r['error']})")
+        else:
+            tops = ", ".join(f"{t['class']} {t['prob']:.3f}" for t in r["top"])
+            print(f"{r['file']}: {tops}")
+    if args.output:
+        _write_predictions(results, args.output)
+        print(f"wrote {len(results)} predictions to {args.output}")
+    return 0
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .data.datasets import list_images
+    from .serve.predictor import Predictor
+
+    files = list_images(args.images)
+    pred = Predictor(args.checkpoint, device=args.device, batch_size=args.batch_size)
+    feats, kept, skipped = pred.embed_files(files)
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.save(out, feats)
+    order = out.with_suffix(".files.txt")
+    order.write_text("".join(f"{p}\n" for p in kept))
+    for p in skipped:
+        print(f"{p}: skipped (unreadable)")
+    print(f"wrote {feats.shape[0]} x {feats.shape[1] if feats.ndim == 2 else 0} features to {out}; file order in "
+          f"{order}")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from .models import list_models, model_info
+
+    names = list_models(args.pattern)
+    if args.json:
+        print(json.dumps([model_info(n).to_dict() for n in names], indent=2))
+        return 0
+    print(f"{'model':<20} {'params':>12} {'GMACs':>8} {'GFLOPs':>8} {'input':>9}  description")
+    for n in names:
+        i = model_info(n)
+        desc = i.description if len(i.description) <= 70 else i.description[:67] + "..."
+        print(f"{n:<20} {i.num_params / 1e6:>11.2f}M {i.gmacs:>8.2f} {i.gflops:>8.2f} "
+              f"{i.input_size[1]:>4}x{i.input_size[2]:<4}  {desc}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="resnet-tune", description="Build, fine-tune, evaluate and use residual networks.",
+        epilog="Run `resnet-tune COMMAND --help` for a command's options. `resnet-tune train` with no options "
+               "trains on the embedded handwritten-digits data.")
+    parser.add_argument("--version", action="version", version=f"resnet-tune {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def add(name: str, fn: Callable[[argparse.Namespace], int], help_: str, desc: str | None = None
+            ) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_, description=desc or help_,
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        p.set_defaults(func=fn)
+        return p
+
+    p = add("train", cmd_train, "train or fine-tune a model on a folder of images",
+            "Train or fine-tune a ResNet. Every option can also come from a YAML file (--config); flags win.")
+    p.add_argument("--config", help="YAML file of options (keys as the flags, with - or _)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last completed epoch")
+    _add_train_options(p)
+
+    p = add("lr-find", cmd_lr_find, "learning-rate range test with a plot and a suggested rate")
+    p.add_argument("--config", help="YAML file of options")
+    p.add_argument("--start-lr", type=float, default=1e-6)
+    p.add_argument("--end-lr", type=float, default=10.0)
+    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--output-dir", help="where to write lr_find.png and lr_find.json (default: ./lr-find)")
+    _add_train_options(p)
+
+    def model_cmd(p: argparse.ArgumentParser) -> None:
+        p.add_argument("checkpoint", metavar="CHECKPOINT", help="a run folder (its best checkpoint) or a "
+                                                                ".safetensors checkpoint")
+        p.add_argument("--device", default="auto")
+        p.add_argument("--batch-size", type=int, default=64)
+
+    p = add("evaluate", cmd_evaluate, "accuracy, per-class metrics, confusion matrix and worst images")
+    model_cmd(p)
+    p.add_argument("--data", required=True, help="labelled images: class folders, a split layout (its test or val "
+                                                 "split) or a CSV")
+    p.add_argument("--output", help="folder for eval.json and plots (default: beside the checkpoint)")
+
+    p = add("predict", cmd_predict, "top-k classes for images")
+    model_cmd(p)
+    p.add_argument("images", nargs="+", metavar="IMAGES_OR_DIR")
+    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--output", help="write the predictions to FILE.csv or FILE.json")
+
+    p = add("embed", cmd_embed, "pooled features for similarity search")
+    model_cmd(p)
+    p.add_argument("images", nargs="+", metavar="IMAGES_OR_DIR")
+    p.add_argument("--output", required=True, help="FILE.npy; the file order goes to FILE.files.txt")
+
+    p = add("models", cmd_models, "list the available architectures with parameters and FLOPs")
+    p.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'resnet*'")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .errors import ResnetTuneError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 0
+    try:
+        return int(args.func(args) or 0)
+    except ResnetTuneError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, PermissionError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # output piped into `head`
+        return 0
+    except KeyboardInterrupt:
+        out = getattr(args, "output", None)
+        hint = f"; continue with `resnet-tune train --resume {out}`" if args.command == "train" and out else ""
+        print(f"interrupted{hint}", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

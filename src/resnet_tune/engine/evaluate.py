@@ -1,0 +1,104 @@
+"""Evaluate a checkpoint on labelled images, and the learning-rate range test."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import DataError
+
+
+def evaluate(checkpoint: str | Path, data: str | Path, *, batch_size: int = 64, device: str = "auto",
+             output: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
+    """Accuracy, top-5, per-class precision/recall/F1, confusion matrix and worst images.
+
+    ``data`` is a folder of class folders (or a split layout, whose test split is used, else val)
+    or a CSV. With ``output``, writes ``eval.json``, ``confusion.png`` and ``worst.png`` there.
+    """
+    from ..data.datasets import discover_eval
+    from ..data.scan import scan
+    from ..eval import metrics as M
+    from ..serve.predictor import Predictor
+
+    pred = Predictor(checkpoint, device=device, batch_size=batch_size)
+    samples = discover_eval(data, pred.classes)
+    report_scan = scan(samples, pred.classes, progress=progress)
+    good = report_scan.good(samples)
+    if not good:
+        raise DataError(f"no readable images to evaluate in {data}.")
+    paths = [p for p, _ in good]
+    probs_list, errors = pred._run_files(paths, pred.probs)
+    keep = [i for i, e in enumerate(errors) if e is None]
+    probs = torch.stack([probs_list[i] for i in keep]).numpy()
+    targets = np.array([good[i][1] for i in keep])
+    files = [paths[i] for i in keep]
+    report = M.classification_report(probs, targets, pred.classes, files=files)
+    report["checkpoint"] = str(checkpoint)
+    report["data"] = str(data)
+    report["skipped"] = {p: r for p, r in report_scan.bad.items()}
+    if output is not None:
+        from ..eval import report as R
+
+        out = Path(output)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "eval.json").write_text(json.dumps(report, indent=2))
+        R.plot_confusion(np.array(report["confusion_matrix"]), pred.classes, out / "confusion.png")
+        R.plot_worst(report["worst"], out / "worst.png")
+    return report
+
+
+def lr_find(cfg: Any, *, start_lr: float = 1e-6, end_lr: float = 10.0, steps: int = 100,
+            output: str | Path | None = None) -> dict[str, Any]:
+    """The learning-rate range test (Smith 2017): raise the lr exponentially over ``steps`` batches,
+    record the loss, stop when it explodes; suggest the lr at the steepest descent.
+
+    Leaves no trace on the model the user will train (it works on a fresh one).
+    """
+    from ..eval.report import plot_lr_find, suggest_lr
+    from .trainer import Trainer, train_mode
+
+    trainer = Trainer(cfg.replace(epochs=1), quiet=True)
+    s = trainer.prepare(run_dir=None)
+    model, data, device, precision = s["model"], s["data"], s["device"], s["precision"]
+    optimizer, criterion = s["optimizer"], s["criterion"]
+    train_mode(model)
+    lrs, losses = [], []
+    best = math.inf
+    it = iter(())
+    epoch = 0
+    for i in range(steps):
+        try:
+            x, y = next(it)
+        except StopIteration:
+            data.train.set_epoch(epoch)
+            epoch += 1
+            it = iter(data.train)
+            x, y = next(it)
+        lr = start_lr * (end_lr / start_lr) ** (i / max(steps - 1, 1))
+        for g in optimizer.param_groups:
+            g["lr"] = lr * g["base_lr"] / optimizer.param_groups[-1]["base_lr"]
+        x, y = x.to(device), y.to(device)
+        with precision.autocast(device):
+            loss = criterion(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        v = float(loss.item())
+        lrs.append(lr)
+        losses.append(v)
+        if not math.isfinite(v) or v > 4 * best:
+            break
+        best = min(best, v)
+    suggestion = suggest_lr(lrs, losses)
+    result = {"lrs": lrs, "losses": losses, "suggestion": suggestion}
+    if output is not None:
+        out = Path(output)
+        out.mkdir(parents=True, exist_ok=True)
+        result["plot"] = str(plot_lr_find(lrs, losses, suggestion, out / "lr_find.png"))
+        (out / "lr_find.json").write_text(json.dumps(result, indent=2))
+    return result

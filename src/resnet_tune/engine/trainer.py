@@ -1,0 +1,665 @@
+"""Fine-tuning and training from scratch: ``fit(config)`` reads top to bottom.
+
+setup -> data -> model -> strategy -> optimiser -> (resume) -> epochs -> final evaluation -> report.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import datetime as _dt
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import ConfigError, DataError, TrainingError
+from . import checkpoint as ckpt
+from .config import TrainConfig, save_yaml
+from .hardware import (Precision, default_channels_last, default_workers, resolve_device, resolve_precision,
+                       seed_everything, set_threads)
+from .optim import EMA, lr_at, make_optimizer, param_groups, set_lr
+
+# Options that may differ when a run is resumed: they change where and how visibly it runs, not
+# what it computes.
+RESUME_OVERRIDES = frozenset({"device", "progress", "workers", "threads"})
+METRIC_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "images_per_s"]
+
+
+def log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+# --- data ---------------------------------------------------------------------------------------
+
+@dataclass
+class DataBundle:
+    classes: list[str]
+    train: Any  # a loader yielding (x, y)
+    val: Any
+    test: Any | None
+    preprocessing: Any  # transforms.Preprocessing
+    num_train: int
+    val_files: list[str] | None
+    test_files: list[str] | None
+    description: str
+    scan_summary: str | None = None
+    scan: Any | None = None
+    train_labels: torch.Tensor | None = None
+    in_memory: bool = False
+    channels_last: bool = False
+
+
+def _mean_std_for(model_name: str, pretrained_meta: dict | None) -> tuple[tuple, tuple]:
+    from ..models import get_preset
+
+    if pretrained_meta and pretrained_meta.get("mean") and pretrained_meta.get("std"):
+        return tuple(pretrained_meta["mean"]), tuple(pretrained_meta["std"])
+    try:
+        p = get_preset(model_name)
+        return p.mean, p.std
+    except KeyError:
+        from ..models._registry import IMAGENET_MEAN, IMAGENET_STD
+
+        return IMAGENET_MEAN, IMAGENET_STD
+
+
+def choose_model_and_size(cfg: TrainConfig, median_side: float | None) -> tuple[str, int]:
+    """The model and input size when the user did not say: small images get a CIFAR ResNet at 32 px."""
+    from ..models import get_config
+
+    small = median_side is not None and median_side <= 64
+    name = cfg.model or ("resnet20" if small or cfg.data is None else "resnet18")
+    if cfg.img_size:
+        return name, cfg.img_size
+    if cfg.data is None:
+        return name, 32
+    cfg_in = get_config(name).input_size[-1] if name != "custom" else 224
+    if small and cfg_in > 64:
+        return name, int(max(32, min(64, round(median_side or 32))))
+    return name, cfg_in
+
+
+def build_data(cfg: TrainConfig, device: torch.device, mean_std: Callable[[str], tuple[tuple, tuple]],
+               want_channels_last: Callable[[int], bool], rank: int = 0, world: int = 1) -> tuple[DataBundle, str]:
+    """Discover, scan and load the data; returns the bundle and the chosen model name."""
+    from ..data.loaders import FileDataset, MemoryLoader, decode_to_memory
+    from ..data.transforms import Preprocessing, eval_transform, train_transform
+
+    if cfg.data is None:
+        from ..data.default import load_digits_images
+
+        name, size = choose_model_and_size(cfg, None)
+        (xt, yt), (xv, yv), classes = load_digits_images(size, cfg.val_fraction, cfg.seed)
+        channels_last = want_channels_last(size)
+        from ..data import default as dflt
+
+        pp = Preprocessing.for_size(size, dflt.MEAN, dflt.STD)
+        desc = (f"embedded default: scikit-learn handwritten digits, {len(yt)} train / {len(yv)} held-out images, "
+                f"10 classes, at {size}x{size}")
+        xt, yt, xv, yv = xt.to(device), yt.to(device), xv.to(device), yv.to(device)
+        weights = _balance_weights(yt.cpu(), len(classes)) if cfg.balance == "sampler" else None
+        train = MemoryLoader(xt, yt, cfg.batch_size, train=True, mean=pp.mean, std=pp.std, seed=cfg.seed,
+                             weights=weights, rank=rank, world=world, channels_last=channels_last)
+        val = MemoryLoader(xv, yv, cfg.batch_size * 2, train=False, mean=pp.mean, std=pp.std, rank=rank,
+                           world=world, channels_last=channels_last)
+        return DataBundle(classes, train, val, None, pp, len(yt), None, None, desc, train_labels=yt.cpu(),
+                          in_memory=True, channels_last=channels_last), name
+
+    from ..data.datasets import discover
+    from ..data.scan import scan
+
+    splits = discover(cfg.data, val_fraction=cfg.val_fraction, seed=cfg.seed)
+    all_samples = splits.train + splits.val + (splits.test or [])
+    report = scan(all_samples, splits.classes, workers=cfg.workers, progress=cfg.progress and rank == 0)
+    train_s, val_s = report.good(splits.train), report.good(splits.val)
+    test_s = report.good(splits.test) if splits.test else None
+    if len(train_s) < 2:
+        raise DataError(f"the training split of {cfg.data} has {len(train_s)} usable image(s); training needs at "
+                        "least two (see the scan report above for skipped files).")
+    if not val_s:
+        raise DataError(f"the validation split of {cfg.data} has no usable images; add images or raise "
+                        "--val-fraction.")
+    missing = sorted(set(range(len(splits.classes))) - {y for _, y in train_s})
+    if missing:
+        raise DataError(f"class(es) {', '.join(splits.classes[i] for i in missing)} have no usable training "
+                        "images; add images or remove the class folder(s).")
+    median = report.median_size()
+    name, size = choose_model_and_size(cfg, float(min(median)) if median else None)
+    mean, std = mean_std(name)
+    pp = Preprocessing.for_size(size, mean, std)
+    channels_last = want_channels_last(size)
+    labels = torch.tensor([y for _, y in train_s])
+    weights = _balance_weights(labels, len(splits.classes)) if cfg.balance == "sampler" else None
+    nbytes = (len(train_s) + len(val_s) + len(test_s or [])) * 3 * size * size
+    use_memory = cfg.loader == "memory" or (cfg.loader == "auto" and size <= 64 and nbytes < 2 * 1024**3
+                                            and cfg.augment == "default")
+    desc = f"{cfg.data} ({splits.describe()}) at {size}x{size}"
+    if use_memory:
+        t0 = time.perf_counter()
+        xt, yt = decode_to_memory(train_s, pp, progress=cfg.progress and rank == 0)
+        xv, yv = decode_to_memory(val_s, pp)
+        dev = device
+        train = MemoryLoader(xt.to(dev), yt.to(dev), cfg.batch_size, train=True, mean=pp.mean, std=pp.std,
+                             seed=cfg.seed, weights=weights, rank=rank, world=world, channels_last=channels_last)
+        val = MemoryLoader(xv.to(dev), yv.to(dev), cfg.batch_size * 2, train=False, mean=pp.mean, std=pp.std,
+                           rank=rank, world=world, channels_last=channels_last)
+        test = None
+        if test_s:
+            xs, ys = decode_to_memory(test_s, pp)
+            test = MemoryLoader(xs.to(dev), ys.to(dev), cfg.batch_size * 2, train=False, mean=pp.mean, std=pp.std,
+                                rank=rank, world=world, channels_last=channels_last)
+        desc += f"; decoded into memory in {time.perf_counter() - t0:.1f}s"
+    else:
+        workers = cfg.workers if cfg.workers is not None else default_workers(device)
+        ttf = train_transform(pp, cfg.augment)
+        etf = eval_transform(pp)
+        train = _worker_loader(FileDataset(train_s, ttf, seed=cfg.seed), cfg.batch_size, True, workers, device, cfg.seed, weights,
+                               rank, world)
+        val = _worker_loader(FileDataset(val_s, etf), cfg.batch_size * 2, False, workers, device, cfg.seed, None,
+                             rank, world)
+        test = (_worker_loader(FileDataset(test_s, etf), cfg.batch_size * 2, False, workers, device, cfg.seed, None,
+                               rank, world) if test_s else None)
+    return DataBundle(splits.classes, train, val, test, pp, len(train_s), [p for p, _ in val_s],
+                      [p for p, _ in test_s] if test_s else None, desc, report.summary(), report,
+                      train_labels=labels, in_memory=use_memory, channels_last=channels_last), name
+
+
+class _EpochLoader:
+    """A DataLoader whose shuffling and worker seeds depend only on (seed, epoch): exact resume."""
+
+    def __init__(self, dataset: Any, batch_size: int, train: bool, workers: int, device: torch.device, seed: int,
+                 weights: torch.Tensor | None, rank: int, world: int) -> None:
+        self.dataset, self.batch_size, self.train = dataset, batch_size, train
+        self.workers, self.device, self.seed, self.weights = workers, device, seed, weights
+        self.rank, self.world = rank, world
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
+
+    def _loader(self) -> torch.utils.data.DataLoader:
+        from torch.utils.data import DataLoader, Subset
+
+        n = len(self.dataset)
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        if self.train:
+            if self.weights is not None:
+                order = torch.multinomial(self.weights, n, replacement=True, generator=g)
+            else:
+                order = torch.randperm(n, generator=g)
+            if self.world > 1:
+                per = n // self.world
+                order = order[self.rank * per:(self.rank + 1) * per]
+        else:
+            order = torch.arange(n)[self.rank::self.world]
+        ds = Subset(self.dataset, order.tolist())
+        drop_last = self.train and len(ds) >= self.batch_size
+        return DataLoader(ds, batch_size=self.batch_size, shuffle=False, num_workers=self.workers,
+                          pin_memory=self.device.type == "cuda", drop_last=drop_last, generator=g,
+                          persistent_workers=False)
+
+    def __len__(self) -> int:
+        n = len(self.dataset) // self.world if self.train else len(range(self.rank, len(self.dataset), self.world))
+        if self.train:
+            return n // self.batch_size if n >= self.batch_size else int(n >= 2)
+        return math.ceil(n / self.batch_size)
+
+    def __iter__(self):
+        for x, y in self._loader():
+            if self.train and len(y) < 2:
+                continue
+            yield x, y
+
+
+def _worker_loader(*args: Any) -> _EpochLoader:
+    return _EpochLoader(*args)
+
+
+def _balance_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    counts = torch.bincount(labels, minlength=num_classes).float().clamp(min=1)
+    return (1.0 / counts)[labels]
+
+
+def class_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Inverse-frequency class weights normalised to mean 1 (for ``balance=weighted_loss``)."""
+    counts = torch.bincount(labels, minlength=num_classes).float().clamp(min=1)
+    w = counts.sum() / (num_classes * counts)
+    return w / w.mean()
+
+
+# --- strategy ----------------------------------------------------------------------------------
+
+def resolve_strategy(cfg: TrainConfig) -> str:
+    if cfg.strategy != "auto":
+        return cfg.strategy
+    return "freeze_unfreeze" if cfg.pretrained else "scratch"
+
+
+def default_lr(cfg: TrainConfig, strategy: str) -> float:
+    if cfg.lr is not None:
+        return cfg.lr
+    scale = cfg.batch_size * cfg.accum_steps / 256
+    if cfg.optimizer == "adamw":
+        return 1e-3 if strategy in ("scratch", "linear_probe") else 3e-4
+    if strategy == "scratch":
+        return 0.4 * scale
+    if strategy == "linear_probe":
+        return 0.4 * scale
+    return 0.05 * scale
+
+
+def set_body_frozen(model: nn.Module, frozen: bool) -> None:
+    """Freeze or unfreeze everything but the classifier; frozen BN layers keep their statistics."""
+    body, head = model.body_and_head()
+    for block in body:
+        for p in block.parameters():
+            p.requires_grad_(not frozen)
+    for p in head.parameters():
+        p.requires_grad_(True)
+    model._body_frozen = frozen  # type: ignore[attr-defined]
+
+
+def train_mode(model: nn.Module) -> None:
+    """``model.train()``, except BatchNorm layers of a frozen body stay in eval mode."""
+    model.train()
+    if getattr(model, "_body_frozen", False):
+        body, _ = model.body_and_head()
+        for block in body:
+            for m in block.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+
+
+# --- the loop ----------------------------------------------------------------------------------
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    best_metric: float
+    best_epoch: int
+    history: list[dict[str, float]]
+    checkpoint: Path
+    eval_report: dict[str, Any] | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def _progress(iterable: Iterable, total: int, desc: str, enabled: bool):
+    if not enabled:
+        return iterable
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, total=total, desc=desc, unit="batch", leave=False, dynamic_ncols=True)
+
+
+def _mix(x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, g: torch.Generator
+         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+    """Mixup (Zhang et al. 2018) or CutMix (Yun et al. 2019) on a batch; returns x, y_a, y_b, lambda."""
+    use_cutmix = cfg.cutmix > 0 and (cfg.mixup <= 0 or torch.rand(1, generator=g).item() < 0.5)
+    alpha = cfg.cutmix if use_cutmix else cfg.mixup
+    lam = float(np.random.default_rng(int(torch.randint(0, 2**31, (1,), generator=g))).beta(alpha, alpha))
+    perm = torch.randperm(x.shape[0], generator=g).to(x.device)
+    if use_cutmix:
+        h, w = x.shape[-2:]
+        rh, rw = int(h * math.sqrt(1 - lam)), int(w * math.sqrt(1 - lam))
+        cy, cx = int(torch.randint(0, h, (1,), generator=g)), int(torch.randint(0, w, (1,), generator=g))
+        y0, y1, x0, x1 = max(cy - rh // 2, 0), min(cy + rh // 2, h), max(cx - rw // 2, 0), min(cx + rw // 2, w)
+        x = x.clone()
+        x[:, :, y0:y1, x0:x1] = x[perm, :, y0:y1, x0:x1]
+        lam = 1 - (y1 - y0) * (x1 - x0) / (h * w)
+    else:
+        x = lam * x + (1 - lam) * x[perm]
+    return x, y, y[perm], lam
+
+
+class Trainer:
+    """One training run. ``Trainer(cfg).fit()`` or the :func:`fit` shortcut."""
+
+    def __init__(self, cfg: TrainConfig | None = None, *, resume: str | Path | None = None, quiet: bool = False,
+                 overrides: dict[str, Any] | None = None) -> None:
+        self.resume_dir = Path(resume) if resume else None
+        self.state: dict[str, Any] | None = None
+        if self.resume_dir is not None:
+            self.state = ckpt.load_state(self.resume_dir / ckpt.STATE)
+            saved = TrainConfig(**self.state["config"])
+            changes = dict(overrides or {})
+            bad = sorted(set(changes) - RESUME_OVERRIDES)
+            if bad:
+                raise ConfigError(f"a resumed run keeps its saved configuration; {', '.join(bad)} cannot change on "
+                                  f"resume (only {', '.join(sorted(RESUME_OVERRIDES))} can).")
+            cfg = saved.replace(**changes, output=str(self.resume_dir))
+        elif cfg is None:
+            cfg = TrainConfig(**(overrides or {}))
+        self.cfg = cfg
+        self.quiet = quiet
+        self.notes: list[str] = []
+
+    def say(self, msg: str) -> None:
+        if not self.quiet:
+            log(msg)
+
+    # ---- setup
+
+    def _run_dir(self) -> Path:
+        cfg = self.cfg
+        if self.resume_dir is not None:
+            return self.resume_dir
+        if cfg.output:
+            out = Path(cfg.output)
+            if (out / ckpt.STATE).exists():
+                raise ConfigError(f"{out} already holds a training run; resume it with --resume {out} or choose "
+                                  "another --output folder.")
+        else:
+            stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+            out = Path("runs") / f"{cfg.model or 'auto'}-{stamp}"
+        out.mkdir(parents=True, exist_ok=True)
+        return out
+
+    def prepare(self, run_dir: Path | None) -> dict[str, Any]:
+        """Device, data, model, strategy and optimiser: everything before the first step."""
+        cfg = self.cfg
+        set_threads(cfg.threads)
+        device = resolve_device(cfg.device)
+        precision = resolve_precision(cfg.precision, device)
+        seed_everything(cfg.seed, cfg.deterministic)
+
+        # data
+        pretrained_meta: dict | None = None
+        if cfg.pretrained:
+            from ..models import get_config
+            from ..models.pretrained import resolve_source
+
+            if not cfg.model:
+                raise ConfigError("--pretrained needs --model to say which architecture the weights are for "
+                                  "(e.g. --model resnet50).")
+            state, pretrained_meta = resolve_source(cfg.pretrained, cfg=get_config(cfg.model),
+                                                    model_name=cfg.model)
+            self._pretrained_state = state
+        data, model_name = build_data(cfg, device, lambda n: _mean_std_for(n, pretrained_meta),
+                                      lambda size: cfg.channels_last if cfg.channels_last is not None
+                                      else default_channels_last(device, precision, size))
+        channels_last = data.channels_last
+        self.say(f"data: {data.description}")
+        if data.scan_summary:
+            self.say(data.scan_summary)
+            if data.scan is not None and run_dir is not None:
+                data.scan.write(run_dir)
+
+        # model
+        model = self._build_model(model_name, len(data.classes))
+        strategy = resolve_strategy(cfg)
+        if not cfg.pretrained:
+            self.notes.append("no pretrained weights were given: trained from scratch (pass --pretrained to "
+                              "fine-tune)")
+            self.say(f"model: {model_name}, training from scratch (no --pretrained given)")
+        else:
+            self.say(f"model: {model_name}, pretrained from {cfg.pretrained}, strategy {strategy}")
+        model = model.to(device)
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.say(f"device: {device}, precision {precision.name}, channels_last {channels_last}"
+                 + (", compiled" if cfg.compile else ""))
+
+        # strategy and optimiser
+        lr = default_lr(cfg, strategy)
+        decay = cfg.lr_decay if strategy == "freeze_unfreeze" else 1.0
+        groups = param_groups(model, lr, cfg.weight_decay, decay)
+        optimizer = make_optimizer(cfg.optimizer, groups, lr, cfg.momentum, cfg.nesterov, cfg.weight_decay)
+        steps_per_epoch = max(len(data.train) // cfg.accum_steps, 1)
+        weight = class_weights(data.train_labels, len(data.classes)).to(device) \
+            if cfg.balance == "weighted_loss" else None
+        return {
+            "device": device, "precision": precision, "channels_last": channels_last, "data": data,
+            "model": model, "model_name": model_name, "strategy": strategy, "optimizer": optimizer,
+            "steps_per_epoch": steps_per_epoch, "total_steps": steps_per_epoch * cfg.epochs,
+            "warmup": int(cfg.warmup_epochs * steps_per_epoch),
+            "scaler": torch.amp.GradScaler(device.type) if precision.scaler else None,
+            "ema": EMA(model, cfg.ema_decay) if cfg.ema else None,
+            "criterion": nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing),
+            "fwd": torch.compile(model) if cfg.compile else model,
+        }
+
+    def fit(self) -> RunResult:
+        cfg = self.cfg
+        run_dir = self._run_dir()
+        s = self.prepare(run_dir)
+        device, precision, data, model = s["device"], s["precision"], s["data"], s["model"]
+        strategy, optimizer, scaler, ema, criterion, fwd = (s["strategy"], s["optimizer"], s["scaler"], s["ema"],
+                                                            s["criterion"], s["fwd"])
+        steps_per_epoch, total_steps, warmup = s["steps_per_epoch"], s["total_steps"], s["warmup"]
+
+        history: list[dict[str, float]] = []
+        start_epoch, best, best_epoch = 0, -math.inf, -1
+        if self.state is not None:
+            start_epoch, best, best_epoch, history = self._restore(model, optimizer, scaler, ema)
+            self.say(f"resumed {run_dir} after epoch {start_epoch} (best val acc {best:.4f} at epoch {best_epoch})")
+        save_yaml(cfg, run_dir / "config.yaml")
+
+        record_base = dict(classes=data.classes, preprocessing=data.preprocessing.to_dict())
+        bad_after = 0
+        for epoch in range(start_epoch, cfg.epochs):
+            frozen = strategy == "linear_probe" or (strategy == "freeze_unfreeze" and epoch < cfg.freeze_epochs)
+            set_body_frozen(model, frozen)
+            t0 = time.perf_counter()
+            train_loss, train_acc, seen = self.train_one_epoch(
+                fwd, model, data.train, optimizer, scaler, ema, criterion, precision, device, epoch,
+                steps_per_epoch, total_steps, warmup)
+            train_time = time.perf_counter() - t0
+            eval_model = self._ema_model(model, ema) if ema else model
+            val_loss, val_acc = self.evaluate_loss(eval_model, data.val, precision, device)
+            row = {"epoch": epoch + 1, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss,
+                   "val_acc": val_acc, "lr": optimizer.param_groups[-1]["lr"],
+                   "seconds": time.perf_counter() - t0, "images_per_s": seen / max(train_time, 1e-9)}
+            history.append(row)
+            improved = val_acc > best
+            if improved:
+                best, best_epoch, bad_after = val_acc, epoch + 1, 0
+            else:
+                bad_after += 1
+            weights_src = eval_model
+            extra = {"epoch": epoch + 1, "weights": "ema" if ema else "model", "strategy": strategy,
+                     "pretrained": cfg.pretrained}
+            metrics = {"val_acc": val_acc, "val_loss": val_loss, "train_loss": train_loss, "train_acc": train_acc}
+            ckpt.save_checkpoint(run_dir / ckpt.LAST, weights_src,
+                                 ckpt.model_record(weights_src, metrics=metrics, extra=extra, **record_base))
+            if improved:
+                ckpt.save_checkpoint(run_dir / ckpt.BEST, weights_src,
+                                     ckpt.model_record(weights_src, metrics=metrics, extra=extra, **record_base))
+            ckpt.save_state(run_dir / ckpt.STATE, {
+                "config": cfg.to_dict(), "epoch": epoch + 1, "step": (epoch + 1) * steps_per_epoch,
+                "model": {k: v.detach().cpu() for k, v in ckpt.unwrap(model).state_dict().items()},
+                "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler else None,
+                "ema": ema.state_dict() if ema else None, "rng": ckpt.rng_state(), "best": best,
+                "best_epoch": best_epoch, "history": history,
+            })
+            _write_metrics(run_dir / "metrics.csv", history)
+            self.say(f"epoch {epoch + 1}/{cfg.epochs}  train loss {train_loss:.4f} acc {train_acc:.4f}  "
+                     f"val loss {val_loss:.4f} acc {val_acc:.4f}  lr {row['lr']:.2e}  {row['seconds']:.1f}s  "
+                     f"{row['images_per_s']:.0f} img/s" + ("  *" if improved else "") + ("  (frozen body)" if
+                                                                                        frozen else ""))
+            if cfg.early_stop and bad_after >= cfg.early_stop:
+                self.say(f"early stop: no improvement in validation accuracy for {cfg.early_stop} epochs")
+                self.notes.append(f"stopped early after epoch {epoch + 1}")
+                break
+
+        return self._finish(run_dir, data, history, best, best_epoch, device, precision)
+
+    def _build_model(self, name: str, num_classes: int) -> nn.Module:
+        from ..models import create_model
+
+        cfg = self.cfg
+        overrides = {"drop_path_rate": cfg.drop_path_rate} if cfg.drop_path_rate else {}
+        model = create_model(name, num_classes=num_classes, **overrides)
+        if cfg.pretrained:
+            from ..models.pretrained import load_pretrained
+
+            state = getattr(self, "_pretrained_state")
+            load_pretrained(model, state, reset_head=True, source=cfg.pretrained)
+            del self._pretrained_state
+        return model
+
+    def _restore(self, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: Any, ema: EMA | None
+                 ) -> tuple[int, float, int, list[dict[str, float]]]:
+        st = self.state
+        assert st is not None
+        ckpt.unwrap(model).load_state_dict(st["model"])
+        optimizer.load_state_dict(st["optimizer"])
+        if scaler is not None and st.get("scaler"):
+            scaler.load_state_dict(st["scaler"])
+        if ema is not None and st.get("ema"):
+            ema.load_state_dict(st["ema"])
+        ckpt.set_rng_state(st["rng"])
+        return int(st["epoch"]), float(st["best"]), int(st["best_epoch"]), list(st["history"])
+
+    @staticmethod
+    def _ema_model(model: nn.Module, ema: EMA) -> nn.Module:
+        m = copy.deepcopy(ckpt.unwrap(model))
+        m.load_state_dict(ema.shadow)
+        return m
+
+    def train_one_epoch(self, fwd: nn.Module, model: nn.Module, loader: Any, optimizer: torch.optim.Optimizer,
+                        scaler: Any, ema: EMA | None, criterion: nn.Module, precision: Precision,
+                        device: torch.device, epoch: int, steps_per_epoch: int, total_steps: int, warmup: int
+                        ) -> tuple[float, float, int]:
+        cfg = self.cfg
+        train_mode(model)
+        loader.set_epoch(epoch)
+        torch.manual_seed(cfg.seed * 1_000_003 + epoch)  # dropout / drop-path: a function of the epoch
+        g = torch.Generator().manual_seed(cfg.seed * 31 + epoch)
+        step = epoch * steps_per_epoch
+        total_loss = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device)
+        seen = 0
+        params = [p for p in model.parameters()]
+        show = cfg.progress and not self.quiet and sys.stderr.isatty()
+        bar = _progress(loader, len(loader), f"epoch {epoch + 1}/{cfg.epochs}", show)
+        optimizer.zero_grad(set_to_none=True)
+        for i, (x, y) in enumerate(bar):
+            x = x.to(device, non_blocking=True)
+            y = y.to(device, non_blocking=True)
+            mixed = cfg.mixup > 0 or cfg.cutmix > 0
+            if mixed:
+                x, ya, yb, lam = _mix(x, y, cfg, g)
+            with precision.autocast(device):
+                out = fwd(x)
+                loss = (lam * criterion(out, ya) + (1 - lam) * criterion(out, yb)) if mixed else criterion(out, y)
+            if not torch.isfinite(loss.detach()).item():
+                raise TrainingError(
+                    f"the loss became {loss.item()} at epoch {epoch + 1}, batch {i + 1}; lower the learning rate "
+                    f"(now {optimizer.param_groups[-1]['lr']:.3g}) or use --precision fp32. No checkpoint was "
+                    "written for this epoch; the last good one is untouched.")
+            (scaler.scale(loss / cfg.accum_steps) if scaler else loss / cfg.accum_steps).backward()
+            if (i + 1) % cfg.accum_steps == 0:
+                set_lr(optimizer, lr_at(step, total_steps, cfg.schedule, warmup))
+                if cfg.grad_clip > 0:
+                    if scaler:
+                        scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], cfg.grad_clip)
+                if scaler:
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                if ema is not None:
+                    ema.update(ckpt.unwrap(model))
+                step += 1
+            n = y.shape[0]
+            total_loss += loss.detach().float() * n
+            correct += (out.detach().argmax(1) == y).sum()
+            seen += n
+            if show and i % 10 == 0:
+                bar.set_postfix(loss=f"{loss.item():.3f}")
+        if seen == 0:
+            raise DataError("the training loader produced no batch; the training split is too small for the batch "
+                            "size (lower --batch-size).")
+        return total_loss.item() / seen, correct.item() / seen, seen
+
+    @torch.no_grad()
+    def evaluate_loss(self, model: nn.Module, loader: Any, precision: Precision, device: torch.device
+                      ) -> tuple[float, float]:
+        probs, targets, loss = predict_loader(model, loader, precision, device)
+        return loss, float((probs.argmax(1) == targets).float().mean()) if len(targets) else float("nan")
+
+    def _finish(self, run_dir: Path, data: DataBundle, history: list[dict[str, float]], best: float,
+                best_epoch: int, device: torch.device, precision: Precision) -> RunResult:
+        from ..eval import metrics as M
+        from ..eval import report as R
+
+        best_path = run_dir / ckpt.BEST
+        model, rec = ckpt.load_checkpoint(best_path, device)
+        split, loader, files = ("test", data.test, data.test_files) if data.test is not None else \
+            ("validation", data.val, data.val_files)
+        probs, targets, _ = predict_loader(model, loader, precision, device)
+        report = M.classification_report(probs.numpy(), targets.numpy(), data.classes, files=files)
+        report["split"] = split
+        import json
+
+        (run_dir / "eval.json").write_text(json.dumps(report, indent=2))
+        images = {"Training curves": R.plot_curves(history, run_dir / "curves.png").name,
+                  "Confusion matrix": R.plot_confusion(np.array(report["confusion_matrix"]), data.classes,
+                                                       run_dir / "confusion.png").name}
+        worst = R.plot_worst(report["worst"], run_dir / "worst.png") if files else None
+        if worst is not None:
+            images["Worst-classified images"] = worst.name
+        R.write_report(run_dir, title=f"resnet-tune run: {rec['model']}", config=self.cfg.to_dict(), rows=history,
+                       eval_report=report, classes=data.classes, scan_summary=data.scan_summary, notes=self.notes,
+                       images=images)
+        self.say(f"{split} accuracy of the best checkpoint (epoch {best_epoch}): {report['accuracy']:.4f}")
+        self.say(f"done: model {best_path}, report {run_dir / 'report.md'}")
+        return RunResult(run_dir, best, best_epoch, history, best_path, report, self.notes)
+
+
+@torch.no_grad()
+def predict_loader(model: nn.Module, loader: Any, precision: Precision, device: torch.device
+                   ) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Softmax probabilities (float32, CPU), targets and mean cross-entropy over a loader."""
+    model.eval()
+    probs, targets = [], []
+    total, n = 0.0, 0
+    for x, y in loader:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        with precision.autocast(device):
+            out = model(x)
+        out = out.float()
+        total += F.cross_entropy(out, y, reduction="sum").item()
+        n += y.shape[0]
+        probs.append(out.softmax(1).cpu())
+        targets.append(y.cpu())
+    if not probs:
+        return torch.empty(0, 0), torch.empty(0, dtype=torch.long), float("nan")
+    return torch.cat(probs), torch.cat(targets), total / max(n, 1)
+
+
+def _write_metrics(path: Path, history: list[dict[str, float]]) -> None:
+    import io
+
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=METRIC_COLUMNS + sorted(set().union(*history) - set(METRIC_COLUMNS)))
+    w.writeheader()
+    for row in history:
+        w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+    ckpt._atomic_write(path, lambda tmp: Path(tmp).write_text(buf.getvalue()))
+
+
+def fit(cfg: TrainConfig | None = None, *, resume: str | Path | None = None, quiet: bool = False,
+        **options: Any) -> RunResult:
+    """Train a model: ``fit(data="photos/", model="resnet50", pretrained="...", epochs=5)``."""
+    if resume is not None:
+        return Trainer(resume=resume, quiet=quiet, overrides=options).fit()
+    if cfg is None:
+        from .config import from_dict
+
+        cfg = from_dict(options, source="fit()")
+    elif options:
+        cfg = cfg.replace(**options)
+    return Trainer(cfg, quiet=quiet).fit()

@@ -1,0 +1,41 @@
+"""Shared fixtures: tiny image folders made on the fly (no data is shipped with the tests)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+os.environ.setdefault("KERAS_BACKEND", "torch")
+
+COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (40, 50, 220)}
+
+
+def make_image(path: Path, colour: tuple[int, int, int], size: int = 24, seed: int = 0, fmt: str | None = None) -> Path:
+    rng = np.random.default_rng(seed)
+    arr = np.clip(np.array(colour)[None, None, :] + rng.normal(0, 25, (size, size, 3)), 0, 255).astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path, format=fmt)
+    return path
+
+
+def make_folder(root: Path, per_class: int = 10, size: int = 24, classes: dict | None = None, ext: str = "png"
+                ) -> Path:
+    for i, (name, colour) in enumerate((classes or COLOURS).items()):
+        for j in range(per_class):
+            make_image(root / name / f"{name}_{j:03d}.{ext}", colour, size, seed=i * 1000 + j)
+    return root
+
+
+@pytest.fixture
+def image_folder(tmp_path: Path) -> Path:
+    return make_folder(tmp_path / "data")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_caches(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    cache = tmp_path_factory.mktemp("cache")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache))

@@ -1,0 +1,333 @@
+"""Fine-tuning end to end on tiny images: CLI and API, resume, strategies and bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+import resnet_tune as rt
+from resnet_tune.cli import main
+from resnet_tune.engine import checkpoint as ckpt
+from resnet_tune.engine.config import TrainConfig
+from resnet_tune.engine.trainer import Trainer, fit
+from resnet_tune.errors import CheckpointError, ConfigError, DataError, TrainingError
+
+from conftest import make_folder, make_image
+
+FAST = dict(epochs=2, batch_size=8, img_size=16, progress=False, precision="fp32")
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(path))
+
+
+def test_cli_train_evaluate_predict_embed(image_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(image_folder), "--epochs", "2", "--batch-size", "8", "--img-size", "16",
+                 "--output", str(run), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "training from scratch" in out and f"report {run / 'report.md'}" in out
+    for name in ["config.yaml", "metrics.csv", "curves.png", "confusion.png", "report.md", "best.safetensors",
+                 "last.safetensors", "last.state.pt", "bad_files.txt", "data_scan.json", "eval.json"]:
+        assert (run / name).is_file(), name
+    with (run / "metrics.csv").open() as f:
+        rows = list(csv.reader(f))
+    assert rows[0][:8] == ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds",
+                           "images_per_s"]
+    assert len(rows) == 3 and all(0.0 <= float(r[4]) <= 1.0 for r in rows[1:])
+
+    rec = ckpt.read_record(run)
+    assert rec["classes"] == ["blue", "green", "red"]
+    assert rec["format_version"] == ckpt.FORMAT_VERSION
+    assert rec["preprocessing"]["input_size"] == 16
+    assert set(rec["versions"]) >= {"torch", "torchvision", "resnet_tune"}
+
+    assert main(["evaluate", str(run), "--data", str(image_folder), "--output", str(tmp_path / "ev")]) == 0
+    report = json.loads((tmp_path / "ev" / "eval.json").read_text())
+    assert report["num_samples"] == 30 and "per_class" in report and "worst" in report
+    assert "accuracy" in capsys.readouterr().out
+
+    pj = tmp_path / "pred.json"
+    assert main(["predict", str(run), str(image_folder / "red"), "--top-k", "2", "--output", str(pj)]) == 0
+    preds = json.loads(pj.read_text())
+    assert len(preds) == 10
+    assert set(preds[0]) == {"file", "top"} and len(preds[0]["top"]) == 2
+    assert set(preds[0]["top"][0]) == {"class", "prob"}
+    assert preds[0]["top"][0]["prob"] >= preds[0]["top"][1]["prob"]
+    pc = tmp_path / "pred.csv"
+    assert main(["predict", str(run / "best.safetensors"), str(image_folder / "red" / "red_000.png"), "--output",
+                 str(pc)]) == 0
+    assert pc.read_text().splitlines()[0].startswith("file,class_1,prob_1")
+
+    emb = tmp_path / "emb.npy"
+    assert main(["embed", str(run), str(image_folder / "blue"), "--output", str(emb)]) == 0
+    feats = np.load(emb)
+    assert feats.shape == (10, 64)
+    assert len((tmp_path / "emb.files.txt").read_text().splitlines()) == 10
+
+
+def test_training_learns_colours(image_folder: Path, tmp_path: Path) -> None:
+    res = fit(data=str(image_folder), output=str(tmp_path / "r"), **{**FAST, "epochs": 6}, quiet=True)
+    assert res.best_metric == 1.0
+    pred = rt.serve.predictor.Predictor(res.run_dir) if hasattr(rt, "serve") else None
+    from resnet_tune.serve.predictor import Predictor
+
+    pred = Predictor(res.run_dir)
+    out = pred.predict_files([str(image_folder / "green" / "green_001.png")])
+    assert out[0]["top"][0]["class"] == "green"
+
+
+def test_folded_predictor_matches_eager(image_folder: Path, tmp_path: Path) -> None:
+    from resnet_tune.serve.predictor import Predictor
+
+    res = fit(data=str(image_folder), output=str(tmp_path / "r"), **FAST, quiet=True)
+    pred = Predictor(res.run_dir, precision="fp32")
+    x = torch.randn(4, 3, 16, 16)
+    torch.testing.assert_close(pred.logits(x), pred.eager(x), rtol=1e-4, atol=1e-4)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in pred.model.modules())
+
+
+@pytest.mark.parametrize("loader", ["memory", "workers"])
+def test_resume_after_interruption_is_bit_exact(image_folder: Path, tmp_path: Path, loader: str,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    opts = dict(FAST, epochs=3, deterministic=True, loader=loader, workers=0, ema=True)
+    full = fit(data=str(image_folder), output=str(tmp_path / "full"), quiet=True, **opts)
+
+    original = Trainer.train_one_epoch
+
+    def interrupted(self, *args, **kwargs):
+        if args[9] == 2:  # the third epoch (index 2)
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "train_one_epoch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        fit(data=str(image_folder), output=str(tmp_path / "part"), quiet=True, **opts)
+    assert ckpt.load_state(tmp_path / "part" / ckpt.STATE)["epoch"] == 2
+    monkeypatch.setattr(Trainer, "train_one_epoch", original)
+    resumed = fit(resume=tmp_path / "part", quiet=True)
+    assert len(resumed.history) == 3
+    a, b = _weights(full.run_dir / "last.safetensors"), _weights(tmp_path / "part" / "last.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    sa = ckpt.load_state(full.run_dir / ckpt.STATE)["model"]
+    sb = ckpt.load_state(tmp_path / "part" / ckpt.STATE)["model"]
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_resume_keeps_schedule(image_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    full = fit(data=str(image_folder), output=str(tmp_path / "full"), quiet=True, **dict(FAST, epochs=3))
+    original = Trainer.train_one_epoch
+
+    def interrupted(self, *args, **kwargs):
+        if args[9] == 1:
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "train_one_epoch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        fit(data=str(image_folder), output=str(tmp_path / "part"), quiet=True, **dict(FAST, epochs=3))
+    monkeypatch.setattr(Trainer, "train_one_epoch", original)
+    resumed = fit(resume=tmp_path / "part", quiet=True)
+    assert [r["lr"] for r in resumed.history] == pytest.approx([r["lr"] for r in full.history])
+
+
+def _pretrained_file(tmp_path: Path) -> Path:
+    torch.manual_seed(1)
+    model = rt.create_model("resnet20")
+    path = tmp_path / "pre.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return path
+
+
+def test_linear_probe_keeps_body_and_bn_statistics(image_folder: Path, tmp_path: Path) -> None:
+    pre = _pretrained_file(tmp_path)
+    res = fit(data=str(image_folder), output=str(tmp_path / "lp"), model="resnet20", pretrained=str(pre),
+              strategy="linear_probe", quiet=True, **FAST)
+    before, after = load_file(str(pre)), _weights(res.run_dir / "last.safetensors")
+    for k in before:
+        if not k.startswith("fc."):
+            assert torch.equal(before[k], after[k]), f"{k} changed in a linear probe"
+    assert after["fc.weight"].shape == (3, 64)
+
+
+def test_freeze_then_unfreeze_trains_body_after_frozen_epochs(image_folder: Path, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    pre = _pretrained_file(tmp_path)
+    seen: list[bool] = []
+    original = Trainer.train_one_epoch
+
+    def spy(self, fwd, model, *args, **kwargs):
+        seen.append(model.conv1.weight.requires_grad)
+        return original(self, fwd, model, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "train_one_epoch", spy)
+    res = fit(data=str(image_folder), output=str(tmp_path / "fu"), model="resnet20", pretrained=str(pre),
+              quiet=True, **dict(FAST, epochs=3))
+    assert seen == [False, True, True]
+    state = ckpt.load_state(res.run_dir / ckpt.STATE)
+    lrs = sorted({g["base_lr"] for g in state["optimizer"]["param_groups"]})
+    assert len(lrs) >= 4 and lrs[0] < lrs[-1]  # discriminative learning rates
+    after = _weights(res.run_dir / "last.safetensors")
+    assert not torch.equal(load_file(str(pre))["conv1.weight"], after["conv1.weight"])
+
+
+def test_options_run_mixup_cutmix_ema_balance_accum(image_folder: Path, tmp_path: Path) -> None:
+    res = fit(data=str(image_folder), output=str(tmp_path / "o"), quiet=True, mixup=0.2, cutmix=1.0, ema=True,
+              balance="weighted_loss", accum_steps=2, grad_clip=1.0, optimizer="adamw", schedule="cosine",
+              loader="workers", workers=0, augment="trivialaugment", **FAST)
+    assert ckpt.read_record(res.run_dir)["weights"] == "ema"
+    assert all(np.isfinite(r["train_loss"]) for r in res.history)
+    res2 = fit(data=str(image_folder), output=str(tmp_path / "s"), quiet=True, balance="sampler", early_stop=1,
+               **dict(FAST, epochs=4))
+    assert len(res2.history) <= 4
+
+
+def test_default_job_is_embedded_digits(tmp_path: Path) -> None:
+    res = fit(output=str(tmp_path / "d"), epochs=1, quiet=True, progress=False)
+    rec = ckpt.read_record(res.run_dir)
+    assert rec["classes"] == [str(i) for i in range(10)] and rec["model"] == "resnet20"
+    assert res.history[0]["val_acc"] > 0.2  # one epoch already learns something
+
+
+def test_yaml_config_and_flags_win(image_folder: Path, tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"data: {image_folder}\nepochs: 5\nbatch-size: 8\nimg_size: 16\nprecision: fp32\n")
+    run = tmp_path / "run"
+    assert main(["train", "--config", str(cfg), "--epochs", "1", "--output", str(run), "--no-progress"]) == 0
+    import yaml
+
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["epochs"] == 1 and saved["batch_size"] == 8
+
+
+def test_bad_config_keys_and_values(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("epocs: 3\n")
+    assert main(["train", "--config", str(cfg)]) == 2
+    assert "unknown option 'epocs'" in capsys.readouterr().err and "epochs" in capsys.readouterr().err + "epochs"
+    with pytest.raises(ConfigError, match="batch_size=1"):
+        TrainConfig(batch_size=1)
+    with pytest.raises(ConfigError, match="strategy"):
+        TrainConfig(strategy="linear_probe")
+
+
+def test_missing_empty_and_single_class_data(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["train", "--data", str(tmp_path / "nope"), "--output", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "does not exist" in err and "Traceback" not in err
+    (tmp_path / "empty" / "a").mkdir(parents=True)
+    (tmp_path / "empty" / "b").mkdir(parents=True)
+    with pytest.raises(DataError):
+        fit(data=str(tmp_path / "empty"), output=str(tmp_path / "r2"), quiet=True, **FAST)
+    make_folder(tmp_path / "one", classes={"red": (200, 0, 0)})
+    with pytest.raises(DataError, match="two classes"):
+        fit(data=str(tmp_path / "one"), output=str(tmp_path / "r3"), quiet=True, **FAST)
+
+
+def test_bad_files_are_reported_and_skipped(image_folder: Path, tmp_path: Path) -> None:
+    (image_folder / "red" / "broken.jpg").write_bytes(b"not an image at all")
+    (image_folder / "red" / "empty.png").write_bytes(b"")
+    make_image(image_folder / "blue" / "cut.jpg", (40, 50, 220), size=64, fmt="JPEG")
+    data = (image_folder / "blue" / "cut.jpg").read_bytes()
+    (image_folder / "blue" / "cut.jpg").write_bytes(data[: len(data) // 2])
+    res = fit(data=str(image_folder), output=str(tmp_path / "r"), quiet=True, **FAST)
+    bad = (res.run_dir / "bad_files.txt").read_text()
+    for name in ("broken.jpg", "empty.png", "cut.jpg"):
+        assert name in bad
+
+
+def test_non_finite_loss_stops_and_keeps_good_checkpoint(image_folder: Path, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    run = tmp_path / "r"
+    fit(data=str(image_folder), output=str(run), quiet=True, **dict(FAST, epochs=1))
+    good = (run / "best.safetensors").read_bytes()
+    calls = {"n": 0}
+    original = torch.nn.CrossEntropyLoss.forward
+
+    def poisoned(self, input, target):
+        calls["n"] += 1
+        loss = original(self, input, target)
+        return loss * float("nan") if calls["n"] > 1 else loss
+
+    monkeypatch.setattr(torch.nn.CrossEntropyLoss, "forward", poisoned)
+    # resuming the finished 1-epoch run with more epochs is not allowed; start a new run in the same folder
+    with pytest.raises(ConfigError, match="--resume"):
+        fit(data=str(image_folder), output=str(run), quiet=True, **FAST)
+    run2 = tmp_path / "r2"
+    with pytest.raises(TrainingError, match="loss became nan"):
+        fit(data=str(image_folder), output=str(run2), quiet=True, **FAST)
+    assert not (run2 / "best.safetensors").exists()
+    assert (run / "best.safetensors").read_bytes() == good
+
+
+def test_checkpoint_errors(image_folder: Path, tmp_path: Path) -> None:
+    res = fit(data=str(image_folder), output=str(tmp_path / "r"), quiet=True, **dict(FAST, epochs=1))
+    with pytest.raises(CheckpointError, match="does not exist"):
+        ckpt.resolve_checkpoint(tmp_path / "missing.safetensors")
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x00" * 20)
+    with pytest.raises(CheckpointError, match="not a readable safetensors"):
+        ckpt.read_record(bad)
+    # a newer format version is refused with a sentence naming both versions
+    model, rec = ckpt.load_checkpoint(res.run_dir)
+    rec["format_version"] = 99
+    newer = ckpt.save_checkpoint(tmp_path / "newer.safetensors", model, rec)
+    with pytest.raises(CheckpointError, match="version 99, newer"):
+        ckpt.load_checkpoint(newer)
+    # weights that do not fit the recorded architecture
+    rec["format_version"] = 1
+    rec["model_config"]["widths"] = [32, 64, 128]
+    wrong = ckpt.save_checkpoint(tmp_path / "wrong.safetensors", model, rec)
+    with pytest.raises(CheckpointError, match="do not fit"):
+        ckpt.load_checkpoint(wrong)
+    # evaluating on data with a class the checkpoint does not know
+    other = make_folder(tmp_path / "other", classes={"red": (220, 30, 30), "purple": (150, 0, 150)}, per_class=2)
+    with pytest.raises(DataError, match="purple"):
+        from resnet_tune.engine.evaluate import evaluate
+
+        evaluate(res.run_dir, other, progress=False)
+
+
+def test_pickle_in_state_file_is_never_executed(tmp_path: Path) -> None:
+    import pickle
+
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    (tmp_path / ckpt.STATE).write_bytes(pickle.dumps({"x": Evil()}))
+    with pytest.raises(CheckpointError, match="cannot be read safely"):
+        ckpt.load_state(tmp_path / ckpt.STATE)
+    assert not marker.exists()
+
+
+def test_lr_find_suggests_a_rate(image_folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "lrf"
+    assert main(["lr-find", "--data", str(image_folder), "--img-size", "16", "--batch-size", "8", "--steps", "30",
+                 "--output-dir", str(out), "--no-progress"]) == 0
+    res = json.loads((out / "lr_find.json").read_text())
+    assert (out / "lr_find.png").is_file() and len(res["lrs"]) >= 5
+
+
+def test_every_command_has_help(capsys: pytest.CaptureFixture) -> None:
+    for cmd in ["train", "evaluate", "predict", "embed", "lr-find", "models"]:
+        with pytest.raises(SystemExit) as exc:
+            main([cmd, "--help"])
+        assert exc.value.code == 0
+        assert "usage: resnet-tune" in capsys.readouterr().out
+
+
+def test_models_command_lists_presets(capsys: pytest.CaptureFixture) -> None:
+    assert main(["models", "resnet5*"]) == 0
+    out = capsys.readouterr().out
+    assert "resnet50 " in out and "25.56M" in out and "8.18" in out
