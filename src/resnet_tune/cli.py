@@ -268,6 +268,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", metavar="IMAGES_OR_DIR")
     p.add_argument("--output", required=True, help="FILE.npy; the file order goes to FILE.files.txt")
 
+    # Commands that live with their feature: each module has register(add) adding its subcommands.
+    import importlib
+
+    for mod in ("resnet_tune.export.cli", "resnet_tune.serve.cli", "resnet_tune.segment.cli"):
+        try:
+            module = importlib.import_module(mod)
+        except ModuleNotFoundError as err:
+            if err.name is None or not mod.startswith(err.name):  # a missing dependency inside: a real bug
+                raise
+            continue
+        module.register(add)
+
     p = add("models", cmd_models, "list the available architectures with parameters and FLOPs")
     p.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'resnet*'")
     p.add_argument("--json", action="store_true", help="machine-readable output")
