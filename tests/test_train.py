@@ -73,10 +73,10 @@ def test_cli_train_evaluate_predict_embed(image_folder: Path, tmp_path: Path, ca
 
 
 def test_training_learns_colours(image_folder: Path, tmp_path: Path) -> None:
+    from resnet_tune.serve.predictor import Predictor
+
     res = fit(data=str(image_folder), output=str(tmp_path / "r"), **{**FAST, "epochs": 6}, quiet=True)
     assert res.best_metric == 1.0
-    pred = rt.serve.predictor.Predictor(res.run_dir) if hasattr(rt, "serve") else None
-    from resnet_tune.serve.predictor import Predictor
 
     pred = Predictor(res.run_dir)
     out = pred.predict_files([str(image_folder / "green" / "green_001.png")])
@@ -212,7 +212,8 @@ def test_bad_config_keys_and_values(tmp_path: Path, capsys: pytest.CaptureFixtur
     cfg = tmp_path / "c.yaml"
     cfg.write_text("epocs: 3\n")
     assert main(["train", "--config", str(cfg)]) == 2
-    assert "unknown option 'epocs'" in capsys.readouterr().err and "epochs" in capsys.readouterr().err + "epochs"
+    err = capsys.readouterr().err
+    assert "unknown option 'epocs'" in err and "did you mean 'epochs'" in err
     with pytest.raises(ConfigError, match="batch_size=1"):
         TrainConfig(batch_size=1)
     with pytest.raises(ConfigError, match="strategy"):

@@ -1,0 +1,103 @@
+"""Training throughput: resnet-tune's trainer (its defaults) vs plain torchvision loops, in the same run.
+
+'Ours' is ``resnet_tune.engine.trainer.fit`` on in-memory synthetic images (``data="synthetic:N"``) with default
+settings; its images/s is the trainer's own figure for the second epoch (the first includes warm-up). The
+baselines are the loop a user would write: torchvision model, SGD, fp32 NCHW; and the best torchvision setting
+(bf16 autocast + channels_last, optionally + torch.compile). A training step counts as 3x the forward FLOPs.
+
+    python benchmarks/train_step.py --model resnet50 --size 224 --batch 32 --repeats 5
+    python benchmarks/train_step.py --model resnet20 --size 32 --batch 128
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import header, matmul_peak, timed  # noqa: E402
+
+import resnet_tune as rt  # noqa: E402
+from resnet_tune.engine.trainer import fit  # noqa: E402
+
+
+def plain_loop(model_name: str, size: int, batch: int, repeats: int, amp: bool, channels_last: bool,
+               compile_: bool) -> float:
+    import torchvision
+
+    torch.manual_seed(0)
+    if hasattr(torchvision.models, model_name):
+        model = getattr(torchvision.models, model_name)(num_classes=10)
+    else:  # CIFAR presets have no torchvision twin: the same module, trained the plain way
+        model = rt.create_model(model_name, num_classes=10)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    step_model = torch.compile(model) if compile_ else model
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    x = torch.randn(batch, 3, size, size)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (batch,))
+
+    def step() -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            loss = F.cross_entropy(step_model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return batch / timed(step, repeats=repeats, warmup=2 if compile_ else 1)
+
+
+def ours(model_name: str, size: int, batch: int, repeats: int) -> float:
+    work = Path(tempfile.mkdtemp())
+    try:
+        res = fit(data=f"synthetic:{batch * repeats}", model=model_name, img_size=size, batch_size=batch,
+                  epochs=2, output=str(work / "run"), progress=False, quiet=True)
+        return res.history[-1]["images_per_s"]
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="resnet50")
+    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--compile", action="store_true", help="also time torchvision + bf16 + channels_last + compile")
+    args = ap.parse_args()
+
+    gflop = 3 * rt.model_info(args.model, (3, args.size, args.size)).gflops
+    peak_fp32, peak_bf16 = matmul_peak(torch.float32), matmul_peak(torch.bfloat16)
+    print(header(args.repeats))
+    print(f"measured matmul peak: fp32 {peak_fp32:.0f}, bf16 {peak_bf16:.0f} GFLOP/s; "
+          f"{args.model} training step {gflop:.2f} GFLOP/image at {args.size}")
+    rows = []
+    base = plain_loop(args.model, args.size, args.batch, args.repeats, False, False, False)
+    rows.append(("torchvision plain loop, fp32", base, peak_fp32))
+    rows.append(("torchvision fp32 + channels_last",
+                 plain_loop(args.model, args.size, args.batch, args.repeats, False, True, False), peak_fp32))
+    best = plain_loop(args.model, args.size, args.batch, args.repeats, True, True, False)
+    rows.append(("torchvision bf16 autocast + channels_last", best, peak_bf16))
+    best_nchw = plain_loop(args.model, args.size, args.batch, args.repeats, True, False, False)
+    rows.append(("torchvision bf16 autocast, NCHW", best_nchw, peak_bf16))
+    if args.compile:
+        rows.append(("torchvision bf16 + channels_last + compile",
+                     plain_loop(args.model, args.size, args.batch, args.repeats, True, True, True), peak_bf16))
+    ips = ours(args.model, args.size, args.batch, args.repeats)
+    rows.append(("resnet-tune fit() defaults", ips, peak_bf16))
+    print("\n| loop | img/s | GFLOP/s | of peak | vs plain fp32 |\n|---|---|---|---|---|")
+    for name, v, peak in rows:
+        print(f"| {name} | {v:.1f} | {v * gflop:.0f} | {100 * v * gflop / peak:.0f}% | {v / base:.2f}x |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
