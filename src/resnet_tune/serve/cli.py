@@ -1,0 +1,99 @@
+"""``resnet-tune serve`` (the web service) and ``resnet-tune explain`` (a Grad-CAM overlay PNG)."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import sys
+from typing import Any, Callable
+
+TOKEN_ENV = "RESNET_TUNE_TOKEN"
+
+
+def is_loopback(host: str) -> bool:
+    if host in ("localhost", "localhost.localdomain", "ip6-localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from ..errors import ConfigError
+
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn
+
+        try:
+            import python_multipart  # noqa: F401
+        except ImportError:  # python-multipart < 0.0.13
+            import multipart  # noqa: F401
+    except ImportError as err:
+        raise ConfigError(f"serving needs fastapi, uvicorn and python-multipart ({err.name} is not installed); "
+                          "install them with pip install 'resnet-tune[serve]'.") from None
+    from .http import create_app
+
+    for name in ("max_upload_mb", "max_files", "max_pixels"):
+        if getattr(args, name) <= 0:
+            raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}.")
+    if not 0 < args.port < 65536:
+        raise ConfigError(f"--port must be between 1 and 65535, got {args.port}.")
+    token = args.token or os.environ.get(TOKEN_ENV) or None
+    if not is_loopback(args.host) and token is None:
+        print(f"warning: serving on {args.host} without a token: anyone who can reach this address can use the "
+              f"model. Pass --token TOKEN (or set {TOKEN_ENV}) to require 'Authorization: Bearer TOKEN'.",
+              file=sys.stderr)
+    app = create_app(args.checkpoint, max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
+                     max_files=args.max_files, max_pixels=args.max_pixels, token=token, batching=args.batch,
+                     max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, device=args.device)
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    print(f"serving {args.checkpoint} on http://{host}:{args.port}/ (batching {'on' if args.batch else 'off'}"
+          f"{', token required' if token else ''}); Ctrl-C stops", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=args.access_log,
+                server_header=False, timeout_graceful_shutdown=5)
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from .gradcam import explain
+
+    out, info = explain(args.checkpoint, args.image, args.output, args.class_name)
+    print(f"Grad-CAM for class {info['class']} (probability {info['prob']:.3f}) written to {out}")
+    return 0
+
+
+def register(add: Callable[..., Any]) -> None:
+    p = add("serve", cmd_serve, "serve a model over HTTP with a web page (predict, Grad-CAM)",
+            "Serve a checkpoint: POST /predict (multipart 'file' fields or a raw image body), POST /explain "
+            "(Grad-CAM PNG), GET /health, GET /model, a web page at /, the schema at /openapi.json. Needs "
+            "pip install 'resnet-tune[serve]'.")
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="a run folder (its best checkpoint) or a .safetensors "
+                                                            "checkpoint")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (anything but loopback should use --token)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--max-upload-mb", type=float, default=10.0, help="largest request body in MiB")
+    p.add_argument("--max-files", type=int, default=16, help="most images in one request")
+    p.add_argument("--max-pixels", type=int, default=40_000_000, help="largest image (width x height), checked "
+                                                                       "from the header before decoding")
+    p.add_argument("--token", help=f"require 'Authorization: Bearer TOKEN' on POST endpoints (default: "
+                                   f"${TOKEN_ENV} if set)")
+    p.add_argument("--batch", action=argparse.BooleanOptionalAction, default=True,
+                   help="micro-batch concurrent requests into shared forward passes")
+    p.add_argument("--max-batch", type=int, default=32, help="most images in one batched forward pass")
+    p.add_argument("--max-wait-ms", type=float, default=2.0, help="how long a batch waits for more requests")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    p.add_argument("--access-log", action=argparse.BooleanOptionalAction, default=False,
+                   help="log every request")
+
+    p = add("explain", cmd_explain, "Grad-CAM heat-map of an image as an overlay PNG",
+            "Where in IMAGE the evidence for a class lies (Grad-CAM on the last stage), blended over the part of "
+            "the image the model sees.")
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="a run folder or a .safetensors checkpoint")
+    p.add_argument("image", metavar="IMAGE")
+    p.add_argument("--output", "-o", help="the PNG to write (default: IMAGE.gradcam.png beside the image)")
+    p.add_argument("--class", dest="class_name", metavar="NAME", help="class to explain (default: the predicted "
+                                                                      "one)")

@@ -1,0 +1,412 @@
+"""The web service: a FastAPI app over a :class:`~resnet_tune.serve.predictor.Predictor`.
+
+Endpoints (``/openapi.json`` documents them):
+
+- ``POST /predict``: images as multipart fields named ``file`` (repeatable) or one image as the raw body with an
+  ``image/*`` content type; answers the JSON of ``resnet-tune predict``: ``[{"file", "top": [{"class", "prob"}]}]``.
+- ``POST /explain``: one image the same way; answers the Grad-CAM overlay as ``image/png``.
+- ``GET /health``, ``GET /model`` (the checkpoint's record and metrics), ``GET /`` (a page to try the model).
+
+Untrusted input is answered with a 4xx and ``{"detail": "<one sentence>"}``; bodies are bounded by
+``Content-Length`` before reading and by counting while reading; images are bounded by their pixel count read
+from the header before decoding. With a token, POST endpoints need ``Authorization: Bearer <token>``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import hmac
+import io
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+import torch
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .images import UploadError, decode_upload
+from .predictor import Predictor
+
+__all__ = ["DEFAULT_MAX_FILES", "DEFAULT_MAX_PIXELS", "DEFAULT_MAX_UPLOAD_BYTES", "create_app"]
+
+log = logging.getLogger("resnet_tune.serve")
+
+DEFAULT_MAX_UPLOAD_BYTES = 10 * 1024 * 1024
+DEFAULT_MAX_FILES = 16
+DEFAULT_MAX_PIXELS = 40_000_000
+STATIC = Path(__file__).resolve().parent / "static"
+_STATIC_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
+                 ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml", ".png": "image/png"}
+# The page loads nothing from elsewhere; the policy makes sure of it.
+CSP = ("default-src 'self'; img-src 'self' blob: data:; style-src 'self'; script-src 'self'; connect-src 'self'; "
+       "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+
+
+# --- response models (for the OpenAPI schema) ---------------------------------------------------------
+
+class ClassProb(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+    class_: str = Field(alias="class", description="class name")
+    prob: float = Field(description="softmax probability")
+
+
+class Prediction(BaseModel):
+    file: str = Field(description="the upload's file name (multipart) or 'body' (raw body)")
+    top: list[ClassProb]
+
+
+class Health(BaseModel):
+    status: str
+    model: str
+    task: str
+    classes: int
+    auth: bool
+    batching: bool
+
+
+class ErrorDetail(BaseModel):
+    detail: str
+
+
+_IMAGE_BODY = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
+            "file": {"type": "array", "items": {"type": "string", "format": "binary"},
+                     "description": "one or more images (repeat the field)"}}}},
+        "image/*": {"schema": {"type": "string", "format": "binary"}, "description": "one image as the raw body"},
+    },
+}
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorDetail, "description": "not an image, truncated, empty, or a malformed request"},
+    401: {"model": ErrorDetail, "description": "missing or wrong bearer token (when the server has one)"},
+    413: {"model": ErrorDetail, "description": "upload over the byte limit, too many files, or an image over the "
+                                              "pixel limit"},
+    415: {"model": ErrorDetail, "description": "content type is neither multipart/form-data nor image/*"},
+}
+
+
+class _SecurityHeaders:
+    """Pure ASGI middleware adding the security headers to every response (no CDN, no sniffing, no framing)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                from starlette.datastructures import MutableHeaders
+
+                headers = MutableHeaders(scope=message)
+                headers.setdefault("X-Content-Type-Options", "nosniff")
+                headers.setdefault("Content-Security-Policy", CSP)
+                headers.setdefault("Referrer-Policy", "no-referrer")
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+class _HTTPError(Exception):
+    def __init__(self, status: int, detail: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.status, self.detail, self.headers = status, detail, headers
+
+
+class _Upload:
+    __slots__ = ("name", "data")
+
+    def __init__(self, name: str, data: bytes) -> None:
+        self.name, self.data = name, data
+
+
+class ServerState:
+    """What the endpoints share: the predictor, the limits, the executors and the batcher."""
+
+    def __init__(self, predictor: Predictor, *, max_upload_bytes: int, max_files: int, max_pixels: int,
+                 token: str | None, batching: bool, max_batch: int, max_wait_ms: float) -> None:
+        from .batching import MicroBatcher
+
+        self.predictor = predictor
+        self.max_upload_bytes, self.max_files, self.max_pixels = max_upload_bytes, max_files, max_pixels
+        self.token = token or None
+        self.batching = batching
+        # One thread runs the model (forward passes and Grad-CAM): PyTorch parallelises inside each call, and
+        # requests never compete for the cores. Decoding runs beside it in a small pool.
+        self.model_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="resnet-tune-model")
+        self.decode_pool = concurrent.futures.ThreadPoolExecutor(max(2, min(4, os.cpu_count() or 1)),
+                                                                 thread_name_prefix="resnet-tune-decode")
+        self.batcher = MicroBatcher(predictor.probs, self.model_pool, max_batch=max_batch,
+                                    max_wait_ms=max_wait_ms) if batching else None
+        self.started = time.time()
+
+
+def create_app(checkpoint_or_predictor: str | os.PathLike[str] | Predictor, *,
+               max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, max_files: int = DEFAULT_MAX_FILES,
+               max_pixels: int = DEFAULT_MAX_PIXELS, token: str | None = None, batching: bool = True,
+               max_batch: int = 32, max_wait_ms: float = 2.0, device: str = "auto") -> FastAPI:
+    """The FastAPI app serving a checkpoint (a run folder or ``.safetensors`` file) or a ready :class:`Predictor`.
+
+    ``max_upload_bytes`` bounds a request body, ``max_files`` the images in one request, ``max_pixels`` each
+    image's width x height. ``token``: POST endpoints need ``Authorization: Bearer <token>``. ``batching``:
+    concurrent requests share forward passes (up to ``max_batch`` images, waiting at most ``max_wait_ms``).
+    """
+    if max_upload_bytes < 1 or max_files < 1 or max_pixels < 1:
+        from ..errors import ConfigError
+
+        raise ConfigError("max_upload_bytes, max_files and max_pixels must all be positive.")
+    predictor = checkpoint_or_predictor if isinstance(checkpoint_or_predictor, Predictor) else \
+        Predictor(checkpoint_or_predictor, device=device)
+    state = ServerState(predictor, max_upload_bytes=max_upload_bytes, max_files=max_files, max_pixels=max_pixels,
+                        token=token, batching=batching, max_batch=max_batch, max_wait_ms=max_wait_ms)
+    rec = predictor.record
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if state.batcher is not None:
+            await state.batcher.start()
+        try:
+            yield
+        finally:
+            if state.batcher is not None:
+                await state.batcher.stop()
+            state.model_pool.shutdown(wait=False, cancel_futures=True)
+            state.decode_pool.shutdown(wait=False, cancel_futures=True)
+
+    app = FastAPI(
+        title="resnet-tune",
+        version=str(rec.get("versions", {}).get("resnet_tune", "")),
+        summary=f"{rec.get('model', 'model')}: {rec.get('task', 'classification')} over "
+                f"{len(predictor.classes)} classes",
+        description="Classify images and explain the predictions with Grad-CAM. Images go as multipart fields "
+                    "named `file` (repeatable) or as the raw body with an `image/*` content type. "
+                    f"Limits: {max_upload_bytes:,} bytes a request, {max_files} files a request, {max_pixels:,} "
+                    "pixels an image." + (" POST endpoints need `Authorization: Bearer <token>`." if token else ""),
+        lifespan=lifespan, docs_url=None, redoc_url=None,  # the interactive docs would load scripts from a CDN
+    )
+    app.state.resnet_tune = state
+
+    # --- errors: always {"detail": "<sentence>"} -----------------------------------------------------------
+
+    @app.exception_handler(_HTTPError)
+    async def _http_error(_req: Request, err: _HTTPError) -> JSONResponse:
+        return JSONResponse({"detail": err.detail}, status_code=err.status, headers=err.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_req: Request, err: RequestValidationError) -> JSONResponse:
+        parts = []
+        for e in err.errors():
+            where = " ".join(str(x) for x in e.get("loc", ()) if x not in ("query", "body", "path"))
+            parts.append(f"{e.get('loc', ('',))[0]} parameter {where}: {e.get('msg', 'invalid')}")
+        return JSONResponse({"detail": "; ".join(parts) or "invalid request"}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _starlette_error(_req: Request, err: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse({"detail": str(err.detail)}, status_code=err.status_code,
+                            headers=getattr(err, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_req: Request, err: Exception) -> JSONResponse:
+        log.exception("unexpected error")
+        return JSONResponse({"detail": f"internal error ({type(err).__name__}); the server is still running."},
+                            status_code=500)
+
+    app.add_middleware(_SecurityHeaders)
+
+    # --- auth and body reading -----------------------------------------------------------------------
+
+    def require_token(request: Request) -> None:
+        if state.token is None:
+            return
+        auth = request.headers.get("authorization", "")
+        scheme, _, given = auth.partition(" ")
+        if scheme.lower() != "bearer" or not given.strip():
+            raise _HTTPError(401, "this server needs a token: send the header 'Authorization: Bearer <token>'.",
+                             {"WWW-Authenticate": "Bearer"})
+        if not hmac.compare_digest(given.strip().encode(), state.token.encode()):
+            raise _HTTPError(401, "wrong token in the Authorization header.",
+                             {"WWW-Authenticate": 'Bearer error="invalid_token"'})
+
+    async def read_uploads(request: Request) -> list[_Upload]:
+        ctype = request.headers.get("content-type", "")
+        media = ctype.split(";", 1)[0].strip().lower()
+        if media != "multipart/form-data" and not media.startswith("image/"):
+            shown = media or "none"
+            raise _HTTPError(415, f"content type {shown!r} is not accepted; send images as multipart/form-data "
+                                  "fields named 'file', or one image as the raw body with an image/* content "
+                                  "type.")
+        limit = state.max_upload_bytes
+        length = request.headers.get("content-length")
+        if length is not None:
+            try:
+                declared = int(length)
+            except ValueError:
+                raise _HTTPError(400, f"invalid Content-Length header {length!r}.") from None
+            if declared > limit:
+                raise _HTTPError(413, f"the upload is {declared:,} bytes, over this server's limit of {limit:,} "
+                                      "bytes; send smaller or fewer images.", {"Connection": "close"})
+        buf = bytearray()
+        async for chunk in request.stream():
+            buf += chunk
+            if len(buf) > limit:
+                raise _HTTPError(413, f"the upload is over this server's limit of {limit:,} bytes; send smaller "
+                                      "or fewer images.", {"Connection": "close"})
+        body = bytes(buf)
+        if not body:
+            raise _HTTPError(400, "the request body is empty; send an image.")
+        if media.startswith("image/"):
+            return [_Upload("body", body)]
+        return await _parse_multipart(request, body)
+
+    async def _parse_multipart(request: Request, body: bytes) -> list[_Upload]:
+        from starlette.datastructures import UploadFile
+
+        sent = False
+
+        async def replay() -> dict[str, Any]:
+            nonlocal sent
+            if sent:
+                return {"type": "http.disconnect"}
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        too_many = _HTTPError(413, f"too many files in one request (at most {state.max_files}); split them over "
+                                   "several requests.")
+        try:
+            form = await Request(request.scope, replay).form(max_files=state.max_files + 1, max_fields=64)
+        except StarletteHTTPException as err:
+            if "too many files" in str(err.detail).lower():
+                raise too_many from None
+            raise _HTTPError(400, f"malformed multipart body ({err.detail}).") from None
+        except Exception as err:  # python-multipart's parse errors
+            raise _HTTPError(400, f"malformed multipart body ({type(err).__name__}: {str(err)[:200]}).") from None
+        try:
+            items = form.getlist("file")
+            if not items:
+                names = sorted(set(form.keys()))
+                got = f" (got {', '.join(repr(n) for n in names)})" if names else ""
+                raise _HTTPError(400, f"no image in the request: send each image as a multipart field named "
+                                      f"'file'{got}.")
+            if len(items) > state.max_files:
+                raise too_many
+            uploads = []
+            for i, item in enumerate(items):
+                if not isinstance(item, UploadFile):
+                    raise _HTTPError(400, f"field 'file' number {i + 1} is text, not a file upload; send the image "
+                                          "bytes as a file.")
+                uploads.append(_Upload(item.filename or f"file{i + 1}", await item.read()))
+            return uploads
+        finally:
+            await form.close()
+
+    def decode_all(uploads: list[_Upload]) -> tuple[torch.Tensor, list[Any]]:
+        images = []
+        tensors = []
+        for up in uploads:
+            img = decode_upload(up.data, repr(up.name) if up.name != "body" else "the request body",
+                                state.max_pixels)
+            tensors.append(predictor.transform(img))
+            images.append(img)
+        return torch.stack(tensors), images
+
+    async def decode(uploads: list[_Upload], keep_images: bool = False) -> tuple[torch.Tensor, list[Any]]:
+        loop = asyncio.get_running_loop()
+        try:
+            x, images = await loop.run_in_executor(state.decode_pool, decode_all, uploads)
+        except UploadError as err:
+            raise _HTTPError(err.status, err.message) from None
+        return x, (images if keep_images else [])
+
+    # --- endpoints -----------------------------------------------------------------------------------
+
+    @app.get("/health", response_model=Health, summary="liveness and what is served")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "model": str(rec.get("model", "")), "task": str(rec.get("task", "classification")),
+                "classes": len(predictor.classes), "auth": state.token is not None, "batching": state.batching}
+
+    @app.get("/model", summary="the checkpoint's record: classes, preprocessing, metrics, architecture")
+    async def model_info() -> dict[str, Any]:
+        out = dict(rec)
+        out["server"] = {"max_upload_bytes": state.max_upload_bytes, "max_files": state.max_files,
+                         "max_pixels": state.max_pixels, "batching": state.batching, "auth": state.token is not None,
+                         "device": str(predictor.device),
+                         "precision": str(predictor.precision.amp_dtype or "float32").replace("torch.", ""),
+                         "forward_passes": state.batcher.batches if state.batcher else None,
+                         "batched_images": state.batcher.images if state.batcher else None}
+        return out
+
+    @app.post("/predict", response_model=list[Prediction], response_model_by_alias=True,
+              summary="top-k classes of one or several images", openapi_extra={"requestBody": _IMAGE_BODY},
+              responses=_ERRORS, dependencies=[Depends(require_token)])
+    async def predict(request: Request, top_k: int = Query(5, ge=1, le=1000, description="classes per image")
+                      ) -> JSONResponse:
+        uploads = await read_uploads(request)
+        x, _ = await decode(uploads)
+        if state.batcher is not None:
+            probs = await state.batcher.submit(x)
+        else:
+            probs = await asyncio.get_running_loop().run_in_executor(state.model_pool, predictor.probs, x)
+        out = [{"file": up.name, "top": predictor.top(p, top_k)} for up, p in zip(uploads, probs)]
+        return JSONResponse(out)
+
+    @app.post("/explain", response_class=Response, summary="Grad-CAM overlay of one image (PNG)",
+              openapi_extra={"requestBody": _IMAGE_BODY},
+              responses={**_ERRORS, 200: {"content": {"image/png": {}}, "description": "the overlay; headers "
+                                          "X-Class and X-Prob name the explained class and its probability"}},
+              dependencies=[Depends(require_token)])
+    async def explain(request: Request, class_name: str | None = Query(
+            None, alias="class", description="class to explain (default: the predicted one)")) -> Response:
+        from .gradcam import explain_image
+
+        if class_name is not None and class_name not in predictor.classes:
+            raise _HTTPError(400, f"class {class_name!r} is not one of the model's classes.")
+        uploads = await read_uploads(request)
+        if len(uploads) != 1:
+            raise _HTTPError(400, f"/explain takes one image, got {len(uploads)}.")
+        _, images = await decode(uploads, keep_images=True)
+
+        def run() -> tuple[bytes, dict[str, Any]]:
+            img, info = explain_image(predictor, images[0], class_name)
+            buf = io.BytesIO()
+            img.save(buf, format="PNG", optimize=False)
+            return buf.getvalue(), info
+
+        png, info = await asyncio.get_running_loop().run_in_executor(state.model_pool, run)
+        return Response(png, media_type="image/png",
+                        headers={"X-Class": _header_safe(info["class"]), "X-Prob": f"{info['prob']:.6f}",
+                                 "Cache-Control": "no-store"})
+
+    # --- the page ------------------------------------------------------------------------------------
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> FileResponse:
+        return FileResponse(STATIC / "index.html", media_type=_STATIC_TYPES[".html"],
+                            headers={"Cache-Control": "no-cache"})
+
+    @app.get("/static/{name}", include_in_schema=False)
+    async def static(name: str) -> FileResponse:
+        path = STATIC / name
+        if "/" in name or "\\" in name or name.startswith(".") or not path.is_file() or \
+                path.suffix not in _STATIC_TYPES:
+            raise _HTTPError(404, f"no static file {name!r}.")
+        return FileResponse(path, media_type=_STATIC_TYPES[path.suffix], headers={"Cache-Control": "no-cache"})
+
+    return app
+
+
+def _header_safe(text: str) -> str:
+    """HTTP header values are latin-1: percent-encode anything else (the page decodes it)."""
+    from urllib.parse import quote
+
+    return quote(text, safe=" !#$&'()*+,-./:;<=>?@[]^_`{|}~")
