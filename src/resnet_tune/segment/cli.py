@@ -1,0 +1,208 @@
+"""``resnet-tune segment train|evaluate|predict``: registered by :func:`register` (see ``resnet_tune.cli``)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import typing
+from pathlib import Path
+from typing import Any, Callable
+
+HELP = {
+    "data": "DIR/train|val|test/images + masks (same file names), or DIR/images + DIR/masks",
+    "classes": "class table: classes.txt (id name [r g b] per line) or CSV name,r,g,b (default: one found in DIR)",
+    "num_classes": "number of classes (default: from the class table, else the largest mask label + 1)",
+    "ignore_index": "mask value left out of the loss and the metrics (CamVid: 11, 'Unlabelled')",
+    "val_fraction": "validation share when the data has no val split (seeded)",
+    "img_size": "training crop: one int or H,W (default: the median image size, at most 512)",
+    "scale_min": "smallest scale of the scale jitter",
+    "scale_max": "largest scale of the scale jitter",
+    "hflip": "random horizontal flips",
+    "loader": "memory: decode the data once into RAM; workers: read files in DataLoader workers; auto picks",
+    "workers": "DataLoader worker processes for the file loader",
+    "limit": "use at most this many images per split (quick trials)",
+    "model": "backbone: an ImageNet-style ResNet (`resnet-tune models`)",
+    "pretrained": "weights to start from: a resnet-tune checkpoint (classification or segmentation), "
+                  "torchvision:<WEIGHTS>, timm:<name>, hf:<repo>, a URL or a file",
+    "head": "fcn (torchvision's FCNHead), deeplabv3 (ASPP) or unet (light decoder, for small data)",
+    "output_stride": "8, 16 or 32 (default: fcn 8, deeplabv3 16, unet 32); smaller is finer and slower",
+    "aux": "auxiliary FCN head on layer3 during training",
+    "aux_weight": "weight of the auxiliary loss",
+    "class_weights": "loss weights from the training masks: median frequency or inverse frequency",
+    "dice": "weight of a soft Dice loss added to the cross-entropy (0 = off)",
+    "strategy": "auto = freeze_unfreeze with --pretrained, scratch without",
+    "freeze_epochs": "epochs with a frozen backbone in freeze_unfreeze",
+    "lr_decay": "discriminative learning rate: each earlier backbone stage gets this factor of the next one's lr",
+    "epochs": "number of epochs",
+    "batch_size": "crops per batch",
+    "lr": "peak learning rate (default: SGD 0.01 x batch/8, 0.02 from scratch; AdamW 3e-4 / 1e-3)",
+    "optimizer": "optimiser",
+    "momentum": "SGD momentum",
+    "weight_decay": "weight decay (never applied to BatchNorm and biases)",
+    "schedule": "learning-rate schedule (poly: (1 - t/T)^power)",
+    "poly_power": "power of the poly schedule",
+    "warmup_epochs": "linear warm-up epochs",
+    "grad_clip": "clip the global gradient norm to this value (0 = off)",
+    "early_stop": "stop after this many epochs without validation improvement (0 = off)",
+    "eval_mode": "validation/evaluation on the full image, or in sliding windows of the crop size",
+    "eval_overlap": "overlap of the sliding windows",
+    "device": "auto, cpu, cuda, cuda:N or mps",
+    "precision": "auto = bf16 where the hardware has it, fp32 elsewhere",
+    "channels_last": "channels-last memory format (default: where it pays)",
+    "threads": "CPU threads for PyTorch",
+    "seed": "random seed",
+    "deterministic": "deterministic algorithms (bit-exact resume on CPU in fp32)",
+    "output": "the run folder (default: runs/seg-<model>-<head>-<date>-<time>)",
+    "progress": "progress bars on a terminal",
+}
+
+
+def _add_seg_options(p: argparse.ArgumentParser) -> None:
+    from . import config as C
+
+    hints = typing.get_type_hints(C.SegConfig)
+    choices_of = {"strategy": C.STRATEGIES, "optimizer": C.OPTIMIZERS, "schedule": C.SCHEDULES,
+                  "precision": C.PRECISIONS, "head": C.HEADS, "class_weights": C.CLASS_WEIGHTS, "loader": C.LOADERS,
+                  "eval_mode": C.EVAL_MODES, "output_stride": (8, 16, 32)}
+    for f in dataclasses.fields(C.SegConfig):
+        flag = "--" + f.name.replace("_", "-")
+        kind = hints[f.name]
+        args = typing.get_args(kind)
+        base = next((a for a in args if a is not type(None)), kind) if args else kind
+        if base is Any:
+            base = str
+        default_txt = "" if f.default is None else f" (default: {f.default:.4g})" if isinstance(f.default, float) \
+            else f" (default: {f.default})"
+        help_txt = HELP.get(f.name, f.name.replace("_", " ")) + default_txt
+        if base is bool:
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_txt)
+        else:
+            choices = choices_of.get(f.name)
+            p.add_argument(flag, type=base, default=argparse.SUPPRESS, choices=choices, help=help_txt,
+                           metavar=f.name.upper() if choices is None else None)
+
+
+def _seg_config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from .config import SegConfig, from_dict, load_yaml
+
+    values: dict[str, Any] = {}
+    if getattr(args, "config", None):
+        values.update(load_yaml(args.config))
+    for f in dataclasses.fields(SegConfig):
+        if hasattr(args, f.name):
+            values[f.name] = getattr(args, f.name)
+    return from_dict(values, source=args.config or "command line")
+
+
+def cmd_segment(args: argparse.Namespace) -> int:
+    args._segment_parser.print_help()
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .config import SegConfig
+    from .train import SegTrainer
+
+    try:
+        if args.resume:
+            names = {f.name for f in dataclasses.fields(SegConfig)}
+            overrides = {k: getattr(args, k) for k in names if hasattr(args, k)}
+            SegTrainer(resume=args.resume, overrides=overrides).fit()
+        else:
+            SegTrainer(_seg_config(args)).fit()
+    except KeyboardInterrupt:
+        out = args.resume or getattr(args, "output", None)
+        if out:
+            print(f"continue with `resnet-tune segment train --resume {out}`", file=sys.stderr)
+        raise
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from ..engine.checkpoint import resolve_checkpoint
+    from .config import parse_size
+    from .evaluate import evaluate_segmentation
+    from .metrics import format_seg_report
+
+    out = args.output
+    if out is None:
+        out = resolve_checkpoint(args.checkpoint).parent / f"evaluate-{Path(args.data).resolve().name or 'data'}"
+    report = evaluate_segmentation(args.checkpoint, args.data, device=args.device, precision=args.precision,
+                                   output=out, mode=args.mode,
+                                   window=parse_size(args.window, "--window") if args.window else None,
+                                   ignore_index=args.ignore_index, classes=args.classes, limit=args.limit,
+                                   progress=args.progress)
+    print(report["scan_summary"])
+    print(f"{report['split']} split, {report['mode']}-image inference:")
+    print(format_seg_report(report))
+    print(f"details: {out}/eval.json, {out}/confusion.png, {out}/worst.png")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from ..data.datasets import list_images
+    from .config import parse_size
+    from .predictor import SegPredictor, describe_shares
+
+    files = list_images(args.images)
+    pred = SegPredictor(args.checkpoint, device=args.device, precision=args.precision, mode=args.mode,
+                        window=parse_size(args.window, "--window") if args.window else None)
+    results = pred.predict_files(files, args.output)
+    for r in results:
+        if r.get("error"):
+            print(f"{r['file']}: skipped ({r['error']})")
+        else:
+            print(f"{r['file']}: {describe_shares(r['classes'])} -> {r['mask']}")
+    (Path(args.output) / "predictions.json").write_text(json.dumps(results, indent=2))
+    ok = sum(1 for r in results if not r.get("error"))
+    print(f"wrote masks (class ids), colour masks and overlays for {ok} image(s) to {args.output}")
+    return 0
+
+
+def register(add: Callable[..., argparse.ArgumentParser]) -> None:
+    """Add ``segment`` with its ``train``, ``evaluate`` and ``predict`` subcommands."""
+    p = add("segment", cmd_segment, "semantic segmentation: train, evaluate and predict masks",
+            "Semantic segmentation with a ResNet backbone and an FCN, DeepLabV3 or U-Net head. Data: "
+            "DIR/train/images/x.jpg with DIR/train/masks/x.png (class ids), val/test alike.")
+    p.set_defaults(_segment_parser=p)
+    sub = p.add_subparsers(dest="segment_command", metavar="COMMAND")
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+
+    t = sub.add_parser("train", help="train or fine-tune a segmentation model", formatter_class=fmt,
+                       description="Train a segmentation model. Every option can also come from a YAML file "
+                                   "(--config); flags win.")
+    t.set_defaults(func=cmd_train)
+    t.add_argument("--config", help="YAML file of options (keys as the flags, with - or _)")
+    t.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last completed epoch")
+    _add_seg_options(t)
+
+    def model_cmd(q: argparse.ArgumentParser) -> None:
+        q.add_argument("checkpoint", metavar="CHECKPOINT", help="a run folder (its best checkpoint) or a "
+                                                                ".safetensors checkpoint")
+        q.add_argument("--device", default="auto")
+        q.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
+                       help="auto = bf16 where the hardware has it")
+        q.add_argument("--mode", choices=("full", "sliding"), default=None,
+                       help="full-image or sliding-window inference (default: as trained)")
+        q.add_argument("--window", default=None, help="sliding window size H,W (default: the training crop)")
+
+    e = sub.add_parser("evaluate", help="mean IoU, per-class IoU, confusion matrix and worst images",
+                       formatter_class=fmt)
+    e.set_defaults(func=cmd_evaluate)
+    model_cmd(e)
+    e.add_argument("--data", required=True, help="images + masks: a split layout (its test split, else val) or "
+                                                 "DIR/images + DIR/masks")
+    e.add_argument("--output", help="folder for eval.json and plots (default: beside the checkpoint)")
+    e.add_argument("--ignore-index", type=int, default=None, help="default: the checkpoint's")
+    e.add_argument("--classes", default=None, help="class table for colour masks (default: one found in DIR)")
+    e.add_argument("--limit", type=int, default=None, help="evaluate at most this many images")
+    e.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
+
+    q = sub.add_parser("predict", help="class masks, colour masks and overlays for images", formatter_class=fmt)
+    q.set_defaults(func=cmd_predict)
+    model_cmd(q)
+    q.add_argument("images", nargs="+", metavar="IMAGES_OR_DIR")
+    q.add_argument("--output", required=True, metavar="DIR",
+                   help="writes NAME_mask.png (class ids), NAME_color.png, NAME_overlay.png and predictions.json")
