@@ -53,6 +53,8 @@ HELP = {
     "output": "the run folder (default: runs/<model>-<date>-<time>)",
     "progress": "progress bars on a terminal",
     "tensorboard": "also log to TensorBoard (needs the tensorboard extra)",
+    "sync_bn": "several processes: BatchNorm statistics over the global batch (SyncBatchNorm; CUDA only)",
+    "dist_timeout": "minutes a training process waits for the others before the run stops with an error",
 }
 
 

@@ -78,21 +78,83 @@ def decode_to_memory(samples: Sequence[tuple[str, int]], pp: Preprocessing, work
     return x, y
 
 
-def batch_crop_flip(x: torch.Tensor, pad: int, generator: torch.Generator, flip: bool = True) -> torch.Tensor:
-    """Random crop with reflect padding and horizontal flip for a whole uint8 batch at once."""
+def draw_crop_flip(n: int, pad: int, generator: torch.Generator, flip: bool = True
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Random crop offsets (dy, dx) in ``[0, 2 * pad]`` and flip flags for ``n`` images."""
+    dev = generator.device
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=dev)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=dev)
+    mask = torch.rand(n, generator=generator, device=dev) < 0.5 if flip else None
+    return dy, dx, mask
+
+
+def crop_flip(x: torch.Tensor, pad: int, dy: torch.Tensor, dx: torch.Tensor, mask: torch.Tensor | None
+              ) -> torch.Tensor:
+    """Crop each image of a uint8 batch at its offset after reflect padding, and flip where ``mask``."""
     n, _, h, w = x.shape
     if pad > 0:
+        dy, dx = dy.to(x.device), dx.to(x.device)
         xp = torch.nn.functional.pad(x.float(), (pad, pad, pad, pad), mode="reflect").to(x.dtype)
-        dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=generator.device).to(x.device)
-        dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=generator.device).to(x.device)
         rows = (dy[:, None] + torch.arange(h, device=x.device)[None, :])  # (n, h)
         cols = (dx[:, None] + torch.arange(w, device=x.device)[None, :])  # (n, w)
         idx_n = torch.arange(n, device=x.device)[:, None, None]
         x = xp.permute(0, 2, 3, 1)[idx_n, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
-    if flip:
-        mask = torch.rand(n, generator=generator, device=generator.device).to(x.device) < 0.5
-        x = torch.where(mask[:, None, None, None], x.flip(3), x)
+    if mask is not None:
+        x = torch.where(mask.to(x.device)[:, None, None, None], x.flip(3), x)
     return x.contiguous()
+
+
+def batch_crop_flip(x: torch.Tensor, pad: int, generator: torch.Generator, flip: bool = True) -> torch.Tensor:
+    """Random crop with reflect padding and horizontal flip for a whole uint8 batch at once."""
+    dy, dx, mask = draw_crop_flip(x.shape[0], pad, generator, flip)
+    return crop_flip(x, pad, dy, dx, mask)
+
+
+# --- sharding across processes ------------------------------------------------------------------
+#
+# Training: every rank draws the same (seed, epoch) permutation; its last ``n mod world`` entries
+# are dropped and rank r takes positions r, r + world, r + 2 world, ... of the rest. Each rank then
+# batches its part in order and drops its partial last batch. So step b of the N ranks together
+# trains exactly positions [b * B * N, (b + 1) * B * N) of the permutation: the same samples, in the
+# same global batches, as one process with batch size B * N (the dropped remainder too).
+#
+# Evaluation: the data is cut into batches in order, as one process cuts it; rank r evaluates
+# batches r, r + world, ... Every sample is evaluated once, in the same batch as in one process
+# (so with the same numerics); the trainer gathers the per-batch results and puts them back in order.
+
+
+def train_shard(order: torch.Tensor, rank: int = 0, world: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """This rank's part of an epoch's sample order, and the positions of its samples in that order."""
+    if world <= 1:
+        return order, torch.arange(len(order))
+    per = len(order) // world
+    pos = torch.arange(rank, per * world, world)
+    return order[pos], pos
+
+
+def train_batches(n: int, batch_size: int) -> int:
+    """Batches trained from ``n`` samples: the partial last batch is dropped (a batch of one cannot train
+    BatchNorm); fewer samples than one batch still give one batch (of two or more)."""
+    return n // batch_size if n >= batch_size else int(n >= 2)
+
+
+def train_seen(n: int, batch_size: int) -> int:
+    """How many of a rank's ``n`` samples are trained in an epoch."""
+    return train_batches(n, batch_size) * batch_size if n >= batch_size else (n if n >= 2 else 0)
+
+
+def eval_batch_ids(n: int, batch_size: int, rank: int = 0, world: int = 1) -> range:
+    """The global indices of the evaluation batches this rank computes."""
+    return range(rank, math.ceil(n / batch_size), max(world, 1))
+
+
+def eval_shard(n: int, batch_size: int, rank: int = 0, world: int = 1) -> torch.Tensor:
+    """The sample indices of this rank's evaluation batches, batch after batch."""
+    if world <= 1:
+        return torch.arange(n)
+    parts = [torch.arange(b * batch_size, min((b + 1) * batch_size, n))
+             for b in eval_batch_ids(n, batch_size, rank, world)]
+    return torch.cat(parts) if parts else torch.empty(0, dtype=torch.long)
 
 
 class MemoryLoader:
@@ -100,7 +162,9 @@ class MemoryLoader:
 
     Shuffling and augmentation draw from a generator seeded with ``(seed, epoch)``, so an epoch is
     the same whether or not the run was interrupted before it. With ``world > 1`` each rank takes
-    a disjoint, equal-size shard of every epoch's permutation.
+    a disjoint, equal-size shard of every epoch's permutation (see :func:`train_shard`), and each
+    image's crop and flip depend on its position in that permutation, not on the rank: N processes
+    with batch size B train on exactly the batches one process with batch size N x B would.
     """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, *, train: bool,
@@ -123,38 +187,66 @@ class MemoryLoader:
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def _indices(self) -> torch.Tensor:
+    def _order(self) -> torch.Tensor:
+        """The whole epoch's sample order (the same on every rank)."""
         n = len(self.labels)
-        if not self.train:
-            idx = torch.arange(n)
-            return idx[self.rank::self.world] if self.world > 1 else idx
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         if self.weights is not None:
-            idx = torch.multinomial(self.weights, n, replacement=True, generator=g)
-        else:
-            idx = torch.randperm(n, generator=g)
-        if self.world > 1:
-            per = n // self.world
-            idx = idx[self.rank * per:(self.rank + 1) * per]
-        return idx
+            return torch.multinomial(self.weights, n, replacement=True, generator=g)
+        return torch.randperm(n, generator=g)
+
+    def _indices(self) -> torch.Tensor:
+        if not self.train:
+            return eval_shard(len(self.labels), self.batch_size, self.rank, self.world)
+        return train_shard(self._order(), self.rank, self.world)[0]
+
+    def epoch_indices(self) -> list[int]:
+        """The dataset indices this rank trains on in the current epoch (after dropping remainders)."""
+        idx = self._indices()
+        return idx[:train_seen(len(idx), self.batch_size)].tolist() if self.train else idx.tolist()
+
+    def batch_ids(self) -> list[int]:
+        """For evaluation: the global batch index of each batch this rank yields."""
+        return list(eval_batch_ids(len(self.labels), self.batch_size, self.rank, self.world))
 
     def __len__(self) -> int:
-        n = len(self._indices())
         if not self.train:
-            return math.ceil(n / self.batch_size)
-        # drop the last partial batch (a batch of one cannot train BatchNorm); a dataset smaller
-        # than one batch still gives one batch
-        return n // self.batch_size if n >= self.batch_size else int(n >= 2)
+            return len(eval_batch_ids(len(self.labels), self.batch_size, self.rank, self.world))
+        per = len(self.labels) // max(self.world, 1)
+        return train_batches(per, self.batch_size)
+
+    def _augment_draws(self, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Crop offsets and flips for this rank's samples, drawn per *global* batch in order, so that an
+        image gets the same crop and flip whatever the number of processes (one process draws exactly
+        this, batch after batch)."""
+        per = len(pos)
+        bs = self.batch_size if per >= self.batch_size else per
+        g = torch.Generator(device=self.images.device).manual_seed(self.seed * 7_919 + self.epoch + 1)
+        draws = [draw_crop_flip(bs * max(self.world, 1), self.pad, g) for _ in range(len(self))]
+        if not draws:
+            empty = torch.empty(0, dtype=torch.long)
+            return empty, empty, None
+        dy, dx = torch.cat([d[0] for d in draws]), torch.cat([d[1] for d in draws])
+        mask = torch.cat([d[2] for d in draws]) if draws[0][2] is not None else None
+        p = pos[:len(self) * bs].to(dy.device)
+        return dy[p], dx[p], mask[p] if mask is not None else None
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        idx = self._indices().to(self.images.device)
-        g = torch.Generator(device=self.images.device).manual_seed(self.seed * 7_919 + self.epoch + 1)
-        steps = len(self)
-        for b in range(steps):
-            sel = idx[b * self.batch_size:(b + 1) * self.batch_size]
+        if self.train:
+            idx, pos = train_shard(self._order(), self.rank, self.world)
+        else:
+            idx = self._indices()
+            pos = None
+        idx = idx.to(self.images.device)
+        aug = None
+        if self.train and self.augment:
+            aug = self._augment_draws(pos)
+        for b in range(len(self)):
+            sl = slice(b * self.batch_size, (b + 1) * self.batch_size)
+            sel = idx[sl]
             x = self.images[sel]
-            if self.train and self.augment:
-                x = batch_crop_flip(x, self.pad, g)
+            if aug is not None:
+                x = crop_flip(x, self.pad, aug[0][sl], aug[1][sl], aug[2][sl] if aug[2] is not None else None)
             x = normalize_batch(x, self.mean, self.std)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)

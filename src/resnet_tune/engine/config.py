@@ -66,6 +66,9 @@ class TrainConfig:
     channels_last: bool | None = None
     compile: bool = False
     threads: int | None = None
+    # several processes (torchrun): batch_size is per process; see engine/distributed.py
+    sync_bn: bool = False  # BatchNorm statistics over the global batch (SyncBatchNorm; CUDA only)
+    dist_timeout: float = 10.0  # minutes a collective waits for the other processes before the run stops
     # reproducibility and output
     seed: int = 0
     deterministic: bool = False
@@ -95,6 +98,8 @@ class TrainConfig:
             raise ConfigError(f"img_size must be at least 8 pixels, got {self.img_size}.")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ConfigError("label_smoothing must be in [0, 1).")
+        if not self.dist_timeout > 0:
+            raise ConfigError(f"dist_timeout must be a positive number of minutes, got {self.dist_timeout}.")
         if self.freeze_epochs < 0:
             raise ConfigError("freeze_epochs must be >= 0.")
         if self.strategy in ("linear_probe", "freeze_unfreeze") and not self.pretrained:

@@ -5,11 +5,14 @@ setup -> data -> model -> strategy -> optimiser -> (resume) -> epochs -> final e
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
 import datetime as _dt
 import math
+import os
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,8 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ConfigError, DataError, TrainingError
+from ..errors import ConfigError, DataError, ResnetTuneError, TrainingError
 from . import checkpoint as ckpt
+from . import distributed as D
 from .config import TrainConfig, save_yaml
 from .hardware import (Precision, default_channels_last, default_workers, resolve_device, resolve_precision,
                        seed_everything, set_threads)
@@ -29,7 +33,7 @@ from .optim import EMA, lr_at, make_optimizer, param_groups, set_lr
 
 # Options that may differ when a run is resumed: they change where and how visibly it runs, not
 # what it computes.
-RESUME_OVERRIDES = frozenset({"device", "progress", "workers", "threads"})
+RESUME_OVERRIDES = frozenset({"device", "progress", "workers", "threads", "dist_timeout"})
 METRIC_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "images_per_s"]
 
 
@@ -173,7 +177,11 @@ def build_data(cfg: TrainConfig, device: torch.device, mean_std: Callable[[str],
 
 
 class _EpochLoader:
-    """A DataLoader whose shuffling and worker seeds depend only on (seed, epoch): exact resume."""
+    """A DataLoader whose shuffling and worker seeds depend only on (seed, epoch): exact resume.
+
+    With ``world > 1`` it shards as :class:`~resnet_tune.data.loaders.MemoryLoader` does
+    (:func:`~resnet_tune.data.loaders.train_shard`, :func:`~resnet_tune.data.loaders.eval_shard`).
+    """
 
     def __init__(self, dataset: Any, batch_size: int, train: bool, workers: int, device: torch.device, seed: int,
                  weights: torch.Tensor | None, rank: int, world: int) -> None:
@@ -187,32 +195,52 @@ class _EpochLoader:
         if hasattr(self.dataset, "set_epoch"):
             self.dataset.set_epoch(epoch)
 
+    def _generator(self) -> torch.Generator:
+        return torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+
+    def _indices(self, g: torch.Generator | None = None) -> torch.Tensor:
+        from ..data.loaders import eval_shard, train_shard
+
+        n = len(self.dataset)
+        if not self.train:
+            return eval_shard(n, self.batch_size, self.rank, self.world)
+        g = g or self._generator()
+        if self.weights is not None:
+            order = torch.multinomial(self.weights, n, replacement=True, generator=g)
+        else:
+            order = torch.randperm(n, generator=g)
+        return train_shard(order, self.rank, self.world)[0]
+
+    def epoch_indices(self) -> list[int]:
+        """The dataset indices this rank trains on in the current epoch (after dropping remainders)."""
+        from ..data.loaders import train_seen
+
+        idx = self._indices()
+        return idx[:train_seen(len(idx), self.batch_size)].tolist() if self.train else idx.tolist()
+
+    def batch_ids(self) -> list[int]:
+        """For evaluation: the global batch index of each batch this rank yields."""
+        from ..data.loaders import eval_batch_ids
+
+        return list(eval_batch_ids(len(self.dataset), self.batch_size, self.rank, self.world))
+
     def _loader(self) -> torch.utils.data.DataLoader:
         from torch.utils.data import DataLoader, Subset
 
-        n = len(self.dataset)
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        if self.train:
-            if self.weights is not None:
-                order = torch.multinomial(self.weights, n, replacement=True, generator=g)
-            else:
-                order = torch.randperm(n, generator=g)
-            if self.world > 1:
-                per = n // self.world
-                order = order[self.rank * per:(self.rank + 1) * per]
-        else:
-            order = torch.arange(n)[self.rank::self.world]
-        ds = Subset(self.dataset, order.tolist())
+        g = self._generator()  # the order, then the workers' seeds
+        ds = Subset(self.dataset, self._indices(g).tolist())
         drop_last = self.train and len(ds) >= self.batch_size
         return DataLoader(ds, batch_size=self.batch_size, shuffle=False, num_workers=self.workers,
                           pin_memory=self.device.type == "cuda", drop_last=drop_last, generator=g,
                           persistent_workers=False)
 
     def __len__(self) -> int:
-        n = len(self.dataset) // self.world if self.train else len(range(self.rank, len(self.dataset), self.world))
+        from ..data.loaders import eval_batch_ids, train_batches
+
+        n = len(self.dataset)
         if self.train:
-            return n // self.batch_size if n >= self.batch_size else int(n >= 2)
-        return math.ceil(n / self.batch_size)
+            return train_batches(n // max(self.world, 1), self.batch_size)
+        return len(eval_batch_ids(n, self.batch_size, self.rank, self.world))
 
     def __iter__(self):
         for x, y in self._loader():
@@ -245,10 +273,11 @@ def resolve_strategy(cfg: TrainConfig) -> str:
     return "freeze_unfreeze" if cfg.pretrained else "scratch"
 
 
-def default_lr(cfg: TrainConfig, strategy: str) -> float:
+def default_lr(cfg: TrainConfig, strategy: str, world: int = 1) -> float:
+    """``cfg.lr``, or a rate scaled to the global batch (batch_size per process x processes x accum_steps)."""
     if cfg.lr is not None:
         return cfg.lr
-    scale = cfg.batch_size * cfg.accum_steps / 256
+    scale = cfg.batch_size * world * cfg.accum_steps / 256
     if cfg.optimizer == "adamw":
         return 1e-3 if strategy in ("scratch", "linear_probe") else 3e-4
     if strategy == "scratch":
@@ -322,37 +351,55 @@ def _mix(x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, g: torch.Generator
 
 
 class Trainer:
-    """One training run. ``Trainer(cfg).fit()`` or the :func:`fit` shortcut."""
+    """One training run. ``Trainer(cfg).fit()`` or the :func:`fit` shortcut.
+
+    Under torchrun each process builds its own ``Trainer``; :meth:`fit` joins the process group
+    (:mod:`.distributed`), trains its shard of every epoch in DistributedDataParallel, and only rank 0
+    writes the run folder. Test hooks (environment variables, for drills and tests):
+    ``RESNET_TUNE_DEBUG_SAMPLES=DIR`` makes every rank write the dataset indices it trains on to
+    ``DIR/rank<R>-epoch<E>.txt``; ``RESNET_TUNE_DEBUG_DIE_AT=RANK:EPOCH`` makes that rank exit with code 1
+    at the start of that (1-based) epoch, on the first attempt of a torchrun job only.
+    """
 
     def __init__(self, cfg: TrainConfig | None = None, *, resume: str | Path | None = None, quiet: bool = False,
                  overrides: dict[str, Any] | None = None) -> None:
-        self.resume_dir = Path(resume) if resume else None
+        self.resume_dir: Path | None = None
         self.state: dict[str, Any] | None = None
-        if self.resume_dir is not None:
-            self.state = ckpt.load_state(self.resume_dir / ckpt.STATE)
-            saved = TrainConfig(**self.state["config"])
-            changes = dict(overrides or {})
-            bad = sorted(set(changes) - RESUME_OVERRIDES)
-            if bad:
-                raise ConfigError(f"a resumed run keeps its saved configuration; {', '.join(bad)} cannot change on "
-                                  f"resume (only {', '.join(sorted(RESUME_OVERRIDES))} can).")
-            cfg = saved.replace(**changes, output=str(self.resume_dir))
+        if resume:
+            cfg = self._load_resume(Path(resume), overrides)
         elif cfg is None:
             cfg = TrainConfig(**(overrides or {}))
         self.cfg = cfg
         self.quiet = quiet
         self.notes: list[str] = []
+        self.dist = D.Dist()  # one process until fit() joins torchrun's process group
+        self._run_dir_path: Path | None = None
+
+    def _load_resume(self, resume_dir: Path, overrides: dict[str, Any] | None) -> TrainConfig:
+        state = ckpt.load_state(resume_dir / ckpt.STATE)
+        saved = TrainConfig(**state["config"])
+        changes = dict(overrides or {})
+        bad = sorted(set(changes) - RESUME_OVERRIDES)
+        if bad:
+            raise ConfigError(f"a resumed run keeps its saved configuration; {', '.join(bad)} cannot change on "
+                              f"resume (only {', '.join(sorted(RESUME_OVERRIDES))} can).")
+        self.resume_dir, self.state = resume_dir, state
+        return saved.replace(**changes, output=str(resume_dir))
 
     def say(self, msg: str) -> None:
-        if not self.quiet:
+        if not self.quiet and self.dist.is_main:
             log(msg)
 
     # ---- setup
 
     def _run_dir(self) -> Path:
+        """The run folder: decided on rank 0 (its clock names it) and handed to every rank."""
+        return Path(self.dist.run_on_main(self._decide_run_dir, "the choice of the run folder"))
+
+    def _decide_run_dir(self) -> str:
         cfg = self.cfg
         if self.resume_dir is not None:
-            return self.resume_dir
+            return str(self.resume_dir)
         if cfg.output:
             out = Path(cfg.output)
             if (out / ckpt.STATE).exists():
@@ -361,14 +408,39 @@ class Trainer:
         else:
             stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
             out = Path("runs") / f"{cfg.model or 'auto'}-{stamp}"
+            pointer = self._restart_pointer()
+            if pointer is not None:
+                pointer.parent.mkdir(parents=True, exist_ok=True)
+                pointer.write_text(str(out))
         out.mkdir(parents=True, exist_ok=True)
-        return out
+        return str(out)
+
+    def _restart_pointer(self) -> Path | None:
+        """Where a torchrun job that may be restarted (--max-restarts) without --output notes its run folder,
+        so that the restarted job finds it: runs/.torchrun-<rendezvous id>."""
+        launch = self.dist.launch
+        if not launch.under_torchrun or launch.max_restarts <= 0 or launch.run_id in ("", "none"):
+            return None
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in launch.run_id)
+        return Path("runs") / f".torchrun-{safe}"
+
+    def _find_restart_state(self) -> str | None:
+        """In a job torchrun restarted: the run folder whose last checkpoint to continue from, if any."""
+        if self.cfg.output:
+            out = Path(self.cfg.output)
+        else:
+            pointer = self._restart_pointer()
+            if pointer is None or not pointer.is_file():
+                return None
+            out = Path(pointer.read_text().strip())
+        return str(out) if (out / ckpt.STATE).is_file() else None
 
     def prepare(self, run_dir: Path | None) -> dict[str, Any]:
         """Device, data, model, strategy and optimiser: everything before the first step."""
         cfg = self.cfg
+        dist = self.dist
         set_threads(cfg.threads)
-        device = resolve_device(cfg.device)
+        device = dist.device if dist.enabled else resolve_device(cfg.device)
         precision = resolve_precision(cfg.precision, device)
         seed_everything(cfg.seed, cfg.deterministic)
 
@@ -386,12 +458,13 @@ class Trainer:
             self._pretrained_state = state
         data, model_name = build_data(cfg, device, lambda n: _mean_std_for(n, pretrained_meta),
                                       lambda size: cfg.channels_last if cfg.channels_last is not None
-                                      else default_channels_last(device, precision, size))
+                                      else default_channels_last(device, precision, size),
+                                      rank=dist.rank, world=dist.world)
         channels_last = data.channels_last
         self.say(f"data: {data.description}")
         if data.scan_summary:
             self.say(data.scan_summary)
-            if data.scan is not None and run_dir is not None:
+            if data.scan is not None and run_dir is not None and dist.is_main:
                 data.scan.write(run_dir)
 
         # model
@@ -406,11 +479,27 @@ class Trainer:
         model = model.to(device)
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
+        if cfg.sync_bn:
+            if not dist.enabled:
+                self.notes.append("sync_bn has no effect in a single process")
+            elif device.type != "cuda":
+                raise ConfigError("--sync-bn needs CUDA GPUs: PyTorch's SyncBatchNorm does not run on CPUs. Drop "
+                                  "--sync-bn (each process then normalises over its own batch).")
+            else:
+                model = dist.convert_sync_bn(model)
         self.say(f"device: {device}, precision {precision.name}, channels_last {channels_last}"
-                 + (", compiled" if cfg.compile else ""))
+                 + (", compiled" if cfg.compile else "")
+                 + (f", {dist.world} processes ({dist.backend})" if dist.enabled else ""))
 
         # strategy and optimiser
-        lr = default_lr(cfg, strategy)
+        lr = default_lr(cfg, strategy, dist.world)
+        if dist.enabled:
+            global_batch = cfg.batch_size * dist.world * cfg.accum_steps
+            msg = (f"global batch {global_batch} = batch size {cfg.batch_size} per process x {dist.world} "
+                   f"process(es) x {cfg.accum_steps} accumulation step(s); learning rate {lr:.4g}"
+                   + (" (the default, scaled to the global batch)" if cfg.lr is None else ""))
+            self.say(msg)
+            self.notes.append(f"trained with {dist.world} processes: {msg}")
         decay = cfg.lr_decay if strategy == "freeze_unfreeze" else 1.0
         groups = param_groups(model, lr, cfg.weight_decay, decay)
         optimizer = make_optimizer(cfg.optimizer, groups, lr, cfg.momentum, cfg.nesterov, cfg.weight_decay)
@@ -425,12 +514,49 @@ class Trainer:
             "scaler": torch.amp.GradScaler(device.type) if precision.scaler else None,
             "ema": EMA(model, cfg.ema_decay) if cfg.ema else None,
             "criterion": nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing),
-            "fwd": torch.compile(model) if cfg.compile else model,
+            # several processes: wrapped in DDP by fit() once the frozen layers of the epoch are known
+            "fwd": None if dist.enabled else (torch.compile(model) if cfg.compile else model),
         }
 
+    def _forward_module(self, model: nn.Module) -> nn.Module:
+        """What the training step calls: the model in DDP (only its trainable parameters), maybe compiled."""
+        wrapped = self.dist.wrap(model)
+        return torch.compile(wrapped) if self.cfg.compile else wrapped
+
     def fit(self) -> RunResult:
+        launch = D.launch_info()
+        self.dist = D.setup(resolve_device(self.cfg.device), self.cfg.dist_timeout, launch)
+        failed = False
+        try:
+            return self._fit()
+        except BaseException as err:
+            failed = True
+            if self.dist.enabled and self.dist.world > 1 and not isinstance(err, ResnetTuneError) \
+                    and D.is_peer_failure(err):
+                run_dir = self._run_dir_path
+                saved = run_dir is not None and (run_dir / ckpt.STATE).is_file()
+                raise self.dist.failure(err, run_dir if saved else None) from None
+            raise
+        finally:
+            self.dist.cleanup(failed=failed)
+
+    def _fit(self) -> RunResult:
+        launch = self.dist.launch
+        if launch.restarted and self.state is None:
+            found = self.dist.run_on_main(self._find_restart_state, "the search for a checkpoint to resume")
+            if found:
+                self.cfg = self._load_resume(Path(found), {k: getattr(self.cfg, k) for k in RESUME_OVERRIDES})
+                self.say(f"torchrun restarted the job (restart {launch.restart_count} of {launch.max_restarts}): "
+                         f"resuming {found} from its last checkpoint")
+            else:
+                self.say(f"torchrun restarted the job (restart {launch.restart_count} of {launch.max_restarts}); "
+                         "no checkpoint to resume yet: starting again"
+                         + ("" if self.cfg.output or self._restart_pointer() else
+                            " (pass --output so that a restarted job finds its run folder)"))
         cfg = self.cfg
+        dist = self.dist
         run_dir = self._run_dir()
+        self._run_dir_path = run_dir
         s = self.prepare(run_dir)
         device, precision, data, model = s["device"], s["precision"], s["data"], s["model"]
         strategy, optimizer, scaler, ema, criterion, fwd = (s["strategy"], s["optimizer"], s["scaler"], s["ema"],
@@ -441,19 +567,38 @@ class Trainer:
         start_epoch, best, best_epoch = 0, -math.inf, -1
         if self.state is not None:
             start_epoch, best, best_epoch, history = self._restore(model, optimizer, scaler, ema)
+            self._rescale_on_new_world(optimizer, strategy)
             self.say(f"resumed {run_dir} after epoch {start_epoch} (best val acc {best:.4f} at epoch {best_epoch})")
-        save_yaml(cfg, run_dir / "config.yaml")
+        if dist.is_main:
+            save_yaml(cfg, run_dir / "config.yaml")
+            if dist.enabled:
+                with (run_dir / "config.yaml").open("a") as f:
+                    f.write(f"# trained with {dist.world} processes: global batch "
+                            f"{cfg.batch_size * dist.world * cfg.accum_steps} = batch_size {cfg.batch_size} x "
+                            f"{dist.world} processes x accum_steps {cfg.accum_steps}\n")
 
         record_base = dict(classes=data.classes, preprocessing=data.preprocessing.to_dict())
         bad_after = 0
+        wrapped_frozen: bool | None = None
         for epoch in range(start_epoch, cfg.epochs):
+            _debug_die_at(dist, epoch)
             frozen = strategy == "linear_probe" or (strategy == "freeze_unfreeze" and epoch < cfg.freeze_epochs)
             set_body_frozen(model, frozen)
+            if dist.enabled and frozen != wrapped_frozen:
+                fwd = None  # drop the old DDP wrapper (and its gradient hooks) before making the new one
+                fwd = self._forward_module(model)
+                wrapped_frozen = frozen
+            _debug_samples(dist, data.train, epoch)
             t0 = time.perf_counter()
             train_loss, train_acc, seen = self.train_one_epoch(
                 fwd, model, data.train, optimizer, scaler, ema, criterion, precision, device, epoch,
                 steps_per_epoch, total_steps, warmup)
-            train_time = time.perf_counter() - t0
+            train_time = dist.all_reduce_max(time.perf_counter() - t0)
+            if dist.enabled:  # every rank evaluates (and rank 0 saves) rank 0's BatchNorm statistics
+                dist.sync_buffers(ckpt.unwrap(model))
+                if ema is not None:
+                    names = {n for n, _ in ckpt.unwrap(model).named_buffers()}
+                    dist.broadcast_tensors([v for k, v in ema.shadow.items() if k in names])
             eval_model = self._ema_model(model, ema) if ema else model
             val_loss, val_acc = self.evaluate_loss(eval_model, data.val, precision, device)
             row = {"epoch": epoch + 1, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss,
@@ -465,23 +610,28 @@ class Trainer:
                 best, best_epoch, bad_after = val_acc, epoch + 1, 0
             else:
                 bad_after += 1
-            weights_src = eval_model
-            extra = {"epoch": epoch + 1, "weights": "ema" if ema else "model", "strategy": strategy,
-                     "pretrained": cfg.pretrained}
-            metrics = {"val_acc": val_acc, "val_loss": val_loss, "train_loss": train_loss, "train_acc": train_acc}
-            ckpt.save_checkpoint(run_dir / ckpt.LAST, weights_src,
-                                 ckpt.model_record(weights_src, metrics=metrics, extra=extra, **record_base))
-            if improved:
-                ckpt.save_checkpoint(run_dir / ckpt.BEST, weights_src,
+            if dist.is_main:
+                weights_src = eval_model
+                extra = {"epoch": epoch + 1, "weights": "ema" if ema else "model", "strategy": strategy,
+                         "pretrained": cfg.pretrained}
+                metrics = {"val_acc": val_acc, "val_loss": val_loss, "train_loss": train_loss,
+                           "train_acc": train_acc}
+                ckpt.save_checkpoint(run_dir / ckpt.LAST, weights_src,
                                      ckpt.model_record(weights_src, metrics=metrics, extra=extra, **record_base))
-            ckpt.save_state(run_dir / ckpt.STATE, {
-                "config": cfg.to_dict(), "epoch": epoch + 1, "step": (epoch + 1) * steps_per_epoch,
-                "model": {k: v.detach().cpu() for k, v in ckpt.unwrap(model).state_dict().items()},
-                "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler else None,
-                "ema": ema.state_dict() if ema else None, "rng": ckpt.rng_state(), "best": best,
-                "best_epoch": best_epoch, "history": history,
-            })
-            _write_metrics(run_dir / "metrics.csv", history)
+                if improved:
+                    ckpt.save_checkpoint(run_dir / ckpt.BEST, weights_src,
+                                         ckpt.model_record(weights_src, metrics=metrics, extra=extra, **record_base))
+                ckpt.save_state(run_dir / ckpt.STATE, {
+                    "config": cfg.to_dict(), "epoch": epoch + 1, "step": (epoch + 1) * steps_per_epoch,
+                    "model": {k: v.detach().cpu() for k, v in ckpt.unwrap(model).state_dict().items()},
+                    "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler else None,
+                    "ema": ema.state_dict() if ema else None, "rng": ckpt.rng_state(), "best": best,
+                    "best_epoch": best_epoch, "history": history, "world": dist.world,
+                })
+                _write_metrics(run_dir / "metrics.csv", history)
+            # no process starts the next epoch before this one is saved: a process that fails in it then
+            # always leaves a complete checkpoint to resume from
+            dist.barrier()
             self.say(f"epoch {epoch + 1}/{cfg.epochs}  train loss {train_loss:.4f} acc {train_acc:.4f}  "
                      f"val loss {val_loss:.4f} acc {val_acc:.4f}  lr {row['lr']:.2e}  {row['seconds']:.1f}s  "
                      f"{row['images_per_s']:.0f} img/s" + ("  *" if improved else "") + ("  (frozen body)" if
@@ -491,7 +641,27 @@ class Trainer:
                 self.notes.append(f"stopped early after epoch {epoch + 1}")
                 break
 
+        fwd = None
         return self._finish(run_dir, data, history, best, best_epoch, device, precision)
+
+    def _rescale_on_new_world(self, optimizer: torch.optim.Optimizer, strategy: str) -> None:
+        """A run resumed with another number of processes: say so, and keep the default learning rate
+        scaled to the new global batch (the optimiser state restored the old one)."""
+        assert self.state is not None
+        old, new = int(self.state.get("world", 1)), self.dist.world
+        if old == new:
+            return
+        factor = default_lr(self.cfg, strategy, new) / default_lr(self.cfg, strategy, old)
+        if factor != 1.0:
+            for g in optimizer.param_groups:
+                g["base_lr"] *= factor
+        msg = (f"resumed with {new} process(es) where the run was saved with {old}: the global batch is now "
+               f"{self.cfg.batch_size * new * self.cfg.accum_steps}"
+               + (f" and the default learning rate x{factor:g}" if factor != 1.0 else "")
+               + "; training continues from the last completed epoch, but not bit-identically to an "
+                 "uninterrupted run")
+        self.say(msg)
+        self.notes.append(msg)
 
     def _build_model(self, name: str, num_classes: int) -> nn.Module:
         from ..models import create_model
@@ -530,17 +700,20 @@ class Trainer:
                         scaler: Any, ema: EMA | None, criterion: nn.Module, precision: Precision,
                         device: torch.device, epoch: int, steps_per_epoch: int, total_steps: int, warmup: int
                         ) -> tuple[float, float, int]:
+        """One epoch of this process's shard; loss, accuracy and images are over all processes."""
         cfg = self.cfg
+        dist = self.dist
         train_mode(model)
         loader.set_epoch(epoch)
-        torch.manual_seed(cfg.seed * 1_000_003 + epoch)  # dropout / drop-path: a function of the epoch
+        # dropout / drop-path: a function of the epoch (and of the rank: each draws its own)
+        torch.manual_seed(cfg.seed * 1_000_003 + epoch + 7_919_777 * dist.rank)
         g = torch.Generator().manual_seed(cfg.seed * 31 + epoch)
         step = epoch * steps_per_epoch
         total_loss = torch.zeros((), device=device)
         correct = torch.zeros((), device=device)
         seen = 0
         params = [p for p in model.parameters()]
-        show = cfg.progress and not self.quiet and sys.stderr.isatty()
+        show = cfg.progress and not self.quiet and dist.is_main and sys.stderr.isatty()
         bar = _progress(loader, len(loader), f"epoch {epoch + 1}/{cfg.epochs}", show)
         optimizer.zero_grad(set_to_none=True)
         for i, (x, y) in enumerate(bar):
@@ -549,16 +722,20 @@ class Trainer:
             mixed = cfg.mixup > 0 or cfg.cutmix > 0
             if mixed:
                 x, ya, yb, lam = _mix(x, y, cfg, g)
-            with precision.autocast(device):
-                out = fwd(x)
-                loss = (lam * criterion(out, ya) + (1 - lam) * criterion(out, yb)) if mixed else criterion(out, y)
-            if not torch.isfinite(loss.detach()).item():
-                raise TrainingError(
-                    f"the loss became {loss.item()} at epoch {epoch + 1}, batch {i + 1}; lower the learning rate "
-                    f"(now {optimizer.param_groups[-1]['lr']:.3g}) or use --precision fp32. No checkpoint was "
-                    "written for this epoch; the last good one is untouched.")
-            (scaler.scale(loss / cfg.accum_steps) if scaler else loss / cfg.accum_steps).backward()
-            if (i + 1) % cfg.accum_steps == 0:
+            last_micro = (i + 1) % cfg.accum_steps == 0
+            # accumulation: gradients are averaged across processes on the last micro-step only
+            with (dist.no_sync(fwd) if dist.enabled and not last_micro else contextlib.nullcontext()):
+                with precision.autocast(device):
+                    out = fwd(x)
+                    loss = (lam * criterion(out, ya) + (1 - lam) * criterion(out, yb)) if mixed \
+                        else criterion(out, y)
+                if not torch.isfinite(loss.detach()).item():
+                    raise TrainingError(
+                        f"the loss became {loss.item()} at epoch {epoch + 1}, batch {i + 1}; lower the learning "
+                        f"rate (now {optimizer.param_groups[-1]['lr']:.3g}) or use --precision fp32. No "
+                        "checkpoint was written for this epoch; the last good one is untouched.")
+                (scaler.scale(loss / cfg.accum_steps) if scaler else loss / cfg.accum_steps).backward()
+            if last_micro:
                 set_lr(optimizer, lr_at(step, total_steps, cfg.schedule, warmup))
                 if cfg.grad_clip > 0:
                     if scaler:
@@ -582,13 +759,51 @@ class Trainer:
         if seen == 0:
             raise DataError("the training loader produced no batch; the training split is too small for the batch "
                             "size (lower --batch-size).")
+        if dist.enabled:
+            loss_sum, n_correct, n_seen = dist.all_reduce_sum([total_loss.item(), correct.item(), float(seen)])
+            return loss_sum / n_seen, n_correct / n_seen, int(n_seen)
         return total_loss.item() / seen, correct.item() / seen, seen
+
+    @torch.no_grad()
+    def predict(self, model: nn.Module, loader: Any, precision: Precision, device: torch.device
+                ) -> tuple[torch.Tensor, torch.Tensor, float] | None:
+        """:func:`predict_loader` over all processes: each computes its batches, rank 0 puts them back in
+        order and returns exactly what one process would; other ranks get ``None``."""
+        if not self.dist.enabled:
+            return predict_loader(model, loader, precision, device)
+        mine = list(zip(loader.batch_ids(), predict_batches(model, loader, precision, device)))
+        parts = self.dist.gather_object(mine)
+        if parts is None:
+            return None
+        ordered = sorted((b for part in parts for b in part), key=lambda t: t[0])
+        ids = [b for b, _ in ordered]
+        if ids != list(range(len(ids))):
+            raise TrainingError(f"distributed evaluation returned batches {ids}; expected each batch once.")
+        return combine_batches([r for _, r in ordered])
 
     @torch.no_grad()
     def evaluate_loss(self, model: nn.Module, loader: Any, precision: Precision, device: torch.device
                       ) -> tuple[float, float]:
-        probs, targets, loss = predict_loader(model, loader, precision, device)
-        return loss, float((probs.argmax(1) == targets).float().mean()) if len(targets) else float("nan")
+        def metrics(res: tuple[torch.Tensor, torch.Tensor, float] | None) -> tuple[float, float] | None:
+            if res is None:
+                return None
+            probs, targets, loss = res
+            return loss, float((probs.argmax(1) == targets).float().mean()) if len(targets) else float("nan")
+
+        return self.dist.broadcast_object(metrics(self.predict(model, loader, precision, device)))
+
+    def _best_model(self, best_path: Path, device: torch.device) -> tuple[nn.Module, dict[str, Any]]:
+        """The best checkpoint, rebuilt from its file on every rank (rank 0 reads it and sends the bytes,
+        so other machines need not see rank 0's disk)."""
+        if not self.dist.enabled:
+            return ckpt.load_checkpoint(best_path, device)
+        blob = self.dist.broadcast_object(best_path.read_bytes() if self.dist.is_main else None)
+        if self.dist.is_main:
+            return ckpt.load_checkpoint(best_path, device)
+        with tempfile.TemporaryDirectory(prefix="resnet-tune-best-") as tmp:
+            path = Path(tmp) / ckpt.BEST
+            path.write_bytes(blob)
+            return ckpt.load_checkpoint(path, device)
 
     def _finish(self, run_dir: Path, data: DataBundle, history: list[dict[str, float]], best: float,
                 best_epoch: int, device: torch.device, precision: Precision) -> RunResult:
@@ -596,10 +811,13 @@ class Trainer:
         from ..eval import report as R
 
         best_path = run_dir / ckpt.BEST
-        model, rec = ckpt.load_checkpoint(best_path, device)
+        model, rec = self._best_model(best_path, device)
         split, loader, files = ("test", data.test, data.test_files) if data.test is not None else \
             ("validation", data.val, data.val_files)
-        probs, targets, _ = predict_loader(model, loader, precision, device)
+        res = self.predict(model, loader, precision, device)
+        if res is None:  # not rank 0: rank 0 writes the report
+            return RunResult(run_dir, best, best_epoch, history, best_path, None, self.notes)
+        probs, targets, _ = res
         report = M.classification_report(probs.numpy(), targets.numpy(), data.classes, files=files)
         report["split"] = split
         import json
@@ -619,25 +837,65 @@ class Trainer:
         return RunResult(run_dir, best, best_epoch, history, best_path, report, self.notes)
 
 
+def _debug_die_at(dist: D.Dist, epoch: int) -> None:
+    """Test hook: ``RESNET_TUNE_DEBUG_DIE_AT=RANK:EPOCH`` kills that rank at the start of that epoch (1-based),
+    on a job's first attempt only (a torchrun restart does not die again)."""
+    spec = os.environ.get("RESNET_TUNE_DEBUG_DIE_AT")
+    if not spec or dist.launch.restart_count > 0:
+        return
+    rank, _, at = spec.partition(":")
+    if not (rank.strip().isdigit() and at.strip().isdigit()):
+        raise ConfigError(f"RESNET_TUNE_DEBUG_DIE_AT={spec!r} must be RANK:EPOCH, e.g. 1:2.")
+    if int(rank) == dist.rank and int(at) == epoch + 1:
+        print(f"rank {dist.rank}: exiting at the start of epoch {epoch + 1} (RESNET_TUNE_DEBUG_DIE_AT={spec})",
+              file=sys.stderr, flush=True)
+        os._exit(1)
+
+
+def _debug_samples(dist: D.Dist, loader: Any, epoch: int) -> None:
+    """Test hook: ``RESNET_TUNE_DEBUG_SAMPLES=DIR`` writes the indices this rank trains on in this epoch."""
+    folder = os.environ.get("RESNET_TUNE_DEBUG_SAMPLES")
+    if not folder or not hasattr(loader, "epoch_indices"):
+        return
+    loader.set_epoch(epoch)
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    (Path(folder) / f"rank{dist.rank}-epoch{epoch + 1}.txt").write_text(
+        "".join(f"{i}\n" for i in loader.epoch_indices()))
+
+
 @torch.no_grad()
-def predict_loader(model: nn.Module, loader: Any, precision: Precision, device: torch.device
-                   ) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """Softmax probabilities (float32, CPU), targets and mean cross-entropy over a loader."""
+def predict_batches(model: nn.Module, loader: Any, precision: Precision, device: torch.device
+                    ) -> list[tuple[torch.Tensor, torch.Tensor, float]]:
+    """Per batch: softmax probabilities (float32, CPU), targets and the summed cross-entropy."""
     model.eval()
-    probs, targets = [], []
-    total, n = 0.0, 0
+    out_batches = []
     for x, y in loader:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with precision.autocast(device):
             out = model(x)
         out = out.float()
-        total += F.cross_entropy(out, y, reduction="sum").item()
-        n += y.shape[0]
-        probs.append(out.softmax(1).cpu())
-        targets.append(y.cpu())
-    if not probs:
+        loss_sum = F.cross_entropy(out, y, reduction="sum").item()
+        out_batches.append((out.softmax(1).cpu(), y.cpu(), loss_sum))
+    return out_batches
+
+
+def combine_batches(batches: list[tuple[torch.Tensor, torch.Tensor, float]]
+                    ) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Probabilities, targets and mean cross-entropy from per-batch results, summed in batch order."""
+    if not batches:
         return torch.empty(0, 0), torch.empty(0, dtype=torch.long), float("nan")
-    return torch.cat(probs), torch.cat(targets), total / max(n, 1)
+    total, n = 0.0, 0
+    for _, y, loss_sum in batches:
+        total += loss_sum
+        n += y.shape[0]
+    return torch.cat([p for p, _, _ in batches]), torch.cat([y for _, y, _ in batches]), total / max(n, 1)
+
+
+@torch.no_grad()
+def predict_loader(model: nn.Module, loader: Any, precision: Precision, device: torch.device
+                   ) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Softmax probabilities (float32, CPU), targets and mean cross-entropy over a loader."""
+    return combine_batches(predict_batches(model, loader, precision, device))
 
 
 def _write_metrics(path: Path, history: list[dict[str, float]]) -> None:
