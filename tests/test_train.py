@@ -332,3 +332,25 @@ def test_models_command_lists_presets(capsys: pytest.CaptureFixture) -> None:
     assert main(["models", "resnet5*"]) == 0
     out = capsys.readouterr().out
     assert "resnet50 " in out and "25.56M" in out and "8.18" in out
+
+
+def test_resolved_config_and_synthetic_data(tmp_path: Path) -> None:
+    import yaml
+
+    res = fit(data="synthetic:32", output=str(tmp_path / "s"), quiet=True, **{**FAST, "img_size": 16})
+    saved = yaml.safe_load((res.run_dir / "config.yaml").read_text())
+    assert saved["model"] == "resnet18" and saved["img_size"] == 16  # what "auto" chose is written down
+    assert res.history[-1]["images_per_s"] > 0
+    with pytest.raises(ConfigError, match="synthetic:N"):
+        fit(data="synthetic:lots", output=str(tmp_path / "x"), quiet=True, **FAST)
+
+
+def test_tensorboard_logging(image_folder: Path, tmp_path: Path) -> None:
+    try:
+        import torch.utils.tensorboard  # noqa: F401
+    except ImportError:
+        with pytest.raises(ConfigError, match=r"resnet-tune\[tensorboard\]"):
+            fit(data=str(image_folder), output=str(tmp_path / "t"), tensorboard=True, quiet=True, **FAST)
+        return
+    res = fit(data=str(image_folder), output=str(tmp_path / "t"), tensorboard=True, quiet=True, **FAST)
+    assert list((res.run_dir / "tensorboard").glob("events.out.tfevents.*"))

@@ -117,6 +117,9 @@ def build_data(cfg: TrainConfig, device: torch.device, mean_std: Callable[[str],
         return DataBundle(classes, train, val, None, pp, len(yt), None, None, desc, train_labels=yt.cpu(),
                           in_memory=True, channels_last=channels_last), name
 
+    if cfg.data.startswith("synthetic:"):
+        return _synthetic_data(cfg, device, want_channels_last, rank, world)
+
     from ..data.datasets import discover
     from ..data.scan import scan
 
@@ -174,6 +177,34 @@ def build_data(cfg: TrainConfig, device: torch.device, mean_std: Callable[[str],
     return DataBundle(splits.classes, train, val, test, pp, len(train_s), [p for p, _ in val_s],
                       [p for p, _ in test_s] if test_s else None, desc, report.summary(), report,
                       train_labels=labels, in_memory=use_memory, channels_last=channels_last), name
+
+
+def _synthetic_data(cfg: TrainConfig, device: torch.device, want_channels_last: Callable[[int], bool], rank: int,
+                    world: int) -> tuple[DataBundle, str]:
+    """``data="synthetic:N"``: N random uint8 images of 10 classes in memory, for throughput benchmarks."""
+    from ..data.loaders import MemoryLoader
+    from ..data.transforms import Preprocessing
+
+    try:
+        n = int(cfg.data.split(":", 1)[1])  # type: ignore[union-attr]
+    except ValueError:
+        raise ConfigError(f"synthetic data is written synthetic:N with N images, got {cfg.data!r}.") from None
+    if n < 2:
+        raise ConfigError("synthetic:N needs at least two images.")
+    name, size = choose_model_and_size(cfg, None if cfg.img_size else 224.0)
+    g = torch.Generator().manual_seed(cfg.seed)
+    x = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=g)
+    y = torch.randint(0, 10, (n,), generator=g)
+    pp = Preprocessing.for_size(size, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    cl = want_channels_last(size)
+    nv = max(2, n // 8)
+    train = MemoryLoader(x.to(device), y.to(device), cfg.batch_size, train=True, mean=pp.mean, std=pp.std,
+                         seed=cfg.seed, rank=rank, world=world, channels_last=cl)
+    val = MemoryLoader(x[:nv].to(device), y[:nv].to(device), cfg.batch_size * 2, train=False, mean=pp.mean,
+                       std=pp.std, rank=rank, world=world, channels_last=cl)
+    return DataBundle([str(i) for i in range(10)], train, val, None, pp, n, None, None,
+                      f"synthetic: {n} random images at {size}x{size} (for benchmarks)", train_labels=y,
+                      in_memory=True, channels_last=cl), name
 
 
 class _EpochLoader:
@@ -569,6 +600,9 @@ class Trainer:
             start_epoch, best, best_epoch, history = self._restore(model, optimizer, scaler, ema)
             self._rescale_on_new_world(optimizer, strategy)
             self.say(f"resumed {run_dir} after epoch {start_epoch} (best val acc {best:.4f} at epoch {best_epoch})")
+        # the resolved configuration: what "auto" chose is written down (and resumes the same)
+        cfg = self.cfg = cfg.replace(model=s["model_name"], img_size=data.preprocessing.input_size)
+        tb = _tensorboard(run_dir) if cfg.tensorboard and dist.is_main else None
         if dist.is_main:
             save_yaml(cfg, run_dir / "config.yaml")
             if dist.enabled:
@@ -629,6 +663,11 @@ class Trainer:
                     "best_epoch": best_epoch, "history": history, "world": dist.world,
                 })
                 _write_metrics(run_dir / "metrics.csv", history)
+                if tb is not None:
+                    for key, value in row.items():
+                        if key != "epoch":
+                            tb.add_scalar(key, value, epoch + 1)
+                    tb.flush()
             # no process starts the next epoch before this one is saved: a process that fails in it then
             # always leaves a complete checkpoint to resume from
             dist.barrier()
@@ -896,6 +935,15 @@ def predict_loader(model: nn.Module, loader: Any, precision: Precision, device: 
                    ) -> tuple[torch.Tensor, torch.Tensor, float]:
     """Softmax probabilities (float32, CPU), targets and mean cross-entropy over a loader."""
     return combine_batches(predict_batches(model, loader, precision, device))
+
+
+def _tensorboard(run_dir: Path) -> Any:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise ConfigError("--tensorboard needs the tensorboard package: pip install 'resnet-tune[tensorboard]'.") \
+            from None
+    return SummaryWriter(log_dir=str(run_dir / "tensorboard"))
 
 
 def _write_metrics(path: Path, history: list[dict[str, float]]) -> None:
