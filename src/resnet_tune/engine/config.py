@@ -113,13 +113,10 @@ class TrainConfig:
         return from_dict({**self.to_dict(), **changes})
 
 
-def _known() -> dict[str, dataclasses.Field]:
-    return {f.name: f for f in dataclasses.fields(TrainConfig)}
-
-
-def from_dict(values: dict[str, Any], source: str = "config") -> TrainConfig:
-    """Build a config, rejecting unknown keys with a suggestion (dashes and underscores both accepted)."""
-    known = _known()
+def from_dict(values: dict[str, Any], source: str = "config", cls: type = TrainConfig) -> Any:
+    """Build a config (``cls``, a dataclass), rejecting unknown keys with a suggestion; dashes and
+    underscores both accepted."""
+    known = {f.name: f for f in dataclasses.fields(cls)}
     clean: dict[str, Any] = {}
     for key, value in values.items():
         k = str(key).replace("-", "_")
@@ -129,7 +126,7 @@ def from_dict(values: dict[str, Any], source: str = "config") -> TrainConfig:
             raise ConfigError(f"unknown option {key!r} in {source}{hint}.")
         clean[k] = value
     try:
-        return TrainConfig(**clean)
+        return cls(**clean)
     except TypeError as err:  # pragma: no cover - guarded above
         raise ConfigError(str(err)) from None
 

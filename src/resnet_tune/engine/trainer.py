@@ -662,7 +662,7 @@ class Trainer:
                     "ema": ema.state_dict() if ema else None, "rng": ckpt.rng_state(), "best": best,
                     "best_epoch": best_epoch, "history": history, "world": dist.world,
                 })
-                _write_metrics(run_dir / "metrics.csv", history)
+                write_metrics(run_dir / "metrics.csv", history)
                 if tb is not None:
                     for key, value in row.items():
                         if key != "epoch":
@@ -946,11 +946,12 @@ def _tensorboard(run_dir: Path) -> Any:
     return SummaryWriter(log_dir=str(run_dir / "tensorboard"))
 
 
-def _write_metrics(path: Path, history: list[dict[str, float]]) -> None:
+def write_metrics(path: Path, history: list[dict[str, float]], columns: list[str] = METRIC_COLUMNS) -> None:
+    """metrics.csv, written atomically: ``columns`` first, then any other keys of the rows."""
     import io
 
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=METRIC_COLUMNS + sorted(set().union(*history) - set(METRIC_COLUMNS)))
+    w = csv.DictWriter(buf, fieldnames=columns + sorted(set().union(*history) - set(columns)))
     w.writeheader()
     for row in history:
         w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})

@@ -8,7 +8,6 @@ It mirrors :class:`resnet_tune.engine.config.TrainConfig` (same names for the sa
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from dataclasses import dataclass
 from typing import Any
 
@@ -156,16 +155,9 @@ class SegConfig:
 
 def from_dict(values: dict[str, Any], source: str = "config") -> SegConfig:
     """Build a config, rejecting unknown keys with a suggestion (dashes and underscores both accepted)."""
-    known = {f.name for f in dataclasses.fields(SegConfig)}
-    clean: dict[str, Any] = {}
-    for key, value in values.items():
-        k = str(key).replace("-", "_")
-        if k not in known:
-            close = difflib.get_close_matches(k, sorted(known), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ConfigError(f"unknown option {key!r} in {source}{hint}.")
-        clean[k] = value
-    return SegConfig(**clean)
+    from ..engine.config import from_dict as _from_dict
+
+    return _from_dict(values, source, cls=SegConfig)
 
 
 def save_yaml(cfg: SegConfig, path: Any) -> None:

@@ -7,9 +7,7 @@ setup -> data (pairs, scan, class table) -> model (backbone + head) -> strategy 
 
 from __future__ import annotations
 
-import csv
 import datetime as _dt
-import io
 import math
 import sys
 import time
@@ -470,12 +468,9 @@ def seg_markdown(report: dict[str, Any], best: float | None = None, best_epoch: 
 
 
 def write_metrics(path: Path, history: list[dict[str, float]]) -> None:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
-    w.writeheader()
-    for row in history:
-        w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
-    ckpt._atomic_write(path, lambda tmp: Path(tmp).write_text(buf.getvalue()))
+    from ..engine.trainer import write_metrics as _write
+
+    _write(path, history, METRIC_COLUMNS)
 
 
 def fit_segmentation(cfg: SegConfig | None = None, *, resume: str | Path | None = None, quiet: bool = False,
