@@ -66,10 +66,11 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def register(add: Callable[..., Any]) -> None:
-    p = add("serve", cmd_serve, "serve a model over HTTP with a web page (predict, Grad-CAM)",
+    p = add("serve", cmd_serve, "serve a model over HTTP with a web page (predict, Grad-CAM or masks)",
             "Serve a checkpoint: POST /predict (multipart 'file' fields or a raw image body), POST /explain "
-            "(Grad-CAM PNG), GET /health, GET /model, a web page at /, the schema at /openapi.json. Needs "
-            "pip install 'resnet-tune[serve]'.")
+            "(Grad-CAM PNG), GET /health, GET /model, a web page at /, the schema at /openapi.json. A segmentation "
+            "checkpoint answers /predict with each class's share of the pixels and /explain with the mask over "
+            "the image. Needs pip install 'resnet-tune[serve]'.")
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="a run folder (its best checkpoint) or a .safetensors "
                                                             "checkpoint")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (anything but loopback should use --token)")

@@ -7,6 +7,11 @@ Endpoints (``/openapi.json`` documents them):
 - ``POST /explain``: one image the same way; answers the Grad-CAM overlay as ``image/png``.
 - ``GET /health``, ``GET /model`` (the checkpoint's record and metrics), ``GET /`` (a page to try the model).
 
+A segmentation checkpoint (record ``task == "segmentation"``) is served through
+:class:`~resnet_tune.segment.predictor.SegPredictor`: ``/predict`` answers
+``[{"file", "classes": [{"class", "fraction"}], "width", "height"}]`` (each class's share of the pixels, largest
+first) and ``/explain`` the colour-coded mask blended over the image as ``image/png``.
+
 Untrusted input is answered with a 4xx and ``{"detail": "<one sentence>"}``; bodies are bounded by
 ``Content-Length`` before reading and by counting while reading; images are bounded by their pixel count read
 from the header before decoding. With a token, POST endpoints need ``Authorization: Bearer <token>``.
@@ -61,6 +66,19 @@ class ClassProb(BaseModel):
 class Prediction(BaseModel):
     file: str = Field(description="the upload's file name (multipart) or 'body' (raw body)")
     top: list[ClassProb]
+
+
+class ClassShare(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+    class_: str = Field(alias="class", description="class name")
+    fraction: float = Field(description="share of the image's pixels predicted as this class")
+
+
+class SegPrediction(BaseModel):
+    file: str = Field(description="the upload's file name (multipart) or 'body' (raw body)")
+    classes: list[ClassShare] = Field(description="classes present in the mask, largest share first")
+    width: int
+    height: int
 
 
 class Health(BaseModel):
@@ -134,11 +152,13 @@ class _Upload:
 class ServerState:
     """What the endpoints share: the predictor, the limits, the executors and the batcher."""
 
-    def __init__(self, predictor: Predictor, *, max_upload_bytes: int, max_files: int, max_pixels: int,
+    def __init__(self, predictor: Any, *, max_upload_bytes: int, max_files: int, max_pixels: int,
                  token: str | None, batching: bool, max_batch: int, max_wait_ms: float) -> None:
         from .batching import MicroBatcher
 
         self.predictor = predictor
+        self.segmentation = not isinstance(predictor, Predictor)
+        batching = batching and not self.segmentation  # masks come one image at a time
         self.max_upload_bytes, self.max_files, self.max_pixels = max_upload_bytes, max_files, max_pixels
         self.token = token or None
         self.batching = batching
@@ -152,11 +172,24 @@ class ServerState:
         self.started = time.time()
 
 
-def create_app(checkpoint_or_predictor: str | os.PathLike[str] | Predictor, *,
+def _load_predictor(checkpoint: str | os.PathLike[str], device: str) -> Any:
+    """A :class:`Predictor`, or a :class:`~resnet_tune.segment.predictor.SegPredictor` for a segmentation
+    checkpoint."""
+    from ..engine.checkpoint import read_record
+
+    if read_record(checkpoint).get("task") == "segmentation":
+        from ..segment.predictor import SegPredictor
+
+        return SegPredictor(checkpoint, device=device)
+    return Predictor(checkpoint, device=device)
+
+
+def create_app(checkpoint_or_predictor: Any, *,
                max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, max_files: int = DEFAULT_MAX_FILES,
                max_pixels: int = DEFAULT_MAX_PIXELS, token: str | None = None, batching: bool = True,
                max_batch: int = 32, max_wait_ms: float = 2.0, device: str = "auto") -> FastAPI:
-    """The FastAPI app serving a checkpoint (a run folder or ``.safetensors`` file) or a ready :class:`Predictor`.
+    """The FastAPI app serving a checkpoint (a run folder or ``.safetensors`` file), a ready :class:`Predictor` or a
+    ready :class:`~resnet_tune.segment.predictor.SegPredictor` (segmentation: see the module docstring).
 
     ``max_upload_bytes`` bounds a request body, ``max_files`` the images in one request, ``max_pixels`` each
     image's width x height. ``token``: POST endpoints need ``Authorization: Bearer <token>``. ``batching``:
@@ -166,11 +199,14 @@ def create_app(checkpoint_or_predictor: str | os.PathLike[str] | Predictor, *,
         from ..errors import ConfigError
 
         raise ConfigError("max_upload_bytes, max_files and max_pixels must all be positive.")
-    predictor = checkpoint_or_predictor if isinstance(checkpoint_or_predictor, Predictor) else \
-        Predictor(checkpoint_or_predictor, device=device)
+    from ..segment.predictor import SegPredictor
+
+    predictor = checkpoint_or_predictor if isinstance(checkpoint_or_predictor, (Predictor, SegPredictor)) else \
+        _load_predictor(checkpoint_or_predictor, device)
     state = ServerState(predictor, max_upload_bytes=max_upload_bytes, max_files=max_files, max_pixels=max_pixels,
                         token=token, batching=batching, max_batch=max_batch, max_wait_ms=max_wait_ms)
     rec = predictor.record
+    segmentation = state.segmentation
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -189,7 +225,9 @@ def create_app(checkpoint_or_predictor: str | os.PathLike[str] | Predictor, *,
         version=str(rec.get("versions", {}).get("resnet_tune", "")),
         summary=f"{rec.get('model', 'model')}: {rec.get('task', 'classification')} over "
                 f"{len(predictor.classes)} classes",
-        description="Classify images and explain the predictions with Grad-CAM. Images go as multipart fields "
+        description=("Segment images: class shares of the pixels and the colour-coded mask as an overlay. "
+                     if segmentation else "Classify images and explain the predictions with Grad-CAM. ") +
+                    "Images go as multipart fields "
                     "named `file` (repeatable) or as the raw body with an `image/*` content type. "
                     f"Limits: {max_upload_bytes:,} bytes a request, {max_files} files a request, {max_pixels:,} "
                     "pixels an image." + (" POST endpoints need `Authorization: Bearer <token>`." if token else ""),
@@ -310,17 +348,18 @@ def create_app(checkpoint_or_predictor: str | os.PathLike[str] | Predictor, *,
         finally:
             await form.close()
 
-    def decode_all(uploads: list[_Upload]) -> tuple[torch.Tensor, list[Any]]:
+    def decode_all(uploads: list[_Upload]) -> tuple[torch.Tensor | None, list[Any]]:
         images = []
         tensors = []
         for up in uploads:
             img = decode_upload(up.data, repr(up.name) if up.name != "body" else "the request body",
                                 state.max_pixels)
-            tensors.append(predictor.transform(img))
+            if not segmentation:
+                tensors.append(predictor.transform(img))
             images.append(img)
-        return torch.stack(tensors), images
+        return (torch.stack(tensors) if tensors else None), images
 
-    async def decode(uploads: list[_Upload], keep_images: bool = False) -> tuple[torch.Tensor, list[Any]]:
+    async def decode(uploads: list[_Upload], keep_images: bool = False) -> tuple[torch.Tensor | None, list[Any]]:
         loop = asyncio.get_running_loop()
         try:
             x, images = await loop.run_in_executor(state.decode_pool, decode_all, uploads)
@@ -346,12 +385,18 @@ def create_app(checkpoint_or_predictor: str | os.PathLike[str] | Predictor, *,
                          "batched_images": state.batcher.images if state.batcher else None}
         return out
 
-    @app.post("/predict", response_model=list[Prediction], response_model_by_alias=True,
-              summary="top-k classes of one or several images", openapi_extra={"requestBody": _IMAGE_BODY},
+    @app.post("/predict", response_model=list[SegPrediction] if segmentation else list[Prediction],
+              response_model_by_alias=True,
+              summary="pixel share of each class in one or several images" if segmentation else
+              "top-k classes of one or several images", openapi_extra={"requestBody": _IMAGE_BODY},
               responses=_ERRORS, dependencies=[Depends(require_token)])
     async def predict(request: Request, top_k: int = Query(5, ge=1, le=1000, description="classes per image")
                       ) -> JSONResponse:
         uploads = await read_uploads(request)
+        if segmentation:
+            _, images = await decode(uploads, keep_images=True)
+            shares = await asyncio.get_running_loop().run_in_executor(state.model_pool, segment_shares, images)
+            return JSONResponse([{"file": up.name, **s} for up, s in zip(uploads, shares)])
         x, _ = await decode(uploads)
         if state.batcher is not None:
             probs = await state.batcher.submit(x)
@@ -360,7 +405,23 @@ def create_app(checkpoint_or_predictor: str | os.PathLike[str] | Predictor, *,
         out = [{"file": up.name, "top": predictor.top(p, top_k)} for up, p in zip(uploads, probs)]
         return JSONResponse(out)
 
-    @app.post("/explain", response_class=Response, summary="Grad-CAM overlay of one image (PNG)",
+    def segment_shares(images: list[Any]) -> list[dict[str, Any]]:
+        import numpy as np
+
+        out = []
+        for img in images:
+            mask = predictor.predict_mask(img.convert("RGB"))
+            counts = np.bincount(mask.ravel(), minlength=256)
+            order = sorted((i for i in range(256) if counts[i]), key=lambda i: (-counts[i], i))
+            names = predictor.classes
+            out.append({"classes": [{"class": names[i] if i < len(names) else f"ignore ({i})",
+                                     "fraction": round(float(counts[i] / mask.size), 6)} for i in order],
+                        "width": img.width, "height": img.height})
+        return out
+
+    @app.post("/explain", response_class=Response,
+              summary="segmentation mask over one image (PNG)" if segmentation else
+              "Grad-CAM overlay of one image (PNG)",
               openapi_extra={"requestBody": _IMAGE_BODY},
               responses={**_ERRORS, 200: {"content": {"image/png": {}}, "description": "the overlay; headers "
                                           "X-Class and X-Prob name the explained class and its probability"}},
@@ -375,6 +436,16 @@ def create_app(checkpoint_or_predictor: str | os.PathLike[str] | Predictor, *,
         if len(uploads) != 1:
             raise _HTTPError(400, f"/explain takes one image, got {len(uploads)}.")
         _, images = await decode(uploads, keep_images=True)
+
+        if segmentation:
+            def run_seg() -> bytes:
+                _, ov = predictor.predict_image(images[0])
+                buf = io.BytesIO()
+                ov.save(buf, format="PNG", optimize=False)
+                return buf.getvalue()
+
+            png = await asyncio.get_running_loop().run_in_executor(state.model_pool, run_seg)
+            return Response(png, media_type="image/png", headers={"Cache-Control": "no-store"})
 
         def run() -> tuple[bytes, dict[str, Any]]:
             img, info = explain_image(predictor, images[0], class_name)

@@ -1,10 +1,11 @@
-// The resnet-tune page: choose or drop an image, see the top-5 classes and a Grad-CAM overlay.
+// The resnet-tune page: choose or drop an image, see the top-5 classes and a Grad-CAM overlay
+// (for a segmentation model: each class's share of the pixels and the mask over the image).
 // Everything is served by this server; nothing is loaded from elsewhere.
 "use strict";
 
 (function () {
   const $ = (id) => document.getElementById(id);
-  const state = { auth: false, busy: 0, previewUrl: null, heatUrl: null };
+  const state = { auth: false, busy: 0, previewUrl: null, heatUrl: null, segmentation: false };
 
   function setState(s) { document.body.dataset.state = s; }
 
@@ -38,11 +39,25 @@
                                                  fetch("/model").then((r) => r.json())]);
       state.auth = !!health.auth;
       $("token-box").hidden = !state.auth;
-      const acc = model.metrics && (model.metrics.val_acc ?? model.metrics.accuracy);
+      state.segmentation = model.task === "segmentation";
+      if (state.segmentation) {
+        $("bars-title").textContent = "Class shares of the pixels";
+        $("heatmap").alt = "segmentation mask overlay";
+        $("heatmap-caption").textContent = "the predicted mask over the image";
+      }
+      const m = model.metrics || {};
       const pp = model.preprocessing || {};
-      $("model-info").textContent = `${model.model || "model"} · ${(model.classes || []).length} classes` +
-        (pp.input_size ? ` · ${pp.input_size}×${pp.input_size} input` : "") +
-        (typeof acc === "number" ? ` · validation accuracy ${(acc * 100).toFixed(1)}%` : "");
+      const nClasses = (model.classes || []).length;
+      if (state.segmentation) {
+        $("model-info").textContent = `${model.model || "model"} + ${model.head || "head"} · segmentation · ` +
+          `${nClasses} classes` +
+          (typeof m.val_miou === "number" ? ` · validation mIoU ${(m.val_miou * 100).toFixed(1)}%` : "");
+      } else {
+        const acc = m.val_acc ?? m.accuracy;
+        $("model-info").textContent = `${model.model || "model"} · ${nClasses} classes` +
+          (pp.input_size ? ` · ${pp.input_size}×${pp.input_size} input` : "") +
+          (typeof acc === "number" ? ` · validation accuracy ${(acc * 100).toFixed(1)}%` : "");
+      }
       const s = model.server || {};
       if (s.max_upload_bytes) {
         const mib = s.max_upload_bytes / 1048576;
@@ -85,7 +100,11 @@
     const resp = await fetch("/predict?top_k=5", { method: "POST", body: form, headers: headers() });
     if (!resp.ok) throw new Error(await errorText(resp));
     const out = await resp.json();
-    renderTop(out[0].top);
+    if (state.segmentation) {
+      renderTop(out[0].classes.map((c) => ({ "class": c["class"], prob: c.fraction })));
+    } else {
+      renderTop(out[0].top);
+    }
   }
 
   async function explain(file) {
@@ -101,7 +120,7 @@
     img.hidden = false;
     $("heatmap-wait").hidden = true;
     const cls = decodeURIComponent(resp.headers.get("X-Class") || "");
-    if (cls) $("heatmap-caption").textContent = `Grad-CAM for “${cls}”: where the evidence lies`;
+    if (cls && !state.segmentation) $("heatmap-caption").textContent = `Grad-CAM for “${cls}”: where the evidence lies`;
   }
 
   async function handle(file) {
@@ -113,7 +132,7 @@
     $("preview").src = state.previewUrl;
     $("heatmap").hidden = true;
     $("heatmap-wait").hidden = false;
-    $("heatmap-wait").textContent = "computing Grad-CAM…";
+    $("heatmap-wait").textContent = state.segmentation ? "computing the mask…" : "computing Grad-CAM…";
     $("top").replaceChildren();
     $("result").hidden = false;
     try {
