@@ -99,3 +99,14 @@ def test_the_page_branches_on_the_task(client: TestClient) -> None:
     js = client.get("/static/app.js").text
     assert 'model.task === "segmentation"' in js and "fraction" in js
     assert 'id="bars-title"' in client.get("/").text
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_segmentation_checkpoint_exports_and_verifies(seg_checkpoint: Path, tmp_path: Path, fmt: str) -> None:
+    # issue 7: export handles real segmentation checkpoints (the exporter verifies against the eager model)
+    from resnet_tune.export import export_model
+    from resnet_tune.export.exporter import read_export_record
+
+    out = export_model(seg_checkpoint, fmt, output=tmp_path / ("seg.onnx" if fmt == "onnx" else "seg.pt"))
+    assert out.is_file()
+    assert read_export_record(out)["task"] == "segmentation"
