@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import csv
 import os
 import platform
+import random
 import statistics
 import time
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -52,3 +55,28 @@ def matmul_peak(dtype: torch.dtype, n: int = 4096, repeats: int = 5, device: str
     b = torch.randn(n, n, device=device).to(dtype)
     sec = timed(lambda: torch.mm(a, b), repeats=repeats)
     return 2 * n**3 / sec / 1e9
+
+
+DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+
+
+def cifar_subset_csv(path: Path, per_class: int, val_per_class: int, seed: int = 0) -> Path:
+    """A CSV of path,label,split over ``../shared/data/cifar10/train`` (no copies of the images):
+    ``per_class`` training and the next ``val_per_class`` validation images a class, drawn with ``seed``.
+    Written once; an existing file is reused, so runs that read it stay resumable."""
+    if path.exists():
+        return path
+    root = (DATA / "cifar10" / "train").resolve()
+    rng = random.Random(seed)
+    rows = []
+    for cls in sorted(p.name for p in root.iterdir() if p.is_dir()):
+        files = sorted(str(p) for p in (root / cls).iterdir())
+        rng.shuffle(files)
+        rows += [(f, cls, "train") for f in files[:per_class]]
+        rows += [(f, cls, "val") for f in files[per_class:per_class + val_per_class]]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "label", "split"])
+        w.writerows(rows)
+    return path

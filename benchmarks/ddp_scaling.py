@@ -27,7 +27,6 @@ import argparse
 import csv
 import os
 import platform
-import random
 import re
 import socket
 import statistics
@@ -39,7 +38,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import cpu_name  # noqa: E402
+from common import cifar_subset_csv, cpu_name  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 
@@ -49,19 +48,7 @@ def subset_csv(work: Path, per_class: int, val_per_class: int, seed: int = 0) ->
     root = (DATA / "cifar10" / "train").resolve()
     path = work / f"cifar10_{per_class}_{val_per_class}.csv"
     if root.is_dir():
-        if not path.exists():
-            rng = random.Random(seed)
-            rows = []
-            for cls in sorted(p.name for p in root.iterdir() if p.is_dir()):
-                files = sorted(str(p) for p in (root / cls).iterdir())
-                rng.shuffle(files)
-                rows += [(f, cls, "train") for f in files[:per_class]]
-                rows += [(f, cls, "val") for f in files[per_class:per_class + val_per_class]]
-            work.mkdir(parents=True, exist_ok=True)
-            with path.open("w", newline="") as f:
-                w = csv.writer(f)
-                w.writerow(["path", "label", "split"])
-                w.writerows(rows)
+        cifar_subset_csv(path, per_class, val_per_class, seed)
         return path, f"CIFAR-10 subset ({per_class} train + {val_per_class} val images a class, 32x32 JPEG)"
     folder = work / "generated"
     if not folder.exists():  # no shared data: coloured noise, 10 classes

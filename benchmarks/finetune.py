@@ -17,10 +17,8 @@ Resumable: finished runs are skipped, interrupted ones resumed. Usage::
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import platform
-import random
 import statistics
 import sys
 import time
@@ -28,11 +26,13 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import DATA, cifar_subset_csv  # noqa: E402
+
 from resnet_tune.engine.checkpoint import STATE
 from resnet_tune.engine.evaluate import evaluate
 from resnet_tune.engine.trainer import fit
 
-DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 STRATEGIES = ["linear_probe", "full", "freeze_unfreeze", "scratch"]
 
 
@@ -51,24 +51,8 @@ def run_or_resume(out: Path, **options) -> float:
 
 
 def cifar_subset(work: Path, per_class: int, seed: int) -> Path:
-    """A CSV (no copies of the images) with ``per_class`` train and ``per_class`` val images per class."""
-    csv_path = work / f"cifar_subset_{per_class}.csv"
-    if csv_path.exists():
-        return csv_path
-    root = (DATA / "cifar10" / "train").resolve()
-    rng = random.Random(seed)
-    rows = []
-    for cls in sorted(p.name for p in root.iterdir() if p.is_dir()):
-        files = sorted(str(p) for p in (root / cls).iterdir())
-        rng.shuffle(files)
-        rows += [(f, cls, "train") for f in files[:per_class]]
-        rows += [(f, cls, "val") for f in files[per_class:2 * per_class]]
-    work.mkdir(parents=True, exist_ok=True)
-    with csv_path.open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["path", "label", "split"])
-        w.writerows(rows)
-    return csv_path
+    """``per_class`` train and ``per_class`` val images a class of CIFAR-10, as a CSV (no copies)."""
+    return cifar_subset_csv(work / f"cifar_subset_{per_class}.csv", per_class, per_class, seed)
 
 
 def main() -> int:
