@@ -168,11 +168,11 @@ def build_data(cfg: TrainConfig, device: torch.device, mean_std: Callable[[str],
         workers = cfg.workers if cfg.workers is not None else default_workers(device)
         ttf = train_transform(pp, cfg.augment)
         etf = eval_transform(pp)
-        train = _worker_loader(FileDataset(train_s, ttf, seed=cfg.seed), cfg.batch_size, True, workers, device, cfg.seed, weights,
+        train = _EpochLoader(FileDataset(train_s, ttf, seed=cfg.seed), cfg.batch_size, True, workers, device, cfg.seed, weights,
                                rank, world)
-        val = _worker_loader(FileDataset(val_s, etf), cfg.batch_size * 2, False, workers, device, cfg.seed, None,
+        val = _EpochLoader(FileDataset(val_s, etf), cfg.batch_size * 2, False, workers, device, cfg.seed, None,
                              rank, world)
-        test = (_worker_loader(FileDataset(test_s, etf), cfg.batch_size * 2, False, workers, device, cfg.seed, None,
+        test = (_EpochLoader(FileDataset(test_s, etf), cfg.batch_size * 2, False, workers, device, cfg.seed, None,
                                rank, world) if test_s else None)
     return DataBundle(splits.classes, train, val, test, pp, len(train_s), [p for p, _ in val_s],
                       [p for p, _ in test_s] if test_s else None, desc, report.summary(), report,
@@ -278,10 +278,6 @@ class _EpochLoader:
             if self.train and len(y) < 2:
                 continue
             yield x, y
-
-
-def _worker_loader(*args: Any) -> _EpochLoader:
-    return _EpochLoader(*args)
 
 
 def _balance_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
