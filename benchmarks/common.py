@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import platform
 import random
@@ -80,3 +81,23 @@ def cifar_subset_csv(path: Path, per_class: int, val_per_class: int, seed: int =
         w.writerow(["path", "label", "split"])
         w.writerows(rows)
     return path
+
+
+def run_or_resume(out: Path, **options) -> float:
+    """Train into ``out`` with the public ``fit`` unless it is finished; resume it if it was interrupted.
+    Returns the wall seconds of the whole run (kept in ``out/timing.json`` across resumes)."""
+    from resnet_tune.engine.checkpoint import STATE
+    from resnet_tune.engine.trainer import fit
+
+    timing = out / "timing.json"
+    if (out / "eval.json").exists():
+        return json.loads(timing.read_text())["seconds"] if timing.exists() else 0.0
+    before = json.loads(timing.read_text())["seconds"] if timing.exists() else 0.0
+    t0 = time.perf_counter()
+    if (out / STATE).exists():
+        fit(resume=out, progress=False)
+    else:
+        fit(output=str(out), progress=False, **options)
+    seconds = before + time.perf_counter() - t0
+    timing.write_text(json.dumps({"seconds": seconds}))
+    return seconds

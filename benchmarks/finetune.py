@@ -27,27 +27,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DATA, cifar_subset_csv  # noqa: E402
+from common import DATA, cifar_subset_csv, run_or_resume  # noqa: E402
 
-from resnet_tune.engine.checkpoint import STATE
 from resnet_tune.engine.evaluate import evaluate
-from resnet_tune.engine.trainer import fit
 
 STRATEGIES = ["linear_probe", "full", "freeze_unfreeze", "scratch"]
-
-
-def run_or_resume(out: Path, **options) -> float:
-    """Train into ``out`` unless it is finished; resume it if it was interrupted. Returns wall seconds."""
-    t0 = time.perf_counter()
-    if (out / "eval.json").exists():
-        return json.loads((out / "timing.json").read_text())["seconds"] if (out / "timing.json").exists() else 0.0
-    if (out / STATE).exists():
-        fit(resume=out, progress=False)
-    else:
-        fit(output=str(out), progress=False, **options)
-    seconds = time.perf_counter() - t0
-    (out / "timing.json").write_text(json.dumps({"seconds": seconds}))
-    return seconds
 
 
 def cifar_subset(work: Path, per_class: int, seed: int) -> Path:

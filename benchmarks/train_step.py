@@ -28,11 +28,15 @@ from resnet_tune.engine.trainer import fit  # noqa: E402
 
 
 def plain_loop(model_name: str, size: int, batch: int, repeats: int, amp: bool, channels_last: bool,
-               compile_: bool) -> float:
+               compile_: bool, timm: bool = False) -> float:
     import torchvision
 
     torch.manual_seed(0)
-    if hasattr(torchvision.models, model_name):
+    if timm:
+        import timm as timm_lib
+
+        model = timm_lib.create_model(model_name, num_classes=10)
+    elif hasattr(torchvision.models, model_name):
         model = getattr(torchvision.models, model_name)(num_classes=10)
     else:  # CIFAR presets have no torchvision twin: the same module, trained the plain way
         model = rt.create_model(model_name, num_classes=10)
@@ -55,11 +59,11 @@ def plain_loop(model_name: str, size: int, batch: int, repeats: int, amp: bool, 
     return batch / timed(step, repeats=repeats, warmup=2 if compile_ else 1)
 
 
-def ours(model_name: str, size: int, batch: int, repeats: int) -> float:
+def ours(model_name: str, size: int, batch: int, repeats: int, compile_: bool = False) -> float:
     work = Path(tempfile.mkdtemp())
     try:
         res = fit(data=f"synthetic:{batch * repeats}", model=model_name, img_size=size, batch_size=batch,
-                  epochs=2, output=str(work / "run"), progress=False, quiet=True)
+                  epochs=2, output=str(work / "run"), progress=False, quiet=True, compile=compile_)
         return res.history[-1]["images_per_s"]
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -71,7 +75,8 @@ def main() -> int:
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--compile", action="store_true", help="also time torchvision + bf16 + channels_last + compile")
+    ap.add_argument("--compile", action="store_true",
+                    help="also time torchvision + bf16 + channels_last + compile, and fit(compile=True)")
     args = ap.parse_args()
 
     gflop = 3 * rt.model_info(args.model, (3, args.size, args.size)).gflops
@@ -88,11 +93,23 @@ def main() -> int:
     rows.append(("torchvision bf16 autocast + channels_last", best, peak_bf16))
     best_nchw = plain_loop(args.model, args.size, args.batch, args.repeats, True, False, False)
     rows.append(("torchvision bf16 autocast, NCHW", best_nchw, peak_bf16))
+    try:
+        import timm  # noqa: F401
+
+        if timm.is_model(args.model):
+            rows.append(("timm bf16 autocast + channels_last",
+                         plain_loop(args.model, args.size, args.batch, args.repeats, True, True, False, timm=True),
+                         peak_bf16))
+    except ImportError:
+        pass
     if args.compile:
         rows.append(("torchvision bf16 + channels_last + compile",
                      plain_loop(args.model, args.size, args.batch, args.repeats, True, True, True), peak_bf16))
     ips = ours(args.model, args.size, args.batch, args.repeats)
     rows.append(("resnet-tune fit() defaults", ips, peak_bf16))
+    if args.compile:
+        rows.append(("resnet-tune fit(compile=True)", ours(args.model, args.size, args.batch, args.repeats, True),
+                     peak_bf16))
     print("\n| loop | img/s | GFLOP/s | of peak | vs plain fp32 |\n|---|---|---|---|---|")
     for name, v, peak in rows:
         print(f"| {name} | {v:.1f} | {v * gflop:.0f} | {100 * v * gflop / peak:.0f}% | {v / base:.2f}x |")

@@ -27,6 +27,8 @@ HELP = {
     "drop_path_rate": "stochastic depth rate",
     "strategy": "auto = freeze_unfreeze with --pretrained, scratch without",
     "freeze_epochs": "epochs with a frozen body in freeze_unfreeze",
+    "cache_views": "frozen-body epochs train the head on cached backbone features of this many augmented views "
+                   "of the training set (0 = run the backbone every epoch)",
     "lr_decay": "discriminative learning rate: each earlier stage gets this factor of the next one's lr",
     "epochs": "number of epochs",
     "batch_size": "images per batch",

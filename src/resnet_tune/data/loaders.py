@@ -258,8 +258,30 @@ class MemoryLoader:
             x = self.images[sel]
             if aug is not None:
                 x = crop_flip(x, self.pad, aug[0][sl], aug[1][sl], aug[2][sl] if aug[2] is not None else None)
-            # the layout is set on the uint8 batch (a quarter of the bytes); crop_flip's output is already
-            # channels_last
-            x = x.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
-            x = normalize_batch(x, self.mean, self.std)
-            yield x, self.labels[sel.to(self.labels.device)]
+            yield self._to_input(x), self.labels[sel.to(self.labels.device)]
+
+    def _to_input(self, x: torch.Tensor) -> torch.Tensor:
+        # the layout is set on the uint8 batch (a quarter of the bytes); crop_flip's output is already
+        # channels_last
+        x = x.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
+        return normalize_batch(x, self.mean, self.std)
+
+    def view_len(self) -> int:
+        return len(eval_batch_ids(len(self.labels), self.batch_size, self.rank, self.world))
+
+    def view_batches(self, view: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """(indices, images, labels) for this rank's share of *all* images, each with a crop and flip drawn
+        from (seed, view, index): one augmented view of the dataset, whatever the number of processes
+        (for cached backbone features, :mod:`resnet_tune.engine.features`)."""
+        n = len(self.labels)
+        aug = None
+        if self.train and self.augment:
+            g = torch.Generator(device=self.images.device).manual_seed(self.seed * 7_919 + 104_729 * (view + 1))
+            aug = draw_crop_flip(n, self.pad, g)
+        idx = eval_shard(n, self.batch_size, self.rank, self.world).to(self.images.device)
+        for b in range(0, len(idx), self.batch_size):
+            sel = idx[b:b + self.batch_size]
+            x = self.images[sel]
+            if aug is not None:
+                x = crop_flip(x, self.pad, aug[0][sel], aug[1][sel], aug[2][sel] if aug[2] is not None else None)
+            yield sel, self._to_input(x), self.labels[sel.to(self.labels.device)]

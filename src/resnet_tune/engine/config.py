@@ -44,6 +44,7 @@ class TrainConfig:
     # optimisation
     strategy: str = "auto"  # auto: freeze_unfreeze with pretrained weights, scratch without
     freeze_epochs: int = 1
+    cache_views: int = 1  # frozen-body epochs train the head on cached features of this many views (0 = off)
     lr_decay: float = 0.5  # discriminative lr: each earlier stage gets this factor of the next one's lr
     epochs: int = 15
     batch_size: int = 64
@@ -102,6 +103,8 @@ class TrainConfig:
             raise ConfigError(f"dist_timeout must be a positive number of minutes, got {self.dist_timeout}.")
         if self.freeze_epochs < 0:
             raise ConfigError("freeze_epochs must be >= 0.")
+        if self.cache_views < 0:
+            raise ConfigError(f"cache_views must be >= 0 (0 turns the feature cache off), got {self.cache_views}.")
         if self.strategy in ("linear_probe", "freeze_unfreeze") and not self.pretrained:
             raise ConfigError(f"strategy {self.strategy!r} freezes a pretrained backbone; give --pretrained "
                               "or use --strategy scratch.")

@@ -265,6 +265,28 @@ class _EpochLoader:
                           pin_memory=self.device.type == "cuda", drop_last=drop_last, generator=g,
                           persistent_workers=False)
 
+    def view_len(self) -> int:
+        from ..data.loaders import eval_batch_ids
+
+        return len(eval_batch_ids(len(self.dataset), self.batch_size, self.rank, self.world))
+
+    def view_batches(self, view: int):
+        """(indices, images, labels) for this rank's share of *all* images, each augmented as in epoch
+        ``view`` (the dataset seeds each image's augmentation with (seed, epoch, index)): one view of the
+        dataset for cached backbone features (:mod:`.features`)."""
+        from torch.utils.data import DataLoader, Subset
+
+        from ..data.loaders import eval_shard
+
+        self.set_epoch(view)
+        idx = eval_shard(len(self.dataset), self.batch_size, self.rank, self.world)
+        dl = DataLoader(Subset(self.dataset, idx.tolist()), batch_size=self.batch_size, shuffle=False,
+                        num_workers=self.workers, pin_memory=self.device.type == "cuda")
+        pos = 0
+        for x, y in dl:
+            yield idx[pos:pos + len(y)], x, y
+            pos += len(y)
+
     def __len__(self) -> int:
         from ..data.loaders import eval_batch_ids, train_batches
 
@@ -326,14 +348,14 @@ def set_body_frozen(model: nn.Module, frozen: bool) -> None:
 
 
 def train_mode(model: nn.Module) -> None:
-    """``model.train()``, except BatchNorm layers of a frozen body stay in eval mode."""
+    """``model.train()``, except that a frozen body stays in eval mode: its BatchNorm layers keep their
+    statistics and stochastic depth is off, so its features are a fixed function of the image (what
+    lets the trainer cache them, :mod:`.features`)."""
     model.train()
     if getattr(model, "_body_frozen", False):
         body, _ = model.body_and_head()
         for block in body:
-            for m in block.modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                    m.eval()
+            block.eval()
 
 
 # --- the loop ----------------------------------------------------------------------------------
@@ -609,20 +631,37 @@ class Trainer:
 
         record_base = dict(classes=data.classes, preprocessing=data.preprocessing.to_dict())
         bad_after = 0
-        wrapped_frozen: bool | None = None
+        wrapped: str | None = None  # what the DDP wrapper holds: "model", "frozen" or "head"
+        frozen_epochs = cfg.epochs if strategy == "linear_probe" else \
+            min(cfg.freeze_epochs, cfg.epochs) if strategy == "freeze_unfreeze" else 0
+        views = self._cache_views(model, data, frozen_epochs, precision)
+        cache: Any = None
         for epoch in range(start_epoch, cfg.epochs):
             _debug_die_at(dist, epoch)
-            frozen = strategy == "linear_probe" or (strategy == "freeze_unfreeze" and epoch < cfg.freeze_epochs)
+            frozen = epoch < frozen_epochs
+            cached = frozen and views > 0
             set_body_frozen(model, frozen)
-            if dist.enabled and frozen != wrapped_frozen:
+            if not cached:
+                cache = None
+            mode = "head" if cached else "frozen" if frozen else "model"
+            if dist.enabled and mode != wrapped:
                 fwd = None  # drop the old DDP wrapper (and its gradient hooks) before making the new one
-                fwd = self._forward_module(model)
-                wrapped_frozen = frozen
+                fwd = self.dist.wrap(model.fc) if cached else self._forward_module(model)
+                wrapped = mode
             _debug_samples(dist, data.train, epoch)
             t0 = time.perf_counter()
+            if cached and cache is None:
+                from .features import build_cache
+
+                show = cfg.progress and not self.quiet and dist.is_main and sys.stderr.isatty()
+                cache = build_cache(model, data.train, data.val, views, data.num_train, precision, device, dist,
+                                    lambda it, n, desc: _progress(it, n, desc, show))
+                self.say(f"cached the frozen backbone's features: {data.num_train} training images x {views} "
+                         f"view(s) and the validation set in {cache.seconds:.1f}s; the head trains on them")
+            step_fwd = fwd if dist.enabled or not cached else model.fc
             train_loss, train_acc, seen = self.train_one_epoch(
-                fwd, model, data.train, optimizer, scaler, ema, criterion, precision, device, epoch,
-                steps_per_epoch, total_steps, warmup)
+                step_fwd, model, cache.train if cached else data.train, optimizer, scaler, ema, criterion,
+                precision, device, epoch, steps_per_epoch, total_steps, warmup)
             train_time = dist.all_reduce_max(time.perf_counter() - t0)
             if dist.enabled:  # every rank evaluates (and rank 0 saves) rank 0's BatchNorm statistics
                 dist.sync_buffers(ckpt.unwrap(model))
@@ -630,10 +669,14 @@ class Trainer:
                     names = {n for n, _ in ckpt.unwrap(model).named_buffers()}
                     dist.broadcast_tensors([v for k, v in ema.shadow.items() if k in names])
             eval_model = self._ema_model(model, ema) if ema else model
-            val_loss, val_acc = self.evaluate_loss(eval_model, data.val, precision, device)
+            if cached:  # the head on the cached validation features: the same numbers, no backbone pass
+                val_loss, val_acc = self.evaluate_loss(eval_model.fc, cache.val, precision, device)
+            else:
+                val_loss, val_acc = self.evaluate_loss(eval_model, data.val, precision, device)
             row = {"epoch": epoch + 1, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss,
                    "val_acc": val_acc, "lr": optimizer.param_groups[-1]["lr"],
-                   "seconds": time.perf_counter() - t0, "images_per_s": seen / max(train_time, 1e-9)}
+                   "seconds": time.perf_counter() - t0, "images_per_s": seen / max(train_time, 1e-9),
+                   "train_seconds": train_time}
             history.append(row)
             improved = val_acc > best
             if improved:
@@ -670,7 +713,8 @@ class Trainer:
             self.say(f"epoch {epoch + 1}/{cfg.epochs}  train loss {train_loss:.4f} acc {train_acc:.4f}  "
                      f"val loss {val_loss:.4f} acc {val_acc:.4f}  lr {row['lr']:.2e}  {row['seconds']:.1f}s  "
                      f"{row['images_per_s']:.0f} img/s" + ("  *" if improved else "") + ("  (frozen body)" if
-                                                                                        frozen else ""))
+                                                                                        frozen else "")
+                     + (", cached features" if cached else ""))
             if cfg.early_stop and bad_after >= cfg.early_stop:
                 self.say(f"early stop: no improvement in validation accuracy for {cfg.early_stop} epochs")
                 self.notes.append(f"stopped early after epoch {epoch + 1}")
@@ -678,6 +722,33 @@ class Trainer:
 
         fwd = None
         return self._finish(run_dir, data, history, best, best_epoch, device, precision)
+
+    def _cache_views(self, model: nn.Module, data: DataBundle, frozen_epochs: int, precision: Precision) -> int:
+        """How many augmented views of the training set to cache for the frozen-body epochs (0: none)."""
+        from .features import cache_bytes, memory_budget
+
+        cfg = self.cfg
+        views = min(cfg.cache_views, frozen_epochs)
+        if views == 0:
+            return 0
+        if cfg.mixup > 0 or cfg.cutmix > 0:
+            self.notes.append("frozen-body epochs ran the backbone every epoch: mixup and cutmix mix images, "
+                              "which cached features cannot")
+            return 0
+        if not hasattr(data.train, "view_batches") or not hasattr(model, "forward_head"):
+            return 0
+        need = cache_bytes(data.num_train, ckpt.unwrap(model).num_features, views, precision)
+        budget = memory_budget()
+        if need > budget:
+            msg = (f"frozen-body epochs ran the backbone every epoch: caching {views} view(s) of the features "
+                   f"would take {need / 1024**3:.1f} GiB, over the {budget / 1024**3:.1f} GiB allowed "
+                   "(lower --cache-views)")
+            self.say(msg)
+            self.notes.append(msg)
+            return 0
+        self.notes.append(f"frozen-body epochs trained the head on cached backbone features ({views} augmented "
+                          f"view(s) of the training set; --cache-views 0 turns this off)")
+        return views
 
     def _rescale_on_new_world(self, optimizer: torch.optim.Optimizer, strategy: str) -> None:
         """A run resumed with another number of processes: say so, and keep the default learning rate

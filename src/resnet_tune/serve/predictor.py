@@ -19,7 +19,7 @@ from torch import nn
 
 from ..data.transforms import Preprocessing, eval_transform
 from ..engine import checkpoint as ckpt
-from ..engine.hardware import Precision, resolve_device, resolve_precision
+from ..engine.hardware import Precision, default_channels_last, resolve_device, resolve_precision
 from ..errors import DataError
 
 
@@ -81,8 +81,8 @@ class Predictor:
             import copy
 
             model = fold_batchnorm(copy.deepcopy(model))
-        self.channels_last = self.device.type == "cuda" or (self.precision.amp_dtype is not None
-                                                            and self.record["preprocessing"]["input_size"] >= 96)
+        self.channels_last = default_channels_last(self.device, self.precision,
+                                                   self.record["preprocessing"]["input_size"])
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.model = torch.compile(model) if compile else model
