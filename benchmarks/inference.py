@@ -18,7 +18,7 @@ import torch
 import torchvision
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import header, matmul_peak, timed  # noqa: E402
+from common import conv_peak, header, matmul_peak, timed  # noqa: E402
 
 import resnet_tune as rt  # noqa: E402
 from resnet_tune.data.transforms import Preprocessing  # noqa: E402
@@ -46,7 +46,9 @@ def main() -> int:
     peak_bf16 = matmul_peak(torch.bfloat16)
     peak_fp32 = matmul_peak(torch.float32)
     print(header(args.repeats))
-    print(f"measured matmul peak: fp32 {peak_fp32:.0f} GFLOP/s, bf16 {peak_bf16:.0f} GFLOP/s; "
+    conv = {peak_fp32: conv_peak(torch.float32), peak_bf16: conv_peak(torch.bfloat16)}
+    print(f"measured peak: 4096 matmul fp32 {peak_fp32:.0f}, bf16 {peak_bf16:.0f} GFLOP/s; 3x3 conv fp32 "
+          f"{conv[peak_fp32]:.0f}, bf16 {conv[peak_bf16]:.0f} GFLOP/s; "
           f"{args.model} forward {gflop_per_img:.2f} GFLOP/image at {args.size}")
 
     tv = getattr(torchvision.models, args.model)() if hasattr(torchvision.models, args.model) else model
@@ -61,7 +63,8 @@ def main() -> int:
         with torch.inference_mode():
             sec = timed(fn, repeats=args.repeats)
         ips = batch / sec
-        rows.append((name, batch, sec * 1000, ips, ips * gflop_per_img, ips * gflop_per_img / peak))
+        rows.append((name, batch, sec * 1000, ips, ips * gflop_per_img, ips * gflop_per_img / peak,
+                     ips * gflop_per_img / conv[peak]))
         return ips
 
     base64 = record("torchvision eager fp32", lambda: tv(xb), args.batch, peak_fp32)
@@ -92,9 +95,10 @@ def main() -> int:
     except Exception as err:  # optional baseline
         print(f"(ONNX Runtime not measured: {type(err).__name__}: {str(err)[:100]})")
 
-    print("\n| engine | batch | ms/batch | img/s | GFLOP/s | of peak |\n|---|---|---|---|---|---|")
-    for name, b, ms, ips, gf, frac in rows:
-        print(f"| {name} | {b} | {ms:.1f} | {ips:.1f} | {gf:.0f} | {100 * frac:.0f}% |")
+    print("\n| engine | batch | ms/batch | img/s | GFLOP/s | of matmul peak | of conv peak |\n"
+          "|---|---|---|---|---|---|---|")
+    for name, b, ms, ips, gf, frac, cfrac in rows:
+        print(f"| {name} | {b} | {ms:.1f} | {ips:.1f} | {gf:.0f} | {100 * frac:.0f}% | {100 * cfrac:.0f}% |")
     print(f"\nratio ours / torchvision fp32: batch {args.batch} {ours64 / base64:.2f}x, batch 1 {ours1 / base1:.2f}x; "
           f"max |logit difference| vs eager fp32 on 8 images: {diff:.3g}")
     return 0

@@ -83,7 +83,8 @@ def test_training_learns_colours(image_folder: Path, tmp_path: Path) -> None:
     assert out[0]["top"][0]["class"] == "green"
 
 
-def test_folded_predictor_matches_eager(image_folder: Path, tmp_path: Path) -> None:
+def test_folded_predictor_matches_eager(image_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from resnet_tune.serve import predictor
     from resnet_tune.serve.predictor import Predictor
 
     res = fit(data=str(image_folder), output=str(tmp_path / "r"), **FAST, quiet=True)
@@ -91,6 +92,15 @@ def test_folded_predictor_matches_eager(image_folder: Path, tmp_path: Path) -> N
     x = torch.randn(4, 3, 16, 16)
     torch.testing.assert_close(pred.logits(x), pred.eager(x), rtol=1e-4, atol=1e-4)
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in pred.model.modules())
+    # on a CPU a large batch goes through in cache-sized chunks (3 images of 16x16 here): the same logits
+    assert pred.chunk_size(16, 16) == round(4 * 224 * 224 / 256)
+    monkeypatch.setattr(predictor, "CPU_CHUNK_PIXELS", 3 * 16 * 16)
+    assert pred.chunk_size(16, 16) == 3
+    xb = torch.randn(10, 3, 16, 16)
+    folded, calls = pred.model, []
+    pred.model = lambda c: (calls.append(len(c)), folded(c))[1]
+    torch.testing.assert_close(pred.logits(xb), pred.eager(xb), rtol=1e-4, atol=1e-4)
+    assert calls == [3, 3, 3, 1]
 
 
 @pytest.mark.parametrize("loader", ["memory", "workers"])

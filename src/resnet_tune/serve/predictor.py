@@ -62,6 +62,9 @@ def _is_preact(block: nn.Module) -> bool:
     return isinstance(block, (PreActBasicBlock, PreActBottleneck))
 
 
+CPU_CHUNK_PIXELS = 4 * 224 * 224
+
+
 class Predictor:
     """Load a checkpoint once, then classify images, files or tensors.
 
@@ -93,13 +96,25 @@ class Predictor:
 
     # ---- tensors
 
+    def chunk_size(self, height: int, width: int) -> int:
+        """Images a forward pass takes at once. On a CPU, large batches run slower per image once their
+        activations outgrow the caches: ResNet-50 at 224 px in bf16 on the project's 2-core EPYC gave
+        57 img/s as one batch of 64, 75 in chunks of 16 and 82 in chunks of 4. So a CPU batch is split into
+        chunks of about four 224 x 224 images' worth of pixels (more images when they are smaller)."""
+        if self.device.type != "cpu":
+            return 1 << 30
+        return max(1, round(CPU_CHUNK_PIXELS / (height * width)))
+
     @torch.no_grad()
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.device)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
+        n = self.chunk_size(x.shape[-2], x.shape[-1])
         with self.precision.autocast(self.device):
-            return self.model(x).float()
+            if x.shape[0] <= n:
+                return self.model(x).float()
+            return torch.cat([self.model(c).float() for c in x.split(n)])
 
     @torch.no_grad()
     def features(self, x: torch.Tensor) -> torch.Tensor:
