@@ -1,18 +1,21 @@
 """Training throughput: resnet-tune's trainer (its defaults) vs plain torchvision loops, in the same run.
 
 'Ours' is ``resnet_tune.engine.trainer.fit`` on in-memory synthetic images (``data="synthetic:N"``) with default
-settings; its images/s is the trainer's own figure for the second epoch (the first includes warm-up). The
-baselines are the loop a user would write: torchvision model, SGD, fp32 NCHW; and the best torchvision setting
-(bf16 autocast + channels_last, optionally + torch.compile). A training step counts as 3x the forward FLOPs.
+settings; its images/s is the trainer's own figure for an epoch of --steps batches, the median of --repeats
+epochs after a first one (warm-up, compile). The baselines time windows of the same --steps steps (median of
+--repeats after one warm-up window): the loop a user would write (torchvision model, SGD, fp32 NCHW), the best
+torchvision settings (bf16 autocast + channels_last, optionally + torch.compile) and timm where installed.
+A training step counts as 3x the forward FLOPs.
 
-    python benchmarks/train_step.py --model resnet50 --size 224 --batch 32 --repeats 5
-    python benchmarks/train_step.py --model resnet20 --size 32 --batch 128
+    python benchmarks/train_step.py --model resnet50 --size 224 --batch 32 --steps 5 --compile
+    python benchmarks/train_step.py --model resnet20 --size 32 --batch 128 --steps 20
 """
 
 from __future__ import annotations
 
 import argparse
 import shutil
+import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -27,7 +30,7 @@ import resnet_tune as rt  # noqa: E402
 from resnet_tune.engine.trainer import fit  # noqa: E402
 
 
-def plain_loop(model_name: str, size: int, batch: int, repeats: int, amp: bool, channels_last: bool,
+def plain_loop(model_name: str, size: int, batch: int, repeats: int, steps: int, amp: bool, channels_last: bool,
                compile_: bool, timm: bool = False) -> float:
     import torchvision
 
@@ -49,22 +52,25 @@ def plain_loop(model_name: str, size: int, batch: int, repeats: int, amp: bool, 
         x = x.contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (batch,))
 
-    def step() -> None:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
-            loss = F.cross_entropy(step_model(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+    def window() -> None:
+        for _ in range(steps):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+                loss = F.cross_entropy(step_model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
 
-    return batch / timed(step, repeats=repeats, warmup=2 if compile_ else 1)
+    return batch * steps / timed(window, repeats=repeats, warmup=1)
 
 
-def ours(model_name: str, size: int, batch: int, repeats: int, compile_: bool = False) -> float:
+def ours(model_name: str, size: int, batch: int, repeats: int, steps: int, compile_: bool = False) -> float:
+    """The trainer's own training img/s: epochs of ``steps`` batches, the median over ``repeats`` epochs after
+    a first (warm-up, compile) one: the same windows as the plain loops."""
     work = Path(tempfile.mkdtemp())
     try:
-        res = fit(data=f"synthetic:{batch * repeats}", model=model_name, img_size=size, batch_size=batch,
-                  epochs=2, output=str(work / "run"), progress=False, quiet=True, compile=compile_)
-        return res.history[-1]["images_per_s"]
+        res = fit(data=f"synthetic:{batch * steps}", model=model_name, img_size=size, batch_size=batch,
+                  epochs=repeats + 1, output=str(work / "run"), progress=False, quiet=True, compile=compile_)
+        return statistics.median(r["images_per_s"] for r in res.history[1:])
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -74,48 +80,49 @@ def main() -> int:
     ap.add_argument("--model", default="resnet50")
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=3, help="timed windows (epochs, for ours)")
+    ap.add_argument("--steps", type=int, default=5, help="training steps a window")
     ap.add_argument("--compile", action="store_true",
                     help="also time torchvision + bf16 + channels_last + compile, and fit(compile=True)")
     args = ap.parse_args()
 
     gflop = 3 * rt.model_info(args.model, (3, args.size, args.size)).gflops
-    peak_fp32, peak_bf16 = matmul_peak(torch.float32), matmul_peak(torch.bfloat16)
-    conv = {peak_fp32: conv_peak(torch.float32), peak_bf16: conv_peak(torch.bfloat16)}
+    # (4096 matmul, 3x3 convolution) GFLOP/s per precision
+    peak_fp32 = (matmul_peak(torch.float32), conv_peak(torch.float32))
+    peak_bf16 = (matmul_peak(torch.bfloat16), conv_peak(torch.bfloat16))
     print(header(args.repeats))
-    print(f"measured peak: 4096 matmul fp32 {peak_fp32:.0f}, bf16 {peak_bf16:.0f} GFLOP/s; 3x3 conv fp32 "
-          f"{conv[peak_fp32]:.0f}, bf16 {conv[peak_bf16]:.0f} GFLOP/s; "
+    print(f"measured peak: 4096 matmul fp32 {peak_fp32[0]:.0f}, bf16 {peak_bf16[0]:.0f} GFLOP/s; 3x3 conv fp32 "
+          f"{peak_fp32[1]:.0f}, bf16 {peak_bf16[1]:.0f} GFLOP/s; "
           f"{args.model} training step {gflop:.2f} GFLOP/image at {args.size}")
     rows = []
-    base = plain_loop(args.model, args.size, args.batch, args.repeats, False, False, False)
+
+    def loop(amp: bool, channels_last: bool, compile_: bool = False, timm: bool = False) -> float:
+        return plain_loop(args.model, args.size, args.batch, args.repeats, args.steps, amp, channels_last, compile_,
+                          timm)
+
+    base = loop(False, False)
     rows.append(("torchvision plain loop, fp32", base, peak_fp32))
-    rows.append(("torchvision fp32 + channels_last",
-                 plain_loop(args.model, args.size, args.batch, args.repeats, False, True, False), peak_fp32))
-    best = plain_loop(args.model, args.size, args.batch, args.repeats, True, True, False)
-    rows.append(("torchvision bf16 autocast + channels_last", best, peak_bf16))
-    best_nchw = plain_loop(args.model, args.size, args.batch, args.repeats, True, False, False)
-    rows.append(("torchvision bf16 autocast, NCHW", best_nchw, peak_bf16))
+    rows.append(("torchvision fp32 + channels_last", loop(False, True), peak_fp32))
+    rows.append(("torchvision bf16 autocast + channels_last", loop(True, True), peak_bf16))
+    rows.append(("torchvision bf16 autocast, NCHW", loop(True, False), peak_bf16))
     try:
         import timm  # noqa: F401
 
         if timm.is_model(args.model):
-            rows.append(("timm bf16 autocast + channels_last",
-                         plain_loop(args.model, args.size, args.batch, args.repeats, True, True, False, timm=True),
-                         peak_bf16))
+            rows.append(("timm bf16 autocast + channels_last", loop(True, True, timm=True), peak_bf16))
     except ImportError:
         pass
     if args.compile:
-        rows.append(("torchvision bf16 + channels_last + compile",
-                     plain_loop(args.model, args.size, args.batch, args.repeats, True, True, True), peak_bf16))
-    ips = ours(args.model, args.size, args.batch, args.repeats)
-    rows.append(("resnet-tune fit() defaults", ips, peak_bf16))
+        rows.append(("torchvision bf16 + channels_last + compile", loop(True, True, compile_=True), peak_bf16))
+    rows.append(("resnet-tune fit() defaults", ours(args.model, args.size, args.batch, args.repeats, args.steps),
+                 peak_bf16))
     if args.compile:
-        rows.append(("resnet-tune fit(compile=True)", ours(args.model, args.size, args.batch, args.repeats, True),
-                     peak_bf16))
+        rows.append(("resnet-tune fit(compile=True)",
+                     ours(args.model, args.size, args.batch, args.repeats, args.steps, True), peak_bf16))
     print("\n| loop | img/s | GFLOP/s | of matmul peak | of conv peak | vs plain fp32 |\n|---|---|---|---|---|---|")
     for name, v, peak in rows:
-        print(f"| {name} | {v:.1f} | {v * gflop:.0f} | {100 * v * gflop / peak:.0f}% | "
-              f"{100 * v * gflop / conv[peak]:.0f}% | {v / base:.2f}x |")
+        print(f"| {name} | {v:.1f} | {v * gflop:.0f} | {100 * v * gflop / peak[0]:.0f}% | "
+              f"{100 * v * gflop / peak[1]:.0f}% | {v / base:.2f}x |")
     return 0
 
 

@@ -299,14 +299,17 @@ def test_distributed_evaluation_equals_one_process_exactly(job: dict) -> None:
 
     splits = discover(str(job["root"] / "data"))
 
-    def one_process(checkpoint: Path) -> tuple[torch.Tensor, torch.Tensor, float, dict]:
+    def one_process(checkpoint: Path, model_channels_last: bool) -> tuple[torch.Tensor, torch.Tensor, float, dict]:
         model, rec = ckpt.load_checkpoint(checkpoint)
+        if model_channels_last:  # as the trainer holds it (the best checkpoint is evaluated as loaded)
+            model = model.to(memory_format=torch.channels_last)
         pp = Preprocessing.from_dict(rec["preprocessing"])
         x, y = decode_to_memory(splits.val, pp)
-        loader = MemoryLoader(x, y, 8, train=False, mean=pp.mean, std=pp.std)  # eval batch = 2 x batch size 4
+        # eval batch = 2 x batch size 4; channels_last batches, the trainer's default on a CPU
+        loader = MemoryLoader(x, y, 8, train=False, mean=pp.mean, std=pp.std, channels_last=True)
         return (*predict_loader(model, loader, Precision(None, False), torch.device("cpu")), rec)
 
-    probs, targets, _, rec = one_process(run / ckpt.BEST)
+    probs, targets, _, rec = one_process(run / ckpt.BEST, False)
     assert len(targets) == 18  # 3 evaluation batches (8, 8, 2): rank 0 computed two, rank 1 one
     expected = classification_report(probs.numpy(), targets.numpy(), rec["classes"], files=[p for p, _ in splits.val])
     report = json.loads((run / "eval.json").read_text())
@@ -314,7 +317,7 @@ def test_distributed_evaluation_equals_one_process_exactly(job: dict) -> None:
     assert report == json.loads(json.dumps(expected))
     assert 0.4 < report["accuracy"] < 1.0  # not a constant prediction: the comparison means something
 
-    probs, targets, loss, _ = one_process(run / ckpt.LAST)
+    probs, targets, loss, _ = one_process(run / ckpt.LAST, True)
     last = _csv(run / "metrics.csv")[-1]
     acc = float((probs.argmax(1) == targets).float().mean())
     assert (last["val_loss"], last["val_acc"]) == (f"{loss:.6g}", f"{acc:.6g}")
