@@ -1,8 +1,11 @@
 """ResNet-50 on a GPU: resnet-tune's trainer and Predictor against torchvision, in one run, on synthetic data.
 
-Written for a lent H100/H200 (its own Python 3.12, torch 2.11, torchvision 0.26: install the project with
-``pip install --no-deps -e .`` so that torch stays as it is); finishes in under 8 minutes there. It also runs
-a few steps on a CPU (``--device cpu --size 32 --batch 4 --steps 2``), which is how the test suite checks it.
+Written for a lent H100/H200 (its own Python 3.12, torch 2.11, torchvision 0.26, no internet): run it from the
+repository root as ``PYTHONPATH=src python benchmarks/gpu.py`` (nothing is installed, so torch stays as it is; the
+project's other run-time packages -- safetensors, PyYAML, tqdm, Pillow, numpy, matplotlib -- must be importable
+there, or carried in a folder of wheels and installed with ``pip install --no-index --find-links``). Planned to
+finish in under 8 minutes there. It also runs a few steps on a CPU
+(``--device cpu --size 32 --batch 2 --steps 1 --no-compile``), which is how the test suite checks it.
 
 Training (img/s, one step = 3x the forward FLOPs):
 - torchvision plain loop: fp32, NCHW, SGD;
@@ -12,8 +15,8 @@ Training (img/s, one step = 3x the forward FLOPs):
 Inference (batch --batch, img/s): torchvision eager fp32 vs the ``Predictor`` (folded BatchNorm, fp16 on
 GPUs) with and without compile. Plus the measured matmul peak and the fraction of it each reaches.
 
-    python benchmarks/gpu.py                      # on the GPU machine
-    python benchmarks/gpu.py --device cpu --size 32 --batch 4 --steps 2 --no-compile
+    PYTHONPATH=src python benchmarks/gpu.py       # on the GPU machine
+    python benchmarks/gpu.py --device cpu --size 32 --batch 2 --steps 1 --no-compile
 """
 
 from __future__ import annotations
