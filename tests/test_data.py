@@ -491,3 +491,28 @@ def test_list_images(tmp_path: Path) -> None:
 def test_data_splits_describe_mentions_test() -> None:
     s = DataSplits(["a", "b"], [("x", 0)], [("y", 1)], [("z", 0)], "split-folders")
     assert s.describe() == "split-folders layout: train 1, val 1, test 1 files; 2 classes (a, b)"
+
+
+@pytest.mark.parametrize("h,w,pad", [(32, 32, 4), (9, 13, 1), (40, 24, 5), (8, 8, 0)])
+def test_batched_crop_flip_equals_padding_then_cropping_each_image(h: int, w: int, pad: int) -> None:
+    """The one-gather crop + flip gives exactly what reflect padding, cropping and flipping image by image give,
+    and channels_last output when asked for it."""
+    import torch
+
+    from resnet_tune.data.loaders import crop_flip, draw_crop_flip
+    from resnet_tune.data.transforms import normalize_batch
+
+    x = torch.randint(0, 256, (12, 3, h, w), dtype=torch.uint8)
+    dy, dx, mask = draw_crop_flip(12, pad, torch.Generator().manual_seed(3))
+    padded = torch.nn.functional.pad(x.float(), (pad,) * 4, mode="reflect").to(torch.uint8) if pad else x
+    expected = torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(12)])
+    expected = torch.where(mask[:, None, None, None], expected.flip(3), expected)
+    out = crop_flip(x, pad, dy, dx, mask)
+    assert torch.equal(out, expected)
+    assert bool(mask.any()) and not bool(mask.all())  # both branches taken
+    # normalisation keeps the layout and the arithmetic of (x / 255 - mean) / std
+    norm = normalize_batch(out.contiguous(memory_format=torch.channels_last), (0.5, 0.4, 0.3), (0.2, 0.25, 0.3))
+    assert norm.is_contiguous(memory_format=torch.channels_last)
+    m = torch.tensor([0.5, 0.4, 0.3]).view(1, 3, 1, 1)
+    s = torch.tensor([0.2, 0.25, 0.3]).view(1, 3, 1, 1)
+    assert torch.equal(norm, (expected.float() / 255.0 - m) / s)

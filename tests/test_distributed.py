@@ -301,7 +301,7 @@ def test_distributed_evaluation_equals_one_process_exactly(job: dict) -> None:
 
     def one_process(checkpoint: Path, model_channels_last: bool) -> tuple[torch.Tensor, torch.Tensor, float, dict]:
         model, rec = ckpt.load_checkpoint(checkpoint)
-        if model_channels_last:  # as the trainer holds it (the best checkpoint is evaluated as loaded)
+        if model_channels_last:  # as the trainer holds it
             model = model.to(memory_format=torch.channels_last)
         pp = Preprocessing.from_dict(rec["preprocessing"])
         x, y = decode_to_memory(splits.val, pp)
@@ -309,7 +309,10 @@ def test_distributed_evaluation_equals_one_process_exactly(job: dict) -> None:
         loader = MemoryLoader(x, y, 8, train=False, mean=pp.mean, std=pp.std, channels_last=True)
         return (*predict_loader(model, loader, Precision(None, False), torch.device("cpu")), rec)
 
-    probs, targets, _, rec = one_process(run / ckpt.BEST, False)
+    # when the last epoch is the best the report holds that epoch's validation pass (the model as trained);
+    # otherwise the best checkpoint is evaluated again as loaded
+    st = ckpt.load_state(run / ckpt.STATE)
+    probs, targets, _, rec = one_process(run / ckpt.BEST, st["best_epoch"] == st["epoch"])
     assert len(targets) == 18  # 3 evaluation batches (8, 8, 2): rank 0 computed two, rank 1 one
     expected = classification_report(probs.numpy(), targets.numpy(), rec["classes"], files=[p for p, _ in splits.val])
     report = json.loads((run / "eval.json").read_text())

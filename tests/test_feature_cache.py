@@ -73,12 +73,16 @@ def test_head_epochs_run_the_backbone_once(image_folder: Path, tmp_path: Path, p
                 loader="memory", val_fraction=0.2, quiet=True)
     res = fit(output=str(tmp_path / "cached"), cache_views=1, **opts)
     n_train, n_val = 24, 6  # the fixture: 3 classes x 10 images, a fifth held out
-    assert count.images == n_train + n_val + n_val
+
+    def final(r) -> int:  # the report evaluates the best checkpoint again unless the last epoch was the best
+        return 0 if r.best_epoch == len(r.history) else n_val
+
+    assert count.images == n_train + n_val + final(res)
     assert len(res.history) == 4 and all(0.0 <= r["val_acc"] <= 1.0 for r in res.history)
 
     count.images = 0
-    fit(output=str(tmp_path / "plain"), cache_views=0, **opts)
-    assert count.images == 4 * n_train + 4 * n_val + n_val  # 24 = 3 full batches of 8 each epoch
+    plain = fit(output=str(tmp_path / "plain"), cache_views=0, **opts)
+    assert count.images == 4 * n_train + 4 * n_val + final(plain)  # 24 = 3 full batches of 8 each epoch
 
 
 def test_freeze_unfreeze_with_cache_resumes_exactly(image_folder: Path, tmp_path: Path, pretrained: Path,
@@ -113,7 +117,7 @@ def test_mixup_runs_the_backbone_and_says_why(image_folder: Path, tmp_path: Path
     res = fit(data=str(image_folder), pretrained=str(pretrained), strategy="linear_probe", epochs=2, mixup=0.2,
               output=str(tmp_path / "m"), loader="memory", quiet=True, **FAST)
     assert any("mixup and cutmix mix images" in n for n in res.notes)
-    assert count.images == 2 * 24 + 2 * 6 + 6
+    assert count.images == 2 * 24 + 2 * 6 + (0 if res.best_epoch == 2 else 6)
 
 
 def test_cache_views_must_not_be_negative() -> None:
@@ -139,3 +143,17 @@ def test_memory_loader_views_cover_every_image_once_with_its_own_augmentation() 
     v0 = {int(i): xb for idx, xs, _ in one.view_batches(0) for i, xb in zip(idx, xs)}
     v1 = {int(i): xb for idx, xs, _ in one.view_batches(1) for i, xb in zip(idx, xs)}
     assert any(not torch.equal(v0[i], v1[i]) for i in v0)  # views differ
+
+
+def test_report_reuses_the_last_validation_pass_when_it_was_the_best(image_folder: Path, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """One epoch is always the best: its validation predictions make the report, no second pass."""
+    import json
+
+    count = _Count(monkeypatch)
+    res = fit(data=str(image_folder), output=str(tmp_path / "r"), epochs=1, loader="memory", quiet=True,
+              **{k: v for k, v in FAST.items() if k != "deterministic"})
+    assert count.images == 24 + 6
+    report = json.loads((res.run_dir / "eval.json").read_text())
+    assert report["split"] == "validation" and report["num_samples"] == 6
+    assert report["accuracy"] == pytest.approx(res.history[-1]["val_acc"])

@@ -84,7 +84,7 @@ def test_training_learns_colours(image_folder: Path, tmp_path: Path) -> None:
 
 
 def test_folded_predictor_matches_eager(image_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from resnet_tune.serve import predictor
+    from resnet_tune.engine import hardware
     from resnet_tune.serve.predictor import Predictor
 
     res = fit(data=str(image_folder), output=str(tmp_path / "r"), **FAST, quiet=True)
@@ -94,7 +94,7 @@ def test_folded_predictor_matches_eager(image_folder: Path, tmp_path: Path, monk
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in pred.model.modules())
     # on a CPU a large batch goes through in cache-sized chunks (3 images of 16x16 here): the same logits
     assert pred.chunk_size(16, 16) == round(4 * 224 * 224 / 256)
-    monkeypatch.setattr(predictor, "CPU_CHUNK_PIXELS", 3 * 16 * 16)
+    monkeypatch.setattr(hardware, "CPU_CHUNK_PIXELS", 3 * 16 * 16)
     assert pred.chunk_size(16, 16) == 3
     xb = torch.randn(10, 3, 16, 16)
     folded, calls = pred.model, []

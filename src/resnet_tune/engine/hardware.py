@@ -85,6 +85,28 @@ def default_channels_last(device: torch.device, precision: Precision, img_size: 
     return device.type in ("cuda", "cpu")
 
 
+# On a CPU, large inference batches run slower per image once their activations outgrow the caches:
+# ResNet-50 at 224 px in bf16 on the project's 2-core EPYC gave 57 img/s as one batch of 64, 75 in chunks
+# of 16 and 82 in chunks of 4. Forward passes without gradients therefore take about four 224 x 224 images'
+# worth of pixels at a time (more images when they are smaller).
+CPU_CHUNK_PIXELS = 4 * 224 * 224
+
+
+def inference_chunk(device: torch.device, height: int, width: int) -> int:
+    """Images an inference forward pass should take at once on ``device`` (everything on a GPU)."""
+    if device.type != "cpu":
+        return 1 << 30
+    return max(1, round(CPU_CHUNK_PIXELS / (height * width)))
+
+
+def forward_chunked(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``model(x)`` without gradients, in :func:`inference_chunk`-sized pieces."""
+    n = inference_chunk(x.device, x.shape[-2], x.shape[-1])
+    if x.shape[0] <= n:
+        return model(x)
+    return torch.cat([model(c) for c in x.split(n)])
+
+
 def set_threads(threads: int | None) -> None:
     if threads:
         torch.set_num_threads(threads)

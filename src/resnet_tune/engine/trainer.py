@@ -27,8 +27,8 @@ from ..errors import ConfigError, DataError, ResnetTuneError, TrainingError
 from . import checkpoint as ckpt
 from . import distributed as D
 from .config import TrainConfig, save_yaml
-from .hardware import (Precision, default_channels_last, default_workers, resolve_device, resolve_precision,
-                       seed_everything, set_threads)
+from .hardware import (Precision, default_channels_last, default_workers, forward_chunked, resolve_device,
+                       resolve_precision, seed_everything, set_threads)
 from .optim import EMA, lr_at, make_optimizer, param_groups, set_lr
 
 # Options that may differ when a run is resumed: they change where and how visibly it runs, not
@@ -896,7 +896,11 @@ class Trainer:
             probs, targets, loss = res
             return loss, float((probs.argmax(1) == targets).float().mean()) if len(targets) else float("nan")
 
-        return self.dist.broadcast_object(metrics(self.predict(model, loader, precision, device)))
+        res = self.predict(model, loader, precision, device)
+        # the final report reuses the last pass when the last epoch is the best (every rank knows it ran;
+        # only rank 0 holds the predictions)
+        self._last_val, self._val_done = res, True
+        return self.dist.broadcast_object(metrics(res))
 
     def _best_model(self, best_path: Path, device: torch.device) -> tuple[nn.Module, dict[str, Any]]:
         """The best checkpoint, rebuilt from its file on every rank (rank 0 reads it and sends the bytes,
@@ -917,10 +921,17 @@ class Trainer:
         from ..eval import report as R
 
         best_path = run_dir / ckpt.BEST
-        model, rec = self._best_model(best_path, device)
         split, loader, files = ("test", data.test, data.test_files) if data.test is not None else \
             ("validation", data.val, data.val_files)
-        res = self.predict(model, loader, precision, device)
+        last_is_best = bool(history) and history[-1]["epoch"] == best_epoch
+        if split == "validation" and last_is_best and getattr(self, "_val_done", False):
+            # the best checkpoint holds the weights just evaluated on this split: their predictions stand
+            # (a second pass would only cost time), and rank 0 alone writes the report
+            rec = ckpt.read_record(best_path)
+            res = self._last_val
+        else:
+            model, rec = self._best_model(best_path, device)
+            res = self.predict(model, loader, precision, device)
         if res is None:  # not rank 0: rank 0 writes the report
             return RunResult(run_dir, best, best_epoch, history, best_path, None, self.notes)
         probs, targets, _ = res
@@ -978,7 +989,7 @@ def predict_batches(model: nn.Module, loader: Any, precision: Precision, device:
     for x, y in loader:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with precision.autocast(device):
-            out = model(x)
+            out = forward_chunked(model, x)
         out = out.float()
         loss_sum = F.cross_entropy(out, y, reduction="sum").item()
         out_batches.append((out.softmax(1).cpu(), y.cpu(), loss_sum))
