@@ -38,7 +38,8 @@ def main() -> int:
     args = ap.parse_args()
     print(header(1))
     folder = str(DATA / "imagenette")
-    rows = [("model only (synthetic, in memory)", *epoch("synthetic:2048", args.model, args.size, args.batch)),
+    n = sum(1 for f in (DATA / "imagenette" / "train").rglob("*") if f.is_file())  # as many images and batches
+    rows = [("model only (synthetic, in memory)", *epoch(f"synthetic:{n}", args.model, args.size, args.batch)),
             ("Imagenette, in-memory loader", *epoch(folder, args.model, args.size, args.batch, loader="memory")),
             ("Imagenette, DataLoader workers", *epoch(folder, args.model, args.size, args.batch, loader="workers"))]
     base = rows[0][1]

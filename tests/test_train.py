@@ -101,6 +101,14 @@ def test_folded_predictor_matches_eager(image_folder: Path, tmp_path: Path, monk
     pred.model = lambda c: (calls.append(len(c)), folded(c))[1]
     torch.testing.assert_close(pred.logits(xb), pred.eager(xb), rtol=1e-4, atol=1e-4)
     assert calls == [3, 3, 3, 1]
+    # the default precision (bf16 weights and autocast on CPUs with native bf16) stays close to eager fp32
+    fast = Predictor(res.run_dir)
+    if fast.precision.amp_dtype is not None:
+        assert next(fast.model.parameters()).dtype == fast.precision.amp_dtype
+    ref = pred.eager(xb)
+    got = fast.logits(xb)
+    assert got.dtype == torch.float32
+    assert (got - ref).abs().max() <= 0.02 * ref.abs().max() + 0.02
 
 
 @pytest.mark.parametrize("loader", ["memory", "workers"])

@@ -15,8 +15,8 @@ HELP = {
             "(default: the embedded handwritten digits)",
     "val_fraction": "validation share when the data has no val split (stratified, seeded)",
     "img_size": "input size in pixels (default: the model's, or 32 for small images)",
-    "loader": "memory: decode once into RAM and augment in batches (small images); workers: DataLoader "
-              "workers; auto picks",
+    "loader": "memory: decode once into RAM and crop/flip in batches; workers: DataLoader workers with "
+              "RandomResizedCrop; auto: memory up to 64 px (160 px on a CPU) if it fits in 2 GiB",
     "workers": "DataLoader worker processes (default: chosen from the device)",
     "augment": "extra augmentation on top of crop + flip",
     "mixup": "mixup alpha (0 = off)",

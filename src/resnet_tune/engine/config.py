@@ -31,7 +31,7 @@ class TrainConfig:
     data: str | None = None  # None: the embedded default (scikit-learn's handwritten digits)
     val_fraction: float = 0.2
     img_size: int | None = None  # None: the model's default (32 for CIFAR presets, 224 otherwise; 32 for the default data)
-    loader: str = "auto"  # memory: decode once into RAM and augment in batches; workers: DataLoader workers
+    loader: str = "auto"  # memory: decode once, augment in batches; workers: DataLoader workers; see cli help
     workers: int | None = None
     augment: str = "default"  # default = crop + flip; or trivialaugment / randaugment on top
     mixup: float = 0.0  # alpha of mixup (0 = off)

@@ -146,7 +146,7 @@ def build_data(cfg: TrainConfig, device: torch.device, mean_std: Callable[[str],
     labels = torch.tensor([y for _, y in train_s])
     weights = _balance_weights(labels, len(splits.classes)) if cfg.balance == "sampler" else None
     nbytes = (len(train_s) + len(val_s) + len(test_s or [])) * 3 * size * size
-    use_memory = cfg.loader == "memory" or (cfg.loader == "auto" and size <= 64 and nbytes < 2 * 1024**3
+    use_memory = cfg.loader == "memory" or (cfg.loader == "auto" and _memory_by_default(device, size, nbytes)
                                             and cfg.augment == "default")
     desc = f"{cfg.data} ({splits.describe()}) at {size}x{size}"
     if use_memory:
@@ -177,6 +177,14 @@ def build_data(cfg: TrainConfig, device: torch.device, mean_std: Callable[[str],
     return DataBundle(splits.classes, train, val, test, pp, len(train_s), [p for p, _ in val_s],
                       [p for p, _ in test_s] if test_s else None, desc, report.summary(), report,
                       train_labels=labels, in_memory=use_memory, channels_last=channels_last), name
+
+
+def _memory_by_default(device: torch.device, size: int, nbytes: int) -> bool:
+    """``loader=auto``: decode once into memory (and crop and flip in batches) for small images, and on a
+    CPU also up to 160 px: there decoding in worker processes competes with the model for the same cores
+    (an Imagenette epoch at 128 px on 2 cores: workers 83% of the model-only speed, in memory 101%). Larger
+    images, or a set of more than 2 GiB decoded, go through DataLoader workers (RandomResizedCrop + flip)."""
+    return nbytes < 2 * 1024**3 and (size <= 64 or (device.type == "cpu" and size <= 160))
 
 
 def _synthetic_data(cfg: TrainConfig, device: torch.device, want_channels_last: Callable[[int], bool], rank: int,
