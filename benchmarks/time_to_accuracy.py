@@ -3,8 +3,8 @@
 Tasks (each resumable: finished runs are skipped, interrupted ones resumed; results in WORK/<task>.json):
 
 - ``cifar10``: CIFAR-10 from scratch (``../shared/data/cifar10``, 49,000 train / 1,000 held out for picking the
-  best epoch / the 10,000 test images for the figure), for each --models entry, with epochs chosen so that the
-  run fits --minutes on this machine (measured first on in-memory synthetic data of the same size).
+  best epoch / the 10,000 test images for the figure), for each --models entry, for --epochs, or with epochs
+  chosen so that the run fits --minutes on this machine (measured first on in-memory synthetic data).
 - ``imagenette``: Imagenette at 128 px from random weights for --epochs (the fast.ai leaderboard's setting:
   5 epochs, no test-time augmentation; accuracy on the 3,925-image val split).
 - ``imagenette-budget``: Imagenette at 128 px, epochs chosen to fit --minutes, for each --models entry.
@@ -13,6 +13,7 @@ Every run is the project's defaults except what the command line names; the in-m
 crop and flip in batches) is used for both sets. Usage::
 
     python benchmarks/time_to_accuracy.py cifar10 --work /tmp/tta --models resnet20 resnet56 resnet18 --minutes 8
+    python benchmarks/time_to_accuracy.py cifar10 --work /tmp/tta --models resnet20 --epochs 30
     python benchmarks/time_to_accuracy.py imagenette --work /tmp/tta --models resnet18 --epochs 5
 """
 
@@ -47,16 +48,16 @@ def images_per_second(model: str, size: int, batch: int) -> float:
 
 def run(work: Path, dataset: str, model: str, epochs: int | None, minutes: float | None) -> dict:
     data, size, n_train, opts = SETS[dataset]
-    plan = work / f"{dataset}-{model}-plan.json"
-    if plan.exists():
-        epochs = json.loads(plan.read_text())["epochs"]
-    elif epochs is None:
-        assert minutes is not None
-        ips = images_per_second(model, size, opts["batch_size"])
-        # ~85% of the budget on training; the rest is decoding, validation and checkpoints
-        epochs = max(1, int(0.85 * minutes * 60 * ips / n_train))
-        print(f"{model} on {dataset}: {ips:.0f} img/s in training -> {epochs} epochs fit {minutes} min", flush=True)
-    plan.write_text(json.dumps({"epochs": epochs}))
+    if epochs is None:  # a time budget: the epochs are planned once and kept, so that a rerun resumes
+        plan = work / f"{dataset}-{model}-{minutes:g}min-plan.json"
+        if plan.exists():
+            epochs = json.loads(plan.read_text())["epochs"]
+        else:
+            ips = images_per_second(model, size, opts["batch_size"])
+            # ~85% of the budget on training; the rest is decoding, validation and checkpoints
+            epochs = max(1, int(0.85 * minutes * 60 * ips / n_train))
+            print(f"{model} on {dataset}: {ips:.0f} img/s in training -> {epochs} epochs fit {minutes} min", flush=True)
+            plan.write_text(json.dumps({"epochs": epochs}))
     out = work / f"{dataset}-{model}-{epochs}ep"
     seconds = run_or_resume(out, data=str(data), model=model, img_size=size, epochs=epochs, loader="memory", **opts)
     report = json.loads((out / "eval.json").read_text())
@@ -77,13 +78,14 @@ def main() -> int:
     ap.add_argument("--work", type=Path, required=True, help="folder for the runs (outside the repository)")
     ap.add_argument("--models", nargs="+", default=["resnet20"])
     ap.add_argument("--minutes", type=float, default=8.0, help="time budget a run (cifar10, imagenette-budget)")
-    ap.add_argument("--epochs", type=int, default=5, help="epochs (imagenette)")
+    ap.add_argument("--epochs", type=int, help="fixed epochs instead of a budget (imagenette: default 5)")
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     print(header(1))
     dataset = "cifar10" if args.task == "cifar10" else "imagenette"
     t0 = time.perf_counter()
-    results = [run(args.work, dataset, m, args.epochs if args.task == "imagenette" else None, args.minutes)
+    epochs = 5 if args.task == "imagenette" and args.epochs is None else args.epochs
+    results = [run(args.work, dataset, m, epochs if args.task != "imagenette-budget" else None, args.minutes)
                for m in args.models]
     out = args.work / f"{args.task}.json"
     old = json.loads(out.read_text()) if out.exists() else []
