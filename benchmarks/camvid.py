@@ -34,10 +34,13 @@ from pathlib import Path
 
 import torch
 
-from resnet_tune.engine.checkpoint import STATE
-from resnet_tune.segment.train import fit_segmentation
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import DATA as SHARED, read_metrics  # noqa: E402
 
-DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "camvid"
+from resnet_tune.engine.checkpoint import STATE  # noqa: E402
+from resnet_tune.segment.train import fit_segmentation  # noqa: E402
+
+DATA = SHARED / "camvid"
 
 
 def main() -> int:
@@ -89,9 +92,9 @@ def main() -> int:
             timing_path.write_text(json.dumps(timing))
 
     report = json.loads((out / "eval.json").read_text())
-    rows = [r for r in _read_metrics(out / "metrics.csv")]
-    train_seconds = sum(float(r["seconds"]) for r in rows)
-    best = max(rows, key=lambda r: float(r["val_miou"]))
+    rows = read_metrics(out)
+    train_seconds = sum(r["seconds"] for r in rows)
+    best = max(rows, key=lambda r: r["val_miou"])
     wall = sum(json.loads(timing_path.read_text())["sessions"])
     meta = {"hardware": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
             "torch": torch.__version__, "python": platform.python_version(), "argv": sys.argv}
@@ -108,7 +111,7 @@ def main() -> int:
     print(f"- test mean IoU **{100 * report['mean_iou']:.2f}%** over 11 classes ({report['num_images']} images, "
           f"full 360x480, Unlabelled ignored); pixel accuracy {100 * report['pixel_acc']:.2f}%, mean class accuracy "
           f"{100 * report['mean_acc']:.2f}%")
-    print(f"- best validation mean IoU {100 * float(best['val_miou']):.2f}% at epoch {best['epoch']} of {len(rows)}")
+    print(f"- best validation mean IoU {100 * float(best['val_miou']):.2f}% at epoch {int(best['epoch'])} of {len(rows)}")
     print(f"- training {train_seconds / 60:.1f} min ({len(rows)} epochs, mean "
           f"{sum(float(r['images_per_s']) for r in rows) / len(rows):.1f} img/s), test evaluation "
           f"{report['seconds']:.0f} s; wall-clock {wall / 60:.1f} min; {meta['threads']} threads, "
@@ -125,13 +128,6 @@ def main() -> int:
         print(f"| {r['class']} | {iou} | {acc} |")
     print(f"| **mean** | **{100 * report['mean_iou']:.1f}%** | {100 * report['mean_acc']:.1f}% |")
     return 0
-
-
-def _read_metrics(path: Path) -> list[dict[str, str]]:
-    import csv
-
-    with path.open(newline="") as f:
-        return list(csv.DictReader(f))
 
 
 if __name__ == "__main__":

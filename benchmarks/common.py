@@ -75,6 +75,24 @@ def conv_peak(dtype: torch.dtype, repeats: int = 5, device: str = "cpu") -> floa
     return 2 * 32 * 256 * 256 * 9 * 28 * 28 / sec / 1e9
 
 
+def measured_peaks() -> dict[str, tuple[float, float]]:
+    """(4096 matmul, 3x3 convolution) GFLOP/s for fp32 and bf16 on this CPU, and a line that says so."""
+    return {"fp32": (matmul_peak(torch.float32), conv_peak(torch.float32)),
+            "bf16": (matmul_peak(torch.bfloat16), conv_peak(torch.bfloat16))}
+
+
+def peaks_line(peaks: dict[str, tuple[float, float]]) -> str:
+    fp32, bf16 = peaks["fp32"], peaks["bf16"]
+    return (f"measured peak: 4096 matmul fp32 {fp32[0]:.0f}, bf16 {bf16[0]:.0f} GFLOP/s; 3x3 conv fp32 "
+            f"{fp32[1]:.0f}, bf16 {bf16[1]:.0f} GFLOP/s")
+
+
+def read_metrics(run: Path) -> list[dict[str, float]]:
+    """A run folder's ``metrics.csv``, every value a float."""
+    with (run / "metrics.csv").open(newline="") as f:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 
 

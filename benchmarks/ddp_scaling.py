@@ -24,7 +24,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import platform
 import re
@@ -38,7 +37,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import cifar_subset_csv, cpu_name  # noqa: E402
+from common import cifar_subset_csv, cpu_name, read_metrics  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 
@@ -90,13 +89,12 @@ def run(name: str, nproc: int, torchrun: bool, threads: int, args: argparse.Name
     log = proc.stdout + proc.stderr
     if proc.returncode != 0:
         raise SystemExit(f"{name} failed:\n{log[-3000:]}")
-    with (out / "metrics.csv").open() as f:
-        rows = list(csv.DictReader(f))
-    rates = [float(r["images_per_s"]) for r in rows[1:]] or [float(rows[0]["images_per_s"])]
+    rows = read_metrics(out)
+    rates = [r["images_per_s"] for r in rows[1:]] or [rows[0]["images_per_s"]]
     precision = re.search(r"precision (\w+)", log)
     return {"name": name, "nproc": nproc, "threads": threads, "rates": rates, "img_s": statistics.median(rates),
             "wall": wall,
-            "val_acc": float(rows[-1]["val_acc"]), "precision": precision.group(1) if precision else "?"}
+            "val_acc": rows[-1]["val_acc"], "precision": precision.group(1) if precision else "?"}
 
 
 def main() -> int:

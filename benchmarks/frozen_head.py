@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DATA, cifar_subset_csv, header, run_or_resume  # noqa: E402
+from common import DATA, cifar_subset_csv, header, read_metrics, run_or_resume  # noqa: E402
 
 import resnet_tune as rt  # noqa: E402
 from resnet_tune.engine.hardware import resolve_precision  # noqa: E402
@@ -77,11 +77,11 @@ def main() -> int:
     for name, views in [("cached, 1 view (default)", 1), ("cached, 4 views", 4), ("uncached, augmented", 0)]:
         out = args.work / f"probe_views{views}"
         wall = run_or_resume(out, cache_views=views, **common)
-        hist = _history(out)
+        hist = read_metrics(out)
         head = [r["train_seconds"] for r in hist[1:]]  # after the first epoch (which builds the cache)
         acc = json.loads((out / "eval.json").read_text())["accuracy"]
         rows.append((name, statistics.median(head), hist[0]["seconds"], acc, wall))
-    first = _history(args.work / "probe_views1")[1]
+    first = read_metrics(args.work / "probe_views1")[1]
     n_train = round(first["images_per_s"] * first["train_seconds"])
     fwd = forward_seconds(args.work / "probe_views1" / "best.safetensors", n_train, args.img_size, 64)
     print(f"\n{n_train} training images at {args.img_size} px, {args.model}, {args.epochs} epochs; a full forward "
@@ -92,16 +92,6 @@ def main() -> int:
         print(f"| {name} | {head:.3f} | {fwd / head:.0f}x cheaper | {first:.1f} | {100 * acc:.2f}% | {wall:.0f} |")
     print(f"(command: {' '.join(sys.argv)}; data {DATA / 'cifar10'})")
     return 0
-
-
-def _history(run: Path) -> list[dict]:
-    import csv
-
-    with (run / "metrics.csv").open() as f:
-        rows = list(csv.DictReader(f))
-    for r in rows:
-        r.update({k: float(v) for k, v in r.items() if k != "epoch"})
-    return rows
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import torch
 import torchvision
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import conv_peak, header, matmul_peak, timed  # noqa: E402
+from common import header, measured_peaks, peaks_line, timed  # noqa: E402
 
 import resnet_tune as rt  # noqa: E402
 from resnet_tune.data.transforms import Preprocessing  # noqa: E402
@@ -44,13 +44,10 @@ def main() -> int:
     pp = Preprocessing.for_size(args.size, info.mean, info.std)
     ck = save_checkpoint(tmp / "m.safetensors", model,
                          model_record(model, classes=[str(i) for i in range(1000)], preprocessing=pp.to_dict()))
-    # (4096 matmul, 3x3 convolution) GFLOP/s per precision
-    peak_bf16 = (matmul_peak(torch.bfloat16), conv_peak(torch.bfloat16))
-    peak_fp32 = (matmul_peak(torch.float32), conv_peak(torch.float32))
+    peaks = measured_peaks()
+    peak_fp32, peak_bf16 = peaks["fp32"], peaks["bf16"]
     print(header(args.repeats))
-    print(f"measured peak: 4096 matmul fp32 {peak_fp32[0]:.0f}, bf16 {peak_bf16[0]:.0f} GFLOP/s; 3x3 conv fp32 "
-          f"{peak_fp32[1]:.0f}, bf16 {peak_bf16[1]:.0f} GFLOP/s; "
-          f"{args.model} forward {gflop_per_img:.2f} GFLOP/image at {args.size}")
+    print(f"{peaks_line(peaks)}; {args.model} forward {gflop_per_img:.2f} GFLOP/image at {args.size}")
 
     tv = getattr(torchvision.models, args.model)() if hasattr(torchvision.models, args.model) else model
     tv.load_state_dict(model.state_dict())

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DATA, cifar_subset_csv, header, run_or_resume  # noqa: E402
+from common import DATA, cifar_subset_csv, header, read_metrics, run_or_resume  # noqa: E402
 
 from resnet_tune.engine.evaluate import evaluate  # noqa: E402
 
@@ -41,9 +41,7 @@ def main() -> int:
             if not test.exists():
                 rep = evaluate(out, DATA / "cifar10" / "test", progress=False)
                 test.write_text(json.dumps({"accuracy": rep["accuracy"]}))
-            rows = (out / "metrics.csv").read_text().splitlines()
-            cols = rows[0].split(",")
-            ips = statistics.mean(float(r.split(",")[cols.index("images_per_s")]) for r in rows[2:])
+            ips = statistics.mean(r["images_per_s"] for r in read_metrics(out)[1:])
             acc = json.loads(test.read_text())["accuracy"]
             results[precision].append((acc, ips))
             print(f"seed {seed} {precision}: CIFAR-10 test accuracy {acc:.4f}, {ips:.0f} img/s", flush=True)

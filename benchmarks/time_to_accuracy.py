@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DATA, header, run_or_resume  # noqa: E402
+from common import DATA, header, read_metrics, run_or_resume  # noqa: E402
 
 from resnet_tune.engine.trainer import fit  # noqa: E402
 
@@ -61,9 +61,7 @@ def run(work: Path, dataset: str, model: str, epochs: int | None, minutes: float
     out = work / f"{dataset}-{model}-{epochs}ep"
     seconds = run_or_resume(out, data=str(data), model=model, img_size=size, epochs=epochs, loader="memory", **opts)
     report = json.loads((out / "eval.json").read_text())
-    rows = [line.split(",") for line in (out / "metrics.csv").read_text().splitlines()]
-    cols = rows[0]
-    per_epoch = [float(r[cols.index("seconds")]) for r in rows[1:]]
+    per_epoch = [r["seconds"] for r in read_metrics(out)]
     result = {"dataset": dataset, "model": model, "img_size": size, "epochs": epochs,
               "accuracy": report["accuracy"], "split": report["split"], "wall_seconds": seconds,
               "seconds_per_epoch": sum(per_epoch) / len(per_epoch), "run": str(out)}

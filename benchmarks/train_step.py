@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import conv_peak, header, matmul_peak, timed  # noqa: E402
+from common import header, measured_peaks, peaks_line, timed  # noqa: E402
 
 import resnet_tune as rt  # noqa: E402
 from resnet_tune.engine.trainer import fit  # noqa: E402
@@ -87,13 +87,10 @@ def main() -> int:
     args = ap.parse_args()
 
     gflop = 3 * rt.model_info(args.model, (3, args.size, args.size)).gflops
-    # (4096 matmul, 3x3 convolution) GFLOP/s per precision
-    peak_fp32 = (matmul_peak(torch.float32), conv_peak(torch.float32))
-    peak_bf16 = (matmul_peak(torch.bfloat16), conv_peak(torch.bfloat16))
+    peaks = measured_peaks()
+    peak_fp32, peak_bf16 = peaks["fp32"], peaks["bf16"]
     print(header(args.repeats))
-    print(f"measured peak: 4096 matmul fp32 {peak_fp32[0]:.0f}, bf16 {peak_bf16[0]:.0f} GFLOP/s; 3x3 conv fp32 "
-          f"{peak_fp32[1]:.0f}, bf16 {peak_bf16[1]:.0f} GFLOP/s; "
-          f"{args.model} training step {gflop:.2f} GFLOP/image at {args.size}")
+    print(f"{peaks_line(peaks)}; {args.model} training step {gflop:.2f} GFLOP/image at {args.size}")
     rows = []
 
     def loop(amp: bool, channels_last: bool, compile_: bool = False, timm: bool = False) -> float:

@@ -93,9 +93,9 @@ def test_folded_predictor_matches_eager(image_folder: Path, tmp_path: Path, monk
     torch.testing.assert_close(pred.logits(x), pred.eager(x), rtol=1e-4, atol=1e-4)
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in pred.model.modules())
     # on a CPU a large batch goes through in cache-sized chunks (3 images of 16x16 here): the same logits
-    assert pred.chunk_size(16, 16) == round(4 * 224 * 224 / 256)
+    assert hardware.inference_chunk(pred.device, 16, 16) == round(4 * 224 * 224 / 256)
     monkeypatch.setattr(hardware, "CPU_CHUNK_PIXELS", 3 * 16 * 16)
-    assert pred.chunk_size(16, 16) == 3
+    assert hardware.inference_chunk(pred.device, 16, 16) == 3
     xb = torch.randn(10, 3, 16, 16)
     folded, calls = pred.model, []
     pred.model = lambda c: (calls.append(len(c)), folded(c))[1]

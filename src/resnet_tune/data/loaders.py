@@ -255,16 +255,19 @@ class MemoryLoader:
         for b in range(len(self)):
             sl = slice(b * self.batch_size, (b + 1) * self.batch_size)
             sel = idx[sl]
-            x = self.images[sel]
-            if aug is not None:
-                x = crop_flip(x, self.pad, aug[0][sl], aug[1][sl], aug[2][sl] if aug[2] is not None else None)
-            yield self._to_input(x), self.labels[sel.to(self.labels.device)]
+            yield self._batch(sel, aug, sl)
 
-    def _to_input(self, x: torch.Tensor) -> torch.Tensor:
+    def _batch(self, sel: torch.Tensor, aug: tuple | None, pick: slice | torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images ``sel``, cropped and flipped by the ``pick`` entries of ``aug``, in the model's layout and
+        normalised; and their labels."""
+        x = self.images[sel]
+        if aug is not None:
+            x = crop_flip(x, self.pad, aug[0][pick], aug[1][pick], aug[2][pick] if aug[2] is not None else None)
         # the layout is set on the uint8 batch (a quarter of the bytes); crop_flip's output is already
         # channels_last
         x = x.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
-        return normalize_batch(x, self.mean, self.std)
+        return normalize_batch(x, self.mean, self.std), self.labels[sel.to(self.labels.device)]
 
     def view_len(self) -> int:
         return len(eval_batch_ids(len(self.labels), self.batch_size, self.rank, self.world))
@@ -281,7 +284,4 @@ class MemoryLoader:
         idx = eval_shard(n, self.batch_size, self.rank, self.world).to(self.images.device)
         for b in range(0, len(idx), self.batch_size):
             sel = idx[b:b + self.batch_size]
-            x = self.images[sel]
-            if aug is not None:
-                x = crop_flip(x, self.pad, aug[0][sel], aug[1][sel], aug[2][sel] if aug[2] is not None else None)
-            yield sel, self._to_input(x), self.labels[sel.to(self.labels.device)]
+            yield (sel, *self._batch(sel, aug, sel))

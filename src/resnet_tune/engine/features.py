@@ -79,14 +79,10 @@ def extract_table(model: nn.Module, loader: Any, views: int, num_images: int, pr
             table[idx] = f
             labels[idx] = y.to(device)
         if table is None:  # this process had no rows (more processes than images): learn the width
-            table = torch.zeros(num_images, model.num_features, dtype=_dtype(precision), device=device)
+            table = torch.zeros(num_images, model.num_features, dtype=precision.amp_dtype or torch.float32,
+                                device=device)
         tables.append(_share(table, dist))
-    labels = _share(labels + 1, dist) - 1 if dist.enabled else labels
-    return FeatureTable(tables, labels)
-
-
-def _dtype(precision: Precision) -> torch.dtype:
-    return precision.amp_dtype or torch.float32
+    return FeatureTable(tables, _share(labels + 1, dist) - 1)  # +1: rows a process did not fill hold 0
 
 
 def _share(table: torch.Tensor, dist: Any) -> torch.Tensor:

@@ -76,12 +76,11 @@ def resolve_precision(name: str, device: torch.device) -> Precision:
     return Precision(None, False)
 
 
-def default_channels_last(device: torch.device, precision: Precision, img_size: int) -> bool:
+def default_channels_last(device: torch.device) -> bool:
     """channels_last pays on CUDA tensor cores and in oneDNN's CPU convolutions at every size we measured:
     on the project's 2-core EPYC (idle, ``fit`` on synthetic data, 2026-11-25) ResNet-20 at 32 px went from
     1358 to 1548 img/s in bf16 and from 801 to 946 in fp32; ResNet-18 at 64 px from 471 to 496 (bf16).
     (An earlier measurement that favoured NCHW at 32 px was taken on a machine busy with other work.)"""
-    del precision, img_size  # kept in the signature: the choice may depend on them on other hardware
     return device.type in ("cuda", "cpu")
 
 

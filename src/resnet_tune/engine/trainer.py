@@ -92,7 +92,7 @@ def choose_model_and_size(cfg: TrainConfig, median_side: float | None) -> tuple[
 
 
 def build_data(cfg: TrainConfig, device: torch.device, mean_std: Callable[[str], tuple[tuple, tuple]],
-               want_channels_last: Callable[[int], bool], rank: int = 0, world: int = 1) -> tuple[DataBundle, str]:
+               channels_last: bool, rank: int = 0, world: int = 1) -> tuple[DataBundle, str]:
     """Discover, scan and load the data; returns the bundle and the chosen model name."""
     from ..data.loaders import FileDataset, MemoryLoader, decode_to_memory
     from ..data.transforms import Preprocessing, eval_transform, train_transform
@@ -102,7 +102,6 @@ def build_data(cfg: TrainConfig, device: torch.device, mean_std: Callable[[str],
 
         name, size = choose_model_and_size(cfg, None)
         (xt, yt), (xv, yv), classes = load_digits_images(size, cfg.val_fraction, cfg.seed)
-        channels_last = want_channels_last(size)
         from ..data import default as dflt
 
         pp = Preprocessing.for_size(size, dflt.MEAN, dflt.STD)
@@ -118,7 +117,7 @@ def build_data(cfg: TrainConfig, device: torch.device, mean_std: Callable[[str],
                           in_memory=True, channels_last=channels_last), name
 
     if cfg.data.startswith("synthetic:"):
-        return _synthetic_data(cfg, device, want_channels_last, rank, world)
+        return _synthetic_data(cfg, device, channels_last, rank, world)
 
     from ..data.datasets import discover
     from ..data.scan import scan
@@ -142,7 +141,6 @@ def build_data(cfg: TrainConfig, device: torch.device, mean_std: Callable[[str],
     name, size = choose_model_and_size(cfg, float(min(median)) if median else None)
     mean, std = mean_std(name)
     pp = Preprocessing.for_size(size, mean, std)
-    channels_last = want_channels_last(size)
     labels = torch.tensor([y for _, y in train_s])
     weights = _balance_weights(labels, len(splits.classes)) if cfg.balance == "sampler" else None
     nbytes = (len(train_s) + len(val_s) + len(test_s or [])) * 3 * size * size
@@ -187,8 +185,7 @@ def _memory_by_default(device: torch.device, size: int, nbytes: int) -> bool:
     return nbytes < 2 * 1024**3 and (size <= 64 or (device.type == "cpu" and size <= 160))
 
 
-def _synthetic_data(cfg: TrainConfig, device: torch.device, want_channels_last: Callable[[int], bool], rank: int,
-                    world: int) -> tuple[DataBundle, str]:
+def _synthetic_data(cfg: TrainConfig, device: torch.device, channels_last: bool, rank: int, world: int) -> tuple[DataBundle, str]:
     """``data="synthetic:N"``: N random uint8 images of 10 classes in memory, for throughput benchmarks."""
     from ..data.loaders import MemoryLoader
     from ..data.transforms import Preprocessing
@@ -204,15 +201,14 @@ def _synthetic_data(cfg: TrainConfig, device: torch.device, want_channels_last: 
     x = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=g)
     y = torch.randint(0, 10, (n,), generator=g)
     pp = Preprocessing.for_size(size, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
-    cl = want_channels_last(size)
     nv = max(2, n // 8)
     train = MemoryLoader(x.to(device), y.to(device), cfg.batch_size, train=True, mean=pp.mean, std=pp.std,
-                         seed=cfg.seed, rank=rank, world=world, channels_last=cl)
+                         seed=cfg.seed, rank=rank, world=world, channels_last=channels_last)
     val = MemoryLoader(x[:nv].to(device), y[:nv].to(device), cfg.batch_size * 2, train=False, mean=pp.mean,
-                       std=pp.std, rank=rank, world=world, channels_last=cl)
+                       std=pp.std, rank=rank, world=world, channels_last=channels_last)
     return DataBundle([str(i) for i in range(10)], train, val, None, pp, n, None, None,
                       f"synthetic: {n} random images at {size}x{size} (for benchmarks)", train_labels=y,
-                      in_memory=True, channels_last=cl), name
+                      in_memory=True, channels_last=channels_last), name
 
 
 class _EpochLoader:
@@ -431,6 +427,9 @@ class Trainer:
         self.notes: list[str] = []
         self.dist = D.Dist()  # one process until fit() joins torchrun's process group
         self._run_dir_path: Path | None = None
+        # the last validation pass of this session (predictions on rank 0, None elsewhere), for the report
+        self._val_done = False
+        self._last_val: tuple[torch.Tensor, torch.Tensor, float] | None = None
 
     def _load_resume(self, resume_dir: Path, overrides: dict[str, Any] | None) -> TrainConfig:
         state = ckpt.load_state(resume_dir / ckpt.STATE)
@@ -514,8 +513,8 @@ class Trainer:
                                                     model_name=cfg.model)
             self._pretrained_state = state
         data, model_name = build_data(cfg, device, lambda n: _mean_std_for(n, pretrained_meta),
-                                      lambda size: cfg.channels_last if cfg.channels_last is not None
-                                      else default_channels_last(device, precision, size),
+                                      cfg.channels_last if cfg.channels_last is not None
+                                      else default_channels_last(device),
                                       rank=dist.rank, world=dist.world)
         channels_last = data.channels_last
         self.say(f"data: {data.description}")
@@ -642,7 +641,7 @@ class Trainer:
         wrapped: str | None = None  # what the DDP wrapper holds: "model", "frozen" or "head"
         frozen_epochs = cfg.epochs if strategy == "linear_probe" else \
             min(cfg.freeze_epochs, cfg.epochs) if strategy == "freeze_unfreeze" else 0
-        views = self._cache_views(model, data, frozen_epochs, precision)
+        views = self._cache_views(model, data, frozen_epochs, precision) if start_epoch < frozen_epochs else 0
         cache: Any = None
         for epoch in range(start_epoch, cfg.epochs):
             _debug_die_at(dist, epoch)
@@ -905,8 +904,6 @@ class Trainer:
             return loss, float((probs.argmax(1) == targets).float().mean()) if len(targets) else float("nan")
 
         res = self.predict(model, loader, precision, device)
-        # the final report reuses the last pass when the last epoch is the best (every rank knows it ran;
-        # only rank 0 holds the predictions)
         self._last_val, self._val_done = res, True
         return self.dist.broadcast_object(metrics(res))
 
@@ -932,7 +929,7 @@ class Trainer:
         split, loader, files = ("test", data.test, data.test_files) if data.test is not None else \
             ("validation", data.val, data.val_files)
         last_is_best = bool(history) and history[-1]["epoch"] == best_epoch
-        if split == "validation" and last_is_best and getattr(self, "_val_done", False):
+        if split == "validation" and last_is_best and self._val_done:
             # the best checkpoint holds the weights just evaluated on this split: their predictions stand
             # (a second pass would only cost time), and rank 0 alone writes the report
             rec = ckpt.read_record(best_path)

@@ -228,7 +228,7 @@ class SegTrainer:
             self.say(f"model: {cfg.model} + {cfg.head} (output stride {model.output_stride}), from scratch")
         model = model.to(device)
         channels_last = cfg.channels_last if cfg.channels_last is not None else \
-            default_channels_last(device, precision, min(d["crop"]))
+            default_channels_last(device)
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.say(f"device: {device}, precision {precision.name}, channels_last {channels_last}")

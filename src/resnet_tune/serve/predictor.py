@@ -19,8 +19,8 @@ from torch import nn
 
 from ..data.transforms import Preprocessing, eval_transform
 from ..engine import checkpoint as ckpt
-from ..engine.hardware import (Precision, default_channels_last, forward_chunked, inference_chunk, resolve_device,
-                               resolve_precision)
+from ..engine.features import pooled_features
+from ..engine.hardware import Precision, default_channels_last, forward_chunked, resolve_device, resolve_precision
 from ..errors import DataError
 
 
@@ -82,8 +82,7 @@ class Predictor:
             import copy
 
             model = fold_batchnorm(copy.deepcopy(model))
-        self.channels_last = default_channels_last(self.device, self.precision,
-                                                   self.record["preprocessing"]["input_size"])
+        self.channels_last = default_channels_last(self.device)
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
         if fold_bn and self.precision.amp_dtype is not None:
@@ -98,11 +97,6 @@ class Predictor:
 
     # ---- tensors
 
-    def chunk_size(self, height: int, width: int) -> int:
-        """Images a forward pass takes at once (:func:`~resnet_tune.engine.hardware.inference_chunk`: a CPU
-        batch goes through in cache-sized pieces)."""
-        return inference_chunk(self.device, height, width)
-
     @torch.no_grad()
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.device)
@@ -116,7 +110,7 @@ class Predictor:
         m = self.model
         x = x.to(self.device)
         with self.precision.autocast(self.device):
-            return m.forward_head(m.forward_features(x), pre_logits=True).float()
+            return pooled_features(m, x).float()
 
     def probs(self, x: torch.Tensor) -> torch.Tensor:
         return self.logits(x).softmax(1).cpu()
