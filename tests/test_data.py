@@ -144,8 +144,10 @@ def defect_dataset(tmp_path: Path) -> tuple[Path, dict[str, Path]]:
     """A class-folder dataset holding every defect, an empty class, a single-image class and imbalance."""
     root = tmp_path / "ds"
     _make_classes(root, {"big": 30, "small": 4, "single": 1})
-    (root / "emptyclass").mkdir()
     files: dict[str, Path] = {}
+    files["broken"] = root / "emptyclass" / "broken.jpg"  # a class whose only image is unreadable
+    files["broken"].parent.mkdir()
+    files["broken"].write_bytes(random.Random(2).randbytes(200))
     files["random"] = root / "big" / "random.jpg"
     files["random"].write_bytes(random.Random(1).randbytes(300))
     files["truncated"] = _noise_jpeg(root / "big" / "truncated.jpg")
@@ -264,9 +266,10 @@ def test_scan_reports_every_defect(defect_dataset: tuple[Path, dict[str, Path]],
         "truncated.jpg": "truncated image",
         "zero.jpg": "zero-byte file",
         "notes.txt": "unsupported extension .txt",
+        "broken.jpg": "not an image (cannot identify)",
     }
     good = report.good(samples)
-    assert len(good) == len(samples) - 4 and not {p for p, _ in good} & set(report.bad)
+    assert len(good) == len(samples) - 5 and not {p for p, _ in good} & set(report.bad)
     assert report.ok == len(good) and report.total == len(samples)
 
     converted = {Path(p).name: how for p, how in report.converted.items()}
@@ -290,7 +293,7 @@ def test_scan_reports_every_defect(defect_dataset: tuple[Path, dict[str, Path]],
     assert "smaller than 32 px" in text and "8x8" in text
 
     summary = report.summary()
-    assert "4 bad" in summary and "truncated.jpg: truncated image" in summary
+    assert "5 bad" in summary and "truncated.jpg: truncated image" in summary
     assert "CMYK converted to RGB" in summary and "EXIF orientation applied to 1" in summary
 
 
@@ -445,11 +448,10 @@ def test_discovery_errors(tmp_path: Path) -> None:
         discover(tmp_path / "flat")
     (tmp_path / "empty" / "a").mkdir(parents=True)
     (tmp_path / "empty" / "b").mkdir()
-    with pytest.raises(DataError, match="No files were found"):
+    with pytest.raises(DataError, match="No images were found in the class folders"):
         discover(tmp_path / "empty")
     _make_classes(tmp_path / "one", {"only": 3})
-    (tmp_path / "one" / "vacant").mkdir()
-    with pytest.raises(DataError, match="'only' has files.*need at least two classes"):
+    with pytest.raises(DataError, match="only one class \\('only'\\).*need at least two classes"):
         discover(tmp_path / "one")
 
 
@@ -516,3 +518,95 @@ def test_batched_crop_flip_equals_padding_then_cropping_each_image(h: int, w: in
     m = torch.tensor([0.5, 0.4, 0.3]).view(1, 3, 1, 1)
     s = torch.tensor([0.2, 0.25, 0.3]).view(1, 3, 1, 1)
     assert torch.equal(norm, (expected.float() / 255.0 - m) / s)
+
+
+# ------------------------------------------------------------------------- links, duplicates, empty classes
+def _true_class(path: str, root: Path) -> str:
+    """The class folder a file really lives in (links resolved)."""
+    return Path(os.path.realpath(path)).relative_to(root.resolve()).parts[-2]
+
+
+def test_symlink_loop_does_not_mislabel(tmp_path: Path) -> None:
+    """`ln -s .. photos/cat/loop` used to put every image of every class under 'cat', in both splits."""
+    root = tmp_path / "photos"
+    _make_classes(root, {"cat": 10, "dog": 10})
+    before = discover(root)
+    os.symlink("..", root / "cat" / "loop")
+    after = discover(root)
+    assert after.train == before.train and after.val == before.val
+    assert len(after.notes) == 1 and "loop" in after.notes[0] and str(root / "cat" / "loop") in after.notes[0]
+    for p, label in after.train + after.val:
+        assert after.classes[label] == _true_class(p, root)
+    assert not {p for p, _ in after.train} & {p for p, _ in after.val}
+    assert len(list_images(root)) == 20  # prediction folders too: each image once, no endless walk
+
+
+def test_links_into_another_class_are_not_followed_and_files_are_counted_once(tmp_path: Path) -> None:
+    root = tmp_path / "photos"
+    _make_classes(root, {"cat": 4, "dog": 4})
+    os.symlink(root / "dog", root / "cat" / "dogs")  # a folder link into a sibling class: not followed
+    os.symlink("img_000.png", root / "cat" / "again.png")  # the same file twice in one class: once
+    splits = discover(root, val_fraction=0.25)
+    assert sorted(_true_class(p, root) for p, _ in splits.all_samples()) == ["cat"] * 4 + ["dog"] * 4
+    text = " ".join(splits.notes)
+    assert "belongs to another folder" in text and "appear twice under the same class" in text
+
+    elsewhere = _rgb(tmp_path / "outside" / "x.png")  # links out of the dataset are followed as usual
+    os.symlink(elsewhere.parent, root / "dog" / "more")
+    assert len(discover(root).all_samples()) == 9
+
+
+def test_one_file_under_two_classes_is_an_error(tmp_path: Path) -> None:
+    root = tmp_path / "photos"
+    _make_classes(root, {"cat": 3, "dog": 3})
+    os.symlink(root / "dog" / "img_001.png", root / "cat" / "x.png")
+    with pytest.raises(DataError, match=r"1 file\(s\) .* appear under two classes .*'cat'.*'dog'.* only one class"):
+        discover(root)
+    (root / "labels.csv").write_text("path,label\ndog/img_000.png,dog\ndog/img_000.png,cat\ncat/img_000.png,cat\n")
+    with pytest.raises(DataError, match="appear under two classes"):
+        discover(root / "labels.csv")
+
+
+def test_a_file_in_train_and_val_is_evaluated_only_if_not_trained_on(tmp_path: Path) -> None:
+    root = tmp_path / "ds"
+    _make_classes(root / "train", {"a": 3, "b": 3})
+    _make_classes(root / "val", {"a": 1, "b": 1})
+    os.symlink(root / "train" / "a" / "img_002.png", root / "val" / "a" / "leak.png")
+    splits = discover(root)
+    assert len(splits.train) == 6 and len(splits.val) == 2
+    assert not any(p.endswith("leak.png") for p, _ in splits.val)
+    assert any("also in the train split" in n for n in splits.notes)
+    os.symlink(root / "val" / "b", root / "train" / "a" / "valb")  # a link from train into val: not followed
+    assert len(discover(root).train) == 6
+
+
+def test_empty_class_folder_is_an_error_that_names_it(tmp_path: Path) -> None:
+    """One behaviour, as torchvision's ImageFolder: an empty class folder stops discovery with its name."""
+    root = tmp_path / "photos"
+    _make_classes(root, {"cat": 3, "dog": 3})
+    (root / "bird").mkdir()
+    (root / "bird" / "notes.txt").write_text("no images here")
+    with pytest.raises(DataError, match=r"Class folder\(s\) 'bird' in .* hold no images; add images to them or "
+                                        r"delete the empty folder"):
+        discover(root)
+    _make_classes(tmp_path / "split" / "train", {"cat": 2, "dog": 2})
+    (tmp_path / "split" / "train" / "fish").mkdir()
+    with pytest.raises(DataError, match="'fish'"):
+        discover(tmp_path / "split")
+
+
+def test_segmentation_pairs_follow_links_without_loops(tmp_path: Path) -> None:
+    from resnet_tune.segment.data import discover_pairs
+
+    root = tmp_path / "seg"
+    for i in range(4):
+        _rgb(root / "images" / f"{i}.png", (16, 16))
+        (root / "masks").mkdir(exist_ok=True)
+        Image.fromarray(np.zeros((16, 16), np.uint8)).save(root / "masks" / f"{i}.png")
+    os.symlink("..", root / "images" / "loop")
+    os.symlink(root / "masks", root / "images" / "masks_link")  # images must not pick up the masks
+    splits = discover_pairs(root, val_fraction=0.25)
+    images = [p.image for p in splits.all_pairs()]
+    assert len(images) == 4 and len(set(images)) == 4
+    assert all(p.mask is not None for p in splits.all_pairs())
+    assert any("loop" in n for n in splits.notes)

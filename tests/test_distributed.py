@@ -146,7 +146,7 @@ def test_restarted_job_without_output_finds_its_run_folder(tmp_path: Path, monke
     monkeypatch.chdir(tmp_path)
     first = Trainer(TrainConfig(model="resnet20"))
     first.dist = D.Dist(D.Launch(world=2, max_restarts=1, run_id="job/7", under_torchrun=True))
-    run = Path(first._decide_run_dir())
+    run = first.decide_run_dir("resnet20")
     assert (tmp_path / "runs" / ".torchrun-job_7").read_text() == str(run)
     again = Trainer(TrainConfig(model="resnet20"))
     again.dist = D.Dist(D.Launch(world=2, max_restarts=1, restart_count=1, run_id="job/7", under_torchrun=True))

@@ -216,3 +216,12 @@ def test_preact_blocks_have_no_post_addition_activation() -> None:
     out = block(x)
     assert (out < 0).any()
     assert isinstance(model.norm, nn.BatchNorm2d)
+
+
+def test_precomputed_model_table_matches_the_registry() -> None:
+    """`resnet-tune models` reads models/model_table.json; it must say what model_info says today."""
+    import json
+
+    from resnet_tune.models.table import TABLE, model_table
+
+    assert json.loads(TABLE.read_text()) == model_table(), "stale: run python -m resnet_tune.models.table"

@@ -60,42 +60,65 @@ HELP = {
 }
 
 
-def _add_train_options(p: argparse.ArgumentParser) -> None:
-    from .engine.config import TrainConfig
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option shows its default exactly once: not when the help text already says it, and not for
+    defaults that say nothing (``None``, ``False``, suppressed)."""
 
-    hints = typing.get_type_hints(TrainConfig)
-    for f in dataclasses.fields(TrainConfig):
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or not action.option_strings or action.default in (None, False, argparse.SUPPRESS):
+            return text
+        return text + " (default: %(default)s)"
+
+
+def add_config_options(p: argparse.ArgumentParser, cls: type, help_texts: dict[str, str],
+                       choices: dict[str, Any] | None = None) -> None:
+    """One ``--flag`` per field of the config dataclass ``cls``; flags not given stay absent from the namespace
+    (``default=SUPPRESS``), so a YAML file and the dataclass's own defaults fill them."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
         flag = "--" + f.name.replace("_", "-")
         kind = hints[f.name]
         args = typing.get_args(kind)
         base = next((a for a in args if a is not type(None)), kind) if args else kind
-        default_txt = "" if f.default is None else f" (default: {f.default})"
-        help_txt = HELP.get(f.name, f.name) + default_txt
+        if base is Any:
+            base = str
+        text = help_texts.get(f.name, f.name.replace("_", " "))
+        if f.default is not None and "default" not in text:
+            shown = f"{f.default:g}" if isinstance(f.default, float) else str(f.default)
+            text += f" (default: {shown})"
         if base is bool:
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_txt)
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=text)
         else:
-            choices = None
-            from .engine import config as C
-
-            choice_map = {"strategy": C.STRATEGIES, "optimizer": C.OPTIMIZERS, "schedule": C.SCHEDULES,
-                          "precision": C.PRECISIONS, "augment": C.AUGMENTS, "balance": C.BALANCE,
-                          "loader": C.LOADERS}
-            choices = choice_map.get(f.name)
-            p.add_argument(flag, type=base, default=argparse.SUPPRESS, choices=choices, help=help_txt,
-                           metavar=f.name.upper() if choices is None else None)
+            allowed = (choices or {}).get(f.name)
+            p.add_argument(flag, type=base, default=argparse.SUPPRESS, choices=allowed, help=text,
+                           metavar=f.name.upper() if allowed is None else None)
 
 
-def _train_config(args: argparse.Namespace, exclude: set[str] = frozenset()):  # type: ignore[assignment]
-    from .engine.config import TrainConfig, from_dict, load_yaml
+def config_values(args: argparse.Namespace, cls: type) -> dict[str, Any]:
+    """The options of ``cls`` given on the command line, over those of ``--config FILE`` (flags win)."""
+    from .engine.config import load_yaml
 
     values: dict[str, Any] = {}
     if getattr(args, "config", None):
         values.update(load_yaml(args.config))
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
-    for k in names - exclude:
-        if hasattr(args, k):
-            values[k] = getattr(args, k)
-    return from_dict(values, source=args.config or "command line") if values else TrainConfig()
+    values.update({f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)})
+    return values
+
+
+def _add_train_options(p: argparse.ArgumentParser) -> None:
+    from .engine import config as C
+
+    add_config_options(p, C.TrainConfig, HELP, {
+        "strategy": C.STRATEGIES, "optimizer": C.OPTIMIZERS, "schedule": C.SCHEDULES, "precision": C.PRECISIONS,
+        "augment": C.AUGMENTS, "balance": C.BALANCE, "loader": C.LOADERS})
+
+
+def _train_config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from .engine.config import TrainConfig, from_dict
+
+    values = config_values(args, TrainConfig)
+    return from_dict(values, source=getattr(args, "config", None) or "command line")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -131,8 +154,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     out = args.output
     if out is None:
         ck = resolve_checkpoint(args.checkpoint)
-        out = ck.parent / f"evaluate-{Path(args.data).name or 'data'}"
+        out = ck.parent / (f"evaluate-{Path(args.data).name or 'data'}" if args.data else "evaluate-val")
     report = evaluate(args.checkpoint, args.data, batch_size=args.batch_size, device=args.device, output=out)
+    if args.data is None:
+        print(f"evaluated on the run's own validation split ({report['data']})")
     print(format_report(report))
     if report.get("skipped"):
         print(f"skipped {len(report['skipped'])} unreadable file(s); see {out}/eval.json")
@@ -203,18 +228,28 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from .models import list_models, model_info
+    """The model table, read from the precomputed ``models/model_table.json`` (no PyTorch import)."""
+    import fnmatch
 
-    names = list_models(args.pattern)
+    table = json.loads((Path(__file__).parent / "models" / "model_table.json").read_text(encoding="utf-8"))
+    rows = [r for r in table if fnmatch.fnmatchcase(r["name"], args.pattern)]
+    if not rows:
+        import difflib
+
+        from .errors import ConfigError
+
+        names = [r["name"] for r in table]
+        close = difflib.get_close_matches(args.pattern.strip("*?"), names, n=3)
+        hint = f"did you mean {', '.join(close)}? " if close else ""
+        raise ConfigError(f"no model matches {args.pattern!r}; {hint}`resnet-tune models` lists all {len(names)}.")
     if args.json:
-        print(json.dumps([model_info(n).to_dict() for n in names], indent=2))
+        print(json.dumps(rows, indent=2))
         return 0
     print(f"{'model':<20} {'params':>12} {'GMACs':>8} {'GFLOPs':>8} {'input':>9}  description")
-    for n in names:
-        i = model_info(n)
-        desc = i.description if len(i.description) <= 70 else i.description[:67] + "..."
-        print(f"{n:<20} {i.num_params / 1e6:>11.2f}M {i.gmacs:>8.2f} {i.gflops:>8.2f} "
-              f"{i.input_size[1]:>4}x{i.input_size[2]:<4}  {desc}")
+    for r in rows:
+        desc = r["description"] if len(r["description"]) <= 70 else r["description"][:67] + "..."
+        print(f"{r['name']:<20} {r['num_params'] / 1e6:>11.2f}M {r['gmacs']:>8.2f} {r['gflops']:>8.2f} "
+              f"{r['input_size'][1]:>4}x{r['input_size'][2]:<4}  {desc}")
     return 0
 
 
@@ -230,8 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def add(name: str, fn: Callable[[argparse.Namespace], int], help_: str, desc: str | None = None
             ) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_, description=desc or help_,
-                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        p = sub.add_parser(name, help=help_, description=desc or help_, formatter_class=HelpFormatter)
         p.set_defaults(func=fn)
         return p
 
@@ -242,34 +276,34 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_options(p)
 
     p = add("lr-find", cmd_lr_find, "learning-rate range test with a plot and a suggested rate")
-    p.add_argument("--config", help="YAML file of options")
-    p.add_argument("--start-lr", type=float, default=1e-6)
-    p.add_argument("--end-lr", type=float, default=10.0)
-    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--config", help="YAML file of options (keys as the flags, with - or _)")
+    p.add_argument("--start-lr", type=float, default=1e-6, help="learning rate of the first step")
+    p.add_argument("--end-lr", type=float, default=10.0, help="learning rate of the last step")
+    p.add_argument("--steps", type=int, default=100, help="steps (batches) of the range test")
     p.add_argument("--output-dir", help="where to write lr_find.png and lr_find.json (default: ./lr-find)")
     _add_train_options(p)
 
     def model_cmd(p: argparse.ArgumentParser) -> None:
         p.add_argument("checkpoint", metavar="CHECKPOINT", help="a run folder (its best checkpoint) or a "
                                                                 ".safetensors checkpoint")
-        p.add_argument("--device", default="auto")
-        p.add_argument("--batch-size", type=int, default=64)
+        p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+        p.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
 
     p = add("evaluate", cmd_evaluate, "accuracy, per-class metrics, confusion matrix and worst images")
     model_cmd(p)
-    p.add_argument("--data", required=True, help="labelled images: class folders, a split layout (its test or val "
-                                                 "split) or a CSV")
+    p.add_argument("--data", help="labelled images: class folders, a split layout (its test or val split) or a CSV "
+                                  "(default: the run's own validation split, as recorded in its val.csv)")
     p.add_argument("--output", help="folder for eval.json and plots (default: beside the checkpoint)")
 
     p = add("predict", cmd_predict, "top-k classes for images")
     model_cmd(p)
-    p.add_argument("images", nargs="+", metavar="IMAGES_OR_DIR")
-    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("images", nargs="+", metavar="IMAGES_OR_DIR", help="image files or folders (searched recursively)")
+    p.add_argument("--top-k", type=int, default=5, help="classes to report per image")
     p.add_argument("--output", help="write the predictions to FILE.csv or FILE.json")
 
     p = add("embed", cmd_embed, "pooled features for similarity search")
     model_cmd(p)
-    p.add_argument("images", nargs="+", metavar="IMAGES_OR_DIR")
+    p.add_argument("images", nargs="+", metavar="IMAGES_OR_DIR", help="image files or folders (searched recursively)")
     p.add_argument("--output", required=True, help="FILE.npy; the file order goes to FILE.files.txt")
 
     # Commands that live with their feature: each module has register(add) adding its subcommands.
@@ -285,7 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
         module.register(add)
 
     p = add("models", cmd_models, "list the available architectures with parameters and FLOPs")
-    p.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'resnet*'")
+    p.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'resnet*' (default: all)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
 

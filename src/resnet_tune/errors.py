@@ -1,4 +1,9 @@
-"""Errors that reach a user as one clear sentence (the CLI prints them without a stack trace)."""
+"""Errors that reach a user as one clear sentence (the CLI prints them without a stack trace).
+
+Every error that bad input can cause (a wrong name, path, file, option or data) derives from
+:class:`ResnetTuneError`; errors that mean a bug in the calling code (a wrong argument type, say) stay
+ordinary Python exceptions and keep their traceback.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +21,11 @@ class ConfigError(ResnetTuneError, ValueError):
 
 
 class CheckpointError(ResnetTuneError, ValueError):
-    """A checkpoint cannot be read or does not match the model or data."""
+    """A checkpoint or weights file cannot be read, or does not match the model or data."""
+
+
+class PathNotFoundError(ConfigError, FileNotFoundError):
+    """A file or folder the user named does not exist (also a :class:`FileNotFoundError`)."""
 
 
 class TrainingError(ResnetTuneError, RuntimeError):

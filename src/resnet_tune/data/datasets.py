@@ -31,6 +31,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import ConfigError, DataError
+from .files import FolderWalker, is_junk, real_path
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -44,6 +45,8 @@ __all__ = [
     "is_image_file",
     "list_images",
     "load_image",
+    "VAL_SPLIT_FILE",
+    "write_split",
 ]
 
 Sample = tuple[str, int]
@@ -51,11 +54,6 @@ Sample = tuple[str, int]
 #: File extensions read as images (compared lower-case, with the dot).
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
-)
-
-#: Names (lower-case) that operating systems and tools leave in folders; never treated as data.
-JUNK_NAMES: frozenset[str] = frozenset(
-    {"thumbs.db", "ehthumbs.db", "desktop.ini", ".ds_store", "__macosx", "@eadir", ".ipynb_checkpoints"}
 )
 
 #: Largest image (in pixels) that is decoded.  This is the threshold at which Pillow itself raises
@@ -81,6 +79,8 @@ class DataSplits:
     layout: str  # 'folder', 'split-folders' or 'csv'
     #: Files found where no class can be given to them (loose files next to the class folders); not used.
     ignored: list[str] = field(default_factory=list)
+    #: Sentences about what discovery left out on purpose (links not followed, files listed twice).
+    notes: list[str] = field(default_factory=list)
 
     @property
     def num_classes(self) -> int:
@@ -106,32 +106,19 @@ def is_image_file(path: str | os.PathLike[str]) -> bool:
     return os.path.splitext(os.fspath(path))[1].lower() in IMAGE_EXTENSIONS
 
 
-def _is_junk(name: str) -> bool:
-    return name.startswith(".") or name.lower() in JUNK_NAMES or name.endswith("~")
-
-
 def _abs(path: str | os.PathLike[str]) -> str:
     return os.path.abspath(os.fspath(path))
-
-
-def _walk_files(folder: str) -> list[str]:
-    """Every non-hidden, non-junk file under ``folder`` (recursively, following links), sorted."""
-    out: list[str] = []
-    for root, dirs, files in os.walk(folder, followlinks=True):
-        dirs[:] = sorted(d for d in dirs if not _is_junk(d))
-        out.extend(os.path.join(root, f) for f in files if not _is_junk(f))
-    return sorted(out)
 
 
 def _subdirs(folder: str) -> list[str]:
     """Names of the non-hidden, non-junk subfolders of ``folder``, sorted."""
     with os.scandir(folder) as it:
-        return sorted(e.name for e in it if not _is_junk(e.name) and e.is_dir())
+        return sorted(e.name for e in it if not is_junk(e.name) and e.is_dir())
 
 
 def _loose_files(folder: str) -> list[str]:
     with os.scandir(folder) as it:
-        return sorted(_abs(e.path) for e in it if not _is_junk(e.name) and e.is_file())
+        return sorted(_abs(e.path) for e in it if not is_junk(e.name) and e.is_file())
 
 
 def _quote_list(names: Sequence[str], limit: int = 10) -> str:
@@ -159,10 +146,62 @@ def _split_folders(root: str) -> dict[str, str]:
     return found
 
 
-def _read_class_folders(folder: str) -> tuple[dict[str, list[str]], list[str]]:
+def _read_class_folders(folder: str, walker: FolderWalker) -> tuple[dict[str, list[str]], list[str]]:
     """``{class name: sorted absolute file paths}`` for the class folders of ``folder``, and loose files."""
-    classes = {name: [_abs(p) for p in _walk_files(os.path.join(folder, name))] for name in _subdirs(folder)}
+    classes = {name: walker.files(os.path.join(folder, name)) for name in _subdirs(folder)}
     return classes, _loose_files(folder)
+
+
+def _walker(*parents: str) -> FolderWalker:
+    """A walker for a dataset whose class folders are the subfolders of ``parents``."""
+    return FolderWalker(os.path.join(parent, name) for parent in parents for name in _subdirs(parent))
+
+
+def _deduplicate(by_split: dict[str, dict[str, list[str]]], where: str) -> list[str]:
+    """Keep each file (by its real path) once per dataset; returns sentences saying what was dropped.
+
+    ``by_split`` maps split -> class -> paths and is changed in place. A file listed twice under one class, or
+    under one class in two splits (it would be trained on and evaluated on), keeps its first place in the order
+    train, val, test; a file under two different classes raises :class:`DataError`, since either label may be
+    wrong.
+    """
+    first: dict[str, tuple[str, str, str]] = {}  # real path -> (split, class, path)
+    repeats: list[tuple[str, str]] = []  # (path dropped, the place kept)
+    leaks: list[tuple[str, str, str]] = []  # (path, kept split, dropped split)
+    conflicts: list[tuple[str, str, str, str]] = []  # (path, class, path kept, its class)
+    for split in ("train", "val", "test"):
+        for label in sorted(by_split.get(split, {})):
+            kept = []
+            for path in by_split[split][label]:
+                real = real_path(path)
+                seen = first.get(real)
+                if seen is None:
+                    first[real] = (split, label, path)
+                    kept.append(path)
+                elif seen[1] != label:
+                    conflicts.append((path, label, seen[2], seen[1]))
+                elif seen[0] != split:
+                    leaks.append((path, seen[0], split))
+                else:
+                    repeats.append((path, seen[2]))
+            by_split[split][label] = kept
+    if conflicts:
+        path, label, other_path, other = conflicts[0]
+        raise DataError(
+            f"{len(conflicts)} file(s) in {where} appear under two classes (first: {other_path} under {other!r} and "
+            f"{path} under {label!r} are the same file); a file can have only one class, so remove the duplicate "
+            "file or link."
+        )
+    notes = []
+    if repeats:
+        path, kept_path = repeats[0]
+        notes.append(f"{len(repeats)} file(s) appear twice under the same class (first: {path} is {kept_path}); "
+                     "each is used once")
+    if leaks:
+        path, kept_split, split = leaks[0]
+        notes.append(f"{len(leaks)} file(s) of the {split} split are also in the {kept_split} split (first: "
+                     f"{path}); they were left out of {split} so that no image is evaluated on after training on it")
+    return notes
 
 
 def _labelled(files: dict[str, list[str]], index: dict[str, int]) -> list[Sample]:
@@ -201,18 +240,28 @@ def _check_val_fraction(val_fraction: float) -> None:
         raise ConfigError(f"val_fraction must be at least 0 and below 1, got {val_fraction}; use e.g. 0.2.")
 
 
-def _check_classes(classes: list[str], counts: dict[str, int], where: str) -> None:
-    total = sum(counts.values())
-    if total == 0:
+def _check_classes(files: dict[str, list[str]], where: str, csv: bool = False) -> None:
+    """Every class must have images: an empty class folder is a class the model could never learn."""
+    counts = {c: sum(is_image_file(p) for p in paths) for c, paths in files.items()}
+    if sum(counts.values()) == 0:
         raise DataError(
-            f"No files were found in the class folders of {where}; put the images in {where}/<class>/."
+            f"No images were found in the class folders of {where}; put the images in {where}/<class>/."
         )
-    nonempty = [c for c in classes if counts.get(c, 0) > 0]
-    if len(nonempty) < 2:
-        only = f" (only {nonempty[0]!r} has files)" if nonempty else ""
+    empty = sorted(c for c, n in counts.items() if n == 0)
+    if empty and csv:
         raise DataError(
-            f"The dataset in {where} has only one class with files{only}; you need at least two classes, so add "
-            "a folder of images for each other class."
+            f"Class(es) {_quote_list(empty)} in {where} have no image files among their training rows; add "
+            "images for them or remove their rows."
+        )
+    if empty:
+        raise DataError(
+            f"Class folder(s) {_quote_list(empty)} in {where} hold no images; add images to them or delete the "
+            "empty folder(s), since every class folder is a class the model must learn."
+        )
+    if len(counts) < 2:
+        raise DataError(
+            f"The dataset in {where} has only one class ({next(iter(counts))!r}); you need at least two classes, "
+            "so add a folder of images for each other class."
         )
 
 
@@ -231,43 +280,45 @@ def _no_class_folders(root: str) -> DataError:
 
 
 def _discover_folder(root: str, val_fraction: float, seed: int) -> DataSplits:
-    files, loose = _read_class_folders(root)
+    walker = _walker(root)
+    files, loose = _read_class_folders(root, walker)
     if not files:
         raise _no_class_folders(root)
+    notes = walker.notes + _deduplicate({"train": files}, root)
+    _check_classes(files, root)
     classes = sorted(files)
-    _check_classes(classes, {c: len(v) for c, v in files.items()}, root)
     index = {c: i for i, c in enumerate(classes)}
     train, val = _stratified_split(files, index, val_fraction, seed)
-    return DataSplits(classes, train, val, None, "folder", ignored=loose)
+    return DataSplits(classes, train, val, None, "folder", ignored=loose, notes=notes)
 
 
 def _discover_split_folders(root: str, found: dict[str, str], val_fraction: float, seed: int) -> DataSplits:
-    train_files, ignored = _read_class_folders(found["train"])
+    walker = _walker(*found.values())
+    by_split: dict[str, dict[str, list[str]]] = {}
+    ignored: list[str] = []
+    for split in ("train", "val", "test"):
+        if split in found:
+            by_split[split], loose = _read_class_folders(found[split], walker)
+            ignored.extend(loose)
+    train_files = by_split["train"]
     classes = sorted(train_files)
-    _check_classes(classes, {c: len(v) for c, v in train_files.items()}, found["train"])
-    index = {c: i for i, c in enumerate(classes)}
-
-    def other(split: str) -> list[Sample] | None:
-        if split not in found:
-            return None
-        files, loose = _read_class_folders(found[split])
-        ignored.extend(loose)
-        unknown = [c for c in sorted(files) if c not in index]
+    for split in ("val", "test"):
+        unknown = [c for c in sorted(by_split.get(split, {})) if c not in train_files]
         if unknown:
             raise DataError(
                 f"The {split} folder {found[split]} has class folder(s) {_quote_list(unknown)} that are not in "
                 f"the train folder (train classes: {_quote_list(classes)}); rename them to train classes or "
                 "add training images for them."
             )
-        return _labelled(files, index)
-
-    test = other("test")
-    if "val" in found:
-        train = _labelled(train_files, index)
-        val = other("val") or []
+    notes = walker.notes + _deduplicate(by_split, root)
+    _check_classes(train_files, found["train"])
+    index = {c: i for i, c in enumerate(classes)}
+    test = _labelled(by_split["test"], index) if "test" in by_split else None
+    if "val" in by_split:
+        train, val = _labelled(train_files, index), _labelled(by_split["val"], index)
     else:
         train, val = _stratified_split(train_files, index, val_fraction, seed)
-    return DataSplits(classes, train, val, test, "split-folders", ignored=ignored)
+    return DataSplits(classes, train, val, test, "split-folders", ignored=ignored, notes=notes)
 
 
 def _discover_dir(root: str, val_fraction: float, seed: int) -> DataSplits:
@@ -394,7 +445,8 @@ def _discover_csv(csv_path: str, val_fraction: float, seed: int) -> DataSplits:
         raise DataError(
             f"The CSV file {csv_path} has no rows with split 'train'; mark the training images with split train."
         )
-    _check_classes(classes, {c: len(v) for c, v in by_split["train"].items()}, csv_path)
+    notes = _deduplicate(by_split, csv_path)
+    _check_classes(by_split["train"], csv_path, csv=True)
     index = {c: i for i, c in enumerate(classes)}
     for split in ("val", "test"):
         unknown = sorted(c for c in by_split[split] if c not in index)
@@ -409,7 +461,7 @@ def _discover_csv(csv_path: str, val_fraction: float, seed: int) -> DataSplits:
     else:
         train, val = _stratified_split(by_split["train"], index, val_fraction, seed)
     test = _labelled({c: sorted(v) for c, v in by_split["test"].items()}, index) if by_split["test"] else None
-    return DataSplits(classes, train, val, test, "csv")
+    return DataSplits(classes, train, val, test, "csv", notes=notes)
 
 
 # ------------------------------------------------------------------------------------------ discovery
@@ -467,10 +519,11 @@ def discover_eval(data: str | os.PathLike[str], classes: list[str]) -> list[Samp
                 f"{path}/test/<class>/ or pass a folder of class folders."
             )
         folder = folder or path
-        files, _ = _read_class_folders(folder)
+        files, _ = _read_class_folders(folder, _walker(folder))
         if not files:
             raise _no_class_folders(folder)
         check(files, f"The evaluation folder {folder}")
+        _deduplicate({"test": files}, folder)
         samples = _labelled(files, index)
         if not samples:
             raise DataError(f"No files were found in the class folders of {folder}; add images to evaluate on.")
@@ -490,28 +543,53 @@ def discover_eval(data: str | os.PathLike[str], classes: list[str]) -> list[Samp
                 break
     check({r.label for r in rows}, f"The CSV file {path}")
     paths = _resolve_csv_rows(path, rows)
-    return sorted(((p, index[r.label]) for r, p in zip(rows, paths)), key=lambda s: (s[1], s[0]))
+    by_class: dict[str, list[str]] = {}
+    for r, p in zip(rows, paths):
+        by_class.setdefault(r.label, []).append(p)
+    _deduplicate({"test": by_class}, path)
+    return sorted(((p, index[c]) for c, ps in by_class.items() for p in ps), key=lambda s: (s[1], s[0]))
+
+
+#: The file in a run folder that lists the run's validation images (``path,label``; a CSV that --data takes).
+VAL_SPLIT_FILE = "val.csv"
+
+
+def write_split(path: str | os.PathLike[str], samples: Sequence[Sample], classes: Sequence[str]) -> None:
+    """Write ``samples`` as a ``path,label`` CSV (absolute paths, class names): the record of a split, readable by
+    :func:`discover_eval`, so that evaluating later uses exactly these files even after files were added."""
+    import io
+
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["path", "label"])
+    w.writerows((p, classes[y]) for p, y in samples)
+    tmp = f"{os.fspath(path)}.tmp"
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        f.write(buf.getvalue())
+    os.replace(tmp, path)
 
 
 def list_images(path_or_paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]) -> list[str]:
     """Image files to predict on: a file, a folder (searched recursively, sorted) or a list of either.
 
-    Files without an image extension are skipped; duplicates are dropped (first one kept).  Raises
+    Files without an image extension are skipped; duplicates (the same file on disk, also through links) are
+    dropped, the first one kept; links are followed without loops (:class:`~.files.FolderWalker`).  Raises
     :class:`DataError` when a path does not exist or no image is found.
     """
     items = [path_or_paths] if isinstance(path_or_paths, (str, os.PathLike)) else list(path_or_paths)
     out: list[str] = []
     seen: set[str] = set()
+    walker = FolderWalker()
     for item in items:
         p = _abs(item)
         if not os.path.exists(p):
             raise DataError(f"{os.fspath(item)} does not exist; check the path of the images.")
-        candidates = _walk_files(p) if os.path.isdir(p) else [p]
+        candidates = walker.files(p) if os.path.isdir(p) else [p]
         for c in candidates:
-            c = _abs(c)
-            if is_image_file(c) and c not in seen:
-                seen.add(c)
-                out.append(c)
+            real = real_path(c)
+            if is_image_file(c) and real not in seen:
+                seen.add(real)
+                out.append(_abs(c))
     if not out:
         names = ", ".join(os.fspath(i) for i in items[:3]) + (", ..." if len(items) > 3 else "")
         raise DataError(

@@ -48,7 +48,7 @@ class TrainConfig:
     lr_decay: float = 0.5  # discriminative lr: each earlier stage gets this factor of the next one's lr
     epochs: int = 15
     batch_size: int = 64
-    lr: float | None = None  # None: 0.1 x batch/256 for SGD from scratch; 0.01 x batch/256 fine-tuning; AdamW 1e-3
+    lr: float | None = None  # None: engine.trainer.default_lr (scaled to the global batch; the rule lives there)
     optimizer: str = "sgd"
     momentum: float = 0.9
     nesterov: bool = True

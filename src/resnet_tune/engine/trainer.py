@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..data.datasets import VAL_SPLIT_FILE, write_split
 from ..errors import ConfigError, DataError, ResnetTuneError, TrainingError
 from . import checkpoint as ckpt
 from . import distributed as D
@@ -59,6 +60,8 @@ class DataBundle:
     train_labels: torch.Tensor | None = None
     in_memory: bool = False
     channels_last: bool = False
+    notes: list[str] = field(default_factory=list)  # what discovery left out on purpose, one sentence each
+    val_samples: list[tuple[str, int]] | None = None  # (file, class index) of the validation split
 
 
 def _mean_std_for(model_name: str, pretrained_meta: dict | None) -> tuple[tuple, tuple]:
@@ -174,7 +177,8 @@ def build_data(cfg: TrainConfig, device: torch.device, mean_std: Callable[[str],
                                rank, world) if test_s else None)
     return DataBundle(splits.classes, train, val, test, pp, len(train_s), [p for p, _ in val_s],
                       [p for p, _ in test_s] if test_s else None, desc, report.summary(), report,
-                      train_labels=labels, in_memory=use_memory, channels_last=channels_last), name
+                      train_labels=labels, in_memory=use_memory, channels_last=channels_last,
+                      notes=list(splits.notes), val_samples=val_s), name
 
 
 def _memory_by_default(device: torch.device, size: int, nbytes: int) -> bool:
@@ -327,17 +331,15 @@ def resolve_strategy(cfg: TrainConfig) -> str:
 
 
 def default_lr(cfg: TrainConfig, strategy: str, world: int = 1) -> float:
-    """``cfg.lr``, or a rate scaled to the global batch (batch_size per process x processes x accum_steps)."""
+    """``cfg.lr``, or the default peak rate: with SGD 0.4 x B/256 from scratch or for a linear probe and
+    0.05 x B/256 when fine-tuning the whole network, B the global batch (batch_size per process x processes x
+    accum_steps); with AdamW 1e-3 from scratch or for a linear probe, else 3e-4."""
     if cfg.lr is not None:
         return cfg.lr
-    scale = cfg.batch_size * world * cfg.accum_steps / 256
+    head_or_scratch = strategy in ("scratch", "linear_probe")
     if cfg.optimizer == "adamw":
-        return 1e-3 if strategy in ("scratch", "linear_probe") else 3e-4
-    if strategy == "scratch":
-        return 0.4 * scale
-    if strategy == "linear_probe":
-        return 0.4 * scale
-    return 0.05 * scale
+        return 1e-3 if head_or_scratch else 3e-4
+    return (0.4 if head_or_scratch else 0.05) * cfg.batch_size * world * cfg.accum_steps / 256
 
 
 def set_body_frozen(model: nn.Module, frozen: bool) -> None:
@@ -448,28 +450,40 @@ class Trainer:
 
     # ---- setup
 
-    def _run_dir(self) -> Path:
-        """The run folder: decided on rank 0 (its clock names it) and handed to every rank."""
-        return Path(self.dist.run_on_main(self._decide_run_dir, "the choice of the run folder"))
-
-    def _decide_run_dir(self) -> str:
-        cfg = self.cfg
-        if self.resume_dir is not None:
-            return str(self.resume_dir)
-        if cfg.output:
-            out = Path(cfg.output)
-            if (out / ckpt.STATE).exists():
+    def _check_output(self) -> None:
+        """Before any work: ``--output`` must not hold another run (decided on rank 0, raised everywhere)."""
+        def check() -> None:
+            out = Path(self.cfg.output) if self.cfg.output and self.resume_dir is None else None
+            if out is not None and (out / ckpt.STATE).exists():
                 raise ConfigError(f"{out} already holds a training run; resume it with --resume {out} or choose "
                                   "another --output folder.")
+
+        self.dist.run_on_main(check, "the check of the run folder")
+
+    def _run_dir(self, model_name: str) -> Path:
+        """The run folder: decided on rank 0 (its clock names it) and handed to every rank."""
+        return Path(self.dist.run_on_main(lambda: str(self.decide_run_dir(model_name)), "the choice of the run folder"))
+
+    def decide_run_dir(self, model_name: str) -> Path:
+        """``--output``, the resumed folder, or ``runs/<model>-<date>-<time>``; created here."""
+        cfg = self.cfg
+        if self.resume_dir is not None:
+            return self.resume_dir
+        if cfg.output:
+            out = Path(cfg.output)
         else:
             stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-            out = Path("runs") / f"{cfg.model or 'auto'}-{stamp}"
+            out = Path("runs") / f"{model_name}-{stamp}"
             pointer = self._restart_pointer()
             if pointer is not None:
                 pointer.parent.mkdir(parents=True, exist_ok=True)
                 pointer.write_text(str(out))
-        out.mkdir(parents=True, exist_ok=True)
-        return str(out)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise ConfigError(f"cannot create the run folder {out} ({err.strerror or err}); choose another "
+                              "--output.") from None
+        return out
 
     def _restart_pointer(self) -> Path | None:
         """Where a torchrun job that may be restarted (--max-restarts) without --output notes its run folder,
@@ -491,10 +505,14 @@ class Trainer:
             out = Path(pointer.read_text().strip())
         return str(out) if (out / ckpt.STATE).is_file() else None
 
-    def prepare(self, run_dir: Path | None) -> dict[str, Any]:
+    def prepare(self) -> dict[str, Any]:
         """Device, data, model, strategy and optimiser: everything before the first step."""
         cfg = self.cfg
         dist = self.dist
+        if cfg.model:
+            from ..models import get_preset
+
+            get_preset(cfg.model)  # a misspelt name stops here, before the data is read
         set_threads(cfg.threads)
         device = dist.device if dist.enabled else resolve_device(cfg.device)
         precision = resolve_precision(cfg.precision, device)
@@ -518,10 +536,11 @@ class Trainer:
                                       rank=dist.rank, world=dist.world)
         channels_last = data.channels_last
         self.say(f"data: {data.description}")
+        for note in data.notes:
+            self.say(f"note: {note}")
+            self.notes.append(note)
         if data.scan_summary:
             self.say(data.scan_summary)
-            if data.scan is not None and run_dir is not None and dist.is_main:
-                data.scan.write(run_dir)
 
         # model
         model = self._build_model(model_name, len(data.classes))
@@ -609,12 +628,18 @@ class Trainer:
                          "no checkpoint to resume yet: starting again"
                          + ("" if self.cfg.output or self._restart_pointer() else
                             " (pass --output so that a restarted job finds its run folder)"))
-        cfg = self.cfg
         dist = self.dist
-        run_dir = self._run_dir()
+        self._check_output()
+        s = self.prepare()
+        cfg = self.cfg
+        run_dir = self._run_dir(s["model_name"])
         self._run_dir_path = run_dir
-        s = self.prepare(run_dir)
         device, precision, data, model = s["device"], s["precision"], s["data"], s["model"]
+        if dist.is_main:
+            if data.scan is not None:
+                data.scan.write(run_dir)
+            if data.val_samples is not None:  # what `resnet-tune evaluate RUN` evaluates on without --data
+                write_split(run_dir / VAL_SPLIT_FILE, data.val_samples, data.classes)
         strategy, optimizer, scaler, ema, criterion, fwd = (s["strategy"], s["optimizer"], s["scaler"], s["ema"],
                                                             s["criterion"], s["fwd"])
         steps_per_epoch, total_steps, warmup = s["steps_per_epoch"], s["total_steps"], s["warmup"]

@@ -1,7 +1,23 @@
-"""Export a checkpoint to ONNX, TorchScript or a torch.export program (verified against the eager model)."""
+"""Export a checkpoint to ONNX, TorchScript or a torch.export program (verified against the eager model).
 
-from .exporter import (ATOL, FORMATS, RTOL, ExportError, ExportReport, MissingExtraError, export, export_model,
-                       read_export_record)
+Names load lazily so that ``resnet-tune --help`` does not import PyTorch.
+"""
 
-__all__ = ["ATOL", "FORMATS", "RTOL", "ExportError", "ExportReport", "MissingExtraError", "export", "export_model",
-           "read_export_record"]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+#: format name -> default file suffix
+FORMATS: dict[str, str] = {"onnx": ".onnx", "torchscript": ".pt", "exported-program": ".pt2"}
+
+_LAZY = {name: "exporter" for name in ("ATOL", "RTOL", "ExportError", "ExportReport", "MissingExtraError", "export",
+                                       "export_model", "read_export_record")}
+
+__all__ = ["FORMATS", *sorted(_LAZY)]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

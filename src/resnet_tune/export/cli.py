@@ -15,7 +15,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def register(add: Callable[..., Any]) -> None:
-    from .exporter import FORMATS
+    from . import FORMATS
 
     p = add("export", cmd_export, "export a checkpoint to ONNX, TorchScript or torch.export (verified)",
             "Export a checkpoint with batch-norm folded and its record (classes, preprocessing, task) embedded. "

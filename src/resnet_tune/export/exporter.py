@@ -35,12 +35,11 @@ import torch
 from torch import nn
 
 from ..errors import ResnetTuneError
+from . import FORMATS
 
 __all__ = ["FORMATS", "ExportError", "ExportReport", "MissingExtraError", "export_model", "read_export_record",
            "RTOL", "ATOL", "VERIFY_BATCHES"]
 
-#: format name -> default file suffix
-FORMATS: dict[str, str] = {"onnx": ".onnx", "torchscript": ".pt", "exported-program": ".pt2"}
 _ALIASES = {"exported_program": "exported-program", "torch.export": "exported-program", "pt2": "exported-program",
             "jit": "torchscript", "script": "torchscript"}
 #: the record's key in ONNX metadata_props, and its file name inside TorchScript / torch.export archives
@@ -135,7 +134,11 @@ def export(checkpoint: str | os.PathLike[str], format: str = "onnx",  # noqa: A0
     for p in folded.parameters():
         p.requires_grad_(False)
 
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ExportError(f"cannot create the folder {dest.parent} for {dest.name} ({err.strerror or err}); choose "
+                          "another --output.") from None
     # The file is written under its final name inside a private temporary folder beside the destination (the
     # archive formats name their root folder after the file), verified there, then renamed into place.
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))

@@ -9,6 +9,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from ..errors import ConfigError, ResnetTuneError
 from .resnet import ResNet, ResNetConfig, count_macs, count_params
 
 __all__ = ["register_model", "create_model", "list_models", "model_info", "get_config", "ModelInfo",
@@ -18,8 +19,8 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-class UnknownModelError(KeyError):
-    """Raised for a model name that is not registered."""
+class UnknownModelError(ResnetTuneError, KeyError):
+    """Raised for a model name that is not registered (a user error; also a ``KeyError``)."""
 
     def __str__(self) -> str:  # KeyError quotes its message; this one is a sentence.
         return str(self.args[0])
@@ -134,7 +135,7 @@ def create_model(
     source = pretrained
     if pretrained == "default":
         if preset is None or not preset.default_weights:
-            raise ValueError(f"model {name!r} has no default pretrained weights; name a source explicitly")
+            raise ConfigError(f"model {name!r} has no default pretrained weights; name a source explicitly.")
         source = preset.default_weights
     state, meta = resolve_source(source, cfg=cfg, model_name=name)
     ckpt_classes = meta.get("num_classes")

@@ -30,6 +30,8 @@ import urllib.request
 import uuid
 from pathlib import Path
 
+from ..errors import ConfigError, ResnetTuneError
+
 __all__ = [
     "ChecksumError",
     "DownloadError",
@@ -52,7 +54,7 @@ LOCAL_HINT = "download it on a machine with internet access and pass pretrained=
 HASH_REGEX = re.compile(r"-([a-f0-9]{8,64})\.[A-Za-z0-9.]+$")
 
 
-class DownloadError(RuntimeError):
+class DownloadError(ResnetTuneError, RuntimeError):
     """A weight file could not be fetched (network failure, HTTP error, offline, bad checksum)."""
 
 
@@ -219,7 +221,7 @@ def download(url: str, dest_dir: str | os.PathLike[str], filename: str | None = 
     if filename is None:
         filename = Path(urllib.parse.unquote(urllib.parse.urlparse(url).path)).name
         if not filename:
-            raise ValueError(f"cannot name a cache file after {url!r}; pass filename=")
+            raise ConfigError(f"cannot name a cache file after {url!r}; pass filename=")
     if check_hash and hash_prefix is None and sha256 is None:
         hash_prefix = hash_prefix_from_name(filename)
     dest_dir = Path(dest_dir).expanduser()

@@ -33,6 +33,7 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor, nn
 
+from ..errors import CheckpointError, ConfigError, PathNotFoundError
 from . import hub
 
 __all__ = ["VALID_SOURCES", "adapt_input_conv", "load_pretrained", "load_weights", "resolve_source"]
@@ -71,10 +72,12 @@ def resolve_source(source: str | os.PathLike[str], *, cfg: Any = None, model_nam
     (e.g. the stride in the 1x1 instead of the 3x3) would otherwise load silently.
 
     Raises:
-        FileNotFoundError: a local path that does not exist.
-        ValueError: a source of unknown form (the message lists the valid forms), unknown
-            torchvision weights, or a file that cannot be read safely.
+        PathNotFoundError: a local path that does not exist (also a ``FileNotFoundError``).
+        ConfigError: a source of unknown form (the message lists the valid forms) or unknown torchvision
+            weights.
+        CheckpointError: a file that cannot be read safely or holds no ResNet weights.
         hub.DownloadError: a download failed (the message says how to use a local file instead).
+    All three are :class:`~resnet_tune.errors.ResnetTuneError` (and ``ValueError`` for the last two).
     """
     if isinstance(source, os.PathLike):
         source = os.fspath(source)
@@ -88,14 +91,14 @@ def resolve_source(source: str | os.PathLike[str], *, cfg: Any = None, model_nam
     elif low.startswith("timm:"):
         name, revision = _split_revision(s.split(":", 1)[1].strip())
         if not name or "/" in name:
-            raise ValueError(f"{source!r}: write timm weights as 'timm:<name>', e.g. 'timm:resnet50.a1_in1k' "
-                             "(for another repository use 'hf:<org>/<repo>')")
+            raise ConfigError(f"{source!r}: write timm weights as 'timm:<name>', e.g. 'timm:resnet50.a1_in1k' "
+                              "(for another repository use 'hf:<org>/<repo>')")
         state, meta = _from_hf_repo(f"timm/{name}", revision, cfg=cfg, model_name=model_name)
     elif low.startswith("hf:"):
         repo, revision = _split_revision(s.split(":", 1)[1].strip())
         if repo.count("/") != 1 or not all(repo.split("/")):
-            raise ValueError(f"{source!r}: write Hugging Face weights as 'hf:<org>/<repo>[@revision]', "
-                             "e.g. 'hf:microsoft/resnet-50'")
+            raise ConfigError(f"{source!r}: write Hugging Face weights as 'hf:<org>/<repo>[@revision]', "
+                              "e.g. 'hf:microsoft/resnet-50'")
         state, meta = _from_hf_repo(repo, revision, cfg=cfg, model_name=model_name)
     elif low.startswith(("http://", "https://")):
         state, meta = _from_url(s, cfg=cfg, model_name=model_name)
@@ -107,12 +110,12 @@ def resolve_source(source: str | os.PathLike[str], *, cfg: Any = None, model_nam
         if path.exists():
             state, meta = _from_local(path, cfg=cfg, model_name=model_name, source=source)
         elif re.match(r"^[A-Za-z][A-Za-z0-9+.-]+:", s):  # a scheme (not a Windows drive letter)
-            raise ValueError(f"unknown weights source {source!r}; valid forms: {VALID_SOURCES}")
+            raise ConfigError(f"unknown weights source {source!r}; valid forms: {VALID_SOURCES}")
         elif os.sep in s or "/" in s or s.lower().endswith(LOCAL_EXTS) or s.startswith(("~", ".")):
-            raise FileNotFoundError(f"the weights file {str(path)!r} does not exist; check the path "
+            raise PathNotFoundError(f"the weights file {str(path)!r} does not exist; check the path "
                                     f"(relative paths are taken from {os.getcwd()!r})")
         else:
-            raise ValueError(f"unknown weights source {source!r} (no such file either); valid forms: {VALID_SOURCES}")
+            raise ConfigError(f"unknown weights source {source!r} (no such file either); valid forms: {VALID_SOURCES}")
     meta["source"] = source
     return state, _reconcile(state, meta)
 
@@ -147,7 +150,7 @@ def _torchvision_weights(name: str) -> tuple[str, dict]:
     try:
         w = get_weight(name)
     except (ValueError, KeyError, AttributeError):
-        raise ValueError(
+        raise ConfigError(
             f"unknown torchvision weights {name!r}; write them as 'torchvision:<Weights>.<TAG>', e.g. "
             "'torchvision:ResNet50_Weights.IMAGENET1K_V2' (torchvision.models.get_model_weights('resnet50') "
             "lists them)") from None
@@ -214,7 +217,7 @@ def _read_json(path: Path) -> dict:
     try:
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
-        raise ValueError(f"could not read {path} as JSON ({e})") from None
+        raise CheckpointError(f"could not read {path} as JSON ({e})") from None
 
 
 def _from_hf_repo(repo: str, revision: str, *, cfg: Any, model_name: str) -> tuple[State, dict]:
@@ -320,8 +323,8 @@ def _to_ours(state: State, config: dict | None = None) -> tuple[State, str]:
             raise
         if _looks_like_ours(state):
             return state, "resnet_tune"
-        raise ValueError("these weights are not in torchvision/timm names and the weight converters "
-                         "(resnet_tune.models.convert) are not available to convert them") from None
+        raise CheckpointError("these weights are not in torchvision/timm names and the weight converters "
+                              "(resnet_tune.models.convert) are not available to convert them") from None
     fmt = detect_format(state)
     if fmt == "transformers" and config is not None:
         from .convert.transformers import from_transformers
@@ -346,8 +349,8 @@ def _from_transformers_names(state: State, config: dict, *, cfg: Any, model_name
     except ImportError as e:
         if not _missing_converter(e):
             raise
-        raise ValueError("converting Hugging Face transformers weights needs resnet_tune.models.convert, "
-                         "which is not available") from None
+        raise CheckpointError("converting Hugging Face transformers weights needs resnet_tune.models.convert, "
+                              "which is not available") from None
     preset, overrides = hf_config_to_overrides(config)
     meta["arch"] = preset
     meta["arch_overrides"] = dict(overrides or {})
@@ -374,7 +377,7 @@ def _check_architecture(preset: str | None, overrides: dict, cfg: Any, model_nam
              for f in type(cfg).__dataclass_fields__
              if f not in _FREE_FIELDS and getattr(cfg, f) != getattr(expected, f)]
     if diffs:
-        raise ValueError(
+        raise CheckpointError(
             f"these Hugging Face weights are for another architecture than {model_name or 'this model'}'s "
             f"(model vs checkpoint: {', '.join(diffs)}); create the model as create_model({(preset or 'custom')!r}"
             f"{''.join(f', {k}={v!r}' for k, v in overrides.items())}, pretrained=...)")
@@ -386,7 +389,7 @@ def _from_local(path: Path, *, cfg: Any, model_name: str, source: str) -> tuple[
     if path.is_dir():
         return _from_local_dir(path, cfg=cfg, model_name=model_name)
     if not path.is_file():
-        raise FileNotFoundError(f"the weights file {str(path)!r} does not exist; check the path")
+        raise PathNotFoundError(f"the weights file {str(path)!r} does not exist; check the path")
     name = path.name.lower()
     kind = ("safetensors" if name.endswith(".safetensors") else
             "keras" if name.endswith(KERAS_EXTS) else
@@ -398,8 +401,8 @@ def _from_local(path: Path, *, cfg: Any, model_name: str, source: str) -> tuple[
     elif kind == "torch":
         state, meta = _plain_state(_torch_load(path), path)
     else:
-        raise ValueError(f"cannot tell what kind of weights file {str(path)!r} is; name it .safetensors, .pth, "
-                         f".h5, .weights.h5 or .keras (valid sources: {VALID_SOURCES})")
+        raise CheckpointError(f"cannot tell what kind of weights file {str(path)!r} is; name it .safetensors, .pth, "
+                              f".h5, .weights.h5 or .keras (valid sources: {VALID_SOURCES})")
     meta["path"] = str(path)
     if meta.get("format") == "resnet_tune":
         return state, meta
@@ -421,7 +424,7 @@ def _from_local_dir(path: Path, *, cfg: Any, model_name: str) -> tuple[State, di
             weights = path / fname
             break
     else:
-        raise FileNotFoundError(f"the folder {str(path)!r} holds neither model.safetensors nor pytorch_model.bin; "
+        raise PathNotFoundError(f"the folder {str(path)!r} holds neither model.safetensors nor pytorch_model.bin; "
                                 "pass the weights file itself")
     config = _read_json(path / "config.json") if (path / "config.json").is_file() else None
     pre = path / "preprocessor_config.json"
@@ -452,8 +455,8 @@ def _read_safetensors(path: Path) -> tuple[State, dict]:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
     except (SafetensorError, OSError, ValueError) as e:
-        raise ValueError(f"could not read {str(path)!r} as a safetensors file ({e}); the file may be "
-                         "truncated or not a safetensors file") from None
+        raise CheckpointError(f"could not read {str(path)!r} as a safetensors file ({e}); the file may be "
+                              "truncated or not a safetensors file") from None
     meta: dict[str, Any] = {}
     record = metadata.get("resnet_tune")
     if record:
@@ -502,20 +505,20 @@ def _torch_load(path: Path) -> Any:
         m = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
         if m is None:
             detail = re.search(r"WeightsUnpickler error:\s*([^\n]+)", str(e))
-            raise ValueError(
+            raise CheckpointError(
                 f"could not read {str(path)!r} as a PyTorch checkpoint"
                 f"{f' ({detail.group(1).strip()})' if detail else ''}: it is damaged, in another format, or uses "
                 "pickle features that torch.load(weights_only=True) refuses; save plain weights with "
                 "torch.save(model.state_dict(), path) or as .safetensors") from None
         what = f" (it refers to {m.group(1)})"
-        raise ValueError(
+        raise CheckpointError(
             f"refusing to load {str(path)!r}: it is not a plain-tensor checkpoint{what}, and reading it would run "
             "code stored in the file, which resnet-tune never does; if you trust the file, re-save only its "
             "weights, e.g. torch.save(model.state_dict(), 'weights.pth') or as .safetensors") from None
     except (RuntimeError, OSError, EOFError, ValueError) as e:
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ValueError(f"could not read {str(path)!r} as a PyTorch checkpoint ({reason}); "
-                         "the file may be truncated or in another format") from None
+        raise CheckpointError(f"could not read {str(path)!r} as a PyTorch checkpoint ({reason}); "
+                              "the file may be truncated or in another format") from None
 
 
 def _plain_state(obj: Any, path: Path) -> tuple[State, dict]:
@@ -541,8 +544,8 @@ def _plain_state(obj: Any, path: Path) -> tuple[State, dict]:
                 break
     if not isinstance(obj, Mapping) or not obj or not _all_tensors(obj):
         keys = ", ".join(map(repr, list(obj)[:8])) if isinstance(obj, Mapping) else type(obj).__name__
-        raise ValueError(f"{str(path)!r} does not hold a state dict of tensors (found {keys}); save weights with "
-                         "torch.save(model.state_dict(), path)")
+        raise CheckpointError(f"{str(path)!r} does not hold a state dict of tensors (found {keys}); save weights with "
+                              "torch.save(model.state_dict(), path)")
     state = {str(k): v for k, v in obj.items()}
     for prefix in ("module.", "_orig_mod."):  # DistributedDataParallel / torch.compile wrappers
         if all(k.startswith(prefix) for k in state):
@@ -560,16 +563,16 @@ def _read_keras(path: Path) -> State:
         from .convert.keras import from_keras_h5
     except ImportError as e:
         if e.name == "h5py":
-            raise ValueError(no_h5py) from None
+            raise CheckpointError(no_h5py) from None
         if not _missing_converter(e):
             raise
-        raise ValueError("reading Keras weights needs resnet_tune.models.convert.keras, "
-                         "which is not available") from None
+        raise CheckpointError("reading Keras weights needs resnet_tune.models.convert.keras, "
+                              "which is not available") from None
     try:
         return dict(from_keras_h5(path))
     except ModuleNotFoundError as e:
         if e.name == "h5py":
-            raise ValueError(no_h5py) from None
+            raise CheckpointError(no_h5py) from None
         raise
 
 
@@ -590,14 +593,14 @@ def adapt_input_conv(in_chans: int, weight: Tensor) -> Tensor:
     if in_chans == 1:
         if i > 3:
             if i % 3:
-                raise ValueError(f"cannot adapt a {i}-channel input convolution to 1 channel")
+                raise CheckpointError(f"cannot adapt a {i}-channel input convolution to 1 channel")
             w = w.reshape(o, i // 3, 3, kh, kw).sum(dim=2)
         else:
             w = w.sum(dim=1, keepdim=True)
     else:
         if i != 3:
-            raise ValueError(f"cannot adapt a {i}-channel input convolution to {in_chans} channels "
-                             "(only 3-channel weights are adapted)")
+            raise CheckpointError(f"cannot adapt a {i}-channel input convolution to {in_chans} channels "
+                                  "(only 3-channel weights are adapted)")
         w = w.repeat(1, math.ceil(in_chans / 3), 1, 1)[:, :in_chans] * (3 / float(in_chans))
     return w.to(dtype)
 
@@ -618,7 +621,7 @@ def load_pretrained(model: nn.Module, state: Mapping[str, Tensor], *, reset_head
     state = dict(state)
     bad = [k for k, v in state.items() if not isinstance(v, Tensor)]
     if bad:
-        raise ValueError(f"the weights from {where} hold non-tensor values ({', '.join(bad[:5])})")
+        raise CheckpointError(f"the weights from {where} hold non-tensor values ({', '.join(bad[:5])})")
     own = model.state_dict()
 
     for key in ("conv1.weight", "conv1.0.weight"):
@@ -644,13 +647,13 @@ def load_pretrained(model: nn.Module, state: Mapping[str, Tensor], *, reset_head
     shapes = [(k, tuple(state[k].shape), tuple(own[k].shape)) for k in state
               if k in own and tuple(state[k].shape) != tuple(own[k].shape)]
     if missing or unexpected or shapes:
-        raise ValueError(_mismatch_message(model, where, missing, unexpected, shapes))
+        raise CheckpointError(_mismatch_message(model, where, missing, unexpected, shapes))
     for k in keep_own:
         state[k] = own[k]
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:  # e.g. dtype that cannot be cast; shapes were checked above
-        raise ValueError(f"could not load the weights from {where}: {str(e).splitlines()[0]}") from None
+        raise CheckpointError(f"could not load the weights from {where}: {str(e).splitlines()[0]}") from None
 
 
 def _mismatch_message(model: nn.Module, where: str, missing: list[str], unexpected: list[str],

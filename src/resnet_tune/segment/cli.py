@@ -60,40 +60,20 @@ HELP = {
 
 
 def _add_seg_options(p: argparse.ArgumentParser) -> None:
+    from ..cli import add_config_options
     from . import config as C
 
-    hints = typing.get_type_hints(C.SegConfig)
-    choices_of = {"strategy": C.STRATEGIES, "optimizer": C.OPTIMIZERS, "schedule": C.SCHEDULES,
-                  "precision": C.PRECISIONS, "head": C.HEADS, "class_weights": C.CLASS_WEIGHTS, "loader": C.LOADERS,
-                  "eval_mode": C.EVAL_MODES, "output_stride": (8, 16, 32)}
-    for f in dataclasses.fields(C.SegConfig):
-        flag = "--" + f.name.replace("_", "-")
-        kind = hints[f.name]
-        args = typing.get_args(kind)
-        base = next((a for a in args if a is not type(None)), kind) if args else kind
-        if base is Any:
-            base = str
-        default_txt = "" if f.default is None else f" (default: {f.default:.4g})" if isinstance(f.default, float) \
-            else f" (default: {f.default})"
-        help_txt = HELP.get(f.name, f.name.replace("_", " ")) + default_txt
-        if base is bool:
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_txt)
-        else:
-            choices = choices_of.get(f.name)
-            p.add_argument(flag, type=base, default=argparse.SUPPRESS, choices=choices, help=help_txt,
-                           metavar=f.name.upper() if choices is None else None)
+    add_config_options(p, C.SegConfig, HELP, {
+        "strategy": C.STRATEGIES, "optimizer": C.OPTIMIZERS, "schedule": C.SCHEDULES, "precision": C.PRECISIONS,
+        "head": C.HEADS, "class_weights": C.CLASS_WEIGHTS, "loader": C.LOADERS, "eval_mode": C.EVAL_MODES,
+        "output_stride": (8, 16, 32)})
 
 
 def _seg_config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    from .config import SegConfig, from_dict, load_yaml
+    from ..cli import config_values
+    from .config import SegConfig, from_dict
 
-    values: dict[str, Any] = {}
-    if getattr(args, "config", None):
-        values.update(load_yaml(args.config))
-    for f in dataclasses.fields(SegConfig):
-        if hasattr(args, f.name):
-            values[f.name] = getattr(args, f.name)
-    return from_dict(values, source=args.config or "command line")
+    return from_dict(config_values(args, SegConfig), source=getattr(args, "config", None) or "command line")
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
@@ -168,7 +148,7 @@ def register(add: Callable[..., argparse.ArgumentParser]) -> None:
             "DIR/train/images/x.jpg with DIR/train/masks/x.png (class ids), val/test alike.")
     p.set_defaults(_segment_parser=p)
     sub = p.add_subparsers(dest="segment_command", metavar="COMMAND")
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    from ..cli import HelpFormatter as fmt
 
     t = sub.add_parser("train", help="train or fine-tune a segmentation model", formatter_class=fmt,
                        description="Train a segmentation model. Every option can also come from a YAML file "
@@ -181,7 +161,7 @@ def register(add: Callable[..., argparse.ArgumentParser]) -> None:
     def model_cmd(q: argparse.ArgumentParser) -> None:
         q.add_argument("checkpoint", metavar="CHECKPOINT", help="a run folder (its best checkpoint) or a "
                                                                 ".safetensors checkpoint")
-        q.add_argument("--device", default="auto")
+        q.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
         q.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
                        help="auto = bf16 where the hardware has it")
         q.add_argument("--mode", choices=("full", "sliding"), default=None,
@@ -195,14 +175,16 @@ def register(add: Callable[..., argparse.ArgumentParser]) -> None:
     e.add_argument("--data", required=True, help="images + masks: a split layout (its test split, else val) or "
                                                  "DIR/images + DIR/masks")
     e.add_argument("--output", help="folder for eval.json and plots (default: beside the checkpoint)")
-    e.add_argument("--ignore-index", type=int, default=None, help="default: the checkpoint's")
+    e.add_argument("--ignore-index", type=int, default=None, help="mask value left out of the metrics (default: "
+                                                                 "the checkpoint's)")
     e.add_argument("--classes", default=None, help="class table for colour masks (default: one found in DIR)")
     e.add_argument("--limit", type=int, default=None, help="evaluate at most this many images")
-    e.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
+    e.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                   help="progress bars on a terminal")
 
     q = sub.add_parser("predict", help="class masks, colour masks and overlays for images", formatter_class=fmt)
     q.set_defaults(func=cmd_predict)
     model_cmd(q)
-    q.add_argument("images", nargs="+", metavar="IMAGES_OR_DIR")
+    q.add_argument("images", nargs="+", metavar="IMAGES_OR_DIR", help="image files or folders (searched recursively)")
     q.add_argument("--output", required=True, metavar="DIR",
                    help="writes NAME_mask.png (class ids), NAME_color.png, NAME_overlay.png and predictions.json")

@@ -35,6 +35,7 @@ import torch
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 from ..data.datasets import BadImageError, decode_image, is_image_file
+from ..data.files import FolderWalker, real_path
 from ..data.scan import ScanReport
 from ..errors import DataError
 
@@ -192,18 +193,6 @@ class SegSplits:
         return f"{self.layout}: {', '.join(parts)} images"
 
 
-def _is_junk(name: str) -> bool:
-    return name.startswith(".") or name.lower() in ("thumbs.db", "desktop.ini", "__macosx")
-
-
-def _files(folder: Path) -> list[Path]:
-    out: list[Path] = []
-    for r, dirs, files in os.walk(folder, followlinks=True):
-        dirs[:] = sorted(d for d in dirs if not _is_junk(d))
-        out.extend(Path(r) / f for f in sorted(files) if not _is_junk(f))
-    return sorted(out)
-
-
 def _child(folder: Path, names: Sequence[str]) -> Path | None:
     if not folder.is_dir():
         return None
@@ -214,13 +203,13 @@ def _child(folder: Path, names: Sequence[str]) -> Path | None:
     return None
 
 
-def _pair_folder(images: Path, masks: Path | None) -> tuple[list[Pair], list[str]]:
+def _pair_folder(images: Path, masks: Path | None, walker: FolderWalker) -> tuple[list[Pair], list[str]]:
     """Pair each image under ``images`` with the mask of the same relative stem under ``masks``."""
-    mask_files = [m for m in _files(masks) if is_image_file(m)] if masks is not None else []
+    mask_files = [Path(m) for m in walker.files(masks) if is_image_file(m)] if masks is not None else []
     by_key = {str(m.relative_to(masks).with_suffix("")): m for m in mask_files} if masks is not None else {}
     used: set[str] = set()
     pairs = []
-    for img in _files(images):
+    for img in map(Path, walker.files(images)):
         key = str(img.relative_to(images).with_suffix(""))
         mask = None
         for suffix in MASK_SUFFIXES:
@@ -231,6 +220,31 @@ def _pair_folder(images: Path, masks: Path | None) -> tuple[list[Pair], list[str
         pairs.append(Pair(str(img.resolve()), str(mask.resolve()) if mask else None))
     orphans = [str(m) for k, m in by_key.items() if k not in used]
     return pairs, orphans
+
+
+def _pair_walker(*folders: Path) -> FolderWalker:
+    """A walker that keeps the images and masks folders of ``folders`` (split folders or the root) apart."""
+    owned = [sub for f in folders for sub in (_child(f, IMAGE_DIRS), _child(f, MASK_DIRS)) if sub is not None]
+    return FolderWalker(owned)
+
+
+def _unique_pairs(splits: dict[str, list[Pair]]) -> list[str]:
+    """Keep each image once, in its first split in the order train, val, test; returns what was dropped."""
+    seen: set[str] = set()
+    dropped: dict[str, int] = {}
+    for name in ("train", "val", "test"):
+        kept = []
+        for pair in splits.get(name) or []:
+            key = real_path(pair.image)
+            if key in seen:
+                dropped[name] = dropped.get(name, 0) + 1
+                continue
+            seen.add(key)
+            kept.append(pair)
+        if name in splits and splits[name] is not None:
+            splits[name] = kept
+    return [f"{n} image(s) of the {name} split are listed twice or also in an earlier split; each is used once, "
+            "in the first split it appears in" for name, n in dropped.items()]
 
 
 def _seeded_split(pairs: list[Pair], val_fraction: float, seed: int) -> tuple[list[Pair], list[Pair]]:
@@ -265,6 +279,7 @@ def discover_pairs(data: str | os.PathLike[str], *, val_fraction: float = 0.2, s
             splits[s] = e
     orphans: list[str] = []
     notes: list[str] = []
+    walker = _pair_walker(*(list(splits.values()) or [root]))
 
     def pairs_of(folder: Path) -> list[Pair]:
         images = _child(folder, IMAGE_DIRS)
@@ -273,7 +288,7 @@ def discover_pairs(data: str | os.PathLike[str], *, val_fraction: float = 0.2, s
         if masks is None:
             raise DataError(f"{folder} has an images folder but no masks folder; put each image's mask (same file "
                             f"name, .png) in {folder / 'masks'}.")
-        found, orphan = _pair_folder(images, masks)
+        found, orphan = _pair_folder(images, masks, walker)
         orphans.extend(orphan)
         return found
 
@@ -282,26 +297,31 @@ def discover_pairs(data: str | os.PathLike[str], *, val_fraction: float = 0.2, s
             raise DataError(f"data folder {root} has {' and '.join(sorted(splits))} folder(s) but no train folder; "
                             f"add {root}/train/images and {root}/train/masks.")
         train = pairs_of(splits["train"])
+        val = pairs_of(splits["val"]) if "val" in splits else None
         test = None
         if "test" in splits and _child(splits["test"], MASK_DIRS) is None:
             notes.append(f"the test folder {splits['test']} has no masks folder, so it is not used")
         elif "test" in splits:
             test = pairs_of(splits["test"])
-        if "val" in splits:
-            val = pairs_of(splits["val"])
+        found = {"train": train, "val": val, "test": test}
+        notes += _unique_pairs(found)
+        train, val, test = found["train"], found["val"], found["test"]
+        if val is not None:
             layout = "split folders"
         else:
             train, val = _seeded_split(train, val_fraction, seed)
             layout = f"split folders, {val_fraction:.0%} of train held out for validation (seed {seed})"
     elif _child(root, IMAGE_DIRS) is not None:
-        train, val = _seeded_split(pairs_of(root), val_fraction, seed)
+        found = {"train": pairs_of(root)}
+        notes += _unique_pairs(found)
+        train, val = _seeded_split(found["train"], val_fraction, seed)
         test = None
         layout = f"images/ + masks/, {val_fraction:.0%} held out for validation (seed {seed})"
     else:
         raise _layout_error(root)
     if not train:
         raise DataError(f"no training images were found in {root}; put them in {root}/train/images.")
-    return SegSplits(train, val, test, str(root), layout, orphans, notes)
+    return SegSplits(train, val, test, str(root), layout, orphans, walker.notes + notes)
 
 
 def discover_eval_pairs(data: str | os.PathLike[str]) -> tuple[list[Pair], str]:
@@ -316,14 +336,21 @@ def discover_eval_pairs(data: str | os.PathLike[str]) -> tuple[list[Pair], str]:
             masks = _child(folder, MASK_DIRS)
             if masks is None:
                 raise DataError(f"{folder} has no masks folder; evaluation needs ground-truth masks.")
-            return _pair_folder(_child(folder, IMAGE_DIRS), masks)[0], label  # type: ignore[arg-type]
+            pairs = _pair_folder(_child(folder, IMAGE_DIRS), masks, _pair_walker(folder))[0]  # type: ignore[arg-type]
+            return _unique(pairs), label
     images = _child(root, IMAGE_DIRS)
     if images is None:
         raise _layout_error(root)
     masks = _child(root, MASK_DIRS)
     if masks is None:
         raise DataError(f"{root} has no masks folder; evaluation needs ground-truth masks in {root / 'masks'}.")
-    return _pair_folder(images, masks)[0], "all"
+    return _unique(_pair_folder(images, masks, _pair_walker(root))[0]), "all"
+
+
+def _unique(pairs: list[Pair]) -> list[Pair]:
+    found = {"test": pairs}
+    _unique_pairs(found)
+    return found["test"]
 
 
 # ----------------------------------------------------------------------------------------- masks

@@ -128,7 +128,11 @@ class SegTrainer:
         else:
             stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
             out = Path("runs") / f"seg-{cfg.model}-{cfg.head}-{stamp}"
-        out.mkdir(parents=True, exist_ok=True)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise ConfigError(f"cannot create the run folder {out} ({err.strerror or err}); choose another "
+                              "--output.") from None
         return out
 
     def _data(self, device: torch.device, mean: tuple) -> dict[str, Any]:
@@ -189,6 +193,9 @@ class SegTrainer:
         from .model import backbone_state, create_segmenter
 
         cfg = self.cfg
+        from ..models import get_preset
+
+        get_preset(cfg.model)  # a misspelt name stops here, before the data is read
         set_threads(cfg.threads)
         device = resolve_device(cfg.device)
         precision = resolve_precision(cfg.precision, device)

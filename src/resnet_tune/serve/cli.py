@@ -94,7 +94,7 @@ def register(add: Callable[..., Any]) -> None:
             "Where in IMAGE the evidence for a class lies (Grad-CAM on the last stage), blended over the part of "
             "the image the model sees.")
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="a run folder or a .safetensors checkpoint")
-    p.add_argument("image", metavar="IMAGE")
+    p.add_argument("image", metavar="IMAGE", help="the image to explain")
     p.add_argument("--output", "-o", help="the PNG to write (default: IMAGE.gradcam.png beside the image)")
     p.add_argument("--class", dest="class_name", metavar="NAME", help="class to explain (default: the predicted "
                                                                       "one)")

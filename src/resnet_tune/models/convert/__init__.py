@@ -20,6 +20,7 @@ from typing import Any, Mapping
 
 from torch import Tensor
 
+from ...errors import CheckpointError
 from ._common import RESNET_TUNE_KEY, check_tensors, list_keys, strip_prefix
 from .keras import from_keras_h5, from_keras_model, keras_arch_from_weights, read_keras_h5
 from .timm import from_timm
@@ -52,16 +53,17 @@ def detect_format(state: Mapping[str, Tensor]) -> str:
     if not unknown:
         return "resnet_tune"
     if any(_KERAS_NAME.search(k) for k in unknown):
-        raise ValueError("these weights use Keras layer names (conv2_block1_1_conv, ...); load the Keras file with "
-                         "resnet_tune.models.convert.from_keras_h5 instead")
+        raise CheckpointError("these weights use Keras layer names (conv2_block1_1_conv, ...); load the Keras file "
+                              "with resnet_tune.models.convert.from_keras_h5 instead")
     if any(k.startswith(("stem.", "stages.")) for k in unknown):
-        raise ValueError("these weights look like timm's ResNetV2/BiT or another 'stem./stages.' model, which is a "
-                         f"different architecture from resnet_tune's ResNet; unrecognised keys: {list_keys(unknown)}")
+        raise CheckpointError("these weights look like timm's ResNetV2/BiT or another 'stem./stages.' model, which "
+                              "is a different architecture from resnet_tune's ResNet; unrecognised keys: "
+                              f"{list_keys(unknown)}")
     if len(unknown) < len(keys):
-        raise ValueError(f"these weights look like a torchvision/timm ResNet but {len(unknown)} key(s) have no "
-                         f"counterpart in resnet_tune's ResNet: {list_keys(unknown)}")
-    raise ValueError(f"cannot tell the format of these weights: none of their keys is a ResNet parameter in a known "
-                     f"layout (torchvision/timm, Hugging Face); first keys: {list_keys(keys, 6)}")
+        raise CheckpointError(f"these weights look like a torchvision/timm ResNet but {len(unknown)} key(s) have no "
+                              f"counterpart in resnet_tune's ResNet: {list_keys(unknown)}")
+    raise CheckpointError("cannot tell the format of these weights: none of their keys is a ResNet parameter in a "
+                          f"known layout (torchvision/timm, Hugging Face); first keys: {list_keys(keys, 6)}")
 
 
 def to_resnet_tune(state: Mapping[str, Tensor], fmt: str | None = None, **kwargs: Any) -> dict[str, Tensor]:
@@ -73,12 +75,12 @@ def to_resnet_tune(state: Mapping[str, Tensor], fmt: str | None = None, **kwargs
         fmt = detect_format(state)
     fmt = {"hf": "transformers", "huggingface": "transformers", "tv": "torchvision"}.get(fmt, fmt)
     if fmt == "keras":
-        raise ValueError("Keras weights are converted from files or models: use from_keras_h5(path) or "
-                         "from_keras_model(model)")
+        raise CheckpointError("Keras weights are converted from files or models: use from_keras_h5(path) or "
+                              "from_keras_model(model)")
     if fmt in ("resnet_tune", "timm"):
         return from_timm(state, **kwargs)
     if fmt == "torchvision":
         return from_torchvision(state, **kwargs)
     if fmt == "transformers":
         return from_transformers(state, **kwargs)
-    raise ValueError(f"unknown weights format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    raise CheckpointError(f"unknown weights format {fmt!r}; choose one of {', '.join(FORMATS)}")

@@ -7,6 +7,8 @@ from typing import Iterable, Mapping
 
 from torch import Tensor
 
+from ...errors import CheckpointError
+
 _BN = r"(weight|bias|running_mean|running_var|num_batches_tracked)"
 
 # torchvision's ResNet / Wide ResNet / ResNeXt state dict (a subset of ours).
@@ -38,15 +40,15 @@ def list_keys(keys: Iterable[str], limit: int = MAX_LISTED) -> str:
 def check_tensors(state: Mapping[str, object], what: str = "state dict") -> None:
     """Raise a helpful ``ValueError`` for something that is not a flat ``{name: tensor}`` mapping."""
     if not isinstance(state, Mapping):
-        raise ValueError(f"expected a {what} (a mapping of names to tensors), got {type(state).__name__}")
+        raise CheckpointError(f"expected a {what} (a mapping of names to tensors), got {type(state).__name__}")
     if not state:
-        raise ValueError(f"the {what} is empty: there are no weights to convert")
+        raise CheckpointError(f"the {what} is empty: there are no weights to convert")
     bad = [k for k, v in state.items() if not isinstance(v, Tensor)]
     if bad:
         wrappers = [k for k in bad if k in ("state_dict", "model", "model_state_dict", "module", "ema", "params")]
         hint = (f" It looks like a training checkpoint: pass its {wrappers[0]!r} entry instead." if wrappers
                 else "")
-        raise ValueError(f"the {what} has entries that are not tensors: {list_keys(bad)}.{hint}")
+        raise CheckpointError(f"the {what} has entries that are not tensors: {list_keys(bad)}.{hint}")
 
 
 def strip_prefix(state: Mapping[str, Tensor],
@@ -68,7 +70,7 @@ def check_keys(state: Mapping[str, Tensor], pattern: re.Pattern[str], source: st
     """Raise ``ValueError`` naming every key that ``pattern`` does not accept."""
     bad = [k for k in state if not pattern.match(k)]
     if bad:
-        raise ValueError(
+        raise CheckpointError(
             f"{len(bad)} key(s) of this {source} state dict have no counterpart in {target}: {list_keys(bad)}. "
             "Nothing was converted; check that the checkpoint is a ResNet of this family."
         )

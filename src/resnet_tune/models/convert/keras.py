@@ -44,6 +44,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ...errors import CheckpointError, PathNotFoundError
 from ._common import list_keys
 
 __all__ = ["from_keras_h5", "from_keras_model", "keras_arch_from_weights", "keras_layer_order", "read_keras_h5"]
@@ -102,7 +103,7 @@ def _to_tensor(arr: np.ndarray) -> Tensor:
     if arr.dtype == np.uint16 or arr.dtype.name == "bfloat16":  # raw bfloat16 words, or ml_dtypes' bfloat16
         return torch.from_numpy(arr.view(np.int16).copy()).view(torch.bfloat16)
     if arr.dtype.kind != "f":
-        raise ValueError(f"expected floating-point weights, got dtype {arr.dtype}")
+        raise CheckpointError(f"expected floating-point weights, got dtype {arr.dtype}")
     return torch.from_numpy(arr.copy())
 
 
@@ -117,7 +118,7 @@ def _read_legacy(root: Any) -> KerasLayers:
             if not _is_resnet_layer(layer) and _is_resnet_layer(group_name):
                 layer = group_name
             if var in layers.get(layer, {}):
-                raise ValueError(f"the file holds the weight {layer}/{var} twice")
+                raise CheckpointError(f"the file holds the weight {layer}/{var} twice")
             layers.setdefault(layer, {})[var] = _read_dataset(group[weight_name])
     return layers
 
@@ -153,7 +154,7 @@ def _paths_from_config(config: Mapping[str, Any], prefix: str = "layers") -> dic
 def keras_layer_order(depth: int, v2: bool = False) -> list[str]:
     """The names of the weighted layers of ``keras.applications.ResNet{depth}[V2]``, in ``model.layers`` order."""
     if depth not in _LAYERS_OF_DEPTH:
-        raise ValueError(f"Keras ResNets have depth 50, 101 or 152, not {depth}")
+        raise CheckpointError(f"Keras ResNets have depth 50, 101 or 152, not {depth}")
     out = ["conv1_conv"] + ([] if v2 else ["conv1_bn"])
     for s, n in enumerate(_LAYERS_OF_DEPTH[depth], start=2):
         for b in range(1, n + 1):
@@ -176,15 +177,15 @@ def _names_from_layer_order(paths: list[str]) -> dict[str, str]:
     for path in paths:
         m = _CLASS_GROUP.match(path.rsplit("/", 1)[-1])
         if not m:
-            raise ValueError(f"cannot tell which layer the weights at {path!r} belong to (the file records no layer "
-                             "names)")
+            raise CheckpointError(f"cannot tell which layer the weights at {path!r} belong to (the file records no "
+                                  "layer names)")
         by_class[m.group(1)].append((int(m.group(2) or 0), path))
     n_conv, n_bn, n_dense = (len(by_class[c]) for c in ("conv2d", "batch_normalization", "dense"))
     v2 = n_bn == n_conv - 4
     blocks, rem = divmod(n_conv - 5, 3)
     depth = {16: 50, 33: 101, 50: 152}.get(blocks)
     if rem or depth is None or not (v2 or n_bn == n_conv) or n_dense > 1:
-        raise ValueError(
+        raise CheckpointError(
             f"this weights file records no layer names and its {n_conv} convolutions / {n_bn} batch norms / {n_dense} "
             "dense layers do not match a keras.applications ResNet; load the .keras file (which has the model "
             "config) or re-save the weights with a recent Keras"
@@ -229,14 +230,14 @@ def _read_keras3(f: Any, config: Mapping[str, Any] | None) -> KerasLayers:
     for path, layer_name, arrays in entries:
         name = layer_name or guessed.get(path) or path.rsplit("/", 1)[-1]
         if name in layers:
-            raise ValueError(f"the file holds two layers named {name!r}")
+            raise CheckpointError(f"the file holds two layers named {name!r}")
         kind = _kind(name)
         var_names = _VARS[kind]
         if not _is_resnet_layer(name):
             var_names = tuple(str(i) for i in range(len(arrays)))
         elif len(arrays) > len(var_names) or (kind == "bn" and len(arrays) != 4):
-            raise ValueError(f"layer {name!r} has {len(arrays)} weights; a Keras ResNet's {kind} layer has "
-                             f"{' and '.join(var_names) if kind != 'bn' else 'four'}")
+            raise CheckpointError(f"layer {name!r} has {len(arrays)} weights; a Keras ResNet's {kind} layer has "
+                                  f"{' and '.join(var_names) if kind != 'bn' else 'four'}")
         layers[name] = dict(zip(var_names, arrays))
     return layers
 
@@ -245,7 +246,7 @@ def read_keras_h5(path: str | os.PathLike[str]) -> KerasLayers:
     """The raw weights of a Keras file: ``{layer name: {variable name: array}}`` (Keras layouts, no conversion)."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"no such Keras weights file: {path}")
+        raise PathNotFoundError(f"no such Keras weights file: {path}")
     import h5py
 
     if zipfile.is_zipfile(path):
@@ -253,7 +254,7 @@ def read_keras_h5(path: str | os.PathLike[str]) -> KerasLayers:
             members = z.namelist()
             if "model.weights.h5" not in members:
                 extra = " (sharded weights are not supported)" if "model.weights.json" in members else ""
-                raise ValueError(f"{path} is a zip but holds no model.weights.h5{extra}; is it a .keras file?")
+                raise CheckpointError(f"{path} is a zip but holds no model.weights.h5{extra}; is it a .keras file?")
             data = z.read("model.weights.h5")
             config = json.loads(z.read("config.json")) if "config.json" in members else None
         with h5py.File(io.BytesIO(data), "r") as f:
@@ -261,14 +262,15 @@ def read_keras_h5(path: str | os.PathLike[str]) -> KerasLayers:
     try:
         f = h5py.File(path, "r")
     except OSError as e:
-        raise ValueError(f"{path} is neither an HDF5 file nor a .keras zip: {e}") from None
+        raise CheckpointError(f"{path} is neither an HDF5 file nor a .keras zip: {e}") from None
     with f:
         root = f["model_weights"] if "model_weights" in f else f
         if "layer_names" in root.attrs or "layer_names0" in root.attrs:
             return _read_legacy(root)
         if any(k in f for k in ("layers", "_layer_checkpoint_dependencies")):
             return _read_keras3(f, None)
-    raise ValueError(f"{path} is an HDF5 file but not Keras weights (no 'layer_names' attribute and no 'layers' group)")
+    raise CheckpointError(f"{path} is an HDF5 file but not Keras weights (no 'layer_names' attribute and no 'layers' "
+                          "group)")
 
 
 # --- mapping to our names -------------------------------------------------------------------------
@@ -283,7 +285,7 @@ def _our_prefix(name: str, v2: bool) -> str:
     base = f"layer{stage - 1}.{block - 1}."
     if not v2:
         if part == "preact":
-            raise ValueError(f"layer {name!r} belongs to a V2 (pre-activation) model")
+            raise CheckpointError(f"layer {name!r} belongs to a V2 (pre-activation) model")
         if part == "0":
             return base + ("downsample.0" if kind == "conv" else "downsample.1")
         return base + f"{kind}{part}"
@@ -291,11 +293,11 @@ def _our_prefix(name: str, v2: bool) -> str:
         return base + "bn1"
     if part == "0":
         if kind == "bn":
-            raise ValueError(f"layer {name!r} does not exist in ResNetV2 (its shortcut has no batch norm)")
+            raise CheckpointError(f"layer {name!r} does not exist in ResNetV2 (its shortcut has no batch norm)")
         return base + "downsample"
     if kind == "bn":
         if part == "3":
-            raise ValueError(f"layer {name!r} does not exist in ResNetV2")
+            raise CheckpointError(f"layer {name!r} does not exist in ResNetV2")
         return base + f"bn{int(part) + 1}"
     return base + f"conv{part}"
 
@@ -303,13 +305,13 @@ def _our_prefix(name: str, v2: bool) -> str:
 def _layers_to_state(layers: Mapping[str, Mapping[str, np.ndarray]], strict: bool) -> dict[str, Tensor]:
     weighted = {n: v for n, v in layers.items() if v}
     if not weighted:
-        raise ValueError("no weights found")
+        raise CheckpointError("no weights found")
     unknown = [n for n in weighted if not _is_resnet_layer(n)]
     if unknown:
         msg = (f"{len(unknown)} Keras layer(s) with weights are not part of a keras.applications ResNet: "
                f"{list_keys(unknown)}")
         if strict:
-            raise ValueError(msg + "; pass strict=False to skip them (e.g. a custom head)")
+            raise CheckpointError(msg + "; pass strict=False to skip them (e.g. a custom head)")
         warnings.warn(msg + "; they were skipped", stacklevel=3)
     v2 = any(n.endswith("_preact_bn") or n == "post_bn" for n in weighted)
     state: dict[str, Tensor] = {}
@@ -320,27 +322,27 @@ def _layers_to_state(layers: Mapping[str, Mapping[str, np.ndarray]], strict: boo
         kind = _kind(name)
         extra = sorted(set(vars_) - set(_VARS[kind]))
         if extra:
-            raise ValueError(f"layer {name!r} has unexpected weights {extra}")
+            raise CheckpointError(f"layer {name!r} has unexpected weights {extra}")
         if kind == "bn":
             missing = [v for v in _VARS["bn"] if v not in vars_]
             if missing:
-                raise ValueError(f"batch norm {name!r} lacks {missing}")
+                raise CheckpointError(f"batch norm {name!r} lacks {missing}")
             for var, ours in _BN_TO_OURS.items():
                 state[f"{prefix}.{ours}"] = _to_tensor(vars_[var])
             state[f"{prefix}.num_batches_tracked"] = torch.tensor(0, dtype=torch.long)
             continue
         if "kernel" not in vars_:
-            raise ValueError(f"layer {name!r} has no kernel")
+            raise CheckpointError(f"layer {name!r} has no kernel")
         kernel = _to_tensor(vars_["kernel"])
         if kind == "conv":
             if kernel.ndim != 4:
-                raise ValueError(f"convolution {name!r} has a kernel of shape {tuple(kernel.shape)}, "
-                                 "expected (h, w, in, out)")
+                raise CheckpointError(f"convolution {name!r} has a kernel of shape {tuple(kernel.shape)}, "
+                                      "expected (h, w, in, out)")
             state[f"{prefix}.weight"] = kernel.permute(3, 2, 0, 1).contiguous()
         else:
             if kernel.ndim != 2:
-                raise ValueError(f"dense layer {name!r} has a kernel of shape {tuple(kernel.shape)}, "
-                                 "expected (in, out)")
+                raise CheckpointError(f"dense layer {name!r} has a kernel of shape {tuple(kernel.shape)}, "
+                                      "expected (in, out)")
             state[f"{prefix}.weight"] = kernel.t().contiguous()
         if "bias" in vars_:
             state[f"{prefix}.bias"] = _to_tensor(vars_["bias"])
@@ -375,7 +377,7 @@ def _model_layers(model: Any) -> KerasLayers:
             if not weights:
                 continue
             if layer.name in layers:
-                raise ValueError(f"the model has two layers named {layer.name!r}")
+                raise CheckpointError(f"the model has two layers named {layer.name!r}")
             values = layer.get_weights()
             layers[layer.name] = {_var_name(w): np.asarray(v) for w, v in zip(weights, values)}
 
@@ -386,7 +388,7 @@ def _model_layers(model: Any) -> KerasLayers:
 def from_keras_model(model: Any, *, strict: bool = True) -> dict[str, Tensor]:
     """Weights of a live ``keras.applications.ResNet*`` model (Keras 2 or 3, any backend) in our names."""
     if not hasattr(model, "layers"):
-        raise ValueError(f"expected a Keras model, got {type(model).__name__}")
+        raise CheckpointError(f"expected a Keras model, got {type(model).__name__}")
     return _layers_to_state(_model_layers(model), strict)
 
 
@@ -394,8 +396,9 @@ def _arch_from_counts(blocks: Mapping[int, int], v2: bool, what: str) -> str:
     layers = tuple(blocks.get(s, 0) for s in range(min(blocks, default=0), max(blocks, default=-1) + 1))
     depth = _DEPTHS.get(layers)
     if depth is None:
-        raise ValueError(f"{what} has {layers} blocks per stage, which is not a Keras ResNet "
-                         f"(50: {_LAYERS_OF_DEPTH[50]}, 101: {_LAYERS_OF_DEPTH[101]}, 152: {_LAYERS_OF_DEPTH[152]})")
+        raise CheckpointError(f"{what} has {layers} blocks per stage, which is not a Keras ResNet "
+                              f"(50: {_LAYERS_OF_DEPTH[50]}, 101: {_LAYERS_OF_DEPTH[101]}, "
+                              f"152: {_LAYERS_OF_DEPTH[152]})")
     return f"keras_resnet{depth}{'v2' if v2 else ''}"
 
 
@@ -420,7 +423,7 @@ def keras_arch_from_weights(source: str | os.PathLike[str] | Mapping[str, Any] |
                 blocks.setdefault(int(m.group(1)) + 1, set()).add(int(m.group(2)))
         v2 = any(k.startswith("norm.") for k in source)
         if "conv1.bias" not in source:
-            raise ValueError("this state dict is not from a Keras ResNet (its stem convolution has no bias)")
+            raise CheckpointError("this state dict is not from a Keras ResNet (its stem convolution has no bias)")
         return _arch_from_counts({s: len(b) for s, b in blocks.items()}, v2, "the state dict")
     else:
         names = [str(n) for n in source]
@@ -432,6 +435,6 @@ def keras_arch_from_weights(source: str | os.PathLike[str] | Mapping[str, Any] |
             s, b = int(m.group(1)), int(m.group(2))
             blocks_k[s] = max(blocks_k.get(s, 0), b)
     if not blocks_k:
-        raise ValueError(f"{what} holds no Keras ResNet layers (convS_blockB_...)")
+        raise CheckpointError(f"{what} holds no Keras ResNet layers (convS_blockB_...)")
     v2 = any(n.endswith("_preact_bn") or n == "post_bn" for n in names)
     return _arch_from_counts(blocks_k, v2, what)

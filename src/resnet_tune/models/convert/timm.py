@@ -13,6 +13,7 @@ from typing import Mapping
 
 from torch import Tensor
 
+from ...errors import CheckpointError
 from ._common import RESNET_TUNE_KEY, check_tensors, list_keys, strip_prefix
 
 __all__ = ["from_timm"]
@@ -31,7 +32,7 @@ def from_timm(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
         if any(k.startswith(("stem.", "stages.")) for k in bad):
             hint = (" These look like timm's ResNetV2 / BiT ('stem.', 'stages.') names, a different "
                     "architecture that this converter does not map.")
-        raise ValueError(
+        raise CheckpointError(
             f"{len(bad)} key(s) of this timm state dict have no counterpart in resnet_tune's ResNet: "
             f"{list_keys(bad)}. Nothing was converted.{hint}"
         )

@@ -12,6 +12,7 @@ from typing import Mapping
 
 from torch import Tensor
 
+from ...errors import CheckpointError
 from ._common import TORCHVISION_KEY, check_keys, check_tensors, list_keys, strip_prefix
 
 __all__ = ["from_torchvision", "to_torchvision"]
@@ -54,7 +55,7 @@ def to_torchvision(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
             if example is not None:
                 reasons.append(f"{text}, e.g. {example!r}")
         why = f" (it has {'; '.join(reasons)})" if reasons else ""
-        raise ValueError(
+        raise CheckpointError(
             f"this state dict cannot be expressed as a torchvision ResNet{why}: {len(bad)} key(s) have no "
             f"counterpart there: {list_keys(bad)}"
         )

@@ -23,6 +23,7 @@ from typing import Any, Mapping
 
 from torch import Tensor
 
+from ...errors import CheckpointError
 from ._common import check_tensors, list_keys, strip_prefix
 
 __all__ = ["from_transformers", "hf_config_to_overrides", "is_transformers_state"]
@@ -57,7 +58,8 @@ def _config_dict(config: Any) -> dict[str, Any]:
         return dict(config)
     if hasattr(config, "to_dict"):  # a transformers.ResNetConfig
         return config.to_dict()
-    raise ValueError(f"config must be a config.json dict or a transformers ResNetConfig, got {type(config).__name__}")
+    raise CheckpointError("config must be a config.json dict or a transformers ResNetConfig, got "
+                          f"{type(config).__name__}")
 
 
 def from_transformers(state: Mapping[str, Tensor], config: Mapping[str, Any] | Any | None = None) -> dict[str, Tensor]:
@@ -111,25 +113,28 @@ def from_transformers(state: Mapping[str, Tensor], config: Mapping[str, Any] | A
             continue
         bad.append(key)
     if bad:
-        raise ValueError(
+        raise CheckpointError(
             f"{len(bad)} key(s) of this Hugging Face state dict have no counterpart in resnet_tune's ResNet: "
             f"{list_keys(original[k] for k in bad)}. Nothing was converted."
         )
     if not blocks:
-        raise ValueError("this does not look like a Hugging Face ResNet state dict: it has no 'encoder.stages.' keys")
+        raise CheckpointError("this does not look like a Hugging Face ResNet state dict: it has no "
+                              "'encoder.stages.' keys")
 
     cfg = _config_dict(config)
     if cfg:
         depths = tuple(len(blocks[i]) for i in sorted(blocks))
         want = tuple(cfg.get("depths", depths))
         if depths != want:
-            raise ValueError(f"the weights have {depths} blocks per stage but the config says depths={list(want)}")
+            raise CheckpointError(f"the weights have {depths} blocks per stage but the config says "
+                                  f"depths={list(want)}")
         kind = "bottleneck" if 3 in convs_per_block else "basic"
         if cfg.get("layer_type", kind) != kind:
-            raise ValueError(f"the weights hold {kind} blocks but the config says layer_type={cfg['layer_type']!r}")
+            raise CheckpointError(f"the weights hold {kind} blocks but the config says "
+                                  f"layer_type={cfg['layer_type']!r}")
         act = cfg.get("hidden_act", "relu")
         if act != "relu":
-            raise ValueError(f"hidden_act={act!r} is not supported: resnet_tune's ResNet uses ReLU")
+            raise CheckpointError(f"hidden_act={act!r} is not supported: resnet_tune's ResNet uses ReLU")
     return out
 
 
@@ -148,23 +153,23 @@ def hf_config_to_overrides(config: Mapping[str, Any] | Any) -> tuple[str, dict[s
     """
     cfg = _config_dict(config)
     if not cfg:
-        raise ValueError("the Hugging Face config is empty")
+        raise CheckpointError("the Hugging Face config is empty")
     model_type = cfg.get("model_type", "resnet")
     if model_type != "resnet":
-        raise ValueError(f"expected a Hugging Face 'resnet' config, got model_type={model_type!r}")
+        raise CheckpointError(f"expected a Hugging Face 'resnet' config, got model_type={model_type!r}")
     layer_type = cfg.get("layer_type", "bottleneck")
     if layer_type not in ("basic", "bottleneck"):
-        raise ValueError(f"unknown layer_type {layer_type!r}; Hugging Face ResNets use 'basic' or 'bottleneck'")
+        raise CheckpointError(f"unknown layer_type {layer_type!r}; Hugging Face ResNets use 'basic' or 'bottleneck'")
     act = cfg.get("hidden_act", "relu")
     if act != "relu":
-        raise ValueError(f"hidden_act={act!r} is not supported: resnet_tune's ResNet uses ReLU")
+        raise CheckpointError(f"hidden_act={act!r} is not supported: resnet_tune's ResNet uses ReLU")
     depths = tuple(int(d) for d in cfg.get("depths", (3, 4, 6, 3)))
     hidden = tuple(int(h) for h in cfg.get("hidden_sizes", (256, 512, 1024, 2048)))
     if len(depths) != len(hidden):
-        raise ValueError(f"depths {list(depths)} and hidden_sizes {list(hidden)} need one entry per stage")
+        raise CheckpointError(f"depths {list(depths)} and hidden_sizes {list(hidden)} need one entry per stage")
     expansion = 4 if layer_type == "bottleneck" else 1
     if any(h % expansion for h in hidden):
-        raise ValueError(f"bottleneck hidden_sizes must be multiples of 4, got {list(hidden)}")
+        raise CheckpointError(f"bottleneck hidden_sizes must be multiples of 4, got {list(hidden)}")
     widths = tuple(h // expansion for h in hidden)
 
     name = _PRESETS.get((layer_type, depths), "resnet50" if layer_type == "bottleneck" else "resnet18")
