@@ -245,7 +245,7 @@ def test_two_processes_train_like_one_and_only_rank_0_writes(job: dict) -> None:
     names = sorted(p.name for p in run.iterdir())
     assert names == sorted(["best.json", "best.safetensors", "last.json", "last.safetensors", "last.state.pt",
                             "config.yaml", "metrics.csv", "eval.json", "report.md", "curves.png", "confusion.png",
-                            "worst.png", "data_scan.json", "bad_files.txt"])
+                            "worst.png", "data_scan.json", "bad_files.txt", "val.csv"])
     state = ckpt.load_state(run / ckpt.STATE)
     assert state["world"] == 2 and state["epoch"] == 2
     assert "global batch 8" in (run / "config.yaml").read_text()
