@@ -39,3 +39,11 @@ def image_folder(tmp_path: Path) -> Path:
 def _isolated_caches(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     cache = tmp_path_factory.mktemp("cache")
     monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
+
+
+@pytest.fixture(scope="session")
+def colour_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny colour classifier of test_serve.py as a run folder, trained once for the serve tests."""
+    from test_serve import train_colour_checkpoint
+
+    return train_colour_checkpoint(tmp_path_factory.mktemp("colours"))

@@ -137,8 +137,8 @@ class Server:
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return train_colour_checkpoint(tmp_path_factory.mktemp("colours"))
+def run_dir(colour_run: Path) -> Path:
+    return colour_run  # trained once a session (conftest.py), shared with test_serve_abuse.py
 
 
 @pytest.fixture(scope="module")

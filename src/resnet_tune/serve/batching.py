@@ -5,6 +5,11 @@ Requests put their preprocessed images in a queue. A single worker task takes ev
 a worker thread (the event loop keeps accepting requests meanwhile) and hands each request its rows. While a
 batch runs, new requests queue up and form the next batch, so under load batches grow by themselves; an idle
 server adds at most ``max_wait_ms`` of latency.
+
+The batcher does not bound its queue: the web service admits a bounded number of requests before they get here
+(see ``max_queue`` in :func:`resnet_tune.serve.http.create_app`). A caller that stops waiting (cancelled, timed
+out) leaves its item behind; the worker skips it if it has not run yet. On :meth:`MicroBatcher.stop`, waiting
+callers get :class:`ShuttingDown`.
 """
 
 from __future__ import annotations
@@ -16,7 +21,11 @@ from typing import Callable
 
 import torch
 
-__all__ = ["MicroBatcher"]
+__all__ = ["MicroBatcher", "ShuttingDown"]
+
+
+class ShuttingDown(RuntimeError):
+    """The batcher stopped (the server is shutting down) before this request's forward pass ran."""
 
 
 @dataclass
@@ -40,6 +49,7 @@ class MicroBatcher:
         self._wakeup: asyncio.Event | None = None
         self._full: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
+        self._stopped = False
         self.batches = 0  # statistics: forward passes run, images in them
         self.images = 0
 
@@ -48,6 +58,7 @@ class MicroBatcher:
         self._task = asyncio.create_task(self._loop(), name="resnet-tune-micro-batcher")
 
     async def stop(self) -> None:
+        self._stopped = True
         if self._task is not None:
             self._task.cancel()
             try:
@@ -57,10 +68,15 @@ class MicroBatcher:
             self._task = None
         for item in self._pending:
             if not item.future.done():
-                item.future.set_exception(RuntimeError("the server is shutting down"))
+                item.future.set_exception(ShuttingDown("the server is shutting down"))
         self._pending.clear()
+        self._queued = 0
 
     async def submit(self, x: torch.Tensor) -> torch.Tensor:
+        """The model's output rows for ``x``, computed in a shared forward pass; :class:`ShuttingDown` once
+        :meth:`stop` ran."""
+        if self._stopped:
+            raise ShuttingDown("the server is shutting down")
         if self._task is None or self._wakeup is None or self._full is None:
             raise RuntimeError("MicroBatcher.start() was not awaited")
         loop = asyncio.get_running_loop()
@@ -113,7 +129,7 @@ class MicroBatcher:
             except asyncio.CancelledError:
                 for it in items:
                     if not it.future.done():
-                        it.future.set_exception(RuntimeError("the server is shutting down"))
+                        it.future.set_exception(ShuttingDown("the server is shutting down"))
                 raise
             except Exception as err:  # the model failed: every request in this batch gets the error
                 for it in items:

@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import math
 import os
 import sys
 from typing import Any, Callable
 
 TOKEN_ENV = "RESNET_TUNE_TOKEN"
+# uvicorn's own limits, stated so that they hold whatever its defaults become: an idle keep-alive connection closes
+# after 5 s; request headers over 16 KiB get a 400 (h11, the HTTP parser used unless httptools is installed).
+# limit_concurrency stays unset: past it uvicorn answers a plain-text 503 without Retry-After, while the app's own
+# admission (--max-queue) answers JSON.
+UVICORN_LIMITS = {"timeout_keep_alive": 5, "h11_max_incomplete_event_size": 16 * 1024}
 
 
 def is_loopback(host: str) -> bool:
@@ -36,9 +42,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
                           "install them with pip install 'resnet-tune[serve]'.") from None
     from .http import create_app
 
-    for name in ("max_upload_mb", "max_files", "max_pixels"):
-        if getattr(args, name) <= 0:
-            raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}.")
+    for name in ("max_upload_mb", "max_files", "max_pixels", "max_queue", "request_timeout"):
+        value = getattr(args, name)
+        if not (value > 0 and math.isfinite(value)):
+            raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {value}.")
     if not 0 < args.port < 65536:
         raise ConfigError(f"--port must be between 1 and 65535, got {args.port}.")
     token = args.token or os.environ.get(TOKEN_ENV) or None
@@ -48,12 +55,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
               file=sys.stderr)
     app = create_app(args.checkpoint, max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
                      max_files=args.max_files, max_pixels=args.max_pixels, token=token, batching=args.batch,
-                     max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, device=args.device)
+                     max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, device=args.device,
+                     max_queue=args.max_queue, request_timeout=args.request_timeout)
     host = f"[{args.host}]" if ":" in args.host else args.host
     print(f"serving {args.checkpoint} on http://{host}:{args.port}/ (batching {'on' if args.batch else 'off'}"
           f"{', token required' if token else ''}); Ctrl-C stops", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=args.access_log,
-                server_header=False, timeout_graceful_shutdown=5)
+                server_header=False, timeout_graceful_shutdown=5, **UVICORN_LIMITS)
     return 0
 
 
@@ -74,19 +82,26 @@ def register(add: Callable[..., Any]) -> None:
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="a run folder (its best checkpoint) or a .safetensors "
                                                             "checkpoint")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (anything but loopback should use --token)")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=int, default=8000, help="TCP port to listen on")
     p.add_argument("--max-upload-mb", type=float, default=10.0, help="largest request body in MiB")
     p.add_argument("--max-files", type=int, default=16, help="most images in one request")
     p.add_argument("--max-pixels", type=int, default=40_000_000, help="largest image (width x height), checked "
                                                                        "from the header before decoding")
-    p.add_argument("--token", help=f"require 'Authorization: Bearer TOKEN' on POST endpoints (default: "
-                                   f"${TOKEN_ENV} if set)")
+    p.add_argument("--token", help=f"require 'Authorization: Bearer TOKEN' on POST endpoints; when not given, "
+                                   f"${TOKEN_ENV} is used if set")
     p.add_argument("--batch", action=argparse.BooleanOptionalAction, default=True,
                    help="micro-batch concurrent requests into shared forward passes")
     p.add_argument("--max-batch", type=int, default=32, help="most images in one batched forward pass")
     p.add_argument("--max-wait-ms", type=float, default=2.0, help="how long a batch waits for more requests")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    p.add_argument("--max-queue", type=int, default=64,
+                   help="most POST requests in progress at once (receiving, decoding, waiting for or in the model); "
+                        "one more gets 429 with Retry-After")
+    p.add_argument("--request-timeout", type=float, default=30.0,
+                   help="seconds a client has to send its request body (else 408), and the longest a request waits "
+                        "for the model (else 503 with Retry-After)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps, or auto (the best available)")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
+                   help="uvicorn's log level")
     p.add_argument("--access-log", action=argparse.BooleanOptionalAction, default=False,
                    help="log every request")
 

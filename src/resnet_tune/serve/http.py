@@ -15,6 +15,15 @@ first) and ``/explain`` the colour-coded mask blended over the image as ``image/
 Untrusted input is answered with a 4xx and ``{"detail": "<one sentence>"}``; bodies are bounded by
 ``Content-Length`` before reading and by counting while reading; images are bounded by their pixel count read
 from the header before decoding. With a token, POST endpoints need ``Authorization: Bearer <token>``.
+
+Abuse and overload (``request_timeout``, ``max_queue``; ``--request-timeout``, ``--max-queue`` on the command
+line): a client has ``request_timeout`` seconds to send its whole body, or gets 408 and the connection closes,
+so a client that trickles its upload or stalls after the headers holds its connection and one place in the queue
+for that long and stalls nobody else (the event loop serves other requests meanwhile). At most ``max_queue`` POST
+requests are in progress at once (receiving, decoding, waiting for or in the model, batched or not, ``/predict``
+and ``/explain`` alike); one more gets 429 at once. A request that waits ``request_timeout``
+seconds for the model, or arrives while the server shuts down, gets 503. 429 and 503 carry ``Retry-After``;
+every one of them is ``{"detail": "<one sentence>"}``, never a 500 or a hang.
 """
 
 from __future__ import annotations
@@ -28,7 +37,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
 
 import torch
 from fastapi import Depends, FastAPI, Query, Request
@@ -36,17 +45,26 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
+from .batching import ShuttingDown
 from .images import UploadError, decode_upload
 from .predictor import Predictor
 
-__all__ = ["DEFAULT_MAX_FILES", "DEFAULT_MAX_PIXELS", "DEFAULT_MAX_UPLOAD_BYTES", "create_app"]
+__all__ = ["DEFAULT_MAX_FILES", "DEFAULT_MAX_PIXELS", "DEFAULT_MAX_QUEUE", "DEFAULT_MAX_UPLOAD_BYTES",
+           "DEFAULT_REQUEST_TIMEOUT", "create_app"]
+
+T = TypeVar("T")
 
 log = logging.getLogger("resnet_tune.serve")
 
 DEFAULT_MAX_UPLOAD_BYTES = 10 * 1024 * 1024
 DEFAULT_MAX_FILES = 16
 DEFAULT_MAX_PIXELS = 40_000_000
+DEFAULT_MAX_QUEUE = 64  # POST requests in progress at once
+DEFAULT_REQUEST_TIMEOUT = 30.0  # seconds to send a body, and to wait for the model
+RETRY_AFTER_QUEUE_FULL = 1  # seconds, the Retry-After of a 429
+RETRY_AFTER_BUSY = 5  # seconds, the Retry-After of a 503
 STATIC = Path(__file__).resolve().parent / "static"
 _STATIC_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
                  ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml", ".png": "image/png"}
@@ -106,9 +124,15 @@ _IMAGE_BODY = {
 _ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorDetail, "description": "not an image, truncated, empty, or a malformed request"},
     401: {"model": ErrorDetail, "description": "missing or wrong bearer token (when the server has one)"},
+    408: {"model": ErrorDetail, "description": "the body did not arrive within the server's request timeout"},
     413: {"model": ErrorDetail, "description": "upload over the byte limit, too many files, or an image over the "
                                               "pixel limit"},
     415: {"model": ErrorDetail, "description": "content type is neither multipart/form-data nor image/*"},
+    429: {"model": ErrorDetail, "description": "the server has as many requests in progress as it admits",
+          "headers": {"Retry-After": {"schema": {"type": "integer"}, "description": "seconds to wait"}}},
+    503: {"model": ErrorDetail, "description": "the model stayed busy past the request timeout, or the server is "
+                                              "shutting down",
+          "headers": {"Retry-After": {"schema": {"type": "integer"}, "description": "seconds to wait"}}},
 }
 
 
@@ -150,10 +174,11 @@ class _Upload:
 
 
 class ServerState:
-    """What the endpoints share: the predictor, the limits, the executors and the batcher."""
+    """What the endpoints share: the predictor, the limits, the executors, the batcher and the admission count."""
 
     def __init__(self, predictor: Any, *, max_upload_bytes: int, max_files: int, max_pixels: int,
-                 token: str | None, batching: bool, max_batch: int, max_wait_ms: float) -> None:
+                 token: str | None, batching: bool, max_batch: int, max_wait_ms: float, max_queue: int,
+                 request_timeout: float) -> None:
         from .batching import MicroBatcher
 
         self.predictor = predictor
@@ -170,6 +195,73 @@ class ServerState:
         self.batcher = MicroBatcher(predictor.probs, self.model_pool, max_batch=max_batch,
                                     max_wait_ms=max_wait_ms) if batching else None
         self.started = time.time()
+        self.max_queue, self.request_timeout = max_queue, request_timeout
+        self.in_flight = 0  # POST requests admitted and not finished (only the event loop touches it)
+        self.closing = False  # set when the app shuts down: new work gets 503
+
+    @contextlib.asynccontextmanager
+    async def admitted(self) -> AsyncIterator[None]:
+        """Count one request as in progress while the block runs: 503 while shutting down, 429 when ``max_queue``
+        requests are in progress already."""
+        if self.closing:
+            raise _shutting_down()
+        if self.in_flight >= self.max_queue:
+            raise _HTTPError(429, f"too many requests in progress (this server takes {self.max_queue} at once); "
+                                  "retry after the delay in the Retry-After header.",
+                             {"Retry-After": str(RETRY_AFTER_QUEUE_FULL)})
+        self.in_flight += 1
+        try:
+            yield
+        finally:
+            self.in_flight -= 1
+
+    async def run_in(self, pool: concurrent.futures.Executor, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` in ``pool``. 503 when the server shuts down first, or while the job waits (shutting the
+        pools down drops waiting jobs); if the caller stops waiting, a job that has not started never runs."""
+        if self.closing:
+            raise _shutting_down()
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future = loop.create_future()
+
+        def settle(job: concurrent.futures.Future) -> None:  # on the event loop
+            if answer.done():  # the caller stopped waiting
+                return
+            if job.cancelled():
+                answer.set_exception(_shutting_down())
+            elif (err := job.exception()) is not None:
+                answer.set_exception(err)
+            else:
+                answer.set_result(job.result())
+
+        def settle_soon(job: concurrent.futures.Future) -> None:  # in the pool's thread, or here if cancelled
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(settle, job)
+
+        job = pool.submit(fn, *args)
+        job.add_done_callback(settle_soon)
+        try:
+            return await answer
+        except asyncio.CancelledError:
+            job.cancel()
+            raise
+
+    async def wait_for_model(self, work: Awaitable[T]) -> T:
+        """Await model work (a batched submit or a model-thread call) for at most ``request_timeout`` seconds;
+        503 past that, or when the server shuts down meanwhile. A call that has not started yet is dropped."""
+        try:
+            return await asyncio.wait_for(work, self.request_timeout)
+        except asyncio.TimeoutError:
+            raise _HTTPError(503, f"the model stayed busy for {self.request_timeout:g} seconds, this server's "
+                                  "request timeout; retry after the delay in the Retry-After header.",
+                             {"Retry-After": str(RETRY_AFTER_BUSY)}) from None
+        except ShuttingDown:
+            raise _shutting_down() from None
+
+
+def _shutting_down() -> _HTTPError:
+    """The 503 for work that arrives, or is still waiting, when the server shuts down."""
+    return _HTTPError(503, "the server is shutting down; retry after the delay in the Retry-After header.",
+                      {"Retry-After": str(RETRY_AFTER_BUSY)})
 
 
 def _load_predictor(checkpoint: str | os.PathLike[str], device: str) -> Any:
@@ -187,24 +279,30 @@ def _load_predictor(checkpoint: str | os.PathLike[str], device: str) -> Any:
 def create_app(checkpoint_or_predictor: Any, *,
                max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, max_files: int = DEFAULT_MAX_FILES,
                max_pixels: int = DEFAULT_MAX_PIXELS, token: str | None = None, batching: bool = True,
-               max_batch: int = 32, max_wait_ms: float = 2.0, device: str = "auto") -> FastAPI:
+               max_batch: int = 32, max_wait_ms: float = 2.0, device: str = "auto",
+               max_queue: int = DEFAULT_MAX_QUEUE, request_timeout: float = DEFAULT_REQUEST_TIMEOUT) -> FastAPI:
     """The FastAPI app serving a checkpoint (a run folder or ``.safetensors`` file), a ready :class:`Predictor` or a
     ready :class:`~resnet_tune.segment.predictor.SegPredictor` (segmentation: see the module docstring).
 
     ``max_upload_bytes`` bounds a request body, ``max_files`` the images in one request, ``max_pixels`` each
     image's width x height. ``token``: POST endpoints need ``Authorization: Bearer <token>``. ``batching``:
     concurrent requests share forward passes (up to ``max_batch`` images, waiting at most ``max_wait_ms``).
+    ``max_queue`` bounds the POST requests in progress at once (more get 429); ``request_timeout`` (seconds) bounds
+    the time to send a body (else 408) and the time to wait for the model (else 503).
     """
-    if max_upload_bytes < 1 or max_files < 1 or max_pixels < 1:
-        from ..errors import ConfigError
+    from ..errors import ConfigError
 
-        raise ConfigError("max_upload_bytes, max_files and max_pixels must all be positive.")
+    if max_upload_bytes < 1 or max_files < 1 or max_pixels < 1 or max_queue < 1:
+        raise ConfigError("max_upload_bytes, max_files, max_pixels and max_queue must all be positive.")
+    if not (0 < request_timeout < float("inf")):
+        raise ConfigError(f"request_timeout must be a positive number of seconds, got {request_timeout}.")
     from ..segment.predictor import SegPredictor
 
     predictor = checkpoint_or_predictor if isinstance(checkpoint_or_predictor, (Predictor, SegPredictor)) else \
         _load_predictor(checkpoint_or_predictor, device)
     state = ServerState(predictor, max_upload_bytes=max_upload_bytes, max_files=max_files, max_pixels=max_pixels,
-                        token=token, batching=batching, max_batch=max_batch, max_wait_ms=max_wait_ms)
+                        token=token, batching=batching, max_batch=max_batch, max_wait_ms=max_wait_ms,
+                        max_queue=max_queue, request_timeout=request_timeout)
     rec = predictor.record
     segmentation = state.segmentation
 
@@ -215,6 +313,7 @@ def create_app(checkpoint_or_predictor: Any, *,
         try:
             yield
         finally:
+            state.closing = True
             if state.batcher is not None:
                 await state.batcher.stop()
             state.model_pool.shutdown(wait=False, cancel_futures=True)
@@ -230,7 +329,9 @@ def create_app(checkpoint_or_predictor: Any, *,
                     "Images go as multipart fields "
                     "named `file` (repeatable) or as the raw body with an `image/*` content type. "
                     f"Limits: {max_upload_bytes:,} bytes a request, {max_files} files a request, {max_pixels:,} "
-                    "pixels an image." + (" POST endpoints need `Authorization: Bearer <token>`." if token else ""),
+                    f"pixels an image, {request_timeout:g} seconds to send a body (else 408) and to wait for the "
+                    f"model (else 503), {max_queue} requests in progress at once (else 429)." +
+                    (" POST endpoints need `Authorization: Bearer <token>`." if token else ""),
         lifespan=lifespan, docs_url=None, redoc_url=None,  # the interactive docs would load scripts from a CDN
     )
     app.state.resnet_tune = state
@@ -276,7 +377,8 @@ def create_app(checkpoint_or_predictor: Any, *,
             raise _HTTPError(401, "wrong token in the Authorization header.",
                              {"WWW-Authenticate": 'Bearer error="invalid_token"'})
 
-    async def read_uploads(request: Request) -> list[_Upload]:
+    def check_upload_headers(request: Request) -> str:
+        """The upload's media type, after the checks that need only the headers (415, 400, 413)."""
         ctype = request.headers.get("content-type", "")
         media = ctype.split(";", 1)[0].strip().lower()
         if media != "multipart/form-data" and not media.startswith("image/"):
@@ -294,13 +396,28 @@ def create_app(checkpoint_or_predictor: Any, *,
             if declared > limit:
                 raise _HTTPError(413, f"the upload is {declared:,} bytes, over this server's limit of {limit:,} "
                                       "bytes; send smaller or fewer images.", {"Connection": "close"})
+        return media
+
+    async def read_body(request: Request) -> bytes:
+        limit = state.max_upload_bytes
         buf = bytearray()
         async for chunk in request.stream():
             buf += chunk
             if len(buf) > limit:
                 raise _HTTPError(413, f"the upload is over this server's limit of {limit:,} bytes; send smaller "
                                       "or fewer images.", {"Connection": "close"})
-        body = bytes(buf)
+        return bytes(buf)
+
+    async def read_uploads(request: Request, media: str) -> list[_Upload]:
+        """The images of a request whose headers passed :func:`check_upload_headers`, read within the request
+        timeout (else 408, and the connection closes: the rest of the body is not read)."""
+        try:
+            body = await asyncio.wait_for(read_body(request), state.request_timeout)
+        except asyncio.TimeoutError:
+            raise _HTTPError(408, f"the request body did not arrive within {state.request_timeout:g} seconds; send "
+                                  "the whole upload without pausing.", {"Connection": "close"}) from None
+        except ClientDisconnect:  # nobody reads the answer; this keeps it out of the error log
+            raise _HTTPError(400, "the client closed the connection before sending the whole body.") from None
         if not body:
             raise _HTTPError(400, "the request body is empty; send an image.")
         if media.startswith("image/"):
@@ -360,9 +477,8 @@ def create_app(checkpoint_or_predictor: Any, *,
         return (torch.stack(tensors) if tensors else None), images
 
     async def decode(uploads: list[_Upload], keep_images: bool = False) -> tuple[torch.Tensor | None, list[Any]]:
-        loop = asyncio.get_running_loop()
         try:
-            x, images = await loop.run_in_executor(state.decode_pool, decode_all, uploads)
+            x, images = await state.run_in(state.decode_pool, decode_all, uploads)
         except UploadError as err:
             raise _HTTPError(err.status, err.message) from None
         return x, (images if keep_images else [])
@@ -379,6 +495,8 @@ def create_app(checkpoint_or_predictor: Any, *,
         out = dict(rec)
         out["server"] = {"max_upload_bytes": state.max_upload_bytes, "max_files": state.max_files,
                          "max_pixels": state.max_pixels, "batching": state.batching, "auth": state.token is not None,
+                         "max_queue": state.max_queue, "request_timeout": state.request_timeout,
+                         "in_flight": state.in_flight,
                          "device": str(predictor.device),
                          "precision": str(predictor.precision.amp_dtype or "float32").replace("torch.", ""),
                          "forward_passes": state.batcher.batches if state.batcher else None,
@@ -392,16 +510,18 @@ def create_app(checkpoint_or_predictor: Any, *,
               responses=_ERRORS, dependencies=[Depends(require_token)])
     async def predict(request: Request, top_k: int = Query(5, ge=1, le=1000, description="classes per image")
                       ) -> JSONResponse:
-        uploads = await read_uploads(request)
-        if segmentation:
-            _, images = await decode(uploads, keep_images=True)
-            shares = await asyncio.get_running_loop().run_in_executor(state.model_pool, segment_shares, images)
-            return JSONResponse([{"file": up.name, **s} for up, s in zip(uploads, shares)])
-        x, _ = await decode(uploads)
-        if state.batcher is not None:
-            probs = await state.batcher.submit(x)
-        else:
-            probs = await asyncio.get_running_loop().run_in_executor(state.model_pool, predictor.probs, x)
+        media = check_upload_headers(request)
+        async with state.admitted():
+            uploads = await read_uploads(request, media)
+            if segmentation:
+                _, images = await decode(uploads, keep_images=True)
+                shares = await state.wait_for_model(state.run_in(state.model_pool, segment_shares, images))
+                return JSONResponse([{"file": up.name, **s} for up, s in zip(uploads, shares)])
+            x, _ = await decode(uploads)
+            if state.batcher is not None:
+                probs = await state.wait_for_model(state.batcher.submit(x))
+            else:
+                probs = await state.wait_for_model(state.run_in(state.model_pool, predictor.probs, x))
         out = [{"file": up.name, "top": predictor.top(p, top_k)} for up, p in zip(uploads, probs)]
         return JSONResponse(out)
 
@@ -428,32 +548,37 @@ def create_app(checkpoint_or_predictor: Any, *,
               dependencies=[Depends(require_token)])
     async def explain(request: Request, class_name: str | None = Query(
             None, alias="class", description="class to explain (default: the predicted one)")) -> Response:
-        from .gradcam import explain_image
-
         if class_name is not None and class_name not in predictor.classes:
             raise _HTTPError(400, f"class {class_name!r} is not one of the model's classes.")
-        uploads = await read_uploads(request)
-        if len(uploads) != 1:
-            raise _HTTPError(400, f"/explain takes one image, got {len(uploads)}.")
-        _, images = await decode(uploads, keep_images=True)
+        media = check_upload_headers(request)
+        async with state.admitted():
+            uploads = await read_uploads(request, media)
+            if len(uploads) != 1:
+                raise _HTTPError(400, f"/explain takes one image, got {len(uploads)}.")
+            _, images = await decode(uploads, keep_images=True)
+            return await explain_on_model(images[0], class_name)
+
+    async def explain_on_model(image: Any, class_name: str | None) -> Response:
+        """The overlay of one decoded image, computed on the model thread."""
+        from .gradcam import explain_image
 
         if segmentation:
             def run_seg() -> bytes:
-                _, ov = predictor.predict_image(images[0])
+                _, ov = predictor.predict_image(image)
                 buf = io.BytesIO()
                 ov.save(buf, format="PNG", optimize=False)
                 return buf.getvalue()
 
-            png = await asyncio.get_running_loop().run_in_executor(state.model_pool, run_seg)
+            png = await state.wait_for_model(state.run_in(state.model_pool, run_seg))
             return Response(png, media_type="image/png", headers={"Cache-Control": "no-store"})
 
         def run() -> tuple[bytes, dict[str, Any]]:
-            img, info = explain_image(predictor, images[0], class_name)
+            img, info = explain_image(predictor, image, class_name)
             buf = io.BytesIO()
             img.save(buf, format="PNG", optimize=False)
             return buf.getvalue(), info
 
-        png, info = await asyncio.get_running_loop().run_in_executor(state.model_pool, run)
+        png, info = await state.wait_for_model(state.run_in(state.model_pool, run))
         return Response(png, media_type="image/png",
                         headers={"X-Class": _header_safe(info["class"]), "X-Prob": f"{info['prob']:.6f}",
                                  "Cache-Control": "no-store"})
