@@ -4,7 +4,6 @@ test_serve.py, plus the app in process where a test needs the model held up exac
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import concurrent.futures
 import json
@@ -17,7 +16,7 @@ from typing import Any, Awaitable, Callable, Iterator
 
 import pytest
 
-from resnet_tune.cli import build_parser, main
+from resnet_tune.cli import main
 
 from test_serve import CLASSES, Server, _files, image_bytes
 
@@ -313,17 +312,3 @@ def test_serve_options_reach_the_app_and_uvicorn(monkeypatch: pytest.MonkeyPatch
     assert "limit_concurrency" not in calls[-1]  # its 503 would be plain text, without Retry-After
     for bad in (["--max-queue", "0"], ["--request-timeout", "0"], ["--request-timeout", "inf"]):
         assert main(["serve", str(run_dir), *bad]) == 2, bad
-
-
-@pytest.mark.parametrize("command", ["serve", "explain"])
-def test_help_shows_every_default_once(monkeypatch: pytest.MonkeyPatch, command: str) -> None:
-    monkeypatch.setenv("COLUMNS", "200")
-    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
-    parser = sub.choices[command]
-    assert all(a.help for a in parser._actions), [a.dest for a in parser._actions if not a.help]
-    formatter = parser._get_formatter()
-    options = [a for a in parser._actions if a.option_strings and a.dest != "help"]
-    for a in options:
-        shown = formatter._expand_help(a)
-        assert shown.count("(default:") == 1 and shown.count("default") == 1, (a.dest, shown)
-    assert parser.format_help().count("(default:") == len(options)
