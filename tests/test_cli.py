@@ -205,7 +205,7 @@ def test_evaluate_without_data_uses_the_runs_recorded_validation_split(work: Pat
 
 
 def test_evaluate_without_data_on_the_embedded_default(tmp_path: Path) -> None:
-    from resnet_tune.engine.evaluate import evaluate
+    from resnet_tune.tasks.classification import evaluate
     from resnet_tune.engine.trainer import fit
 
     result = fit(epochs=1, quiet=True, output=str(tmp_path / "digits"), progress=False)

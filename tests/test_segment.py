@@ -508,7 +508,7 @@ def test_pretrained_segmentation_checkpoint_loads_whole(seg_data: Path, tmp_path
 
 def test_yaml_config_and_flags(tmp_path: Path) -> None:
     from resnet_tune.cli import build_parser
-    from resnet_tune.segment.cli import _seg_config
+    from resnet_tune.cli.segment import _seg_config
 
     (tmp_path / "c.yaml").write_text("head: fcn\nimg-size: 24,32\nepochs: 7\nignore_index: 11\n")
     args = build_parser().parse_args(["segment", "train", "--config", str(tmp_path / "c.yaml"), "--epochs", "3"])

@@ -310,7 +310,7 @@ def test_checkpoint_errors(image_folder: Path, tmp_path: Path) -> None:
     # evaluating on data with a class the checkpoint does not know
     other = make_folder(tmp_path / "other", classes={"red": (220, 30, 30), "purple": (150, 0, 150)}, per_class=2)
     with pytest.raises(DataError, match="purple"):
-        from resnet_tune.engine.evaluate import evaluate
+        from resnet_tune.tasks.classification import evaluate
 
         evaluate(res.run_dir, other, progress=False)
 

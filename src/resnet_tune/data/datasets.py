@@ -559,14 +559,13 @@ def write_split(path: str | os.PathLike[str], samples: Sequence[Sample], classes
     :func:`discover_eval`, so that evaluating later uses exactly these files even after files were added."""
     import io
 
+    from ..fileio import write_text_atomic
+
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(["path", "label"])
     w.writerows((p, classes[y]) for p, y in samples)
-    tmp = f"{os.fspath(path)}.tmp"
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
-        f.write(buf.getvalue())
-    os.replace(tmp, path)
+    write_text_atomic(path, buf.getvalue())
 
 
 def list_images(path_or_paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]) -> list[str]:

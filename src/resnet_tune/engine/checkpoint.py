@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import os
 import platform
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +21,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError
+from ..fileio import atomic_write, write_text_atomic
 
 FORMAT_VERSION = 1
 RECORD_KEY = "resnet_tune"
@@ -49,23 +48,6 @@ def versions() -> dict[str, str]:
 
     return {"resnet_tune": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
             "python": platform.python_version()}
-
-
-def _atomic_write(path: Path, write: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a checkpoint gets the usual permissions
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def model_record(model: nn.Module, *, classes: list[str], preprocessing: dict[str, Any], task: str = "classification",
@@ -98,10 +80,10 @@ def save_checkpoint(path: str | Path, model: nn.Module | dict[str, torch.Tensor]
     state = model if isinstance(model, dict) else unwrap(model).state_dict()
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
     meta = {RECORD_KEY: json.dumps(record)}
-    _atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
     if sidecar:
         side = path.with_suffix(".json")
-        _atomic_write(side, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=2)))
+        write_text_atomic(side, json.dumps(record, indent=2))
     return path
 
 
@@ -160,23 +142,16 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
     """Rebuild the model from a checkpoint's record and load its weights (strict)."""
     from safetensors.torch import load_file
 
-    from ..models.resnet import ResNet, ResNetConfig
+    from ..models import build_from_record
 
     p = resolve_checkpoint(path)
     rec = read_record(p)
     if rec.get("model_config") is None:
         raise CheckpointError(f"{p} does not record its architecture and cannot be rebuilt.")
-    model: nn.Module
     try:
-        cfg = ResNetConfig().replace(**rec["model_config"])
-        if rec.get("task") == "segmentation":
-            from ..segment.model import build_segmenter  # type: ignore[import-not-found]
-
-            model = build_segmenter(rec)
-        else:
-            model = ResNet(cfg, in_chans=rec.get("in_chans", 3), name=rec.get("model", "custom"))
-    except (TypeError, ValueError) as err:
-        raise CheckpointError(f"{p} records an architecture this resnet-tune cannot build ({err}).") from None
+        model = build_from_record(rec)
+    except CheckpointError as err:
+        raise CheckpointError(f"{p}: {err}") from None
     state = load_file(str(p), device=str(device))
     try:
         model.load_state_dict(state, strict=True)
@@ -217,7 +192,7 @@ def _tuplify(x: Any) -> Any:
 
 def save_state(path: str | Path, state: dict[str, Any]) -> Path:
     path = Path(path)
-    _atomic_write(path, lambda tmp: torch.save(state, tmp))
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
     return path
 
 

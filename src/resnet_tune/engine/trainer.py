@@ -25,6 +25,7 @@ from torch import nn
 
 from ..data.datasets import VAL_SPLIT_FILE, write_split
 from ..errors import ConfigError, DataError, ResnetTuneError, TrainingError
+from ..fileio import write_text_atomic
 from . import checkpoint as ckpt
 from . import distributed as D
 from .config import TrainConfig, save_yaml
@@ -73,7 +74,7 @@ def _mean_std_for(model_name: str, pretrained_meta: dict | None) -> tuple[tuple,
         p = get_preset(model_name)
         return p.mean, p.std
     except KeyError:
-        from ..models._registry import IMAGENET_MEAN, IMAGENET_STD
+        from ..models import IMAGENET_MEAN, IMAGENET_STD
 
         return IMAGENET_MEAN, IMAGENET_STD
 
@@ -1063,7 +1064,7 @@ def write_metrics(path: Path, history: list[dict[str, float]], columns: list[str
     w.writeheader()
     for row in history:
         w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
-    ckpt._atomic_write(path, lambda tmp: Path(tmp).write_text(buf.getvalue()))
+    write_text_atomic(path, buf.getvalue())
 
 
 def fit(cfg: TrainConfig | None = None, *, resume: str | Path | None = None, quiet: bool = False,

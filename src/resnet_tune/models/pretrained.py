@@ -362,7 +362,7 @@ def _check_architecture(preset: str | None, overrides: dict, cfg: Any, model_nam
     """Refuse weights whose architecture differs from the model's in ways shapes do not show."""
     if cfg is None:
         return
-    from ._registry import UnknownModelError, get_config
+    from .registry import UnknownModelError, get_config
     from .resnet import ResNetConfig
 
     fields = set(ResNetConfig.__dataclass_fields__)

@@ -116,7 +116,7 @@ class SegPredictor:
         self.precision: Precision = resolve_precision(precision, self.device)
         model, self.record = ckpt.load_checkpoint(checkpoint, self.device)
         if fold_bn:
-            from ..serve.predictor import fold_batchnorm
+            from ..models import fold_batchnorm
 
             fold_batchnorm(model)
         self.model = model.eval()

@@ -190,7 +190,7 @@ class SegTrainer:
     def prepare(self, run_dir: Path | None) -> dict[str, Any]:
         """Device, data, model, strategy, loss and optimiser: everything before the first step."""
         from ..models.pretrained import load_pretrained
-        from .model import backbone_state, create_segmenter
+        from ..models.segmentation import backbone_state, create_segmenter
 
         cfg = self.cfg
         from ..models import get_preset
@@ -222,7 +222,7 @@ class SegTrainer:
             try:
                 if not whole:
                     raise ValueError
-                from .model import load_torchvision_segmentation
+                from ..models.segmentation import load_torchvision_segmentation
 
                 load_torchvision_segmentation(model, pre_state)
                 self.say(f"model: {cfg.model} + {cfg.head}, all weights from {cfg.pretrained}, strategy {strategy}")

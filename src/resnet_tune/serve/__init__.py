@@ -9,7 +9,7 @@ import importlib
 from typing import Any
 
 _LAZY = {
-    "Predictor": "predictor", "fold_batchnorm": "predictor",
+    "Predictor": "predictor",
     "grad_cam": "gradcam", "overlay": "gradcam", "explain": "gradcam", "explain_image": "gradcam",
     "create_app": "http",
 }

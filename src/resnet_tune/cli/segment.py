@@ -6,9 +6,10 @@ import argparse
 import dataclasses
 import json
 import sys
-import typing
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
+
+from .options import HelpFormatter, add_config_options, config_values
 
 HELP = {
     "data": "DIR/train|val|test/images + masks (same file names), or DIR/images + DIR/masks",
@@ -60,8 +61,7 @@ HELP = {
 
 
 def _add_seg_options(p: argparse.ArgumentParser) -> None:
-    from ..cli import add_config_options
-    from . import config as C
+    from ..segment import config as C
 
     add_config_options(p, C.SegConfig, HELP, {
         "strategy": C.STRATEGIES, "optimizer": C.OPTIMIZERS, "schedule": C.SCHEDULES, "precision": C.PRECISIONS,
@@ -70,8 +70,7 @@ def _add_seg_options(p: argparse.ArgumentParser) -> None:
 
 
 def _seg_config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    from ..cli import config_values
-    from .config import SegConfig, from_dict
+    from ..segment.config import SegConfig, from_dict
 
     return from_dict(config_values(args, SegConfig), source=getattr(args, "config", None) or "command line")
 
@@ -82,8 +81,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .config import SegConfig
-    from .train import SegTrainer
+    from ..segment.config import SegConfig
+    from ..segment.train import SegTrainer
 
     try:
         if args.resume:
@@ -102,9 +101,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from ..engine.checkpoint import resolve_checkpoint
-    from .config import parse_size
-    from .evaluate import evaluate_segmentation
-    from .metrics import format_seg_report
+    from ..segment.config import parse_size
+    from ..segment.evaluate import evaluate_segmentation
+    from ..segment.metrics import format_seg_report
 
     out = args.output
     if out is None:
@@ -123,8 +122,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from ..data.datasets import list_images
-    from .config import parse_size
-    from .predictor import SegPredictor, describe_shares
+    from ..segment.config import parse_size
+    from ..segment.predictor import SegPredictor, describe_shares
 
     files = list_images(args.images)
     pred = SegPredictor(args.checkpoint, device=args.device, precision=args.precision, mode=args.mode,
@@ -148,7 +147,7 @@ def register(add: Callable[..., argparse.ArgumentParser]) -> None:
             "DIR/train/images/x.jpg with DIR/train/masks/x.png (class ids), val/test alike.")
     p.set_defaults(_segment_parser=p)
     sub = p.add_subparsers(dest="segment_command", metavar="COMMAND")
-    from ..cli import HelpFormatter as fmt
+    fmt = HelpFormatter
 
     t = sub.add_parser("train", help="train or fine-tune a segmentation model", formatter_class=fmt,
                        description="Train a segmentation model. Every option can also come from a YAML file "

@@ -40,7 +40,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ImportError as err:
         raise ConfigError(f"serving needs fastapi, uvicorn and python-multipart ({err.name} is not installed); "
                           "install them with pip install 'resnet-tune[serve]'.") from None
-    from .http import create_app
+    from ..serve.http import create_app
 
     for name in ("max_upload_mb", "max_files", "max_pixels", "max_queue", "request_timeout"):
         value = getattr(args, name)
@@ -66,7 +66,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    from .gradcam import explain
+    from ..serve.gradcam import explain
 
     out, info = explain(args.checkpoint, args.image, args.output, args.class_name)
     print(f"Grad-CAM for class {info['class']} (probability {info['prob']:.3f}) written to {out}")

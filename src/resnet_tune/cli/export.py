@@ -7,7 +7,7 @@ from typing import Any, Callable
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .exporter import export
+    from ..export.exporter import export
 
     report = export(args.checkpoint, args.format, args.output)
     print(report.summary())
@@ -15,7 +15,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def register(add: Callable[..., Any]) -> None:
-    from . import FORMATS
+    """Add ``export``."""
+    from ..export import FORMATS
 
     p = add("export", cmd_export, "export a checkpoint to ONNX, TorchScript or torch.export (verified)",
             "Export a checkpoint with batch-norm folded and its record (classes, preprocessing, task) embedded. "

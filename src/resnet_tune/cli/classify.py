@@ -1,14 +1,14 @@
-"""The ``resnet-tune`` command line: a thin layer that builds configs and calls the Python API."""
+"""``resnet-tune train``, ``lr-find``, ``evaluate``, ``predict``, ``embed`` and ``models``: image classification."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
-import sys
-import typing
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
+
+from .options import add_config_options, config_values
 
 HELP = {
     "data": "training data: DIR/<class>/*.jpg, DIR/train|val|test/<class>, or a CSV of path,label "
@@ -60,54 +60,8 @@ HELP = {
 }
 
 
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Every option shows its default exactly once: not when the help text already says it, and not for
-    defaults that say nothing (``None``, ``False``, suppressed)."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        text = action.help or ""
-        if "default" in text or not action.option_strings or action.default in (None, False, argparse.SUPPRESS):
-            return text
-        return text + " (default: %(default)s)"
-
-
-def add_config_options(p: argparse.ArgumentParser, cls: type, help_texts: dict[str, str],
-                       choices: dict[str, Any] | None = None) -> None:
-    """One ``--flag`` per field of the config dataclass ``cls``; flags not given stay absent from the namespace
-    (``default=SUPPRESS``), so a YAML file and the dataclass's own defaults fill them."""
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        flag = "--" + f.name.replace("_", "-")
-        kind = hints[f.name]
-        args = typing.get_args(kind)
-        base = next((a for a in args if a is not type(None)), kind) if args else kind
-        if base is Any:
-            base = str
-        text = help_texts.get(f.name, f.name.replace("_", " "))
-        if f.default is not None and "default" not in text:
-            shown = f"{f.default:g}" if isinstance(f.default, float) else str(f.default)
-            text += f" (default: {shown})"
-        if base is bool:
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=text)
-        else:
-            allowed = (choices or {}).get(f.name)
-            p.add_argument(flag, type=base, default=argparse.SUPPRESS, choices=allowed, help=text,
-                           metavar=f.name.upper() if allowed is None else None)
-
-
-def config_values(args: argparse.Namespace, cls: type) -> dict[str, Any]:
-    """The options of ``cls`` given on the command line, over those of ``--config FILE`` (flags win)."""
-    from .engine.config import load_yaml
-
-    values: dict[str, Any] = {}
-    if getattr(args, "config", None):
-        values.update(load_yaml(args.config))
-    values.update({f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)})
-    return values
-
-
 def _add_train_options(p: argparse.ArgumentParser) -> None:
-    from .engine import config as C
+    from ..engine import config as C
 
     add_config_options(p, C.TrainConfig, HELP, {
         "strategy": C.STRATEGIES, "optimizer": C.OPTIMIZERS, "schedule": C.SCHEDULES, "precision": C.PRECISIONS,
@@ -115,15 +69,15 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
 
 
 def _train_config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    from .engine.config import TrainConfig, from_dict
+    from ..engine.config import TrainConfig, from_dict
 
     values = config_values(args, TrainConfig)
     return from_dict(values, source=getattr(args, "config", None) or "command line")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .engine.config import TrainConfig
-    from .engine.trainer import Trainer
+    from ..engine.config import TrainConfig
+    from ..engine.trainer import Trainer
 
     if args.resume:
         names = {f.name for f in dataclasses.fields(TrainConfig)}
@@ -135,7 +89,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_lr_find(args: argparse.Namespace) -> int:
-    from .engine.evaluate import lr_find
+    from ..engine.lr_find import lr_find
 
     cfg = _train_config(args)
     out = args.output_dir or "lr-find"
@@ -147,9 +101,9 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .engine.checkpoint import resolve_checkpoint
-    from .engine.evaluate import evaluate
-    from .eval.metrics import format_report
+    from ..engine.checkpoint import resolve_checkpoint
+    from ..tasks.classification import evaluate
+    from ..eval.metrics import format_report
 
     out = args.output
     if out is None:
@@ -182,14 +136,14 @@ def _write_predictions(results: list[dict], output: str) -> None:
                 cells += [""] * (2 * k - len(cells))
                 w.writerow([r["file"], *cells, r.get("error") or ""])
     else:
-        from .errors import ConfigError
+        from ..errors import ConfigError
 
         raise ConfigError(f"--output must end in .csv or .json, got {output}.")
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .data.datasets import list_images
-    from .serve.predictor import Predictor
+    from ..data.datasets import list_images
+    from ..inference import Predictor
 
     files = list_images(args.images)
     pred = Predictor(args.checkpoint, device=args.device, batch_size=args.batch_size)
@@ -209,8 +163,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_embed(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from .data.datasets import list_images
-    from .serve.predictor import Predictor
+    from ..data.datasets import list_images
+    from ..inference import Predictor
 
     files = list_images(args.images)
     pred = Predictor(args.checkpoint, device=args.device, batch_size=args.batch_size)
@@ -231,12 +185,12 @@ def cmd_models(args: argparse.Namespace) -> int:
     """The model table, read from the precomputed ``models/model_table.json`` (no PyTorch import)."""
     import fnmatch
 
-    table = json.loads((Path(__file__).parent / "models" / "model_table.json").read_text(encoding="utf-8"))
+    table = json.loads((Path(__file__).parents[1] / "models" / "model_table.json").read_text(encoding="utf-8"))
     rows = [r for r in table if fnmatch.fnmatchcase(r["name"], args.pattern)]
     if not rows:
         import difflib
 
-        from .errors import ConfigError
+        from ..errors import ConfigError
 
         names = [r["name"] for r in table]
         close = difflib.get_close_matches(args.pattern.strip("*?"), names, n=3)
@@ -253,22 +207,8 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
-
-    parser = argparse.ArgumentParser(
-        prog="resnet-tune", description="Build, fine-tune, evaluate and use residual networks.",
-        epilog="Run `resnet-tune COMMAND --help` for a command's options. `resnet-tune train` with no options "
-               "trains on the embedded handwritten-digits data.")
-    parser.add_argument("--version", action="version", version=f"resnet-tune {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-
-    def add(name: str, fn: Callable[[argparse.Namespace], int], help_: str, desc: str | None = None
-            ) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_, description=desc or help_, formatter_class=HelpFormatter)
-        p.set_defaults(func=fn)
-        return p
-
+def register(add: Callable[..., argparse.ArgumentParser]) -> None:
+    """Add ``train``, ``lr-find``, ``evaluate``, ``predict`` and ``embed``."""
     p = add("train", cmd_train, "train or fine-tune a model on a folder of images",
             "Train or fine-tune a ResNet. Every option can also come from a YAML file (--config); flags win.")
     p.add_argument("--config", help="YAML file of options (keys as the flags, with - or _)")
@@ -306,48 +246,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", metavar="IMAGES_OR_DIR", help="image files or folders (searched recursively)")
     p.add_argument("--output", required=True, help="FILE.npy; the file order goes to FILE.files.txt")
 
-    # Commands that live with their feature: each module has register(add) adding its subcommands.
-    import importlib
 
-    for mod in ("resnet_tune.export.cli", "resnet_tune.serve.cli", "resnet_tune.segment.cli"):
-        try:
-            module = importlib.import_module(mod)
-        except ModuleNotFoundError as err:
-            if err.name is None or not mod.startswith(err.name):  # a missing dependency inside: a real bug
-                raise
-            continue
-        module.register(add)
-
+def register_models(add: Callable[..., argparse.ArgumentParser]) -> None:
+    """Add ``models`` (last in the command list)."""
     p = add("models", cmd_models, "list the available architectures with parameters and FLOPs")
     p.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'resnet*' (default: all)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    from .errors import ResnetTuneError
-
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "command", None):
-        parser.print_help()
-        return 0
-    try:
-        return int(args.func(args) or 0)
-    except ResnetTuneError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except (FileNotFoundError, PermissionError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except BrokenPipeError:  # output piped into `head`
-        return 0
-    except KeyboardInterrupt:
-        out = getattr(args, "output", None)
-        hint = f"; continue with `resnet-tune train --resume {out}`" if args.command == "train" and out else ""
-        print(f"interrupted{hint}", file=sys.stderr)
-        return 130
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

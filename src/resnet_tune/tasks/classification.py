@@ -1,9 +1,8 @@
-"""Evaluate a checkpoint on labelled images, and the learning-rate range test."""
+"""Image classification: one class an image."""
 
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +10,8 @@ import numpy as np
 import torch
 
 from ..errors import DataError
+
+__all__ = ["evaluate"]
 
 
 def evaluate(checkpoint: str | Path, data: str | Path | None = None, *, batch_size: int = 64, device: str = "auto",
@@ -25,7 +26,7 @@ def evaluate(checkpoint: str | Path, data: str | Path | None = None, *, batch_si
     from ..data.datasets import discover_eval
     from ..data.scan import scan
     from ..eval import metrics as M
-    from ..serve.predictor import Predictor
+    from ..inference import Predictor
 
     pred = Predictor(checkpoint, device=device, batch_size=batch_size)
     embedded: dict[str, Any] | None = None
@@ -69,7 +70,7 @@ def _own_validation_split(checkpoint: str | Path) -> tuple[str, dict[str, Any] |
     import yaml
 
     from ..data.datasets import VAL_SPLIT_FILE
-    from .checkpoint import resolve_checkpoint
+    from ..engine.checkpoint import resolve_checkpoint
 
     run = resolve_checkpoint(checkpoint).parent
     if (run / VAL_SPLIT_FILE).is_file():
@@ -98,55 +99,3 @@ def _embedded_val_probs(pred: Any, run_config: dict[str, Any]) -> tuple[np.ndarr
     x = normalize_batch(x, pp.mean, pp.std)
     probs = torch.cat([pred.probs(x[i:i + pred.batch_size]) for i in range(0, len(x), pred.batch_size)])
     return probs.numpy(), y.numpy()
-
-
-def lr_find(cfg: Any, *, start_lr: float = 1e-6, end_lr: float = 10.0, steps: int = 100,
-            output: str | Path | None = None) -> dict[str, Any]:
-    """The learning-rate range test (Smith 2017): raise the lr exponentially over ``steps`` batches,
-    record the loss, stop when it explodes; suggest the lr at the steepest descent.
-
-    Leaves no trace on the model the user will train (it works on a fresh one).
-    """
-    from ..eval.report import plot_lr_find, suggest_lr
-    from .trainer import Trainer, train_mode
-
-    trainer = Trainer(cfg.replace(epochs=1), quiet=True)
-    s = trainer.prepare()
-    model, data, device, precision = s["model"], s["data"], s["device"], s["precision"]
-    optimizer, criterion = s["optimizer"], s["criterion"]
-    train_mode(model)
-    lrs, losses = [], []
-    best = math.inf
-    it = iter(())
-    epoch = 0
-    for i in range(steps):
-        try:
-            x, y = next(it)
-        except StopIteration:
-            data.train.set_epoch(epoch)
-            epoch += 1
-            it = iter(data.train)
-            x, y = next(it)
-        lr = start_lr * (end_lr / start_lr) ** (i / max(steps - 1, 1))
-        for g in optimizer.param_groups:
-            g["lr"] = lr * g["base_lr"] / optimizer.param_groups[-1]["base_lr"]
-        x, y = x.to(device), y.to(device)
-        with precision.autocast(device):
-            loss = criterion(model(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        v = float(loss.item())
-        lrs.append(lr)
-        losses.append(v)
-        if not math.isfinite(v) or v > 4 * best:
-            break
-        best = min(best, v)
-    suggestion = suggest_lr(lrs, losses)
-    result = {"lrs": lrs, "losses": losses, "suggestion": suggestion}
-    if output is not None:
-        out = Path(output)
-        out.mkdir(parents=True, exist_ok=True)
-        result["plot"] = str(plot_lr_find(lrs, losses, suggestion, out / "lr_find.png"))
-        (out / "lr_find.json").write_text(json.dumps(result, indent=2))
-    return result
