@@ -1,6 +1,6 @@
 """Training throughput: resnet-tune's trainer (its defaults) vs plain torchvision loops, in the same run.
 
-'Ours' is ``resnet_tune.engine.trainer.fit`` on in-memory synthetic images (``data="synthetic:N"``) with default
+'Ours' is ``resnet_tune.fit`` on in-memory synthetic images (``data="synthetic:N"``) with default
 settings; its images/s is the trainer's own figure for an epoch of --steps batches, the median of --repeats
 epochs after a first one (warm-up, compile). The baselines time windows of the same --steps steps (median of
 --repeats after one warm-up window): the loop a user would write (torchvision model, SGD, fp32 NCHW), the best
@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import header, measured_peaks, peaks_line, timed  # noqa: E402
 
 import resnet_tune as rt  # noqa: E402
-from resnet_tune.engine.trainer import fit  # noqa: E402
+from resnet_tune import fit  # noqa: E402
 
 
 def plain_loop(model_name: str, size: int, batch: int, repeats: int, steps: int, amp: bool, channels_last: bool,

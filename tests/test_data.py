@@ -596,7 +596,7 @@ def test_empty_class_folder_is_an_error_that_names_it(tmp_path: Path) -> None:
 
 
 def test_segmentation_pairs_follow_links_without_loops(tmp_path: Path) -> None:
-    from resnet_tune.segment.data import discover_pairs
+    from resnet_tune.tasks.segmentation.data import discover_pairs
 
     root = tmp_path / "seg"
     for i in range(4):

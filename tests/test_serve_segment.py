@@ -16,7 +16,7 @@ pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from resnet_tune.engine import checkpoint as ckpt  # noqa: E402
-from resnet_tune.segment.model import create_segmenter  # noqa: E402
+from resnet_tune.models.segmentation import create_segmenter  # noqa: E402
 
 CLASSES = ["background", "square", "disc"]
 

@@ -14,8 +14,8 @@ from safetensors.torch import load_file, save_file
 import resnet_tune as rt
 from resnet_tune.cli import main
 from resnet_tune.engine import checkpoint as ckpt
-from resnet_tune.engine.config import TrainConfig
-from resnet_tune.engine.trainer import Trainer, fit
+from resnet_tune import fit
+from resnet_tune.tasks.classification import TrainConfig
 from resnet_tune.errors import CheckpointError, ConfigError, DataError, TrainingError
 
 from conftest import make_folder, make_image
@@ -73,7 +73,7 @@ def test_cli_train_evaluate_predict_embed(image_folder: Path, tmp_path: Path, ca
 
 
 def test_training_learns_colours(image_folder: Path, tmp_path: Path) -> None:
-    from resnet_tune.serve.predictor import Predictor
+    from resnet_tune import Predictor
 
     res = fit(data=str(image_folder), output=str(tmp_path / "r"), **{**FAST, "epochs": 6}, quiet=True)
     assert res.best_metric == 1.0
@@ -85,7 +85,7 @@ def test_training_learns_colours(image_folder: Path, tmp_path: Path) -> None:
 
 def test_folded_predictor_matches_eager(image_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from resnet_tune.engine import hardware
-    from resnet_tune.serve.predictor import Predictor
+    from resnet_tune import Predictor
 
     res = fit(data=str(image_folder), output=str(tmp_path / "r"), **FAST, quiet=True)
     pred = Predictor(res.run_dir, precision="fp32")
@@ -117,18 +117,11 @@ def test_resume_after_interruption_is_bit_exact(image_folder: Path, tmp_path: Pa
     opts = dict(FAST, epochs=3, deterministic=True, loader=loader, workers=0, ema=True)
     full = fit(data=str(image_folder), output=str(tmp_path / "full"), quiet=True, **opts)
 
-    original = Trainer.train_one_epoch
-
-    def interrupted(self, *args, **kwargs):
-        if args[9] == 2:  # the third epoch (index 2)
-            raise KeyboardInterrupt
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(Trainer, "train_one_epoch", interrupted)
+    monkeypatch.setenv("RESNET_TUNE_DEBUG_INTERRUPT_AT", "3")  # Ctrl-C at the start of that epoch
     with pytest.raises(KeyboardInterrupt):
         fit(data=str(image_folder), output=str(tmp_path / "part"), quiet=True, **opts)
     assert ckpt.load_state(tmp_path / "part" / ckpt.STATE)["epoch"] == 2
-    monkeypatch.setattr(Trainer, "train_one_epoch", original)
+    monkeypatch.delenv("RESNET_TUNE_DEBUG_INTERRUPT_AT")
     resumed = fit(resume=tmp_path / "part", quiet=True)
     assert len(resumed.history) == 3
     a, b = _weights(full.run_dir / "last.safetensors"), _weights(tmp_path / "part" / "last.safetensors")
@@ -142,17 +135,10 @@ def test_resume_after_interruption_is_bit_exact(image_folder: Path, tmp_path: Pa
 
 def test_resume_keeps_schedule(image_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     full = fit(data=str(image_folder), output=str(tmp_path / "full"), quiet=True, **dict(FAST, epochs=3))
-    original = Trainer.train_one_epoch
-
-    def interrupted(self, *args, **kwargs):
-        if args[9] == 1:
-            raise KeyboardInterrupt
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(Trainer, "train_one_epoch", interrupted)
+    monkeypatch.setenv("RESNET_TUNE_DEBUG_INTERRUPT_AT", "2")  # Ctrl-C at the start of that epoch
     with pytest.raises(KeyboardInterrupt):
         fit(data=str(image_folder), output=str(tmp_path / "part"), quiet=True, **dict(FAST, epochs=3))
-    monkeypatch.setattr(Trainer, "train_one_epoch", original)
+    monkeypatch.delenv("RESNET_TUNE_DEBUG_INTERRUPT_AT")
     resumed = fit(resume=tmp_path / "part", quiet=True)
     assert [r["lr"] for r in resumed.history] == pytest.approx([r["lr"] for r in full.history])
 
@@ -177,19 +163,12 @@ def test_linear_probe_keeps_body_and_bn_statistics(image_folder: Path, tmp_path:
 
 
 def test_freeze_then_unfreeze_trains_body_after_frozen_epochs(image_folder: Path, tmp_path: Path,
-                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+                                                              capsys: pytest.CaptureFixture) -> None:
     pre = _pretrained_file(tmp_path)
-    seen: list[bool] = []
-    original = Trainer.train_one_epoch
-
-    def spy(self, fwd, model, *args, **kwargs):
-        seen.append(model.conv1.weight.requires_grad)
-        return original(self, fwd, model, *args, **kwargs)
-
-    monkeypatch.setattr(Trainer, "train_one_epoch", spy)
     res = fit(data=str(image_folder), output=str(tmp_path / "fu"), model="resnet20", pretrained=str(pre),
-              quiet=True, **dict(FAST, epochs=3))
-    assert seen == [False, True, True]
+              quiet=False, **dict(FAST, epochs=3))
+    epochs = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch ")]
+    assert ["(frozen body)" in line for line in epochs] == [True, False, False]
     state = ckpt.load_state(res.run_dir / ckpt.STATE)
     lrs = sorted({g["base_lr"] for g in state["optimizer"]["param_groups"]})
     assert len(lrs) >= 4 and lrs[0] < lrs[-1]  # discriminative learning rates

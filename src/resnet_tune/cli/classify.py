@@ -10,90 +10,40 @@ from typing import Callable
 
 from .options import add_config_options, config_values
 
-HELP = {
-    "data": "training data: DIR/<class>/*.jpg, DIR/train|val|test/<class>, or a CSV of path,label "
-            "(default: the embedded handwritten digits)",
-    "val_fraction": "validation share when the data has no val split (stratified, seeded)",
-    "img_size": "input size in pixels (default: the model's, or 32 for small images)",
-    "loader": "memory: decode once into RAM and crop/flip in batches; workers: DataLoader workers with "
-              "RandomResizedCrop; auto: memory up to 64 px (160 px on a CPU) if it fits in 2 GiB",
-    "workers": "DataLoader worker processes (default: chosen from the device)",
-    "augment": "extra augmentation on top of crop + flip",
-    "mixup": "mixup alpha (0 = off)",
-    "cutmix": "cutmix alpha (0 = off)",
-    "balance": "imbalanced data: class-weighted loss or a balanced sampler",
-    "model": "architecture (`resnet-tune models` lists them; default: resnet20 for small images, else resnet18)",
-    "pretrained": "weights to start from: torchvision:<WEIGHTS>, timm:<name>, hf:<repo>, a URL or a file",
-    "drop_path_rate": "stochastic depth rate",
-    "strategy": "auto = freeze_unfreeze with --pretrained, scratch without",
-    "freeze_epochs": "epochs with a frozen body in freeze_unfreeze",
-    "cache_views": "frozen-body epochs train the head on cached backbone features of this many augmented views "
-                   "of the training set (0 = run the backbone every epoch)",
-    "lr_decay": "discriminative learning rate: each earlier stage gets this factor of the next one's lr",
-    "epochs": "number of epochs",
-    "batch_size": "images per batch",
-    "lr": "peak learning rate (default: scaled from the batch size and strategy)",
-    "optimizer": "optimiser",
-    "momentum": "SGD momentum",
-    "nesterov": "Nesterov momentum for SGD",
-    "weight_decay": "weight decay (never applied to BatchNorm and biases)",
-    "schedule": "learning-rate schedule",
-    "warmup_epochs": "warm-up epochs for the cosine schedule",
-    "label_smoothing": "label smoothing",
-    "ema": "keep an exponential moving average of the weights and save it",
-    "ema_decay": "EMA decay per step",
-    "grad_clip": "clip the global gradient norm to this value (0 = off)",
-    "accum_steps": "gradient accumulation steps",
-    "early_stop": "stop after this many epochs without validation improvement (0 = off)",
-    "device": "auto, cpu, cuda, cuda:N or mps",
-    "precision": "auto = bf16 where the hardware has it, fp32 elsewhere",
-    "channels_last": "channels-last memory format (default: where it pays)",
-    "compile": "torch.compile the model (pays off on long runs)",
-    "threads": "CPU threads for PyTorch",
-    "seed": "random seed",
-    "deterministic": "deterministic algorithms (bit-exact resume on CPU in fp32)",
-    "output": "the run folder (default: runs/<model>-<date>-<time>)",
-    "progress": "progress bars on a terminal",
-    "tensorboard": "also log to TensorBoard (needs the tensorboard extra)",
-    "sync_bn": "several processes: BatchNorm statistics over the global batch (SyncBatchNorm; CUDA only)",
-    "dist_timeout": "minutes a training process waits for the others before the run stops with an error",
-}
-
-
 def _add_train_options(p: argparse.ArgumentParser) -> None:
-    from ..engine import config as C
+    from ..tasks.classification.config import ClassificationConfig
 
-    add_config_options(p, C.TrainConfig, HELP, {
-        "strategy": C.STRATEGIES, "optimizer": C.OPTIMIZERS, "schedule": C.SCHEDULES, "precision": C.PRECISIONS,
-        "augment": C.AUGMENTS, "balance": C.BALANCE, "loader": C.LOADERS})
+    add_config_options(p, ClassificationConfig)
 
 
 def _train_config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    from ..engine.config import TrainConfig, from_dict
+    from ..engine.config import from_dict
+    from ..tasks.classification.config import ClassificationConfig
 
-    values = config_values(args, TrainConfig)
-    return from_dict(values, source=getattr(args, "config", None) or "command line")
+    return from_dict(config_values(args, ClassificationConfig), source=getattr(args, "config", None) or "command line",
+                     cls=ClassificationConfig)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from ..engine.config import TrainConfig
     from ..engine.trainer import Trainer
+    from ..tasks.classification import ClassificationConfig, ClassificationTask
 
     if args.resume:
-        names = {f.name for f in dataclasses.fields(TrainConfig)}
+        names = {f.name for f in dataclasses.fields(ClassificationConfig)}
         overrides = {k: getattr(args, k) for k in names if hasattr(args, k)}
-        Trainer(resume=args.resume, overrides=overrides).fit()
+        Trainer(ClassificationTask, resume=args.resume, overrides=overrides).fit()
         return 0
-    Trainer(_train_config(args)).fit()
+    Trainer(ClassificationTask, _train_config(args)).fit()
     return 0
 
 
 def cmd_lr_find(args: argparse.Namespace) -> int:
     from ..engine.lr_find import lr_find
+    from ..tasks.classification import ClassificationTask
 
     cfg = _train_config(args)
     out = args.output_dir or "lr-find"
-    res = lr_find(cfg, start_lr=args.start_lr, end_lr=args.end_lr, steps=args.steps, output=out)
+    res = lr_find(ClassificationTask, cfg, start_lr=args.start_lr, end_lr=args.end_lr, steps=args.steps, output=out)
     sug = res["suggestion"]
     print(f"suggested learning rate: {sug:.3g}" if sug else "no suggestion: the loss did not fall; try more steps")
     print(f"plot: {res.get('plot')}")
@@ -143,10 +93,10 @@ def _write_predictions(results: list[dict], output: str) -> None:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from ..data.datasets import list_images
-    from ..inference import Predictor
+    from ..tasks.classification import ClassificationPredictor
 
     files = list_images(args.images)
-    pred = Predictor(args.checkpoint, device=args.device, batch_size=args.batch_size)
+    pred = ClassificationPredictor(args.checkpoint, device=args.device, batch_size=args.batch_size)
     results = pred.predict_files(files, top_k=args.top_k)
     for r in results:
         if r.get("error"):
@@ -164,10 +114,10 @@ def cmd_embed(args: argparse.Namespace) -> int:
     import numpy as np
 
     from ..data.datasets import list_images
-    from ..inference import Predictor
+    from ..tasks.classification import ClassificationPredictor
 
     files = list_images(args.images)
-    pred = Predictor(args.checkpoint, device=args.device, batch_size=args.batch_size)
+    pred = ClassificationPredictor(args.checkpoint, device=args.device, batch_size=args.batch_size)
     feats, kept, skipped = pred.embed_files(files)
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -21,10 +21,12 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return text + " (default: %(default)s)"
 
 
-def add_config_options(p: argparse.ArgumentParser, cls: type, help_texts: dict[str, str],
-                       choices: dict[str, Any] | None = None) -> None:
-    """One ``--flag`` per field of the config dataclass ``cls``; flags not given stay absent from the namespace
+def add_config_options(p: argparse.ArgumentParser, cls: type) -> None:
+    """One ``--flag`` per field of the config dataclass ``cls``, with the help text and choices declared beside
+    the field (:func:`resnet_tune.engine.config.option`). Flags not given stay absent from the namespace
     (``default=SUPPRESS``), so a YAML file and the dataclass's own defaults fill them."""
+    from ..engine.config import option_help
+
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         flag = "--" + f.name.replace("_", "-")
@@ -33,14 +35,15 @@ def add_config_options(p: argparse.ArgumentParser, cls: type, help_texts: dict[s
         base = next((a for a in args if a is not type(None)), kind) if args else kind
         if base is Any:
             base = str
-        text = help_texts.get(f.name, f.name.replace("_", " "))
+        text, allowed = option_help(cls, f.name)
+        text = text.replace("%", "%%")  # argparse formats help with %-style placeholders
         if f.default is not None and "default" not in text:
             shown = f"{f.default:g}" if isinstance(f.default, float) else str(f.default)
             text += f" (default: {shown})"
         if base is bool:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=text)
         else:
-            allowed = (choices or {}).get(f.name)
+            allowed = tuple(a for a in allowed if a is not None) if allowed else None
             p.add_argument(flag, type=base, default=argparse.SUPPRESS, choices=allowed, help=text,
                            metavar=f.name.upper() if allowed is None else None)
 

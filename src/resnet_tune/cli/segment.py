@@ -11,68 +11,16 @@ from typing import Callable
 
 from .options import HelpFormatter, add_config_options, config_values
 
-HELP = {
-    "data": "DIR/train|val|test/images + masks (same file names), or DIR/images + DIR/masks",
-    "classes": "class table: classes.txt (id name [r g b] per line) or CSV name,r,g,b (default: one found in DIR)",
-    "num_classes": "number of classes (default: from the class table, else the largest mask label + 1)",
-    "ignore_index": "mask value left out of the loss and the metrics (CamVid: 11, 'Unlabelled')",
-    "val_fraction": "validation share when the data has no val split (seeded)",
-    "img_size": "training crop: one int or H,W (default: the median image size, at most 512)",
-    "scale_min": "smallest scale of the scale jitter",
-    "scale_max": "largest scale of the scale jitter",
-    "hflip": "random horizontal flips",
-    "loader": "memory: decode the data once into RAM; workers: read files in DataLoader workers; auto picks",
-    "workers": "DataLoader worker processes for the file loader",
-    "limit": "use at most this many images per split (quick trials)",
-    "model": "backbone: an ImageNet-style ResNet (`resnet-tune models`)",
-    "pretrained": "weights to start from: a resnet-tune checkpoint (classification or segmentation), "
-                  "torchvision:<WEIGHTS>, timm:<name>, hf:<repo>, a URL or a file",
-    "head": "fcn (torchvision's FCNHead), deeplabv3 (ASPP) or unet (light decoder, for small data)",
-    "output_stride": "8, 16 or 32 (default: fcn 8, deeplabv3 16, unet 32); smaller is finer and slower",
-    "aux": "auxiliary FCN head on layer3 during training",
-    "aux_weight": "weight of the auxiliary loss",
-    "class_weights": "loss weights from the training masks: median frequency or inverse frequency",
-    "dice": "weight of a soft Dice loss added to the cross-entropy (0 = off)",
-    "strategy": "auto = freeze_unfreeze with --pretrained, scratch without",
-    "freeze_epochs": "epochs with a frozen backbone in freeze_unfreeze",
-    "lr_decay": "discriminative learning rate: each earlier backbone stage gets this factor of the next one's lr",
-    "epochs": "number of epochs",
-    "batch_size": "crops per batch",
-    "lr": "peak learning rate (default: SGD 0.01 x batch/8, 0.02 from scratch; AdamW 3e-4 / 1e-3)",
-    "optimizer": "optimiser",
-    "momentum": "SGD momentum",
-    "weight_decay": "weight decay (never applied to BatchNorm and biases)",
-    "schedule": "learning-rate schedule (poly: (1 - t/T)^power)",
-    "poly_power": "power of the poly schedule",
-    "warmup_epochs": "linear warm-up epochs",
-    "grad_clip": "clip the global gradient norm to this value (0 = off)",
-    "early_stop": "stop after this many epochs without validation improvement (0 = off)",
-    "eval_mode": "validation/evaluation on the full image, or in sliding windows of the crop size",
-    "eval_overlap": "overlap of the sliding windows",
-    "device": "auto, cpu, cuda, cuda:N or mps",
-    "precision": "auto = bf16 where the hardware has it, fp32 elsewhere",
-    "channels_last": "channels-last memory format (default: where it pays)",
-    "threads": "CPU threads for PyTorch",
-    "seed": "random seed",
-    "deterministic": "deterministic algorithms (bit-exact resume on CPU in fp32)",
-    "output": "the run folder (default: runs/seg-<model>-<head>-<date>-<time>)",
-    "progress": "progress bars on a terminal",
-}
-
-
 def _add_seg_options(p: argparse.ArgumentParser) -> None:
-    from ..segment import config as C
+    from ..tasks.segmentation.config import SegmentationConfig
 
-    add_config_options(p, C.SegConfig, HELP, {
-        "strategy": C.STRATEGIES, "optimizer": C.OPTIMIZERS, "schedule": C.SCHEDULES, "precision": C.PRECISIONS,
-        "head": C.HEADS, "class_weights": C.CLASS_WEIGHTS, "loader": C.LOADERS, "eval_mode": C.EVAL_MODES,
-        "output_stride": (8, 16, 32)})
+    add_config_options(p, SegmentationConfig)
 
 
 def _seg_config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    from ..segment.config import SegConfig, from_dict
+    from ..tasks.segmentation.config import SegmentationConfig, from_dict
 
-    return from_dict(config_values(args, SegConfig), source=getattr(args, "config", None) or "command line")
+    return from_dict(config_values(args, SegmentationConfig), source=getattr(args, "config", None) or "command line")
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
@@ -81,16 +29,16 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from ..segment.config import SegConfig
-    from ..segment.train import SegTrainer
+    from ..engine.trainer import Trainer
+    from ..tasks.segmentation import SegmentationConfig, SegmentationTask
 
     try:
         if args.resume:
-            names = {f.name for f in dataclasses.fields(SegConfig)}
+            names = {f.name for f in dataclasses.fields(SegmentationConfig)}
             overrides = {k: getattr(args, k) for k in names if hasattr(args, k)}
-            SegTrainer(resume=args.resume, overrides=overrides).fit()
+            Trainer(SegmentationTask, resume=args.resume, overrides=overrides).fit()
         else:
-            SegTrainer(_seg_config(args)).fit()
+            Trainer(SegmentationTask, _seg_config(args)).fit()
     except KeyboardInterrupt:
         out = args.resume or getattr(args, "output", None)
         if out:
@@ -101,9 +49,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from ..engine.checkpoint import resolve_checkpoint
-    from ..segment.config import parse_size
-    from ..segment.evaluate import evaluate_segmentation
-    from ..segment.metrics import format_seg_report
+    from ..tasks.segmentation.config import parse_size
+    from ..tasks.segmentation.evaluate import evaluate_segmentation
+    from ..tasks.segmentation.metrics import format_seg_report
 
     out = args.output
     if out is None:
@@ -122,8 +70,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from ..data.datasets import list_images
-    from ..segment.config import parse_size
-    from ..segment.predictor import SegPredictor, describe_shares
+    from ..tasks.segmentation.config import parse_size
+    from ..tasks.segmentation.predictor import SegPredictor, describe_shares
 
     files = list_images(args.images)
     pred = SegPredictor(args.checkpoint, device=args.device, precision=args.precision, mode=args.mode,

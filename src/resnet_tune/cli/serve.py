@@ -66,10 +66,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    from ..serve.gradcam import explain
+    from pathlib import Path
 
-    out, info = explain(args.checkpoint, args.image, args.output, args.class_name)
-    print(f"Grad-CAM for class {info['class']} (probability {info['prob']:.3f}) written to {out}")
+    from ..data.datasets import load_image
+    from ..tasks import Predictor
+
+    pred = Predictor(args.checkpoint, device="cpu", precision="fp32")
+    image, info = pred.explain(load_image(args.image), args.class_name)
+    out = Path(args.output) if args.output else Path(args.image).with_suffix(".gradcam.png")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    image.save(out, format="PNG")
+    if "class" in info:
+        print(f"Grad-CAM for class {info['class']} (probability {info['prob']:.3f}) written to {out}")
+    else:
+        print(f"mask overlay written to {out}")
     return 0
 
 

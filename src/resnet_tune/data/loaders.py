@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import os
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from torch.utils.data import Dataset
@@ -285,3 +285,86 @@ class MemoryLoader:
         for b in range(0, len(idx), self.batch_size):
             sel = idx[b:b + self.batch_size]
             yield (sel, *self._batch(sel, aug, sel))
+
+
+class EpochLoader:
+    """A DataLoader whose shuffling and worker seeds depend only on (seed, epoch): exact resume.
+
+    With ``world > 1`` it shards as :class:`MemoryLoader` does (:func:`train_shard`, :func:`eval_shard`). Used
+    for file datasets of every task (``FileDataset``, the segmentation pair dataset).
+    """
+
+    def __init__(self, dataset: Any, batch_size: int, train: bool, workers: int, device: torch.device, seed: int,
+                 weights: torch.Tensor | None, rank: int, world: int) -> None:
+        self.dataset, self.batch_size, self.train = dataset, batch_size, train
+        self.workers, self.device, self.seed, self.weights = workers, device, seed, weights
+        self.rank, self.world = rank, world
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
+
+    def _generator(self) -> torch.Generator:
+        return torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+
+    def _indices(self, g: torch.Generator | None = None) -> torch.Tensor:
+        n = len(self.dataset)
+        if not self.train:
+            return eval_shard(n, self.batch_size, self.rank, self.world)
+        g = g or self._generator()
+        if self.weights is not None:
+            order = torch.multinomial(self.weights, n, replacement=True, generator=g)
+        else:
+            order = torch.randperm(n, generator=g)
+        return train_shard(order, self.rank, self.world)[0]
+
+    def epoch_indices(self) -> list[int]:
+        """The dataset indices this rank trains on in the current epoch (after dropping remainders)."""
+        idx = self._indices()
+        return idx[:train_seen(len(idx), self.batch_size)].tolist() if self.train else idx.tolist()
+
+    def batch_ids(self) -> list[int]:
+        """For evaluation: the global batch index of each batch this rank yields."""
+        return list(eval_batch_ids(len(self.dataset), self.batch_size, self.rank, self.world))
+
+    def _loader(self) -> torch.utils.data.DataLoader:
+        from torch.utils.data import DataLoader, Subset
+
+        g = self._generator()  # the order, then the workers' seeds
+        ds = Subset(self.dataset, self._indices(g).tolist())
+        drop_last = self.train and len(ds) >= self.batch_size
+        return DataLoader(ds, batch_size=self.batch_size, shuffle=False, num_workers=self.workers,
+                          pin_memory=self.device.type == "cuda", drop_last=drop_last, generator=g,
+                          persistent_workers=False)
+
+    def view_len(self) -> int:
+        return len(eval_batch_ids(len(self.dataset), self.batch_size, self.rank, self.world))
+
+    def view_batches(self, view: int):
+        """(indices, images, labels) for this rank's share of *all* images, each augmented as in epoch
+        ``view`` (the dataset seeds each image's augmentation with (seed, epoch, index)): one view of the
+        dataset for cached backbone features (:mod:`.features`)."""
+        from torch.utils.data import DataLoader, Subset
+
+        self.set_epoch(view)
+        idx = eval_shard(len(self.dataset), self.batch_size, self.rank, self.world)
+        dl = DataLoader(Subset(self.dataset, idx.tolist()), batch_size=self.batch_size, shuffle=False,
+                        num_workers=self.workers, pin_memory=self.device.type == "cuda")
+        pos = 0
+        for x, y in dl:
+            yield idx[pos:pos + len(y)], x, y
+            pos += len(y)
+
+    def __len__(self) -> int:
+        n = len(self.dataset)
+        if self.train:
+            return train_batches(n // max(self.world, 1), self.batch_size)
+        return len(eval_batch_ids(n, self.batch_size, self.rank, self.world))
+
+    def __iter__(self):
+        for x, y in self._loader():
+            if self.train and len(y) < 2:
+                continue
+            yield x, y

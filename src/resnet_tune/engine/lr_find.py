@@ -7,24 +7,31 @@ import math
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from .config import RunConfig
+from .task import Task
+
 __all__ = ["lr_find"]
 
 
-def lr_find(cfg: Any, *, start_lr: float = 1e-6, end_lr: float = 10.0, steps: int = 100,
+def lr_find(task: type[Task], cfg: RunConfig, *, start_lr: float = 1e-6, end_lr: float = 10.0, steps: int = 100,
             output: str | Path | None = None) -> dict[str, Any]:
     """The learning-rate range test (Smith 2017): raise the lr exponentially over ``steps`` batches,
     record the loss, stop when it explodes; suggest the lr at the steepest descent.
 
-    Leaves no trace on the model the user will train (it works on a fresh one).
+    Runs the task's own set-up and loss (:class:`~.trainer.Trainer`), and leaves no trace on the model the user
+    will train (it works on a fresh one).
     """
     from ..eval.report import plot_lr_find, suggest_lr
-    from .trainer import Trainer, train_mode
+    from .finetune import train_mode
+    from .trainer import Trainer
 
-    trainer = Trainer(cfg.replace(epochs=1), quiet=True)
+    trainer = Trainer(task, cfg.replace(epochs=1), quiet=True)
     s = trainer.prepare()
-    model, data, device, precision = s["model"], s["data"], s["device"], s["precision"]
-    optimizer, criterion = s["optimizer"], s["criterion"]
+    model, data, device, precision, optimizer = s.model, s.data, s.device, s.precision, s.optimizer
     train_mode(model)
+    g = torch.Generator().manual_seed(cfg.seed)
     lrs, losses = [], []
     best = math.inf
     it = iter(())
@@ -38,11 +45,11 @@ def lr_find(cfg: Any, *, start_lr: float = 1e-6, end_lr: float = 10.0, steps: in
             it = iter(data.train)
             x, y = next(it)
         lr = start_lr * (end_lr / start_lr) ** (i / max(steps - 1, 1))
-        for g in optimizer.param_groups:
-            g["lr"] = lr * g["base_lr"] / optimizer.param_groups[-1]["base_lr"]
-        x, y = x.to(device), y.to(device)
+        for group in optimizer.param_groups:
+            group["lr"] = lr * group["base_lr"] / optimizer.param_groups[-1]["base_lr"]
+        x, y = trainer.task.to_device(x, y, device, s.channels_last)
         with precision.autocast(device):
-            loss = criterion(model(x), y)
+            loss, _ = trainer.task.train_loss(model, x, y, s.criterion, g)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

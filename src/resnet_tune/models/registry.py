@@ -15,7 +15,7 @@ from ..errors import ResnetTuneError
 from .resnet import ResNet, ResNetConfig, count_macs, count_params
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "ModelInfo", "Preset", "UnknownModelError", "get_config", "get_preset",
-           "list_models", "model_info", "register_model"]
+           "list_models", "mean_std_for", "model_info", "register_model"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -132,3 +132,12 @@ def model_info(name_or_model: str | ResNet, input_size: tuple[int, int, int] | N
         reference_params=preset.reference_params if preset else None,
         description=preset.description if preset else "user-defined ResNet",
     )
+
+
+def mean_std_for(name: str, pretrained_meta: dict[str, Any] | None = None) -> tuple[tuple, tuple]:
+    """The normalisation a model expects: the pretrained weights' own mean/std where they say, else the preset's,
+    else ImageNet's."""
+    if pretrained_meta and pretrained_meta.get("mean") and pretrained_meta.get("std"):
+        return tuple(pretrained_meta["mean"]), tuple(pretrained_meta["std"])
+    preset = _REGISTRY.get(name)
+    return (preset.mean, preset.std) if preset else (IMAGENET_MEAN, IMAGENET_STD)

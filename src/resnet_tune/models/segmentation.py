@@ -144,8 +144,10 @@ class Segmenter(nn.Module):
             result["aux"] = F.interpolate(aux, size=size, mode="bilinear", align_corners=False)
         return result
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.forward_all(x)["out"]
+    def forward(self, x: Tensor) -> Tensor | dict[str, Tensor]:
+        """Logits (N, C, H, W); in training mode with an auxiliary head, ``{"out", "aux"}`` (both trained)."""
+        out = self.forward_all(x)
+        return out if self.training and "aux" in out else out["out"]
 
     def body_and_head(self) -> tuple[list[nn.Module], nn.Module]:
         """The backbone's parameter groups from input to output, and the head(s): for freezing and

@@ -1,4 +1,9 @@
-"""Moved to :mod:`resnet_tune.models.segmentation` (the model library holds every architecture)."""
+"""Deprecated: the segmentation networks live in :mod:`resnet_tune.models.segmentation`."""
 
-from ..models.segmentation import *  # noqa: F401,F403
-from ..models.segmentation import __all__  # noqa: F401
+import warnings
+
+from ..models.segmentation import (HEADS, Segmenter, UNetDecoder, backbone_state, build_segmenter,  # noqa: F401
+                                   create_segmenter, default_output_stride, load_torchvision_segmentation)
+
+warnings.warn("resnet_tune.segment.model is deprecated; import from resnet_tune.models.segmentation",
+              DeprecationWarning, stacklevel=2)

@@ -1,16 +1,17 @@
-"""The web service: a FastAPI app over a :class:`~resnet_tune.serve.predictor.Predictor`.
+"""The web service: a FastAPI app over any task's :class:`~resnet_tune.inference.Predictor`.
 
 Endpoints (``/openapi.json`` documents them):
 
 - ``POST /predict``: images as multipart fields named ``file`` (repeatable) or one image as the raw body with an
-  ``image/*`` content type; answers the JSON of ``resnet-tune predict``: ``[{"file", "top": [{"class", "prob"}]}]``.
-- ``POST /explain``: one image the same way; answers the Grad-CAM overlay as ``image/png``.
+  ``image/*`` content type; answers the predictor's JSON for each image, as ``resnet-tune predict`` does:
+  ``[{"file", "top": [{"class", "prob"}]}]`` for a classifier, ``[{"file", "classes": [{"class", "fraction"}],
+  "width", "height"}]`` (each class's share of the pixels, largest first) for a segmentation model.
+- ``POST /explain``: one image the same way; answers the predictor's picture as ``image/png`` (the Grad-CAM
+  overlay of a classifier, the colour-coded mask over the image of a segmentation model).
 - ``GET /health``, ``GET /model`` (the checkpoint's record and metrics), ``GET /`` (a page to try the model).
 
-A segmentation checkpoint (record ``task == "segmentation"``) is served through
-:class:`~resnet_tune.segment.predictor.SegPredictor`: ``/predict`` answers
-``[{"file", "classes": [{"class", "fraction"}], "width", "height"}]`` (each class's share of the pixels, largest
-first) and ``/explain`` the colour-coded mask blended over the image as ``image/png``.
+The routes call the predictor's own ``predict_images`` / ``describe`` / ``explain``: nothing here depends on the
+task except the response schema shown in the OpenAPI document.
 
 Untrusted input is answered with a 4xx and ``{"detail": "<one sentence>"}``; bodies are bounded by
 ``Content-Length`` before reading and by counting while reading; images are bounded by their pixel count read
@@ -47,9 +48,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
+from ..inference.predictor import Predictor
 from .batching import ShuttingDown
 from .images import UploadError, decode_upload
-from .predictor import Predictor
 
 __all__ = ["DEFAULT_MAX_FILES", "DEFAULT_MAX_PIXELS", "DEFAULT_MAX_QUEUE", "DEFAULT_MAX_UPLOAD_BYTES",
            "DEFAULT_REQUEST_TIMEOUT", "create_app"]
@@ -97,6 +98,15 @@ class SegPrediction(BaseModel):
     classes: list[ClassShare] = Field(description="classes present in the mask, largest share first")
     width: int
     height: int
+
+
+#: The response schema of /predict per task (for the OpenAPI document) and its summary.
+_RESPONSES: dict[str, tuple[Any, str]] = {
+    "classification": (list[Prediction], "top-k classes of one or several images"),
+    "segmentation": (list[SegPrediction], "pixel share of each class in one or several images"),
+}
+_EXPLAIN_SUMMARY = {"classification": "Grad-CAM overlay of one image (PNG)",
+                    "segmentation": "segmentation mask over one image (PNG)"}
 
 
 class Health(BaseModel):
@@ -182,8 +192,7 @@ class ServerState:
         from .batching import MicroBatcher
 
         self.predictor = predictor
-        self.segmentation = not isinstance(predictor, Predictor)
-        batching = batching and not self.segmentation  # masks come one image at a time
+        batching = batching and predictor.batchable  # images of their own size go one at a time
         self.max_upload_bytes, self.max_files, self.max_pixels = max_upload_bytes, max_files, max_pixels
         self.token = token or None
         self.batching = batching
@@ -192,7 +201,7 @@ class ServerState:
         self.model_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="resnet-tune-model")
         self.decode_pool = concurrent.futures.ThreadPoolExecutor(max(2, min(4, os.cpu_count() or 1)),
                                                                  thread_name_prefix="resnet-tune-decode")
-        self.batcher = MicroBatcher(predictor.probs, self.model_pool, max_batch=max_batch,
+        self.batcher = MicroBatcher(predictor.batch_outputs, self.model_pool, max_batch=max_batch,
                                     max_wait_ms=max_wait_ms) if batching else None
         self.started = time.time()
         self.max_queue, self.request_timeout = max_queue, request_timeout
@@ -264,16 +273,11 @@ def _shutting_down() -> _HTTPError:
                       {"Retry-After": str(RETRY_AFTER_BUSY)})
 
 
-def _load_predictor(checkpoint: str | os.PathLike[str], device: str) -> Any:
-    """A :class:`Predictor`, or a :class:`~resnet_tune.segment.predictor.SegPredictor` for a segmentation
-    checkpoint."""
-    from ..engine.checkpoint import read_record
+def _load_predictor(checkpoint: str | os.PathLike[str], device: str) -> Predictor:
+    """The predictor of the checkpoint's task."""
+    from ..tasks import Predictor as TaskPredictor  # every task's predictor registered
 
-    if read_record(checkpoint).get("task") == "segmentation":
-        from ..segment.predictor import SegPredictor
-
-        return SegPredictor(checkpoint, device=device)
-    return Predictor(checkpoint, device=device)
+    return TaskPredictor(checkpoint, device=device)
 
 
 def create_app(checkpoint_or_predictor: Any, *,
@@ -281,8 +285,8 @@ def create_app(checkpoint_or_predictor: Any, *,
                max_pixels: int = DEFAULT_MAX_PIXELS, token: str | None = None, batching: bool = True,
                max_batch: int = 32, max_wait_ms: float = 2.0, device: str = "auto",
                max_queue: int = DEFAULT_MAX_QUEUE, request_timeout: float = DEFAULT_REQUEST_TIMEOUT) -> FastAPI:
-    """The FastAPI app serving a checkpoint (a run folder or ``.safetensors`` file), a ready :class:`Predictor` or a
-    ready :class:`~resnet_tune.segment.predictor.SegPredictor` (segmentation: see the module docstring).
+    """The FastAPI app serving a checkpoint (a run folder or ``.safetensors`` file) or a ready predictor of any
+    task (see the module docstring).
 
     ``max_upload_bytes`` bounds a request body, ``max_files`` the images in one request, ``max_pixels`` each
     image's width x height. ``token``: POST endpoints need ``Authorization: Bearer <token>``. ``batching``:
@@ -296,15 +300,13 @@ def create_app(checkpoint_or_predictor: Any, *,
         raise ConfigError("max_upload_bytes, max_files, max_pixels and max_queue must all be positive.")
     if not (0 < request_timeout < float("inf")):
         raise ConfigError(f"request_timeout must be a positive number of seconds, got {request_timeout}.")
-    from ..segment.predictor import SegPredictor
-
-    predictor = checkpoint_or_predictor if isinstance(checkpoint_or_predictor, (Predictor, SegPredictor)) else \
+    predictor = checkpoint_or_predictor if isinstance(checkpoint_or_predictor, Predictor) else \
         _load_predictor(checkpoint_or_predictor, device)
     state = ServerState(predictor, max_upload_bytes=max_upload_bytes, max_files=max_files, max_pixels=max_pixels,
                         token=token, batching=batching, max_batch=max_batch, max_wait_ms=max_wait_ms,
                         max_queue=max_queue, request_timeout=request_timeout)
     rec = predictor.record
-    segmentation = state.segmentation
+    task = str(rec.get("task", "classification"))
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -324,9 +326,7 @@ def create_app(checkpoint_or_predictor: Any, *,
         version=str(rec.get("versions", {}).get("resnet_tune", "")),
         summary=f"{rec.get('model', 'model')}: {rec.get('task', 'classification')} over "
                 f"{len(predictor.classes)} classes",
-        description=("Segment images: class shares of the pixels and the colour-coded mask as an overlay. "
-                     if segmentation else "Classify images and explain the predictions with Grad-CAM. ") +
-                    "Images go as multipart fields "
+        description=f"{predictor.service_description} Images go as multipart fields "
                     "named `file` (repeatable) or as the raw body with an `image/*` content type. "
                     f"Limits: {max_upload_bytes:,} bytes a request, {max_files} files a request, {max_pixels:,} "
                     f"pixels an image, {request_timeout:g} seconds to send a body (else 408) and to wait for the "
@@ -465,29 +465,23 @@ def create_app(checkpoint_or_predictor: Any, *,
         finally:
             await form.close()
 
-    def decode_all(uploads: list[_Upload]) -> tuple[torch.Tensor | None, list[Any]]:
-        images = []
-        tensors = []
-        for up in uploads:
-            img = decode_upload(up.data, repr(up.name) if up.name != "body" else "the request body",
-                                state.max_pixels)
-            if not segmentation:
-                tensors.append(predictor.transform(img))
-            images.append(img)
-        return (torch.stack(tensors) if tensors else None), images
+    def decode_all(uploads: list[_Upload], batch: bool) -> tuple[torch.Tensor | None, list[Any]]:
+        """The decoded images, and (for the micro-batcher) the predictor's preprocessed batch of them."""
+        images = [decode_upload(up.data, repr(up.name) if up.name != "body" else "the request body", state.max_pixels)
+                  for up in uploads]
+        return (predictor.preprocess(images) if batch and images else None), images
 
-    async def decode(uploads: list[_Upload], keep_images: bool = False) -> tuple[torch.Tensor | None, list[Any]]:
+    async def decode(uploads: list[_Upload], batch: bool = False) -> tuple[torch.Tensor | None, list[Any]]:
         try:
-            x, images = await state.run_in(state.decode_pool, decode_all, uploads)
+            return await state.run_in(state.decode_pool, decode_all, uploads, batch)
         except UploadError as err:
             raise _HTTPError(err.status, err.message) from None
-        return x, (images if keep_images else [])
 
     # --- endpoints -----------------------------------------------------------------------------------
 
     @app.get("/health", response_model=Health, summary="liveness and what is served")
     async def health() -> dict[str, Any]:
-        return {"status": "ok", "model": str(rec.get("model", "")), "task": str(rec.get("task", "classification")),
+        return {"status": "ok", "model": str(rec.get("model", "")), "task": task,
                 "classes": len(predictor.classes), "auth": state.token is not None, "batching": state.batching}
 
     @app.get("/model", summary="the checkpoint's record: classes, preprocessing, metrics, architecture")
@@ -496,55 +490,35 @@ def create_app(checkpoint_or_predictor: Any, *,
         out["server"] = {"max_upload_bytes": state.max_upload_bytes, "max_files": state.max_files,
                          "max_pixels": state.max_pixels, "batching": state.batching, "auth": state.token is not None,
                          "max_queue": state.max_queue, "request_timeout": state.request_timeout,
-                         "in_flight": state.in_flight,
-                         "device": str(predictor.device),
-                         "precision": str(predictor.precision.amp_dtype or "float32").replace("torch.", ""),
+                         "in_flight": state.in_flight, **predictor.info(),
                          "forward_passes": state.batcher.batches if state.batcher else None,
                          "batched_images": state.batcher.images if state.batcher else None}
         return out
 
-    @app.post("/predict", response_model=list[SegPrediction] if segmentation else list[Prediction],
-              response_model_by_alias=True,
-              summary="pixel share of each class in one or several images" if segmentation else
-              "top-k classes of one or several images", openapi_extra={"requestBody": _IMAGE_BODY},
-              responses=_ERRORS, dependencies=[Depends(require_token)])
-    async def predict(request: Request, top_k: int = Query(5, ge=1, le=1000, description="classes per image")
+    schema = _RESPONSES.get(task, (list[dict[str, Any]], "predictions for one or several images"))
+
+    @app.post("/predict", response_model=schema[0], response_model_by_alias=True, summary=schema[1],
+              openapi_extra={"requestBody": _IMAGE_BODY}, responses=_ERRORS, dependencies=[Depends(require_token)])
+    async def predict(request: Request, top_k: int = Query(5, ge=1, le=1000, description="classes per image "
+                                                                                         "(classification)")
                       ) -> JSONResponse:
         media = check_upload_headers(request)
         async with state.admitted():
             uploads = await read_uploads(request, media)
-            if segmentation:
-                _, images = await decode(uploads, keep_images=True)
-                shares = await state.wait_for_model(state.run_in(state.model_pool, segment_shares, images))
-                return JSONResponse([{"file": up.name, **s} for up, s in zip(uploads, shares)])
-            x, _ = await decode(uploads)
+            x, images = await decode(uploads, batch=state.batcher is not None)
             if state.batcher is not None:
-                probs = await state.wait_for_model(state.batcher.submit(x))
+                rows = await state.wait_for_model(state.batcher.submit(x))
+                results = [predictor.describe(r, top_k=top_k) for r in rows]
             else:
-                probs = await state.wait_for_model(state.run_in(state.model_pool, predictor.probs, x))
-        out = [{"file": up.name, "top": predictor.top(p, top_k)} for up, p in zip(uploads, probs)]
-        return JSONResponse(out)
+                results = await state.wait_for_model(
+                    state.run_in(state.model_pool, lambda: predictor.predict_images(images, top_k=top_k)))
+        return JSONResponse([{"file": up.name, **r} for up, r in zip(uploads, results)])
 
-    def segment_shares(images: list[Any]) -> list[dict[str, Any]]:
-        import numpy as np
-
-        out = []
-        for img in images:
-            mask = predictor.predict_mask(img.convert("RGB"))
-            counts = np.bincount(mask.ravel(), minlength=256)
-            order = sorted((i for i in range(256) if counts[i]), key=lambda i: (-counts[i], i))
-            names = predictor.classes
-            out.append({"classes": [{"class": names[i] if i < len(names) else f"ignore ({i})",
-                                     "fraction": round(float(counts[i] / mask.size), 6)} for i in order],
-                        "width": img.width, "height": img.height})
-        return out
-
-    @app.post("/explain", response_class=Response,
-              summary="segmentation mask over one image (PNG)" if segmentation else
-              "Grad-CAM overlay of one image (PNG)",
+    @app.post("/explain", response_class=Response, summary=_EXPLAIN_SUMMARY.get(task, "an explanation (PNG)"),
               openapi_extra={"requestBody": _IMAGE_BODY},
-              responses={**_ERRORS, 200: {"content": {"image/png": {}}, "description": "the overlay; headers "
-                                          "X-Class and X-Prob name the explained class and its probability"}},
+              responses={**_ERRORS, 200: {"content": {"image/png": {}}, "description": "the picture; for a "
+                                          "classifier, headers X-Class and X-Prob name the explained class and "
+                                          "its probability"}},
               dependencies=[Depends(require_token)])
     async def explain(request: Request, class_name: str | None = Query(
             None, alias="class", description="class to explain (default: the predicted one)")) -> Response:
@@ -555,33 +529,22 @@ def create_app(checkpoint_or_predictor: Any, *,
             uploads = await read_uploads(request, media)
             if len(uploads) != 1:
                 raise _HTTPError(400, f"/explain takes one image, got {len(uploads)}.")
-            _, images = await decode(uploads, keep_images=True)
+            _, images = await decode(uploads)
             return await explain_on_model(images[0], class_name)
 
     async def explain_on_model(image: Any, class_name: str | None) -> Response:
-        """The overlay of one decoded image, computed on the model thread."""
-        from .gradcam import explain_image
-
-        if segmentation:
-            def run_seg() -> bytes:
-                _, ov = predictor.predict_image(image)
-                buf = io.BytesIO()
-                ov.save(buf, format="PNG", optimize=False)
-                return buf.getvalue()
-
-            png = await state.wait_for_model(state.run_in(state.model_pool, run_seg))
-            return Response(png, media_type="image/png", headers={"Cache-Control": "no-store"})
-
+        """The predictor's picture of one decoded image as a PNG, computed on the model thread."""
         def run() -> tuple[bytes, dict[str, Any]]:
-            img, info = explain_image(predictor, image, class_name)
+            img, info = predictor.explain(image, class_name)
             buf = io.BytesIO()
             img.save(buf, format="PNG", optimize=False)
             return buf.getvalue(), info
 
         png, info = await state.wait_for_model(state.run_in(state.model_pool, run))
-        return Response(png, media_type="image/png",
-                        headers={"X-Class": _header_safe(info["class"]), "X-Prob": f"{info['prob']:.6f}",
-                                 "Cache-Control": "no-store"})
+        headers = {"Cache-Control": "no-store"}
+        if "class" in info:
+            headers.update({"X-Class": _header_safe(info["class"]), "X-Prob": f"{info['prob']:.6f}"})
+        return Response(png, media_type="image/png", headers=headers)
 
     # --- the page ------------------------------------------------------------------------------------
 

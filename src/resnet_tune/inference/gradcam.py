@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 import threading
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -21,7 +20,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-__all__ = ["explain", "explain_image", "grad_cam", "overlay", "target_layer"]
+__all__ = ["explain_image", "grad_cam", "overlay", "target_layer"]
 
 _LOCK = threading.Lock()  # hooks are registered on the module: one Grad-CAM at a time per process
 
@@ -151,7 +150,8 @@ def _crop_box(size: tuple[int, int], pp: Any) -> tuple[float, float, float, floa
 
 def explain_image(predictor: Any, image: Image.Image, target: int | str | None = None, *, max_side: int = 768,
                   min_side: int = 256) -> tuple[Image.Image, dict[str, Any]]:
-    """Grad-CAM overlay of ``image`` for a :class:`~resnet_tune.serve.predictor.Predictor`.
+    """Grad-CAM overlay of ``image`` for a classification predictor (its ``eager`` model, ``preprocess`` and
+    ``preprocessing``).
 
     Returns the overlay (the region the model sees, at the image's resolution, scaled to between ``min_side``
     and ``max_side`` pixels on its longer side) and ``{"class", "index", "prob"}`` of the explained class.
@@ -175,22 +175,3 @@ def explain_image(predictor: Any, image: Image.Image, target: int | str | None =
                            Image.Resampling.BICUBIC if scale > 1 else Image.Resampling.LANCZOS)
     info = {"class": classes[idx] if idx < len(classes) else str(idx), "index": idx, "prob": round(float(probs[idx]), 6)}
     return overlay(crop, cams[0]), info
-
-
-def explain(checkpoint: str | Path, image: str | Path, output: str | Path | None = None,
-            target: int | str | None = None) -> tuple[Path, dict[str, Any]]:
-    """Write the Grad-CAM overlay of ``image`` to ``output`` (default ``<image>.gradcam.png``); returns (path, info)."""
-    from ..data.datasets import load_image
-    from .predictor import Predictor
-
-    pred = Predictor(checkpoint, device="cpu", precision="fp32")
-    img = load_image(image)
-    if isinstance(target, str) and target not in pred.classes:
-        from ..errors import ConfigError
-
-        raise ConfigError(f"class {target!r} is not one of the model's classes ({', '.join(pred.classes)}).")
-    result, info = explain_image(pred, img, target)
-    out = Path(output) if output else Path(image).with_suffix(".gradcam.png")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    result.save(out, format="PNG")
-    return out, info

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import DataError
+from ...errors import DataError
 
 __all__ = ["evaluate"]
 
@@ -23,12 +23,12 @@ def evaluate(checkpoint: str | Path, data: str | Path | None = None, *, batch_si
     training (never re-drawn, so files added since cannot leak in), or the embedded digits' held-out split for
     a run on the embedded default. With ``output``, writes ``eval.json``, ``confusion.png`` and ``worst.png``.
     """
-    from ..data.datasets import discover_eval
-    from ..data.scan import scan
-    from ..eval import metrics as M
-    from ..inference import Predictor
+    from ...data.datasets import discover_eval
+    from ...data.scan import scan
+    from ...eval import metrics as M
+    from .predictor import ClassificationPredictor
 
-    pred = Predictor(checkpoint, device=device, batch_size=batch_size)
+    pred = ClassificationPredictor(checkpoint, device=device, batch_size=batch_size)
     embedded: dict[str, Any] | None = None
     if data is None:
         data, embedded = _own_validation_split(checkpoint)
@@ -42,7 +42,7 @@ def evaluate(checkpoint: str | Path, data: str | Path | None = None, *, batch_si
         if not good:
             raise DataError(f"no readable images to evaluate in {data}.")
         paths = [p for p, _ in good]
-        probs_list, errors = pred._run_files(paths, pred.probs)
+        probs_list, errors = pred.run_files(paths, pred.probs)
         keep = [i for i, e in enumerate(errors) if e is None]
         probs = torch.stack([probs_list[i] for i in keep]).numpy()
         targets = np.array([good[i][1] for i in keep])
@@ -53,7 +53,7 @@ def evaluate(checkpoint: str | Path, data: str | Path | None = None, *, batch_si
     report["data"] = str(data)
     report["skipped"] = skipped
     if output is not None:
-        from ..eval import report as R
+        from ...eval import report as R
 
         out = Path(output)
         out.mkdir(parents=True, exist_ok=True)
@@ -69,8 +69,8 @@ def _own_validation_split(checkpoint: str | Path) -> tuple[str, dict[str, Any] |
     held-out split."""
     import yaml
 
-    from ..data.datasets import VAL_SPLIT_FILE
-    from ..engine.checkpoint import resolve_checkpoint
+    from ...data.datasets import VAL_SPLIT_FILE
+    from ...engine.checkpoint import resolve_checkpoint
 
     run = resolve_checkpoint(checkpoint).parent
     if (run / VAL_SPLIT_FILE).is_file():
@@ -90,8 +90,8 @@ def _own_validation_split(checkpoint: str | Path) -> tuple[str, dict[str, Any] |
 def _embedded_val_probs(pred: Any, run_config: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
     """The predictor's probabilities on the embedded digits' held-out split, drawn as in training (the run's
     validation share and seed, at the checkpoint's input size)."""
-    from ..data.default import load_digits_images
-    from ..data.transforms import normalize_batch
+    from ...data.default import load_digits_images
+    from ...data.transforms import normalize_batch
 
     pp = pred.preprocessing
     _, (x, y), _ = load_digits_images(pp.input_size, float(run_config.get("val_fraction", 0.2)),

@@ -34,10 +34,10 @@ import numpy as np
 import torch
 from PIL import Image, ImageFile, UnidentifiedImageError
 
-from ..data.datasets import BadImageError, decode_image, is_image_file
-from ..data.files import FolderWalker, real_path
-from ..data.scan import ScanReport
-from ..errors import DataError
+from ...data.datasets import BadImageError, decode_image, is_image_file
+from ...data.files import FolderWalker, real_path
+from ...data.scan import ScanReport
+from ...errors import DataError
 
 __all__ = ["ClassTable", "Pair", "SegData", "SegDataset", "SegSplits", "decode_mask", "default_palette",
            "discover_pairs", "discover_eval_pairs", "read_class_table", "scan_pairs"]
@@ -205,6 +205,7 @@ def _child(folder: Path, names: Sequence[str]) -> Path | None:
 
 def _pair_folder(images: Path, masks: Path | None, walker: FolderWalker) -> tuple[list[Pair], list[str]]:
     """Pair each image under ``images`` with the mask of the same relative stem under ``masks``."""
+    images, masks = images.absolute(), masks.absolute() if masks is not None else None
     mask_files = [Path(m) for m in walker.files(masks) if is_image_file(m)] if masks is not None else []
     by_key = {str(m.relative_to(masks).with_suffix("")): m for m in mask_files} if masks is not None else {}
     used: set[str] = set()

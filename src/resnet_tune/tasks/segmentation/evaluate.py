@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
-from ..errors import DataError
+from ...errors import DataError
 from . import metrics as SM
 
 __all__ = ["evaluate_items", "evaluate_segmentation", "plot_seg_curves", "plot_worst_segmentations",
@@ -158,7 +158,7 @@ def plot_seg_curves(rows: list[dict[str, Any]], out_png: str | Path) -> Path:
 def write_eval_outputs(report: dict[str, Any], worst: list[dict[str, Any]], out: str | Path, lut: np.ndarray
                        ) -> dict[str, Path]:
     """``eval.json``, ``confusion.png`` (classes without the ignore id) and ``worst.png`` in ``out``."""
-    from ..eval import report as R
+    from ...eval import report as R
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -177,7 +177,7 @@ def write_eval_outputs(report: dict[str, Any], worst: list[dict[str, Any]], out:
 
 def iter_items(pairs: list[Any], data: Any, lut: dict[int, int] | None = None) -> Iterator[Item]:
     """(file, image, mask) for each pair, from the scan's memory when it kept the arrays, else from the files."""
-    from ..data.datasets import decode_image
+    from ...data.datasets import decode_image
     from .data import decode_mask
 
     for p in pairs:

@@ -1,4 +1,4 @@
-"""Segmentation losses, class weights and the poly learning-rate schedule."""
+"""Segmentation losses and class weights (the poly schedule is :func:`resnet_tune.engine.optim.lr_at`)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["SegLoss", "class_weights", "dice_loss", "lr_multiplier", "poly_lr"]
+__all__ = ["SegLoss", "class_weights", "dice_loss"]
 
 
 def class_weights(counts: np.ndarray, image_pixels: np.ndarray | None, method: str) -> Tensor | None:
@@ -80,25 +80,3 @@ class SegLoss(nn.Module):
         if self.dice > 0:
             loss = loss + self.dice * dice_loss(logits, target, self.ignore_index)
         return loss
-
-
-def poly_lr(step: int, total_steps: int, power: float = 0.9, warmup_steps: int = 0) -> float:
-    """The poly schedule (DeepLab, Chen et al. 2017): ``(1 - t / T) ** power`` after an optional linear warm-up.
-
-    A pure function of the step, so a resumed run follows the same curve.
-    """
-    total_steps = max(total_steps, 1)
-    t = min(max(step, 0), total_steps)
-    if warmup_steps > 0 and t < warmup_steps:
-        return (t + 1) / (warmup_steps + 1)
-    p = (t - warmup_steps) / max(total_steps - warmup_steps, 1)
-    return max(0.0, 1.0 - p) ** power
-
-
-def lr_multiplier(step: int, total_steps: int, schedule: str, warmup_steps: int = 0, power: float = 0.9) -> float:
-    """``poly`` here; ``onecycle``, ``cosine`` and ``constant`` from :func:`resnet_tune.engine.optim.lr_at`."""
-    if schedule == "poly":
-        return poly_lr(step, total_steps, power, warmup_steps)
-    from ..engine.optim import lr_at
-
-    return lr_at(step, total_steps, schedule, warmup_steps)

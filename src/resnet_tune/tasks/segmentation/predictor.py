@@ -1,7 +1,7 @@
-"""Checkpoint -> class mask and overlay: the one inference path for ``segment predict``,
-``segment evaluate``, the training run's final evaluation and (later) the web service.
+"""The segmentation predictor: a class mask and its overlay for every image (``segment predict``,
+``segment evaluate``, the web service).
 
-``SegPredictor("runs/seg").predict_image(pil_image)`` returns ``(mask, overlay)``: the class id of
+``SegmentationPredictor("runs/seg").predict_image(pil_image)`` returns ``(mask, overlay)``: the class id of
 every pixel as a (H, W) uint8 array at the image's size, and the image blended with the colour-coded
 mask. Inference is on the full image, or in overlapping windows (``mode="sliding"``) for inputs much
 larger than the training crops.
@@ -10,6 +10,7 @@ larger than the training crops.
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -19,13 +20,14 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 
-from ..data.transforms import normalize_batch
-from ..engine import checkpoint as ckpt
-from ..engine.hardware import Precision, resolve_device, resolve_precision
-from ..errors import CheckpointError, ConfigError, DataError
+from ...data.transforms import normalize_batch
+from ...engine.hardware import Precision
+from ...errors import ConfigError, DataError
+from ...inference.predictor import Predictor
 from .data import IGNORE_COLOUR, default_palette
 
-__all__ = ["SegPredictor", "colorize", "overlay", "palette_for", "sliding_window_logits", "infer_logits"]
+__all__ = ["SegPredictor", "SegmentationPredictor", "colorize", "describe_shares", "infer_logits", "overlay",
+           "palette_for", "sliding_window_logits"]
 
 
 def palette_for(colours: Sequence[Sequence[int]] | None, num_classes: int, ignore_index: int = 255) -> np.ndarray:
@@ -92,34 +94,24 @@ def infer_logits(model: nn.Module, x: Tensor, precision: Precision, device: torc
         return model(x).float()
 
 
-class SegPredictor:
+class SegmentationPredictor(Predictor):
     """Load a segmentation checkpoint once, then predict masks for PIL images or files.
 
-    Args:
-        checkpoint: a run folder (its best checkpoint) or a ``.safetensors`` file.
-        device, precision: as for training (``auto`` = GPU if any; bf16 where the CPU has it).
+    Args (besides :class:`~resnet_tune.inference.Predictor`'s):
         mode: ``full`` (whole image) or ``sliding`` (windows of ``window``, default the training crop);
             default: the mode recorded at training.
-        fold_bn: fold BatchNorm into the convolutions (same maths, faster).
+        window, overlap: the sliding windows (H, W) and their overlap.
     """
 
-    def __init__(self, checkpoint: str | Path, *, device: str = "auto", precision: str = "auto",
-                 mode: str | None = None, window: tuple[int, int] | None = None, overlap: float | None = None,
-                 fold_bn: bool = True) -> None:
-        from ..engine.checkpoint import read_record
+    task = "segmentation"
+    batchable = False  # images keep their own size
+    service_description = "Segment images: class shares of the pixels and the colour-coded mask as an overlay."
+    error_fields = {"classes": {}}
 
-        rec = read_record(checkpoint)
-        if rec.get("task") != "segmentation":
-            raise CheckpointError(f"{checkpoint} is a {rec.get('task', 'classification')} checkpoint, not a "
-                                  "segmentation one; use `resnet-tune predict` for it.")
-        self.device = resolve_device(device)
-        self.precision: Precision = resolve_precision(precision, self.device)
-        model, self.record = ckpt.load_checkpoint(checkpoint, self.device)
-        if fold_bn:
-            from ..models import fold_batchnorm
-
-            fold_batchnorm(model)
-        self.model = model.eval()
+    def __init__(self, checkpoint: str | Path, *, mode: str | None = None, window: tuple[int, int] | None = None,
+                 overlap: float | None = None, **options: Any) -> None:
+        options.setdefault("batch_size", 1)
+        super().__init__(checkpoint, **options)
         pp = self.record.get("preprocessing") or {}
         self.mean = tuple(pp.get("mean", (0.485, 0.456, 0.406)))
         self.std = tuple(pp.get("std", (0.229, 0.224, 0.225)))
@@ -129,7 +121,6 @@ class SegPredictor:
         crop = pp.get("crop_size")
         self.window = tuple(window) if window else (tuple(crop) if crop else None)  # type: ignore[assignment]
         self.overlap = overlap if overlap is not None else float(pp.get("eval_overlap", 1 / 3))
-        self.classes: list[str] = list(self.record["classes"])
         self.num_classes = len(self.classes)
         self.ignore_index = int(self.record.get("ignore_index", 255))
         self.colours = [tuple(c) for c in self.record.get("colours") or []]
@@ -142,7 +133,8 @@ class SegPredictor:
         if isinstance(image, np.ndarray):
             image = torch.from_numpy(np.array(image, dtype=np.uint8, copy=True)).permute(2, 0, 1)
         x = image.unsqueeze(0) if image.dim() == 3 else image
-        return normalize_batch(x.to(self.device), self.mean, self.std)
+        x = normalize_batch(x.to(self.device), self.mean, self.std)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     @torch.no_grad()
     def logits(self, image: Image.Image | np.ndarray | Tensor) -> Tensor:
@@ -166,16 +158,38 @@ class SegPredictor:
         mask = self.predict_mask(image)
         return mask, self.overlay(image, mask)
 
-    def predict_files(self, files: Sequence[str], output: str | Path) -> list[dict[str, Any]]:
-        """For each image write ``<name>_mask.png`` (class ids), ``<name>_color.png`` and
-        ``<name>_overlay.png`` into ``output``; unreadable files are reported, not fatal."""
-        from ..data.datasets import load_image
+    def shares(self, mask: np.ndarray) -> list[dict[str, Any]]:
+        """Each class present in ``mask`` with its share of the pixels, largest first."""
+        counts = np.bincount(mask.ravel(), minlength=256)
+        order = sorted((i for i in range(256) if counts[i]), key=lambda i: (-counts[i], i))
+        return [{"class": self.classes[i] if i < len(self.classes) else f"ignore ({i})",
+                 "fraction": round(float(counts[i] / mask.size), 6)} for i in order]
 
-        out = Path(output)
-        out.mkdir(parents=True, exist_ok=True)
+    def predict_images(self, images: Sequence[Image.Image], **options: Any) -> list[dict[str, Any]]:
+        """``[{"classes": [{"class", "fraction"}], "width", "height"}]``: the classes of each image's mask."""
+        out = []
+        for img in images:
+            mask = self.predict_mask(img.convert("RGB"))
+            out.append({"classes": self.shares(mask), "width": img.width, "height": img.height})
+        return out
+
+    def explain(self, image: Image.Image, target: str | None = None) -> tuple[Image.Image, dict[str, Any]]:
+        """The colour-coded mask blended over the image (every class at once: ``target`` is not used)."""
+        _, ov = self.predict_image(image)
+        return ov, {}
+
+    def predict_files(self, paths: Sequence[str | os.PathLike[str]], output: str | Path | None = None,
+                      **options: Any) -> list[dict[str, Any]]:
+        """For each image its classes' shares; with ``output``, also ``<name>_mask.png`` (class ids),
+        ``<name>_color.png`` and ``<name>_overlay.png`` there. Unreadable files are reported, not fatal."""
+        from ...data.datasets import load_image
+
+        out = Path(output) if output is not None else None
+        if out is not None:
+            out.mkdir(parents=True, exist_ok=True)
         results: list[dict[str, Any]] = []
         used: set[str] = set()
-        for f in files:
+        for f in paths:
             stem = Path(f).stem
             name, k = stem, 1
             while name in used:
@@ -188,16 +202,22 @@ class SegPredictor:
                 results.append({"file": str(f), "error": getattr(err, "reason", str(err))})
                 continue
             mask, ov = self.predict_image(img)
-            paths = {"mask": out / f"{name}_mask.png", "color": out / f"{name}_color.png",
-                     "overlay": out / f"{name}_overlay.png"}
-            Image.fromarray(mask, "L").save(paths["mask"])
-            self.colorize(mask).save(paths["color"])
-            ov.save(paths["overlay"])
             counts = np.bincount(mask.ravel(), minlength=self.num_classes)
-            share = {self.classes[i]: float(c / mask.size) for i, c in enumerate(counts) if c}
-            results.append({"file": str(f), **{k: str(v) for k, v in paths.items()}, "classes": share,
-                            "error": None})
+            share = {self.classes[i]: float(c / mask.size) for i, c in enumerate(counts) if c and i < self.num_classes}
+            row: dict[str, Any] = {"file": str(f)}
+            if out is not None:
+                paths_out = {"mask": out / f"{name}_mask.png", "color": out / f"{name}_color.png",
+                             "overlay": out / f"{name}_overlay.png"}
+                Image.fromarray(mask, "L").save(paths_out["mask"])
+                self.colorize(mask).save(paths_out["color"])
+                ov.save(paths_out["overlay"])
+                row.update({k: str(v) for k, v in paths_out.items()})
+            results.append({**row, "classes": share, "error": None})
         return results
+
+
+#: The name this predictor had before the predictor base.
+SegPredictor = SegmentationPredictor
 
 
 def describe_shares(shares: dict[str, float], k: int = 3) -> str:
