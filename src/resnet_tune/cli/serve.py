@@ -10,11 +10,6 @@ import sys
 from typing import Any, Callable
 
 TOKEN_ENV = "RESNET_TUNE_TOKEN"
-# uvicorn's own limits, stated so that they hold whatever its defaults become: an idle keep-alive connection closes
-# after 5 s; request headers over 16 KiB get a 400 (h11, the HTTP parser used unless httptools is installed).
-# limit_concurrency stays unset: past it uvicorn answers a plain-text 503 without Retry-After, while the app's own
-# admission (--max-queue) answers JSON.
-UVICORN_LIMITS = {"timeout_keep_alive": 5, "h11_max_incomplete_event_size": 16 * 1024}
 
 
 def is_loopback(host: str) -> bool:
@@ -28,18 +23,9 @@ def is_loopback(host: str) -> bool:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from ..errors import ConfigError
+    from ..serve.server import require_serving_extra, run_server
 
-    try:
-        import fastapi  # noqa: F401
-        import uvicorn
-
-        try:
-            import python_multipart  # noqa: F401
-        except ImportError:  # python-multipart < 0.0.13
-            import multipart  # noqa: F401
-    except ImportError as err:
-        raise ConfigError(f"serving needs fastapi, uvicorn and python-multipart ({err.name} is not installed); "
-                          "install them with pip install 'resnet-tune[serve]'.") from None
+    require_serving_extra()
     from ..serve.http import create_app
 
     for name in ("max_upload_mb", "max_files", "max_pixels", "max_queue", "request_timeout"):
@@ -60,8 +46,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     host = f"[{args.host}]" if ":" in args.host else args.host
     print(f"serving {args.checkpoint} on http://{host}:{args.port}/ (batching {'on' if args.batch else 'off'}"
           f"{', token required' if token else ''}); Ctrl-C stops", flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=args.access_log,
-                server_header=False, timeout_graceful_shutdown=5, **UVICORN_LIMITS)
+    run_server(app, host=args.host, port=args.port, log_level=args.log_level, access_log=args.access_log)
     return 0
 
 

@@ -23,7 +23,7 @@ def lr_find(task: type[Task], cfg: RunConfig, *, start_lr: float = 1e-6, end_lr:
     Runs the task's own set-up and loss (:class:`~.trainer.Trainer`), and leaves no trace on the model the user
     will train (it works on a fresh one).
     """
-    from ..eval.report import plot_lr_find, suggest_lr
+    from ..eval import plot_lr_find, suggest_lr
     from .finetune import train_mode
     from .trainer import Trainer
 

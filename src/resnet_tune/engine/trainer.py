@@ -77,6 +77,25 @@ class _Setup:
     warmup: int
 
 
+@dataclass
+class _Run:
+    """What changes as the epochs of a run go by."""
+
+    run_dir: Path
+    history: list[dict[str, float]] = field(default_factory=list)
+    start_epoch: int = 0
+    best: float = -math.inf
+    best_epoch: int = -1
+    bad_after: int = 0  # epochs since the best one (early stopping)
+    record: dict[str, Any] = field(default_factory=dict)  # the task's fields of every checkpoint record
+    n_frozen: int = 0  # epochs with a frozen body
+    views: int = 0  # augmented views in the feature cache (0: none)
+    cache: Any = None  # the feature cache, while the cached epochs last
+    fwd: nn.Module | None = None  # what the training step calls (the model, in DDP, maybe compiled)
+    wrapped: str | None = None  # what the DDP wrapper holds: "model", "frozen" or "head"
+    tb: Any = None  # the TensorBoard writer (rank 0, with --tensorboard)
+
+
 class Trainer:
     """One training run of a task. ``Trainer(ClassificationTask, cfg).fit()``, or ``resnet_tune.fit(...)``.
 
@@ -280,136 +299,148 @@ class Trainer:
             self.dist.cleanup(failed=failed)
 
     def _fit(self) -> RunResult:
-        launch = self.dist.launch
-        if launch.restarted and self.state is None:
-            found = self.dist.run_on_main(self.find_restart_state, "the search for a checkpoint to resume")
-            if found:
-                self.cfg = self._load_resume(Path(found), {k: getattr(self.cfg, k) for k in RESUME_OVERRIDES})
-                self.say(f"torchrun restarted the job (restart {launch.restart_count} of {launch.max_restarts}): "
-                         f"resuming {found} from its last checkpoint")
-            else:
-                self.say(f"torchrun restarted the job (restart {launch.restart_count} of {launch.max_restarts}); "
-                         "no checkpoint to resume yet: starting again"
-                         + ("" if self.cfg.output or self._restart_pointer() else
-                            " (pass --output so that a restarted job finds its run folder)"))
-        dist, task = self.dist, self.task
+        self._follow_torchrun_restart()
         self._check_output()
         s = self.prepare()
-        data, model, optimizer = s.data, s.model, s.optimizer
-        run_dir = self._run_dir(task.run_name(data))
-        self._run_dir_path = run_dir
-        if dist.is_main:
-            task.write_data_records(run_dir, data)
+        r = self._begin(s)
+        for epoch in range(r.start_epoch, self.cfg.epochs):
+            _debug_die_at(self.dist, epoch, resumed=self.state is not None)
+            row, improved = self._epoch(s, r, epoch)
+            # no process starts the next epoch before this one is saved: a process that fails in it then
+            # always leaves a complete checkpoint to resume from
+            self.dist.barrier()
+            frozen = epoch < r.n_frozen
+            self.say(f"epoch {epoch + 1}/{self.cfg.epochs}  {self.task.epoch_summary(row)}  lr {row['lr']:.2e}  "
+                     f"{row['seconds']:.1f}s  {row['images_per_s']:.1f} img/s" + ("  *" if improved else "")
+                     + ("  (frozen body)" if frozen else "") + (", cached features" if frozen and r.views else ""))
+            if self.cfg.early_stop and r.bad_after >= self.cfg.early_stop:
+                self.say(f"early stop: no improvement in {self.task.best_metric} for {self.cfg.early_stop} epochs")
+                self.notes.append(f"stopped early after epoch {epoch + 1}")
+                break
+        r.fwd = None
+        return self._finish(r.run_dir, s, r.history, r.best, r.best_epoch)
 
-        history: list[dict[str, float]] = []
-        start_epoch, best, best_epoch = 0, -math.inf, -1
-        if self.state is not None:
-            task.check_resume(self.state, data)
-            start_epoch, best, best_epoch, history = self._restore(s)
-            self._rescale_on_new_world(optimizer, s.strategy)
-            self.say(f"resumed {run_dir} after epoch {start_epoch} (best {task.best_metric} {best:.4f} at epoch "
-                     f"{best_epoch})")
-        # the resolved configuration: what "auto" chose is written down (and resumes the same)
-        cfg = self.cfg = task.resolved_config(data)
-        tb = tensorboard_writer(run_dir) if cfg.tensorboard and dist.is_main else None
+    def _follow_torchrun_restart(self) -> None:
+        """In a job torchrun restarted, continue from the last checkpoint when there is one."""
+        launch = self.dist.launch
+        if not launch.restarted or self.state is not None:
+            return
+        found = self.dist.run_on_main(self.find_restart_state, "the search for a checkpoint to resume")
+        if found:
+            self.cfg = self._load_resume(Path(found), {k: getattr(self.cfg, k) for k in RESUME_OVERRIDES})
+            self.say(f"torchrun restarted the job (restart {launch.restart_count} of {launch.max_restarts}): "
+                     f"resuming {found} from its last checkpoint")
+        else:
+            self.say(f"torchrun restarted the job (restart {launch.restart_count} of {launch.max_restarts}); "
+                     "no checkpoint to resume yet: starting again"
+                     + ("" if self.cfg.output or self._restart_pointer() else
+                        " (pass --output so that a restarted job finds its run folder)"))
+
+    def _begin(self, s: _Setup) -> _Run:
+        """The run folder, the data records, the restored state and the resolved configuration."""
+        dist, task = self.dist, self.task
+        r = _Run(run_dir=self._run_dir(task.run_name(s.data)))
+        self._run_dir_path = r.run_dir
         if dist.is_main:
-            save_yaml(cfg, run_dir / "config.yaml")
+            task.write_data_records(r.run_dir, s.data)
+        if self.state is not None:
+            task.check_resume(self.state, s.data)
+            r.start_epoch, r.best, r.best_epoch, r.history = self._restore(s)
+            self._rescale_on_new_world(s.optimizer, s.strategy)
+            self.say(f"resumed {r.run_dir} after epoch {r.start_epoch} (best {task.best_metric} {r.best:.4f} at epoch "
+                     f"{r.best_epoch})")
+        # the resolved configuration: what "auto" chose is written down (and resumes the same)
+        cfg = self.cfg = task.resolved_config(s.data)
+        if dist.is_main:
+            save_yaml(cfg, r.run_dir / "config.yaml")
             if dist.enabled:
-                with (run_dir / "config.yaml").open("a") as f:
+                with (r.run_dir / "config.yaml").open("a") as f:
                     f.write(f"# trained with {dist.world} processes: global batch "
                             f"{cfg.batch_size * dist.world * cfg.accum_steps} = batch_size {cfg.batch_size} x "
                             f"{dist.world} processes x accum_steps {cfg.accum_steps}\n")
+            r.tb = tensorboard_writer(r.run_dir) if cfg.tensorboard else None
+        r.record = task.record(s.data, s.model)
+        r.n_frozen = frozen_epochs(s.strategy, cfg)
+        r.views = self._cache_views(s.model, s.data, r.n_frozen, s.precision) if r.start_epoch < r.n_frozen else 0
+        r.fwd = None if dist.enabled else (torch.compile(s.model) if cfg.compile else s.model)
+        return r
 
-        record_base = task.record(data, model)
-        bad_after = 0
-        wrapped: str | None = None  # what the DDP wrapper holds: "model", "frozen" or "head"
-        n_frozen = frozen_epochs(s.strategy, cfg)
-        views = self._cache_views(model, data, n_frozen, s.precision) if start_epoch < n_frozen else 0
-        cache: Any = None
-        fwd: nn.Module | None = None if dist.enabled else (torch.compile(model) if cfg.compile else model)
-        for epoch in range(start_epoch, cfg.epochs):
-            _debug_die_at(dist, epoch, resumed=self.state is not None)
-            frozen = epoch < n_frozen
-            cached = frozen and views > 0
-            set_body_frozen(model, frozen)
-            if not cached:
-                cache = None
-            mode = "head" if cached else "frozen" if frozen else "model"
-            if dist.enabled and mode != wrapped:
-                fwd = None  # drop the old DDP wrapper (and its gradient hooks) before making the new one
-                fwd = self.dist.wrap(task.head(model)) if cached else self._forward_module(model)
-                wrapped = mode
-            _debug_samples(dist, data.train, epoch)
-            t0 = time.perf_counter()
-            if cached and cache is None:
-                from .features import build_cache
+    def _epoch(self, s: _Setup, r: _Run, epoch: int) -> tuple[dict[str, float], bool]:
+        """Train and evaluate one epoch, save what it gives; returns its row and whether it is the best so far."""
+        dist, task, model, data = self.dist, self.task, s.model, s.data
+        frozen = epoch < r.n_frozen
+        cached = frozen and r.views > 0
+        set_body_frozen(model, frozen)
+        if not cached:
+            r.cache = None
+        mode = "head" if cached else "frozen" if frozen else "model"
+        if dist.enabled and mode != r.wrapped:
+            r.fwd = None  # drop the old DDP wrapper (and its gradient hooks) before making the new one
+            r.fwd = self.dist.wrap(task.head(model)) if cached else self._forward_module(model)
+            r.wrapped = mode
+        _debug_samples(dist, data.train, epoch)
+        t0 = time.perf_counter()
+        if cached and r.cache is None:
+            from .features import build_cache
 
-                cache = build_cache(model, data.train, data.val, views, data.num_train, s.precision, s.device, dist,
-                                    self._progress)
-                self.say(f"cached the frozen backbone's features: {data.num_train} training images x {views} "
-                         f"view(s) and the validation set in {cache.seconds:.1f}s; the head trains on them")
-            assert fwd is not None
-            step_fwd = fwd if dist.enabled or not cached else task.head(model)
-            train_row, seen = self.train_one_epoch(step_fwd, model, cache.train if cached else data.train, s, epoch,
-                                                   features=cached)
-            train_time = dist.all_reduce_max(time.perf_counter() - t0)
-            if dist.enabled:  # every rank evaluates (and rank 0 saves) rank 0's BatchNorm statistics
-                dist.sync_buffers(ckpt.unwrap(model))
-                if s.ema is not None:
-                    names = {n for n, _ in ckpt.unwrap(model).named_buffers()}
-                    dist.broadcast_tensors([v for k, v in s.ema.shadow.items() if k in names])
-            eval_model = self._ema_model(model, s.ema) if s.ema else model
-            if cached:  # the head on the cached validation features: the same numbers, no backbone pass
-                val = self.evaluate(task.head(eval_model), cache.val, s, features=True)
-            else:
-                val = self.evaluate(eval_model, data.val, s)
-            self._last_val, self._val_done = (val if dist.is_main else None), True
-            row = {"epoch": epoch + 1, **train_row, **val.metrics, "lr": optimizer.param_groups[-1]["lr"],
-                   "seconds": time.perf_counter() - t0, "images_per_s": seen / max(train_time, 1e-9),
-                   "train_seconds": train_time}
-            history.append(row)
-            score = row[task.best_metric]
-            improved = score > best or best_epoch < 0
-            if improved:
-                best, best_epoch, bad_after = score, epoch + 1, 0
-            else:
-                bad_after += 1
-            if dist.is_main:
-                extra = {"epoch": epoch + 1, "weights": "ema" if s.ema else "model", "strategy": s.strategy,
-                         "pretrained": cfg.pretrained}
-                metrics = {k: v for k, v in row.items() if k.startswith(("val_", "train_")) and k != "train_seconds"}
-                rec = ckpt.model_record(eval_model, metrics=metrics, task=task.name, extra={**record_base, **extra},
-                                        classes=data.classes, preprocessing=data.preprocessing)
-                ckpt.save_checkpoint(run_dir / ckpt.LAST, eval_model, rec)
-                if improved:
-                    ckpt.save_checkpoint(run_dir / ckpt.BEST, eval_model, rec)
-                ckpt.save_state(run_dir / ckpt.STATE, {
-                    "task": task.name, "config": cfg.to_dict(), "epoch": epoch + 1,
-                    "step": (epoch + 1) * s.steps_per_epoch, "classes": list(data.classes),
-                    "model": {k: v.detach().cpu() for k, v in ckpt.unwrap(model).state_dict().items()},
-                    "optimizer": optimizer.state_dict(), "scaler": s.scaler.state_dict(),
-                    "ema": s.ema.state_dict() if s.ema else None, "rng": ckpt.rng_state(), "best": best,
-                    "best_epoch": best_epoch, "history": history, "world": dist.world,
-                })
-                write_metrics(run_dir / "metrics.csv", history, task.metric_columns)
-                if tb is not None:
-                    for key, value in row.items():
-                        if key != "epoch":
-                            tb.add_scalar(key, value, epoch + 1)
-                    tb.flush()
-            # no process starts the next epoch before this one is saved: a process that fails in it then
-            # always leaves a complete checkpoint to resume from
-            dist.barrier()
-            self.say(f"epoch {epoch + 1}/{cfg.epochs}  {task.epoch_summary(row)}  lr {row['lr']:.2e}  "
-                     f"{row['seconds']:.1f}s  {row['images_per_s']:.1f} img/s" + ("  *" if improved else "")
-                     + ("  (frozen body)" if frozen else "") + (", cached features" if cached else ""))
-            if cfg.early_stop and bad_after >= cfg.early_stop:
-                self.say(f"early stop: no improvement in {task.best_metric} for {cfg.early_stop} epochs")
-                self.notes.append(f"stopped early after epoch {epoch + 1}")
-                break
+            r.cache = build_cache(model, data.train, data.val, r.views, data.num_train, s.precision, s.device, dist,
+                                  self._progress)
+            self.say(f"cached the frozen backbone's features: {data.num_train} training images x {r.views} "
+                     f"view(s) and the validation set in {r.cache.seconds:.1f}s; the head trains on them")
+        assert r.fwd is not None
+        step_fwd = r.fwd if dist.enabled or not cached else task.head(model)
+        train_row, seen = self.train_one_epoch(step_fwd, model, r.cache.train if cached else data.train, s, epoch,
+                                               features=cached)
+        train_time = dist.all_reduce_max(time.perf_counter() - t0)
+        if dist.enabled:  # every rank evaluates (and rank 0 saves) rank 0's BatchNorm statistics
+            dist.sync_buffers(ckpt.unwrap(model))
+            if s.ema is not None:
+                names = {n for n, _ in ckpt.unwrap(model).named_buffers()}
+                dist.broadcast_tensors([v for k, v in s.ema.shadow.items() if k in names])
+        eval_model = self._ema_model(model, s.ema) if s.ema else model
+        if cached:  # the head on the cached validation features: the same numbers, no backbone pass
+            val = self.evaluate(task.head(eval_model), r.cache.val, s, features=True)
+        else:
+            val = self.evaluate(eval_model, data.val, s)
+        self._last_val, self._val_done = (val if dist.is_main else None), True
+        row = {"epoch": epoch + 1, **train_row, **val.metrics, "lr": s.optimizer.param_groups[-1]["lr"],
+               "seconds": time.perf_counter() - t0, "images_per_s": seen / max(train_time, 1e-9),
+               "train_seconds": train_time}
+        r.history.append(row)
+        improved = row[task.best_metric] > r.best or r.best_epoch < 0
+        if improved:
+            r.best, r.best_epoch, r.bad_after = row[task.best_metric], epoch + 1, 0
+        else:
+            r.bad_after += 1
+        if dist.is_main:
+            self._save(s, r, eval_model, row, improved)
+        return row, improved
 
-        fwd = None
-        return self._finish(run_dir, s, history, best, best_epoch)
+    def _save(self, s: _Setup, r: _Run, eval_model: nn.Module, row: dict[str, float], improved: bool) -> None:
+        """Rank 0: the checkpoints (last, and best when improved), the resume state, metrics.csv, TensorBoard."""
+        cfg, task, epoch = self.cfg, self.task, int(row["epoch"])
+        extra = {"epoch": epoch, "weights": "ema" if s.ema else "model", "strategy": s.strategy,
+                 "pretrained": cfg.pretrained}
+        metrics = {k: v for k, v in row.items() if k.startswith(("val_", "train_")) and k != "train_seconds"}
+        rec = ckpt.model_record(eval_model, metrics=metrics, task=task.name, extra={**r.record, **extra},
+                                classes=s.data.classes, preprocessing=s.data.preprocessing)
+        ckpt.save_checkpoint(r.run_dir / ckpt.LAST, eval_model, rec)
+        if improved:
+            ckpt.save_checkpoint(r.run_dir / ckpt.BEST, eval_model, rec)
+        ckpt.save_state(r.run_dir / ckpt.STATE, {
+            "task": task.name, "config": cfg.to_dict(), "epoch": epoch, "step": epoch * s.steps_per_epoch,
+            "classes": list(s.data.classes),
+            "model": {k: v.detach().cpu() for k, v in ckpt.unwrap(s.model).state_dict().items()},
+            "optimizer": s.optimizer.state_dict(), "scaler": s.scaler.state_dict(),
+            "ema": s.ema.state_dict() if s.ema else None, "rng": ckpt.rng_state(), "best": r.best,
+            "best_epoch": r.best_epoch, "history": r.history, "world": self.dist.world,
+        })
+        write_metrics(r.run_dir / "metrics.csv", r.history, task.metric_columns)
+        if r.tb is not None:
+            for key, value in row.items():
+                if key != "epoch":
+                    r.tb.add_scalar(key, value, epoch)
+            r.tb.flush()
 
     # ---- one epoch
 

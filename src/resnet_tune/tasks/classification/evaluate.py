@@ -53,14 +53,14 @@ def evaluate(checkpoint: str | Path, data: str | Path | None = None, *, batch_si
     report["data"] = str(data)
     report["skipped"] = skipped
     if output is not None:
-        from ...eval import report as R
+        from ...eval import plots as P
 
         out = Path(output)
         out.mkdir(parents=True, exist_ok=True)
         (out / "eval.json").write_text(json.dumps(report, indent=2))
-        R.plot_confusion(np.array(report["confusion_matrix"]), pred.classes, out / "confusion.png")
+        P.plot_confusion(np.array(report["confusion_matrix"]), pred.classes, out / "confusion.png")
         if files:
-            R.plot_worst(report["worst"], out / "worst.png")
+            P.plot_worst(report["worst"], out / "worst.png")
     return report
 
 

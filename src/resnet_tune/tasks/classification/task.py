@@ -172,6 +172,7 @@ class ClassificationTask(Task):
                record: dict[str, Any], split: str, evaluation: Evaluation, notes: list[str]
                ) -> tuple[dict[str, Any], str]:
         from ...eval import metrics as M
+        from ...eval import plots as P
         from ...eval import report as R
 
         probs, targets, _ = evaluation.details
@@ -180,10 +181,10 @@ class ClassificationTask(Task):
         report = M.classification_report(probs.numpy(), targets.numpy(), data.classes, files=files)
         report["split"] = split
         (run_dir / "eval.json").write_text(json.dumps(report, indent=2))
-        images = {"Training curves": R.plot_curves(history, run_dir / "curves.png").name,
-                  "Confusion matrix": R.plot_confusion(np.array(report["confusion_matrix"]), data.classes,
+        images = {"Training curves": P.plot_curves(history, run_dir / "curves.png").name,
+                  "Confusion matrix": P.plot_confusion(np.array(report["confusion_matrix"]), data.classes,
                                                        run_dir / "confusion.png").name}
-        worst = R.plot_worst(report["worst"], run_dir / "worst.png") if files else None
+        worst = P.plot_worst(report["worst"], run_dir / "worst.png") if files else None
         if worst is not None:
             images["Worst-classified images"] = worst.name
         R.write_report(run_dir, title=f"resnet-tune run: {record['model']}", config=self.cfg.to_dict(), rows=history,

@@ -158,7 +158,7 @@ def plot_seg_curves(rows: list[dict[str, Any]], out_png: str | Path) -> Path:
 def write_eval_outputs(report: dict[str, Any], worst: list[dict[str, Any]], out: str | Path, lut: np.ndarray
                        ) -> dict[str, Path]:
     """``eval.json``, ``confusion.png`` (classes without the ignore id) and ``worst.png`` in ``out``."""
-    from ...eval import report as R
+    from ...eval import plots as P
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -167,7 +167,7 @@ def write_eval_outputs(report: dict[str, Any], worst: list[dict[str, Any]], out:
     cm = np.asarray(report["confusion_matrix"])
     keep = [r["id"] for r in report["per_class"]]
     names = [r["class"] for r in report["per_class"]]
-    paths["confusion"] = R.plot_confusion(cm[np.ix_(keep, keep)], names, out / "confusion.png")
+    paths["confusion"] = P.plot_confusion(cm[np.ix_(keep, keep)], names, out / "confusion.png")
     worst_png = plot_worst_segmentations(worst, lut, out / "worst.png", int(report.get("ignore_index", 255)),
                                          report.get("classes"))
     if worst_png is not None:
