@@ -355,7 +355,14 @@ def _read_csv(csv_path: str) -> tuple[list[_CsvRow], bool]:
         delimiter = "\t"
     else:  # comma, else tab, else semicolon (spreadsheets in some locales), judged on the first line
         delimiter = next((d for d in (",", "\t", ";") if d in first_line), ",")
-    rows = [r for r in csv.reader(text.splitlines(), delimiter=delimiter) if any(c.strip() for c in r)]
+    reader = csv.reader(text.splitlines(), delimiter=delimiter)
+    try:
+        rows = [r for r in reader if any(c.strip() for c in r)]
+    except csv.Error as e:  # e.g. a field over csv.field_size_limit(), usually from a quote that is never closed
+        raise DataError(
+            f"The CSV file {csv_path} cannot be parsed at line {reader.line_num} ({e}); check its quoting (a quote "
+            "that is never closed swallows the rest of the file)."
+        ) from None
     if not rows:
         raise DataError(f"The CSV file {csv_path} is empty; add one path,label row per image.")
 
@@ -698,6 +705,36 @@ def _to_rgb(img: Image.Image) -> tuple[Image.Image, str | None]:
     return img.convert("RGB"), f"{mode} converted to RGB"
 
 
+def _size_problem(img: Image.Image) -> str | None:
+    """Why an opened image must not be decoded, judged from the size in its header (None when it may be)."""
+    w, h = img.size
+    if w * h > MAX_IMAGE_PIXELS:
+        return f"image too large ({w}x{h} = {w * h:,} pixels, over the decompression-bomb limit)"
+    if w <= 0 or h <= 0:
+        return f"image has no pixels ({w}x{h})"
+    return None
+
+
+def _pillow_reason(err: Exception) -> str:
+    """A short reason for an exception raised while Pillow opened or decoded a file.
+
+    Pillow's plug-ins raise OSError, ValueError, SyntaxError, struct.error, EOFError, IndexError ... on bad data,
+    so every exception type is described here; the callers catch them all while decoding untrusted bytes.
+    """
+    if isinstance(err, Image.DecompressionBombError):
+        size = re.search(r"\((\d+) pixels\)", str(err))
+        pixels = f"{int(size.group(1)):,} pixels, " if size else ""
+        return f"image too large ({pixels}over the decompression-bomb limit)"
+    if isinstance(err, UnidentifiedImageError):
+        return "not an image (cannot identify)"
+    if isinstance(err, MemoryError):
+        return "out of memory while decoding"
+    msg = " ".join((str(err) or type(err).__name__).split())
+    if "truncated" in msg.lower():
+        return "truncated image"
+    return f"cannot decode ({msg[:200]})"
+
+
 def decode_image(path: str | os.PathLike[str]) -> tuple[Image.Image, DecodeInfo]:
     """Fully decode ``path`` into an 8-bit RGB image, applying its EXIF orientation.
 
@@ -711,17 +748,10 @@ def decode_image(path: str | os.PathLike[str]) -> tuple[Image.Image, DecodeInfo]
         if os.path.getsize(p) == 0:
             raise BadImageError(p, "zero-byte file")
         with open(p, "rb") as f:
-            try:
-                img = Image.open(f)
-            except UnidentifiedImageError:
-                raise BadImageError(p, "not an image (cannot identify)") from None
-            w, h = img.size
-            if w * h > MAX_IMAGE_PIXELS:
-                raise BadImageError(
-                    p, f"image too large ({w}x{h} = {w * h:,} pixels, over the decompression-bomb limit)"
-                )
-            if w == 0 or h == 0:
-                raise BadImageError(p, f"image has no pixels ({w}x{h})")
+            img = Image.open(f)
+            problem = _size_problem(img)
+            if problem:
+                raise BadImageError(p, problem)
             img.load()
             mode = img.mode
             orientation = _orientation(img)
@@ -736,19 +766,8 @@ def decode_image(path: str | os.PathLike[str]) -> tuple[Image.Image, DecodeInfo]
         raise BadImageError(p, "is a folder, not a file") from None
     except PermissionError:
         raise BadImageError(p, "permission denied") from None
-    except Image.DecompressionBombError as e:
-        size = re.search(r"\((\d+) pixels\)", str(e))
-        pixels = f"{int(size.group(1)):,} pixels, " if size else ""
-        raise BadImageError(p, f"image too large ({pixels}over the decompression-bomb limit)") from None
-    except UnidentifiedImageError:
-        raise BadImageError(p, "not an image (cannot identify)") from None
-    except MemoryError:
-        raise BadImageError(p, "out of memory while decoding") from None
-    except Exception as e:  # Pillow raises OSError, ValueError, SyntaxError, struct.error, ... on bad data
-        msg = str(e) or type(e).__name__
-        if "truncated" in msg.lower():
-            raise BadImageError(p, "truncated image") from None
-        raise BadImageError(p, f"cannot decode ({msg})") from None
+    except Exception as e:  # untrusted bytes: see _pillow_reason
+        raise BadImageError(p, _pillow_reason(e)) from None
     return rgb, DecodeInfo(mode, conversion, orientation != 1, rgb.size)
 
 

@@ -8,10 +8,13 @@ It mirrors :class:`resnet_tune.engine.config.TrainConfig` (same names for the sa
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 from dataclasses import dataclass
 from typing import Any
 
-from ..engine.config import OPTIMIZERS, PRECISIONS, STRATEGIES, load_yaml
+from ..engine.config import (OPTIMIZERS, PRECISIONS, SHARED_RANGES, STRATEGIES, check_options, check_ranges,
+                             load_yaml, show)
 from ..errors import ConfigError
 
 __all__ = ["SegConfig", "from_dict", "load_yaml", "parse_size", "save_yaml"]
@@ -23,27 +26,35 @@ LOADERS = ("auto", "memory", "workers")
 EVAL_MODES = ("full", "sliding")
 
 
+def _side(value: Any) -> int:
+    """One side of a size: a whole number, as a number or as text (ValueError otherwise)."""
+    if isinstance(value, bool):
+        raise ValueError
+    if isinstance(value, str):
+        return int(value.strip())
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real) and math.isfinite(value) and float(value).is_integer():
+        return int(value)
+    raise ValueError
+
+
 def parse_size(value: Any, what: str = "img_size") -> tuple[int, int] | None:
     """``256``, ``"256"``, ``"240,320"``, ``"240x320"`` or ``[240, 320]`` -> ``(H, W)``; None stays None."""
     if value is None:
         return None
     try:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            h = w = int(value)
-        elif isinstance(value, str):
+        if isinstance(value, str):
             parts = [p for p in value.lower().replace("x", ",").split(",") if p.strip()]
-            if len(parts) == 1:
-                h = w = int(parts[0])
-            elif len(parts) == 2:
-                h, w = int(parts[0]), int(parts[1])
-            else:
+            if len(parts) not in (1, 2):
                 raise ValueError
+            h, w = _side(parts[0]), _side(parts[-1])
         elif isinstance(value, (list, tuple)) and len(value) in (1, 2):
-            h, w = int(value[0]), int(value[-1])
+            h, w = _side(value[0]), _side(value[-1])
         else:
-            raise ValueError
-    except (TypeError, ValueError):
-        raise ConfigError(f"{what}={value!r} is not a size; give one number or H,W (e.g. 240,320).") from None
+            h = w = _side(value)
+    except ValueError:  # also int() of text with more than 4300 digits
+        raise ConfigError(f"{what}={show(value)} is not a size; give one whole number or H,W (e.g. 240,320).") from None
     if h < 16 or w < 16:
         raise ConfigError(f"{what} must be at least 16 pixels on each side, got {h}x{w}.")
     return h, w
@@ -106,15 +117,15 @@ class SegConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        choices = {"strategy": STRATEGIES, "optimizer": OPTIMIZERS, "schedule": SCHEDULES, "precision": PRECISIONS,
-                   "head": HEADS, "class_weights": CLASS_WEIGHTS, "loader": LOADERS, "eval_mode": EVAL_MODES}
-        for key, allowed in choices.items():
-            value = getattr(self, key)
-            if value not in allowed:
-                raise ConfigError(f"{key}={value!r} is not valid; choose one of {', '.join(allowed)}.")
+        check_options(self, {"strategy": STRATEGIES, "optimizer": OPTIMIZERS, "schedule": SCHEDULES,
+                             "precision": PRECISIONS, "head": HEADS, "class_weights": CLASS_WEIGHTS,
+                             "loader": LOADERS, "eval_mode": EVAL_MODES})
+        check_ranges(self, {**SHARED_RANGES, "poly_power": (0.0, math.inf, ">= 0")})
+        if not self.lr_decay > 0:
+            raise ConfigError(f"lr_decay must be positive, got {self.lr_decay}.")
         object.__setattr__(self, "img_size", list(parse_size(self.img_size)) if self.img_size is not None else None)
         for key in ("epochs", "batch_size"):
-            if int(getattr(self, key)) < 1:
+            if getattr(self, key) < 1:
                 raise ConfigError(f"{key} must be at least 1, got {getattr(self, key)}.")
         if self.batch_size == 1:
             raise ConfigError("batch_size=1 cannot train BatchNorm layers (a batch of one has no statistics); use a "
@@ -136,8 +147,6 @@ class SegConfig:
             raise ConfigError(f"limit must be at least 2 images, got {self.limit}.")
         if not 0.0 <= self.eval_overlap < 1.0:
             raise ConfigError(f"eval_overlap must be in [0, 1), got {self.eval_overlap}.")
-        if self.freeze_epochs < 0:
-            raise ConfigError("freeze_epochs must be >= 0.")
         if self.strategy in ("linear_probe", "freeze_unfreeze") and not self.pretrained:
             raise ConfigError(f"strategy {self.strategy!r} freezes a pretrained backbone; give --pretrained or use "
                               "--strategy scratch.")

@@ -14,7 +14,8 @@ first) and ``/explain`` the colour-coded mask blended over the image as ``image/
 
 Untrusted input is answered with a 4xx and ``{"detail": "<one sentence>"}``; bodies are bounded by
 ``Content-Length`` before reading and by counting while reading; images are bounded by their pixel count read
-from the header before decoding. With a token, POST endpoints need ``Authorization: Bearer <token>``.
+from the header before decoding, and by the pixel count they would have once scaled for the model. With a
+token, POST endpoints need ``Authorization: Bearer <token>``.
 
 Abuse and overload (``request_timeout``, ``max_queue``; ``--request-timeout``, ``--max-queue`` on the command
 line): a client has ``request_timeout`` seconds to send its whole body, or gets 408 and the connection closes,
@@ -285,7 +286,9 @@ def create_app(checkpoint_or_predictor: Any, *,
     ready :class:`~resnet_tune.segment.predictor.SegPredictor` (segmentation: see the module docstring).
 
     ``max_upload_bytes`` bounds a request body, ``max_files`` the images in one request, ``max_pixels`` each
-    image's width x height. ``token``: POST endpoints need ``Authorization: Bearer <token>``. ``batching``:
+    image's width x height, before and after it is scaled for the model (a classifier scales the shorter side to
+    its preprocessing's ``resize``, which makes a very elongated image much larger). ``token``: POST endpoints need
+    ``Authorization: Bearer <token>``. ``batching``:
     concurrent requests share forward passes (up to ``max_batch`` images, waiting at most ``max_wait_ms``).
     ``max_queue`` bounds the POST requests in progress at once (more get 429); ``request_timeout`` (seconds) bounds
     the time to send a body (else 408) and the time to wait for the model (else 503).
@@ -469,12 +472,25 @@ def create_app(checkpoint_or_predictor: Any, *,
         images = []
         tensors = []
         for up in uploads:
-            img = decode_upload(up.data, repr(up.name) if up.name != "body" else "the request body",
-                                state.max_pixels)
+            name = repr(up.name) if up.name != "body" else "the request body"
+            img = decode_upload(up.data, name, state.max_pixels)
             if not segmentation:
+                _check_scaled_size(img, name)
                 tensors.append(predictor.transform(img))
             images.append(img)
         return (torch.stack(tensors) if tensors else None), images
+
+    def _check_scaled_size(img: Any, name: str) -> None:
+        """The model's preprocessing scales the shorter side to ``resize`` pixels, so a very elongated image that
+        is within the pixel limit (say 1,000,000 x 1) would become enormous (16,000,000 x 16 at ``resize`` 16):
+        the scaled image must be within the pixel limit as well."""
+        w, h = img.size
+        side = predictor.preprocessing.resize
+        scaled = side * max(1, round(max(w, h) * side / max(1, min(w, h))))
+        if scaled > state.max_pixels:
+            raise UploadError(413, f"{name} is {w}x{h} pixels, too elongated: scaled to {side} pixels on its "
+                                   f"shorter side for the model it would have {scaled:,} pixels, over this server's "
+                                   f"limit of {state.max_pixels:,}; crop it to a less elongated image.")
 
     async def decode(uploads: list[_Upload], keep_images: bool = False) -> tuple[torch.Tensor | None, list[Any]]:
         try:
