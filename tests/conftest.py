@@ -11,6 +11,19 @@ from PIL import Image
 
 os.environ.setdefault("KERAS_BACKEND", "torch")
 
+try:  # Hypothesis profiles for the fuzz tests (tests/test_fuzz.py); the other tests do not need Hypothesis
+    from hypothesis import settings
+except ImportError:  # pragma: no cover - hypothesis is in the test extra
+    pass
+else:
+    # The default suite: a bounded number of examples, derandomised so that every run (and CI) tries the same ones.
+    settings.register_profile("fuzz", max_examples=30, deadline=None, derandomize=True, database=None,
+                              print_blob=True)
+    # ``python -m pytest -m slow``: many more examples (RESNET_TUNE_FUZZ_EXAMPLES, default 600), different on every
+    # run; print_blob prints what reproduces a failure.
+    settings.register_profile("fuzz-slow", max_examples=int(os.environ.get("RESNET_TUNE_FUZZ_EXAMPLES", "600")),
+                              deadline=None, database=None, print_blob=True)
+
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (40, 50, 220)}
 
 

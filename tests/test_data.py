@@ -610,3 +610,16 @@ def test_segmentation_pairs_follow_links_without_loops(tmp_path: Path) -> None:
     assert len(images) == 4 and len(set(images)) == 4
     assert all(p.mask is not None for p in splits.all_pairs())
     assert any("loop" in n for n in splits.notes)
+
+
+def test_segmentation_pairs_from_a_relative_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from resnet_tune.tasks.segmentation.data import discover_pairs
+
+    for i in range(3):
+        _rgb(tmp_path / "seg" / "images" / f"{i}.png", (16, 16))
+        (tmp_path / "seg" / "masks").mkdir(exist_ok=True)
+        Image.fromarray(np.zeros((16, 16), np.uint8)).save(tmp_path / "seg" / "masks" / f"{i}.png")
+    monkeypatch.chdir(tmp_path)
+    splits = discover_pairs("seg", val_fraction=0.34)
+    assert len(splits.all_pairs()) == 3 and all(p.mask for p in splits.all_pairs())
+

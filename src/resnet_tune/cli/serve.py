@@ -53,7 +53,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_explain(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ..data.datasets import load_image
+    from ..data.images import load_image
     from ..tasks import Predictor
 
     pred = Predictor(args.checkpoint, device="cpu", precision="fp32")

@@ -44,7 +44,7 @@ class FileDataset(Dataset):
         return len(self.samples)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        from .datasets import load_image
+        from .images import load_image
 
         path, label = self.samples[i]
         img = load_image(path)
@@ -58,7 +58,7 @@ class FileDataset(Dataset):
 def decode_to_memory(samples: Sequence[tuple[str, int]], pp: Preprocessing, workers: int | None = None,
                      progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Decode every image once, resized and centre-cropped for ``pp``: uint8 (N, 3, S, S) and labels."""
-    from .datasets import load_image
+    from .images import load_image
 
     geo = geometry_transform(pp)
 

@@ -26,7 +26,8 @@ import PIL
 from PIL import ImageFile
 
 from ..fileio import write_text_atomic
-from .datasets import IMAGE_EXTENSIONS, BadImageError, decode_image
+from .datasets import IMAGE_EXTENSIONS
+from .images import BadImageError, decode_image
 
 __all__ = ["IMBALANCE_RATIO", "TINY_SIDE", "ScanReport", "default_cache_dir", "scan"]
 

@@ -12,14 +12,20 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import numbers
+import os
+import reprlib
+import typing
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
 
-__all__ = ["LOADERS", "OPTIMIZERS", "PRECISIONS", "RunConfig", "SCHEDULES", "STRATEGIES", "from_dict", "load_yaml",
-           "option", "option_help", "save_yaml"]
+__all__ = ["LOADERS", "OPTIMIZERS", "PRECISIONS", "RunConfig", "SCHEDULES", "STRATEGIES", "check_options",
+           "from_dict", "load_yaml", "option", "option_help", "save_yaml", "show"]
 
 STRATEGIES = ("auto", "scratch", "full", "linear_probe", "freeze_unfreeze")
 OPTIMIZERS = ("sgd", "adamw")
@@ -28,14 +34,18 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 LOADERS = ("auto", "memory", "workers")
 
 
-def option(default: Any, help: str | None = None, *, choices: tuple | None = None) -> Any:  # noqa: A002
-    """A config field with its command-line help and allowed values. A subclass that only changes the default
-    writes ``option(new_default)`` and keeps the help of the class it overrides."""
+def option(default: Any, help: str | None = None, *, choices: tuple | None = None,  # noqa: A002
+           range: tuple[float, float, str] | None = None) -> Any:  # noqa: A002
+    """A config field with its command-line help, allowed values and allowed range (``(low, high, "what it must
+    be")``, checked when the option is set). A subclass that only changes the default writes
+    ``option(new_default)`` and keeps the help, choices and range of the class it overrides."""
     metadata: dict[str, Any] = {}
     if help is not None:
         metadata["help"] = help
     if choices is not None:
         metadata["choices"] = tuple(choices)
+    if range is not None:
+        metadata["range"] = tuple(range)
     return dataclasses.field(default=default, metadata=metadata)
 
 
@@ -53,6 +63,125 @@ def option_help(cls: type, name: str) -> tuple[str, tuple | None]:
     return _meta(cls, name, "help") or name.replace("_", " "), _meta(cls, name, "choices")
 
 
+# --------------------------------------------------------------------------------------- checking values
+class _ShortRepr(reprlib.Repr):
+    """``reprlib`` with small limits, and integers too long for ``repr`` (over 4300 digits) described by size."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.maxlevel, self.maxlist, self.maxtuple, self.maxdict, self.maxset = 2, 4, 4, 4, 4
+        self.maxstring, self.maxlong, self.maxother = 40, 24, 40
+
+    def repr_int(self, x: int, level: int) -> str:
+        if x.bit_length() > 1000:
+            return f"<an integer of about {int(x.bit_length() * math.log10(2)) + 1} digits>"
+        return super().repr_int(x, level)
+
+
+_SHORT = _ShortRepr()
+
+
+def show(value: Any) -> str:
+    """A short repr of a user-given value for an error message, bounded even for huge or deeply nested values
+    (a YAML file can build a list of billions of items from a few aliases)."""
+    try:
+        return _SHORT.repr(value)
+    except Exception:  # noqa: BLE001 - a message must never fail on the value it describes
+        return f"<a {type(value).__name__}>"
+
+
+_EXPECTED = {bool: "true or false", int: "a whole number", float: "a number", str: "a text string"}
+
+
+@cache
+def _option_types(cls: type) -> dict[str, tuple[Any, bool]]:
+    """``{option: (declared type without None, whether None is allowed)}`` of a config dataclass."""
+    hints = typing.get_type_hints(cls)
+    out: dict[str, tuple[Any, bool]] = {}
+    for f in dataclasses.fields(cls):
+        args = typing.get_args(hints[f.name])
+        base = next((a for a in args if a is not type(None)), hints[f.name]) if args else hints[f.name]
+        out[f.name] = (base, type(None) in args)
+    return out
+
+
+def _number(value: Any, base: type) -> int | float | None:
+    """``value`` as an ``int`` or ``float`` (``base``), or None when it is not one.
+
+    Whole floats are read as ints (``epochs: 10.0``) and numbers written as text are read too, because YAML 1.1
+    (PyYAML) reads ``lr: 1e-3`` as the text "1e-3"; booleans are not numbers here.
+    """
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            value = int(text) if base is int else float(text)
+        except ValueError:
+            try:
+                value = float(text)
+            except ValueError:
+                return None
+    if base is int:
+        if isinstance(value, numbers.Integral):
+            return int(value)
+        if isinstance(value, numbers.Real) and float(value).is_integer():
+            return int(value)
+        return None
+    if isinstance(value, numbers.Real):
+        try:
+            return float(value)
+        except OverflowError:  # an integer beyond the float range
+            return math.inf
+    return None
+
+
+def check_options(cfg: Any) -> None:
+    """Check every option of the frozen config dataclass ``cfg`` against its declared type, choices and range, in
+    place.
+
+    Options with choices must be one of them; ``bool`` options take true/false; ``int`` and ``float`` options
+    take numbers (see :func:`_number`; floats must be finite); ``str`` options take text or a path (stored as
+    text); ``Any`` options are left to the config's own checks.  Raises :class:`ConfigError` naming the option,
+    the value given and what it must be.
+    """
+    for name, (base, optional) in _option_types(type(cfg)).items():
+        value = getattr(cfg, name)
+        allowed = _meta(type(cfg), name, "choices")
+        if allowed is not None:
+            if value not in allowed:
+                raise ConfigError(f"{name}={show(value)} is not valid; choose one of "
+                                  f"{', '.join(str(a) for a in allowed if a is not None)}.")
+            continue
+        if base is Any or (value is None and optional):
+            continue
+        if value is None:
+            raise ConfigError(f"option {name} must be {_EXPECTED.get(base, base)}, got an empty value (null).")
+        new: Any = None
+        if base is bool:
+            new = value if isinstance(value, bool) else None
+        elif base in (int, float):
+            new = _number(value, base)
+            if base is float and new is not None and not math.isfinite(new):
+                raise ConfigError(f"option {name} must be a finite number, got {show(value)}.")
+        elif base is str:
+            if isinstance(value, os.PathLike):
+                value = os.fspath(value)
+            new = value if isinstance(value, str) else None
+        else:  # pragma: no cover - every option is declared with one of the types above
+            continue
+        if new is None:
+            raise ConfigError(f"option {name} must be {_EXPECTED[base]}, got {show(value)}.")
+        if new is not getattr(cfg, name):
+            object.__setattr__(cfg, name, new)
+
+
+        rule = _meta(type(cfg), name, "range")
+        value = getattr(cfg, name)
+        if rule is not None and value is not None and not rule[0] <= value <= rule[1]:
+            raise ConfigError(f"{name} must be {rule[2]}, got {show(value)}.")
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """The options every training run has, whatever its task. ``None`` means "choose for me" where documented."""
@@ -62,61 +191,57 @@ class RunConfig:
     val_fraction: float = option(0.2, "validation share when the data has no val split (seeded)")
     loader: str = option("auto", "memory: decode once into RAM and augment in batches; workers: DataLoader "
                                  "workers reading files; auto picks", choices=LOADERS)
-    workers: int | None = option(None, "DataLoader worker processes (default: chosen from the device)")
+    workers: int | None = option(None, "DataLoader worker processes (default: chosen from the device)",
+                                 range=(0, math.inf, "0 or more (0 decodes in the training process)"))
     # model
     model: str | None = option(None, "architecture (`resnet-tune models` lists them)")
     pretrained: str | None = option(None, "weights to start from: torchvision:<WEIGHTS>, timm:<name>, hf:<repo>, "
                                           "a URL or a file")
     # optimisation
     strategy: str = option("auto", "auto = freeze_unfreeze with --pretrained, scratch without", choices=STRATEGIES)
-    freeze_epochs: int = option(1, "epochs with a frozen body in freeze_unfreeze")
+    freeze_epochs: int = option(1, "epochs with a frozen body in freeze_unfreeze", range=(0, math.inf, ">= 0"))
     lr_decay: float = option(0.5, "discriminative learning rate: each earlier stage gets this factor of the next "
-                                  "one's lr")
-    epochs: int = option(15, "number of epochs")
-    batch_size: int = option(64, "images per batch (per process)")
+                                  "one's lr", range=(1e-300, math.inf, "positive"))
+    epochs: int = option(15, "number of epochs", range=(1, math.inf, "at least 1"))
+    batch_size: int = option(64, "images per batch (per process)", range=(1, math.inf, "at least 1"))
     lr: float | None = option(None, "peak learning rate (default: the task's rule, scaled to the global batch)")
     optimizer: str = option("sgd", "optimiser", choices=OPTIMIZERS)
-    momentum: float = option(0.9, "SGD momentum")
+    momentum: float = option(0.9, "SGD momentum", range=(0.0, 1.0, "between 0 and 1"))
     nesterov: bool = option(True, "Nesterov momentum for SGD")
-    weight_decay: float = option(5e-4, "weight decay (never applied to BatchNorm and biases)")
+    weight_decay: float = option(5e-4, "weight decay (never applied to BatchNorm and biases)",
+                                 range=(0.0, math.inf, ">= 0"))
     schedule: str = option("onecycle", "learning-rate schedule (poly: (1 - t/T)^power)", choices=SCHEDULES)
     warmup_epochs: float = option(0.3, "warm-up epochs for the cosine and poly schedules (onecycle warms up over "
-                                       "its first 25% of steps)")
-    poly_power: float = option(0.9, "power of the poly schedule")
+                                       "its first 25% of steps)", range=(0.0, math.inf, ">= 0"))
+    poly_power: float = option(0.9, "power of the poly schedule", range=(0.0, math.inf, ">= 0"))
     ema: bool = option(False, "keep an exponential moving average of the weights and save it")
-    ema_decay: float = option(0.999, "EMA decay per step")
-    grad_clip: float = option(0.0, "clip the global gradient norm to this value (0 = off)")
-    accum_steps: int = option(1, "gradient accumulation steps")
-    early_stop: int = option(0, "stop after this many epochs without validation improvement (0 = off)")
+    ema_decay: float = option(0.999, "EMA decay per step", range=(0.0, 1.0, "between 0 and 1"))
+    grad_clip: float = option(0.0, "clip the global gradient norm to this value (0 = off)",
+                              range=(0.0, math.inf, ">= 0 (0 turns clipping off)"))
+    accum_steps: int = option(1, "gradient accumulation steps", range=(1, math.inf, "at least 1"))
+    early_stop: int = option(0, "stop after this many epochs without validation improvement (0 = off)",
+                             range=(0, math.inf, ">= 0 (0 turns early stopping off)"))
     # hardware
     device: str = option("auto", "auto, cpu, cuda, cuda:N or mps")
     precision: str = option("auto", "auto = bf16 where the hardware has it, fp16 with a gradient scaler on older "
                                     "GPUs, fp32 elsewhere", choices=PRECISIONS)
     channels_last: bool | None = option(None, "channels-last memory format (default: where it pays)")
     compile: bool = option(False, "torch.compile the model (pays off on long runs)")
-    threads: int | None = option(None, "CPU threads for PyTorch")
+    threads: int | None = option(None, "CPU threads for PyTorch", range=(1, math.inf, "at least 1"))
     # several processes (torchrun): batch_size is per process; see engine/distributed.py
     sync_bn: bool = option(False, "several processes: BatchNorm statistics over the global batch (SyncBatchNorm; "
                                   "CUDA only)")
     dist_timeout: float = option(10.0, "minutes a training process waits for the others before the run stops "
                                        "with an error")
     # reproducibility and output
-    seed: int = option(0, "random seed")
+    seed: int = option(0, "random seed", range=(0, 2**32 - 1, "between 0 and 4294967295"))
     deterministic: bool = option(False, "deterministic algorithms (bit-exact resume on CPU in fp32)")
     output: str | None = option(None, "the run folder (default: runs/<model>-<date>-<time>)")
     progress: bool = option(True, "progress bars on a terminal")
     tensorboard: bool = option(False, "also log to TensorBoard (needs the tensorboard extra)")
 
     def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            allowed = _meta(type(self), f.name, "choices")
-            value = getattr(self, f.name)
-            if allowed is not None and value not in allowed:
-                raise ConfigError(f"{f.name}={value!r} is not valid; choose one of "
-                                  f"{', '.join(str(a) for a in allowed)}.")
-        for key in ("epochs", "batch_size", "accum_steps"):
-            if int(getattr(self, key)) < 1:
-                raise ConfigError(f"{key} must be at least 1, got {getattr(self, key)}.")
+        check_options(self)
         if self.batch_size == 1:
             raise ConfigError("batch_size=1 cannot train BatchNorm layers (a batch of one has no statistics); "
                               "use a batch size of 2 or more.")
@@ -126,8 +251,6 @@ class RunConfig:
             raise ConfigError(f"lr must be positive, got {self.lr}.")
         if not self.dist_timeout > 0:
             raise ConfigError(f"dist_timeout must be a positive number of minutes, got {self.dist_timeout}.")
-        if self.freeze_epochs < 0:
-            raise ConfigError("freeze_epochs must be >= 0.")
         if self.strategy in ("linear_probe", "freeze_unfreeze") and not self.pretrained:
             raise ConfigError(f"strategy {self.strategy!r} freezes a pretrained backbone; give --pretrained "
                               "or use --strategy scratch.")
@@ -150,12 +273,9 @@ def from_dict(values: dict[str, Any], source: str = "config", cls: type = RunCon
         if k not in known:
             close = difflib.get_close_matches(k, list(known), n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ConfigError(f"unknown option {key!r} in {source}{hint}.")
+            raise ConfigError(f"unknown option {show(key)} in {source}{hint}.")
         clean[k] = value
-    try:
-        return cls(**clean)
-    except TypeError as err:  # pragma: no cover - guarded above
-        raise ConfigError(str(err)) from None
+    return cls(**clean)  # the types and values are checked in the dataclass (check_options)
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -165,9 +285,21 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not p.is_file():
         raise ConfigError(f"config file {p} does not exist.")
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        text = p.read_bytes().decode("utf-8-sig")
+    except OSError as err:
+        raise ConfigError(f"config file {p} cannot be read ({err.strerror or err}).") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"config file {p} is not UTF-8 text (byte {err.start} cannot be decoded); save it as "
+                          "UTF-8.") from None
+    try:
+        data = yaml.safe_load(text) or {}
     except yaml.YAMLError as err:
-        raise ConfigError(f"config file {p} is not valid YAML: {err}".splitlines()[0] + ".") from None
+        raise ConfigError(f"config file {p} is not valid YAML: {err}".splitlines()[0].rstrip(".:") + ".") from None
+    except RecursionError:  # PyYAML composes nested collections recursively
+        raise ConfigError(f"config file {p} nests lists or mappings too deeply; it must hold a mapping of "
+                          "option: value.") from None
+    except ValueError as err:  # PyYAML's constructors: a 13th month, an integer of more than 4300 digits, ...
+        raise ConfigError(f"config file {p} holds a value YAML cannot convert ({show(str(err))}).") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {p} must hold a mapping of option: value.")
     return data

@@ -130,6 +130,10 @@ class Predictor:
         is explained)."""
         raise NotImplementedError
 
+    def scaled_pixels(self, size: tuple[int, int]) -> int:
+        """How many pixels an image of ``size`` (width, height) has once preprocessed for the model."""
+        return int(size[0]) * int(size[1])
+
     def info(self) -> dict[str, Any]:
         """What the service tells about the model besides the record."""
         return {"device": str(self.device),
@@ -139,7 +143,7 @@ class Predictor:
 
     def load_images(self, paths: Sequence[str | os.PathLike[str]]) -> list[tuple[Image.Image | None, str | None]]:
         """Each file as an RGB image, or ``(None, reason)`` when it cannot be read (decoded in threads)."""
-        from ..data.datasets import load_image
+        from ..data.images import load_image
 
         def one(p: str | os.PathLike[str]) -> tuple[Image.Image | None, str | None]:
             try:

@@ -19,6 +19,7 @@ Weights in torchvision, timm, transformers and Keras names are converted to ours
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -28,7 +29,7 @@ import pickle
 import re
 import urllib.parse
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -217,7 +218,7 @@ def _read_json(path: Path) -> dict:
     try:
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
-        raise CheckpointError(f"could not read {path} as JSON ({e})") from None
+        raise CheckpointError(f"could not read {path} as JSON ({' '.join(str(e).split())}).") from None
 
 
 def _from_hf_repo(repo: str, revision: str, *, cfg: Any, model_name: str) -> tuple[State, dict]:
@@ -255,16 +256,29 @@ def _read_hf_files(weights: Path, config: dict | None, preprocessor: dict | None
         state, meta = _plain_state(_torch_load(weights), weights)
     if meta.get("format") == "resnet_tune":
         return state, meta
-    if config is not None and "architecture" in config and "model_type" not in config:
-        state = _from_timm_names(state)
-        meta.update(_timm_meta(config))
-    elif config is not None and "model_type" in config:
-        state = _from_transformers_names(state, config, cfg=cfg, model_name=model_name, meta=meta)
-        meta.update(_transformers_meta(config, preprocessor))
-    else:
-        state, fmt = _to_ours(state)
-        meta["format"] = fmt
+    with _converting(weights):
+        if config is not None and "architecture" in config and "model_type" not in config:
+            state = _from_timm_names(state)
+            meta.update(_timm_meta(config))
+        elif config is not None and "model_type" in config:
+            state = _from_transformers_names(state, config, cfg=cfg, model_name=model_name, meta=meta)
+            meta.update(_transformers_meta(config, preprocessor))
+        else:
+            state, fmt = _to_ours(state)
+            meta["format"] = fmt
     return state, meta
+
+
+@contextlib.contextmanager
+def _converting(path: Path) -> Iterator[None]:
+    """The converters (resnet_tune.models.convert) say why weights cannot be used with a ``ValueError`` about a
+    state dict; while converting the weights read from ``path``, that is a :class:`CheckpointError` naming it."""
+    try:
+        yield
+    except CheckpointError:
+        raise
+    except ValueError as e:
+        raise CheckpointError(f"cannot use the weights in {str(path)!r}: {str(e).rstrip('.')}.") from None
 
 
 def _timm_meta(config: dict) -> dict:
@@ -401,19 +415,20 @@ def _from_local(path: Path, *, cfg: Any, model_name: str, source: str) -> tuple[
     elif kind == "torch":
         state, meta = _plain_state(_torch_load(path), path)
     else:
-        raise CheckpointError(f"cannot tell what kind of weights file {str(path)!r} is; name it .safetensors, .pth, "
-                              f".h5, .weights.h5 or .keras (valid sources: {VALID_SOURCES})")
+        raise CheckpointError(f"cannot tell what kind of weights file {str(path)!r} is; name it .safetensors, "
+                              f".pth, .h5, .weights.h5 or .keras (valid sources: {VALID_SOURCES}).")
     meta["path"] = str(path)
     if meta.get("format") == "resnet_tune":
         return state, meta
     # An HF-style folder's config.json sits next to the weights; the transformers converter needs it.
     config_path = path.parent / "config.json"
     config = _read_json(config_path) if config_path.is_file() else None
-    if config is not None and "model_type" in config and not _looks_like_ours(state):
-        state = _from_transformers_names(state, config, cfg=cfg, model_name=model_name, meta=meta)
-        meta.update(_transformers_meta(config, None))
-        return state, meta
-    state, fmt = _to_ours(state)
+    with _converting(path):
+        if config is not None and "model_type" in config and not _looks_like_ours(state):
+            state = _from_transformers_names(state, config, cfg=cfg, model_name=model_name, meta=meta)
+            meta.update(_transformers_meta(config, None))
+            return state, meta
+        state, fmt = _to_ours(state)
     meta["format"] = fmt
     return state, meta
 
@@ -455,41 +470,74 @@ def _read_safetensors(path: Path) -> tuple[State, dict]:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
     except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"could not read {str(path)!r} as a safetensors file ({e}); the file may be "
-                              "truncated or not a safetensors file") from None
+        raise CheckpointError(f"could not read {str(path)!r} as a safetensors file ({' '.join(str(e).split())}); "
+                              "the file may be truncated or not a safetensors file.") from None
     meta: dict[str, Any] = {}
     record = metadata.get("resnet_tune")
     if record:
         try:
             rec = json.loads(record)
-        except ValueError:
+        except (ValueError, RecursionError):
             log.warning("ignoring the unreadable resnet_tune record in %s", path)
         else:
             if isinstance(rec, dict):
-                meta.update(_normalise_record(rec))
+                meta.update(_normalise_record(rec, str(path)))
                 meta["format"] = "resnet_tune"
     return dict(state), meta
 
 
-def _normalise_record(rec: dict) -> dict:
-    """Our checkpoints' record (engine/checkpoint.py) with the common meta keys filled in."""
-    meta = dict(rec)
+def _whole(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+# What the informative fields of a record must hold to be used (see _normalise_record).
+_META_CHECKS: dict[str, Any] = {
+    "categories": lambda v: isinstance(v, (list, tuple)) and all(isinstance(c, str) for c in v),
+    "mean": lambda v: isinstance(v, (list, tuple)) and bool(v) and all(_finite(x) for x in v),
+    "std": lambda v: isinstance(v, (list, tuple)) and bool(v) and all(_finite(x) and x > 0 for x in v),
+    "input_size": lambda v: (_whole(v) and v > 0) or (isinstance(v, (list, tuple)) and bool(v)
+                                                      and all(_whole(x) and x > 0 for x in v)),
+    "in_chans": lambda v: _whole(v) and v > 0,
+    "num_classes": lambda v: _whole(v) and v >= 0,
+    "interpolation": lambda v: isinstance(v, str),
+    "resize": lambda v: _whole(v) and v > 0,
+    "resize_size": lambda v: _whole(v) and v > 0,
+}
+
+
+def _usable(key: str, value: Any, where: str) -> bool:
+    """Whether a record's informative field holds what it should; a damaged one is logged and left out (the
+    weights themselves are still read)."""
+    ok = value is not None and _META_CHECKS[key](value)
+    if not ok and value is not None:
+        log.warning("ignoring %s=%.60r in the record of %s: not a valid value", key, value, where)
+    return ok
+
+
+def _normalise_record(rec: dict, where: str = "the checkpoint") -> dict:
+    """Our checkpoints' record (engine/checkpoint.py) with the common meta keys filled in.
+
+    Informative fields of the wrong type (a damaged or hand-edited record) are left out with a warning.
+    """
+    meta = {k: v for k, v in rec.items() if k not in _META_CHECKS or _usable(k, v, where)}
     if "categories" not in meta:
         for key in ("classes", "class_names", "labels"):
-            if isinstance(meta.get(key), (list, tuple)):
+            if key in meta and _usable("categories", meta[key], where):
                 meta["categories"] = list(meta[key])
                 break
     pre = meta.get("preprocessing")
     if isinstance(pre, Mapping):  # {"input_size": 224, "mean": [...], "std": [...], "resize": 256, ...}
         for key in ("mean", "std", "interpolation"):
-            if pre.get(key) is not None:
+            if _usable(key, pre.get(key), where):
                 meta.setdefault(key, pre[key])
         size = pre.get("input_size")
-        if isinstance(size, int):
-            meta.setdefault("input_size", (int(meta.get("in_chans", 3)), size, size))
-        elif isinstance(size, (list, tuple)):
-            meta.setdefault("input_size", tuple(size))
-        if pre.get("resize") is not None:
+        if _usable("input_size", size, where):
+            meta.setdefault("input_size", (meta.get("in_chans", 3), size, size) if _whole(size) else tuple(size))
+        if _usable("resize", pre.get("resize"), where):
             meta.setdefault("resize_size", pre["resize"])
     for key in ("mean", "std", "input_size"):
         if isinstance(meta.get(key), list):
@@ -509,16 +557,16 @@ def _torch_load(path: Path) -> Any:
                 f"could not read {str(path)!r} as a PyTorch checkpoint"
                 f"{f' ({detail.group(1).strip()})' if detail else ''}: it is damaged, in another format, or uses "
                 "pickle features that torch.load(weights_only=True) refuses; save plain weights with "
-                "torch.save(model.state_dict(), path) or as .safetensors") from None
+                "torch.save(model.state_dict(), path) or as .safetensors.") from None
         what = f" (it refers to {m.group(1)})"
         raise CheckpointError(
             f"refusing to load {str(path)!r}: it is not a plain-tensor checkpoint{what}, and reading it would run "
             "code stored in the file, which resnet-tune never does; if you trust the file, re-save only its "
-            "weights, e.g. torch.save(model.state_dict(), 'weights.pth') or as .safetensors") from None
+            "weights, e.g. torch.save(model.state_dict(), 'weights.pth') or as .safetensors.") from None
     except (RuntimeError, OSError, EOFError, ValueError) as e:
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise CheckpointError(f"could not read {str(path)!r} as a PyTorch checkpoint ({reason}); "
-                              "the file may be truncated or in another format") from None
+                              "the file may be truncated or in another format.") from None
 
 
 def _plain_state(obj: Any, path: Path) -> tuple[State, dict]:
@@ -533,7 +581,7 @@ def _plain_state(obj: Any, path: Path) -> tuple[State, dict]:
                 except ValueError:
                     rec = None
             if isinstance(rec, Mapping):
-                meta.update(_normalise_record(dict(rec)))
+                meta.update(_normalise_record(dict(rec), str(path)))
                 if key == "resnet_tune":
                     meta["format"] = "resnet_tune"
                 break
@@ -544,8 +592,8 @@ def _plain_state(obj: Any, path: Path) -> tuple[State, dict]:
                 break
     if not isinstance(obj, Mapping) or not obj or not _all_tensors(obj):
         keys = ", ".join(map(repr, list(obj)[:8])) if isinstance(obj, Mapping) else type(obj).__name__
-        raise CheckpointError(f"{str(path)!r} does not hold a state dict of tensors (found {keys}); save weights with "
-                              "torch.save(model.state_dict(), path)")
+        raise CheckpointError(f"{str(path)!r} does not hold a state dict of tensors (found {keys}); save weights "
+                              "with torch.save(model.state_dict(), path).")
     state = {str(k): v for k, v in obj.items()}
     for prefix in ("module.", "_orig_mod."):  # DistributedDataParallel / torch.compile wrappers
         if all(k.startswith(prefix) for k in state):
@@ -593,14 +641,14 @@ def adapt_input_conv(in_chans: int, weight: Tensor) -> Tensor:
     if in_chans == 1:
         if i > 3:
             if i % 3:
-                raise CheckpointError(f"cannot adapt a {i}-channel input convolution to 1 channel")
+                raise CheckpointError(f"cannot adapt a {i}-channel input convolution to 1 channel.")
             w = w.reshape(o, i // 3, 3, kh, kw).sum(dim=2)
         else:
             w = w.sum(dim=1, keepdim=True)
     else:
         if i != 3:
             raise CheckpointError(f"cannot adapt a {i}-channel input convolution to {in_chans} channels "
-                                  "(only 3-channel weights are adapted)")
+                                  "(only 3-channel weights are adapted).")
         w = w.repeat(1, math.ceil(in_chans / 3), 1, 1)[:, :in_chans] * (3 / float(in_chans))
     return w.to(dtype)
 
@@ -621,7 +669,7 @@ def load_pretrained(model: nn.Module, state: Mapping[str, Tensor], *, reset_head
     state = dict(state)
     bad = [k for k, v in state.items() if not isinstance(v, Tensor)]
     if bad:
-        raise CheckpointError(f"the weights from {where} hold non-tensor values ({', '.join(bad[:5])})")
+        raise CheckpointError(f"the weights from {where} hold non-tensor values ({', '.join(bad[:5])}).")
     own = model.state_dict()
 
     for key in ("conv1.weight", "conv1.0.weight"):
@@ -653,7 +701,8 @@ def load_pretrained(model: nn.Module, state: Mapping[str, Tensor], *, reset_head
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:  # e.g. dtype that cannot be cast; shapes were checked above
-        raise CheckpointError(f"could not load the weights from {where}: {str(e).splitlines()[0]}") from None
+        reason = str(e).splitlines()[0].rstrip(".")
+        raise CheckpointError(f"could not load the weights from {where}: {reason}.") from None
 
 
 def _mismatch_message(model: nn.Module, where: str, missing: list[str], unexpected: list[str],

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
+import reprlib
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Sequence
 
@@ -32,6 +34,29 @@ __all__ = [
 ]
 
 BLOCK_TYPES = ("basic", "bottleneck", "preact_basic", "preact_bottleneck")
+
+
+def _whole(v: Any) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+
+
+# The type of every ResNetConfig field: (test, what it must be); tuple fields are given per item.
+_FIELD_TYPES: dict[str, tuple[Any, str]] = {
+    **{k: (lambda v: isinstance(v, str), "a string") for k in ("block", "stem", "shortcut")},
+    **{k: (_whole, "a whole number") for k in ("stem_width", "groups", "base_width", "num_classes")},
+    **{k: (_finite, "a finite number") for k in ("bn_eps", "se_ratio", "drop_path_rate")},
+    **{k: (lambda v: isinstance(v, bool), "true or false")
+       for k in ("stem_bias", "stem_pool_zero_pad", "stride_in_1x1", "stride_in_last_block", "conv_bias",
+                 "zero_init_residual")},
+}
+_TUPLE_TYPES: dict[str, tuple[Any, str]] = {
+    **{k: (_whole, "whole numbers") for k in ("layers", "widths", "strides", "input_size")},
+    "replace_stride_with_dilation": (lambda v: isinstance(v, bool), "true or false values"),
+}
 STEM_TYPES = ("default", "deep", "cifar", "preact")
 SHORTCUT_TYPES = ("conv", "avg", "pad", "subsample")
 
@@ -100,6 +125,18 @@ class ResNetConfig:
         def bad(msg: str) -> None:
             raise ValueError(f"invalid ResNet config: {msg}")
 
+        for name, (ok, what) in _FIELD_TYPES.items():  # types first: the checks below compare values
+            if not ok(getattr(self, name)):
+                bad(f"{name}={reprlib.repr(getattr(self, name))} must be {what}")
+        for name, (ok, what) in _TUPLE_TYPES.items():
+            value = getattr(self, name)
+            if not isinstance(value, (tuple, list)) or not all(ok(v) for v in value):
+                bad(f"{name}={reprlib.repr(value)} must be a sequence of {what}")
+            object.__setattr__(self, name, tuple(value))
+        if len(self.input_size) != 3 or min(self.input_size) < 1:
+            bad(f"input_size={self.input_size} must be (channels, height, width), all positive")
+        if not self.bn_eps > 0 or self.se_ratio < 0 or self.stem_width < 1:
+            bad("bn_eps must be positive, se_ratio at least 0 and stem_width at least 1")
         if self.block not in BLOCK_TYPES:
             bad(f"block={self.block!r}; choose one of {', '.join(BLOCK_TYPES)}")
         if self.stem not in STEM_TYPES:

@@ -15,7 +15,8 @@ task except the response schema shown in the OpenAPI document.
 
 Untrusted input is answered with a 4xx and ``{"detail": "<one sentence>"}``; bodies are bounded by
 ``Content-Length`` before reading and by counting while reading; images are bounded by their pixel count read
-from the header before decoding. With a token, POST endpoints need ``Authorization: Bearer <token>``.
+from the header before decoding, and by the pixel count they would have once scaled for the model. With a
+token, POST endpoints need ``Authorization: Bearer <token>``.
 
 Abuse and overload (``request_timeout``, ``max_queue``; ``--request-timeout``, ``--max-queue`` on the command
 line): a client has ``request_timeout`` seconds to send its whole body, or gets 408 and the connection closes,
@@ -289,7 +290,9 @@ def create_app(checkpoint_or_predictor: Any, *,
     task (see the module docstring).
 
     ``max_upload_bytes`` bounds a request body, ``max_files`` the images in one request, ``max_pixels`` each
-    image's width x height. ``token``: POST endpoints need ``Authorization: Bearer <token>``. ``batching``:
+    image's width x height, before and after it is scaled for the model (a classifier scales the shorter side to
+    its preprocessing's ``resize``, which makes a very elongated image much larger). ``token``: POST endpoints need
+    ``Authorization: Bearer <token>``. ``batching``:
     concurrent requests share forward passes (up to ``max_batch`` images, waiting at most ``max_wait_ms``).
     ``max_queue`` bounds the POST requests in progress at once (more get 429); ``request_timeout`` (seconds) bounds
     the time to send a body (else 408) and the time to wait for the model (else 503).
@@ -467,9 +470,24 @@ def create_app(checkpoint_or_predictor: Any, *,
 
     def decode_all(uploads: list[_Upload], batch: bool) -> tuple[torch.Tensor | None, list[Any]]:
         """The decoded images, and (for the micro-batcher) the predictor's preprocessed batch of them."""
-        images = [decode_upload(up.data, repr(up.name) if up.name != "body" else "the request body", state.max_pixels)
-                  for up in uploads]
+        images = []
+        for up in uploads:
+            name = repr(up.name) if up.name != "body" else "the request body"
+            img = decode_upload(up.data, name, state.max_pixels)
+            check_scaled_size(img, name)
+            images.append(img)
         return (predictor.preprocess(images) if batch and images else None), images
+
+    def check_scaled_size(img: Any, name: str) -> None:
+        """The image as the model will see it must be within the pixel limit as well: a classifier scales the
+        shorter side to its ``resize``, so a very elongated image within the limit (say 1,000,000 x 1) would
+        become enormous (16,000,000 x 16 at ``resize`` 16)."""
+        scaled = predictor.scaled_pixels(img.size)
+        if scaled > state.max_pixels:
+            w, h = img.size
+            raise UploadError(413, f"{name} is {w}x{h} pixels, too elongated: scaled for the model it would have "
+                                   f"{scaled:,} pixels, over this server's limit of {state.max_pixels:,}; crop it "
+                                   "to a less elongated image.")
 
     async def decode(uploads: list[_Upload], batch: bool = False) -> tuple[torch.Tensor | None, list[Any]]:
         try:

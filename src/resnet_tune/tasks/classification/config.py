@@ -3,10 +3,10 @@ image needs (input size, augmentation, mixing, class balance, the feature cache)
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from ...engine.config import RunConfig, option
-from ...errors import ConfigError
 
 __all__ = ["AUGMENTS", "BALANCE", "ClassificationConfig", "TrainConfig"]
 
@@ -25,25 +25,17 @@ class ClassificationConfig(RunConfig):
                                  "fits in 2 GiB")
     model: str | None = option(None, "architecture (`resnet-tune models` lists them; default: resnet20 for small "
                                      "images, else resnet18)")
-    img_size: int | None = option(None, "input size in pixels (default: the model's, or 32 for small images)")
+    img_size: int | None = option(None, "input size in pixels (default: the model's, or 32 for small images)",
+                                  range=(8, math.inf, "at least 8 pixels"))
     augment: str = option("default", "extra augmentation on top of crop + flip", choices=AUGMENTS)
-    mixup: float = option(0.0, "mixup alpha (0 = off)")
-    cutmix: float = option(0.0, "cutmix alpha (0 = off)")
+    mixup: float = option(0.0, "mixup alpha (0 = off)", range=(0.0, math.inf, ">= 0 (0 turns mixup off)"))
+    cutmix: float = option(0.0, "cutmix alpha (0 = off)", range=(0.0, math.inf, ">= 0 (0 turns cutmix off)"))
     balance: str = option("none", "imbalanced data: class-weighted loss or a balanced sampler", choices=BALANCE)
-    drop_path_rate: float = option(0.0, "stochastic depth rate")
+    drop_path_rate: float = option(0.0, "stochastic depth rate", range=(0.0, 0.999999, "at least 0 and below 1"))
     cache_views: int = option(1, "frozen-body epochs train the head on cached backbone features of this many "
-                                 "augmented views of the training set (0 = run the backbone every epoch)")
-    label_smoothing: float = option(0.1, "label smoothing")
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.img_size is not None and self.img_size < 8:
-            raise ConfigError(f"img_size must be at least 8 pixels, got {self.img_size}.")
-        if not 0.0 <= self.label_smoothing < 1.0:
-            raise ConfigError("label_smoothing must be in [0, 1).")
-        if self.cache_views < 0:
-            raise ConfigError(f"cache_views must be >= 0 (0 turns the feature cache off), got {self.cache_views}.")
-
+                                 "augmented views of the training set (0 = run the backbone every epoch)",
+                              range=(0, math.inf, ">= 0 (0 turns the feature cache off)"))
+    label_smoothing: float = option(0.1, "label smoothing", range=(0.0, 0.999999, "in [0, 1)"))
 
 #: The name this configuration had before segmentation got its own (``resnet_tune.fit(TrainConfig(...))``).
 TrainConfig = ClassificationConfig

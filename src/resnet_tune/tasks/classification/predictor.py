@@ -51,6 +51,12 @@ class ClassificationPredictor(Predictor):
     def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
         return torch.stack([self.transform(im.convert("RGB")) for im in images])
 
+    def scaled_pixels(self, size: tuple[int, int]) -> int:
+        """The shorter side is resized to ``preprocessing.resize`` (before the centre crop)."""
+        w, h = size
+        side = self.preprocessing.resize
+        return side * max(1, round(max(w, h) * side / max(1, min(w, h))))
+
     def batch_outputs(self, x: torch.Tensor) -> torch.Tensor:
         return self.probs(x)
 

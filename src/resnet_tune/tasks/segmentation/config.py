@@ -4,10 +4,13 @@ crops and scale jitter, sliding-window evaluation."""
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass
 from typing import Any
 
-from ...engine.config import RunConfig, from_dict as _from_dict, option
+from ...engine.config import RunConfig, option, show
+from ...engine.config import from_dict as _from_dict
 from ...errors import ConfigError
 
 __all__ = ["CLASS_WEIGHTS", "EVAL_MODES", "HEADS", "SegConfig", "SegmentationConfig", "from_dict", "parse_size"]
@@ -17,27 +20,35 @@ CLASS_WEIGHTS = ("none", "median", "inverse")
 EVAL_MODES = ("full", "sliding")
 
 
+def _side(value: Any) -> int:
+    """One side of a size: a whole number, as a number or as text (ValueError otherwise)."""
+    if isinstance(value, bool):
+        raise ValueError
+    if isinstance(value, str):
+        return int(value.strip())
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real) and math.isfinite(value) and float(value).is_integer():
+        return int(value)
+    raise ValueError
+
+
 def parse_size(value: Any, what: str = "img_size") -> tuple[int, int] | None:
     """``256``, ``"256"``, ``"240,320"``, ``"240x320"`` or ``[240, 320]`` -> ``(H, W)``; None stays None."""
     if value is None:
         return None
     try:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            h = w = int(value)
-        elif isinstance(value, str):
+        if isinstance(value, str):
             parts = [p for p in value.lower().replace("x", ",").split(",") if p.strip()]
-            if len(parts) == 1:
-                h = w = int(parts[0])
-            elif len(parts) == 2:
-                h, w = int(parts[0]), int(parts[1])
-            else:
+            if len(parts) not in (1, 2):
                 raise ValueError
+            h, w = _side(parts[0]), _side(parts[-1])
         elif isinstance(value, (list, tuple)) and len(value) in (1, 2):
-            h, w = int(value[0]), int(value[-1])
+            h, w = _side(value[0]), _side(value[-1])
         else:
-            raise ValueError
-    except (TypeError, ValueError):
-        raise ConfigError(f"{what}={value!r} is not a size; give one number or H,W (e.g. 240,320).") from None
+            h = w = _side(value)
+    except ValueError:  # also int() of text with more than 4300 digits
+        raise ConfigError(f"{what}={show(value)} is not a size; give one whole number or H,W (e.g. 240,320).") from None
     if h < 16 or w < 16:
         raise ConfigError(f"{what} must be at least 16 pixels on each side, got {h}x{w}.")
     return h, w
@@ -69,45 +80,39 @@ class SegmentationConfig(RunConfig):
     classes: str | None = option(None, "class table: classes.txt (id name [r g b] per line) or CSV name,r,g,b "
                                        "(default: one found in DIR)")
     num_classes: int | None = option(None, "number of classes (default: from the class table, else the largest "
-                                           "mask label + 1)")
+                                           "mask label + 1)", range=(1, 256, "between 1 and 256"))
     ignore_index: int = option(255, "mask value left out of the loss and the metrics (CamVid: 11, 'Unlabelled')")
     img_size: Any = option(None, "training crop: one int or H,W (default: the median image size, at most 512)")
     scale_min: float = option(0.5, "smallest scale of the scale jitter")
     scale_max: float = option(2.0, "largest scale of the scale jitter")
     hflip: bool = option(True, "random horizontal flips")
-    limit: int | None = option(None, "use at most this many images per split (quick trials)")
+    limit: int | None = option(None, "use at most this many images per split (quick trials)",
+                               range=(2, math.inf, "at least 2 images"))
     # model
     head: str = option("deeplabv3", "fcn (torchvision's FCNHead), deeplabv3 (ASPP) or unet (light decoder, for "
                                     "small data)", choices=HEADS)
     output_stride: int | None = option(None, "8, 16 or 32 (default: fcn 8, deeplabv3 16, unet 32); smaller is "
                                              "finer and slower", choices=(None, 8, 16, 32))
     aux: bool = option(False, "auxiliary FCN head on layer3 during training")
-    aux_weight: float = option(0.4, "weight of the auxiliary loss")
+    aux_weight: float = option(0.4, "weight of the auxiliary loss", range=(0.0, math.inf, ">= 0"))
     # loss
     class_weights: str = option("none", "loss weights from the training masks: median frequency or inverse "
                                         "frequency", choices=CLASS_WEIGHTS)
-    dice: float = option(0.0, "weight of a soft Dice loss added to the cross-entropy (0 = off)")
+    dice: float = option(0.0, "weight of a soft Dice loss added to the cross-entropy (0 = off)",
+                         range=(0.0, math.inf, ">= 0"))
     # evaluation
     eval_mode: str = option("full", "validation/evaluation on the full image, or in sliding windows of the crop "
                                     "size", choices=EVAL_MODES)
-    eval_overlap: float = option(1 / 3, "overlap of the sliding windows")
+    eval_overlap: float = option(1 / 3, "overlap of the sliding windows", range=(0.0, 0.999999, "in [0, 1)"))
 
     def __post_init__(self) -> None:
         super().__post_init__()
         object.__setattr__(self, "img_size", list(parse_size(self.img_size)) if self.img_size is not None else None)
         if not self.model:
             raise ConfigError("segmentation needs a backbone: --model, e.g. resnet18 or resnet50.")
-        if self.num_classes is not None and not 1 <= self.num_classes <= 256:
-            raise ConfigError(f"num_classes must be between 1 and 256, got {self.num_classes}.")
         if not 0.0 < self.scale_min <= self.scale_max:
             raise ConfigError(f"the scale range must satisfy 0 < scale_min <= scale_max, got {self.scale_min}, "
                               f"{self.scale_max}.")
-        if self.dice < 0 or self.aux_weight < 0:
-            raise ConfigError("the dice and aux_weight loss weights must be >= 0.")
-        if self.limit is not None and self.limit < 2:
-            raise ConfigError(f"limit must be at least 2 images, got {self.limit}.")
-        if not 0.0 <= self.eval_overlap < 1.0:
-            raise ConfigError(f"eval_overlap must be in [0, 1), got {self.eval_overlap}.")
 
     @property
     def crop(self) -> tuple[int, int] | None:

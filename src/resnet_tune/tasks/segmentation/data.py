@@ -34,8 +34,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageFile, UnidentifiedImageError
 
-from ...data.datasets import BadImageError, decode_image, is_image_file
+from ...data.datasets import is_image_file
 from ...data.files import FolderWalker, real_path
+from ...data.images import BadImageError, decode_image, pillow_reason, size_problem
 from ...data.scan import ScanReport
 from ...errors import DataError
 
@@ -356,6 +357,8 @@ def _unique(pairs: list[Pair]) -> list[Pair]:
 
 # ----------------------------------------------------------------------------------------- masks
 class BadMaskError(DataError):
+    """A file that cannot be used as a mask; ``reason`` is a short phrase such as ``'truncated file'``."""
+
     def __init__(self, path: str, reason: str) -> None:
         self.path, self.reason = path, reason
         super().__init__(f"cannot use mask {path}: {reason}.")
@@ -375,6 +378,9 @@ def decode_mask(path: str, colour_lut: dict[int, int] | None = None) -> np.ndarr
     """
     try:
         with Image.open(path) as img:
+            problem = size_problem(img)  # decompression bombs and empty images, from the header
+            if problem:
+                raise BadMaskError(path, problem)
             img.load()
             mode = img.mode
             if mode in ("P", "L", "1"):
@@ -411,9 +417,9 @@ def decode_mask(path: str, colour_lut: dict[int, int] | None = None) -> np.ndarr
         raise
     except FileNotFoundError:
         raise BadMaskError(path, "file not found") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-        msg = str(e) or type(e).__name__
-        raise BadMaskError(path, "truncated file" if "truncated" in msg.lower() else f"cannot decode ({msg})") from None
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError) as e:
+        reason = pillow_reason(e)
+        raise BadMaskError(path, "truncated file" if reason == "truncated image" else reason) from None
     return np.ascontiguousarray(arr)
 
 

@@ -177,7 +177,7 @@ def write_eval_outputs(report: dict[str, Any], worst: list[dict[str, Any]], out:
 
 def iter_items(pairs: list[Any], data: Any, lut: dict[int, int] | None = None) -> Iterator[Item]:
     """(file, image, mask) for each pair, from the scan's memory when it kept the arrays, else from the files."""
-    from ...data.datasets import decode_image
+    from ...data.images import decode_image
     from .data import decode_mask
 
     for p in pairs:

@@ -182,7 +182,7 @@ class SegmentationPredictor(Predictor):
                       **options: Any) -> list[dict[str, Any]]:
         """For each image its classes' shares; with ``output``, also ``<name>_mask.png`` (class ids),
         ``<name>_color.png`` and ``<name>_overlay.png`` there. Unreadable files are reported, not fatal."""
-        from ...data.datasets import load_image
+        from ...data.images import load_image
 
         out = Path(output) if output is not None else None
         if out is not None:
