@@ -146,40 +146,42 @@ def check_options(cfg: Any) -> None:
     the value given and what it must be.
     """
     for name, (base, optional) in _option_types(type(cfg)).items():
-        value = getattr(cfg, name)
+        value = _typed(cfg, name, base, optional)
         allowed = _meta(type(cfg), name, "choices")
-        if allowed is not None:
-            if value not in allowed:
-                raise ConfigError(f"{name}={show(value)} is not valid; choose one of "
-                                  f"{', '.join(str(a) for a in allowed if a is not None)}.")
-            continue
-        if base is Any or (value is None and optional):
-            continue
-        if value is None:
-            raise ConfigError(f"option {name} must be {_EXPECTED.get(base, base)}, got an empty value (null).")
-        new: Any = None
-        if base is bool:
-            new = value if isinstance(value, bool) else None
-        elif base in (int, float):
-            new = _number(value, base)
-            if base is float and new is not None and not math.isfinite(new):
-                raise ConfigError(f"option {name} must be a finite number, got {show(value)}.")
-        elif base is str:
-            if isinstance(value, os.PathLike):
-                value = os.fspath(value)
-            new = value if isinstance(value, str) else None
-        else:  # pragma: no cover - every option is declared with one of the types above
-            continue
-        if new is None:
-            raise ConfigError(f"option {name} must be {_EXPECTED[base]}, got {show(value)}.")
-        if new is not getattr(cfg, name):
-            object.__setattr__(cfg, name, new)
-
-
+        if allowed is not None and value not in allowed:
+            raise ConfigError(f"{name}={show(value)} is not valid; choose one of "
+                              f"{', '.join(str(a) for a in allowed if a is not None)}.")
         rule = _meta(type(cfg), name, "range")
-        value = getattr(cfg, name)
         if rule is not None and value is not None and not rule[0] <= value <= rule[1]:
             raise ConfigError(f"{name} must be {rule[2]}, got {show(value)}.")
+
+
+def _typed(cfg: Any, name: str, base: Any, optional: bool) -> Any:
+    """Option ``name`` of ``cfg`` as its declared type (set in place when it was given as another, e.g. text);
+    a ConfigError when it cannot be read as one."""
+    value = getattr(cfg, name)
+    if base is Any or (value is None and optional):
+        return value
+    if value is None:
+        raise ConfigError(f"option {name} must be {_EXPECTED.get(base, base)}, got an empty value (null).")
+    new: Any = None
+    if base is bool:
+        new = value if isinstance(value, bool) else None
+    elif base in (int, float):
+        new = _number(value, base)
+        if base is float and new is not None and not math.isfinite(new):
+            raise ConfigError(f"option {name} must be a finite number, got {show(value)}.")
+    elif base is str:
+        if isinstance(value, os.PathLike):
+            value = os.fspath(value)
+        new = value if isinstance(value, str) else None
+    else:  # pragma: no cover - every option is declared with one of the types above
+        return value
+    if new is None:
+        raise ConfigError(f"option {name} must be {_EXPECTED[base]}, got {show(value)}.")
+    if new is not getattr(cfg, name):
+        object.__setattr__(cfg, name, new)
+    return new
 
 
 @dataclass(frozen=True)
