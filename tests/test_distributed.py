@@ -82,8 +82,9 @@ def test_train_shards_are_disjoint_and_cover_what_one_process_trains(n: int, wor
             assert len(ranks[0]) == len(one) == n // (batch * world)
             for step, xy in enumerate(zip(one, *ranks)):
                 (x1, y1), parts = xy[0], xy[1:]
-                for r, (x, y) in enumerate(parts):  # rank r's j-th image is the single batch's (r + world j)-th
-                    assert torch.equal(y, y1[r::world]) and torch.equal(x, x1[r::world]), (step, r)
+                for r, (x, y) in enumerate(parts):  # rank r's batch is the r-th block of the single batch
+                    block = slice(r * batch, (r + 1) * batch)
+                    assert torch.equal(y, y1[block]) and torch.equal(x, x1[block]), (step, r)
             got = [sorted(int(v) for x, _ in f for v in x.flatten()) for f in files]
             assert got == [sorted(s) for s in seen]
     assert train_batches(1, 4) == 0 and train_batches(3, 4) == 1 and train_batches(9, 4) == 2
@@ -178,16 +179,17 @@ def _env(cache: Path, **extra: str) -> dict[str, str]:
 
 
 def _torchrun(args: list[str], cwd: Path, cache: Path, nproc: int = 2, launcher: list[str] = (), timeout: float = 150,
-              **env: str) -> tuple[subprocess.CompletedProcess, float]:
+              command: tuple[str, ...] = ("train",), **env: str) -> tuple[subprocess.CompletedProcess, float]:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--master-port",
-           str(_free_port()), *launcher, "-m", "resnet_tune", "train", *args]
+           str(_free_port()), *launcher, "-m", "resnet_tune", *command, *args]
     t0 = time.monotonic()
     proc = subprocess.run(cmd, cwd=cwd, env=_env(cache, **env), capture_output=True, text=True, timeout=timeout)
     return proc, time.monotonic() - t0
 
 
-def _single(args: list[str], cwd: Path, cache: Path, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "resnet_tune", "train", *args], cwd=cwd, env=_env(cache, **env),
+def _single(args: list[str], cwd: Path, cache: Path, command: tuple[str, ...] = ("train",),
+            **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "resnet_tune", *command, *args], cwd=cwd, env=_env(cache, **env),
                           capture_output=True, text=True, timeout=150)
 
 
@@ -402,3 +404,38 @@ def test_silent_process_times_out_instead_of_hanging(job: dict, tmp_path: Path) 
             proc.kill()
     assert proc.returncode != 0 and time.monotonic() - t0 < LIVENESS_S + 60
     assert "a training process stopped or timed out: Timed out" in out
+
+
+# --- segmentation on the same engine ------------------------------------------------------------------------
+
+def test_segmentation_two_processes_equal_one_process_with_accumulation(tmp_path: Path) -> None:
+    """2 processes at batch 2 train exactly the micro-batches of 1 process at batch 2 with --accum-steps 2 (rank r's
+    batch is the r-th micro-batch, augmentation is drawn per sample): the same weights; and the distributed
+    evaluation of the final checkpoint gives the mean IoU one process computes, to the last bit."""
+    from test_segment import make_seg_data
+
+    data = make_seg_data(tmp_path / "seg", counts=(8, 4, 4))
+    options = ["--data", str(data), "--epochs", "2", "--batch-size", "2", "--img-size", "24", "--precision", "fp32",
+               "--deterministic", "--head", "unet", "--model", "resnet18", "--no-progress", "--seed", "1"]
+    cache = tmp_path / "cache"
+    two, _ = _torchrun([*options, "--output", str(tmp_path / "two")], tmp_path, cache, command=("segment", "train"),
+                       timeout=300)
+    _ok(two)
+    _ok(_single([*options, "--accum-steps", "2", "--output", str(tmp_path / "one")], tmp_path, cache,
+                command=("segment", "train")))
+    a, b = load_file(str(tmp_path / "two" / ckpt.LAST)), load_file(str(tmp_path / "one" / ckpt.LAST))
+    assert a.keys() == b.keys()
+    statistics = ("running_mean", "running_var", "num_batches_tracked")  # DDP keeps rank 0's
+    compared = [k for k in a if not k.endswith(statistics)]
+    assert len(compared) > 50
+    for k in compared:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6, msg=k)
+
+    # the test split's report of the two-process run (evaluated by both processes) against one process evaluating
+    # the same best checkpoint: resuming the finished run re-runs only that final evaluation
+    distributed = json.loads((tmp_path / "two" / "eval.json").read_text())
+    _ok(_single(["--resume", str(tmp_path / "two")], tmp_path, cache, command=("segment", "train")))
+    single = json.loads((tmp_path / "two" / "eval.json").read_text())
+    assert distributed["confusion_matrix"] == single["confusion_matrix"]
+    assert distributed["mean_iou"] == single["mean_iou"] and distributed["num_images"] == 4
+

@@ -461,8 +461,10 @@ def _pretrained_backbone(tmp_path: Path) -> Path:
 
 def test_resume_after_interruption_is_bit_exact(seg_data: Path, tmp_path: Path,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    # the options segmentation gained on the one engine (EMA, gradient accumulation) resume exactly too
     opts = dict(FAST, epochs=3, deterministic=True, head="deeplabv3", aux=True, img_size=24, class_weights="inverse",
-                dice=0.3, pretrained=str(_pretrained_backbone(tmp_path)), strategy="freeze_unfreeze")
+                dice=0.3, pretrained=str(_pretrained_backbone(tmp_path)), strategy="freeze_unfreeze", ema=True,
+                accum_steps=2)
     full = fit_segmentation(data=str(seg_data), output=str(tmp_path / "full"), quiet=True, **opts)
 
     monkeypatch.setenv("RESNET_TUNE_DEBUG_INTERRUPT_AT", "3")  # Ctrl-C at the start of the third epoch
@@ -478,6 +480,7 @@ def test_resume_after_interruption_is_bit_exact(seg_data: Path, tmp_path: Path,
     for k in a:
         assert torch.equal(a[k], b[k]), k
     assert resumed.eval_report["mean_iou"] == full.eval_report["mean_iou"]
+    assert json.loads((tmp_path / "part" / "last.json").read_text())["weights"] == "ema"
 
 
 def test_pretrained_backbone_is_loaded_and_frozen_first(seg_data: Path, tmp_path: Path) -> None:

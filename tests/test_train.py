@@ -12,11 +12,11 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import resnet_tune as rt
+from resnet_tune import fit
 from resnet_tune.cli import main
 from resnet_tune.engine import checkpoint as ckpt
-from resnet_tune import fit
-from resnet_tune.tasks.classification import TrainConfig
 from resnet_tune.errors import CheckpointError, ConfigError, DataError, TrainingError
+from resnet_tune.tasks.classification import TrainConfig
 
 from conftest import make_folder, make_image
 
@@ -351,3 +351,48 @@ def test_tensorboard_logging(image_folder: Path, tmp_path: Path) -> None:
         return
     res = fit(data=str(image_folder), output=str(tmp_path / "t"), tensorboard=True, quiet=True, **FAST)
     assert list((res.run_dir / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_every_task_gets_a_gradient_scaler_enabled_for_fp16_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                                                 ) -> None:
+    """The scaler is always there (enabled only for fp16, as nanoGPT's GradScaler(enabled=...)), so no task can
+    forget it; CPUs still refuse fp16 training."""
+    from resnet_tune.engine import trainer as T
+    from resnet_tune.engine.hardware import Precision, resolve_precision
+    from resnet_tune.tasks import ClassificationTask, SegmentationTask
+
+    from test_segment import make_seg_data
+
+    with pytest.raises(ConfigError, match="fp16"):
+        resolve_precision("fp16", torch.device("cpu"))
+    fp16 = Precision(torch.float16, True)
+    assert T.gradient_scaler(fp16, torch.device("cpu")).is_enabled()
+    assert not T.gradient_scaler(Precision(torch.bfloat16, False), torch.device("cpu")).is_enabled()
+    assert not T.gradient_scaler(Precision(None, False), torch.device("cpu")).is_enabled()
+    seg = make_seg_data(tmp_path / "seg", counts=(4, 2, 0))
+    tasks = [(ClassificationTask, TrainConfig(epochs=1, progress=False)),
+             (SegmentationTask, SegmentationTask.config_class(data=str(seg), epochs=1, batch_size=2, progress=False))]
+    for task, cfg in tasks:
+        assert not T.Trainer(task, cfg, quiet=True).prepare().scaler.is_enabled()  # bf16 or fp32 here
+        monkeypatch.setattr(T, "resolve_precision", lambda name, device: fp16)
+        assert T.Trainer(task, cfg, quiet=True).prepare().scaler.is_enabled()
+        monkeypatch.undo()
+
+
+def test_deprecated_import_paths_still_work_with_a_warning(tmp_path: Path) -> None:
+    import importlib
+
+    import resnet_tune.serve.predictor as old_predictor
+    from resnet_tune.tasks import ClassificationPredictor
+
+    with pytest.warns(DeprecationWarning, match="resnet_tune.fit"):
+        result = importlib.import_module("resnet_tune.engine.trainer").fit(epochs=1, quiet=True, progress=False,
+                                                                          output=str(tmp_path / "r"))
+    assert result.history and (tmp_path / "r" / "best.safetensors").is_file()
+    with pytest.warns(DeprecationWarning, match="resnet_tune.Predictor"):
+        assert old_predictor.Predictor is ClassificationPredictor
+    with pytest.warns(DeprecationWarning, match="task='segmentation'"):
+        from resnet_tune.segment.train import fit_segmentation
+
+        with pytest.raises(DataError):  # it reaches the segmentation engine
+            fit_segmentation(data=str(tmp_path / "missing"), quiet=True)

@@ -123,23 +123,31 @@ def batch_crop_flip(x: torch.Tensor, pad: int, generator: torch.Generator, flip:
 
 # --- sharding across processes ------------------------------------------------------------------
 #
-# Training: every rank draws the same (seed, epoch) permutation; its last ``n mod world`` entries
-# are dropped and rank r takes positions r, r + world, r + 2 world, ... of the rest. Each rank then
-# batches its part in order and drops its partial last batch. So step b of the N ranks together
-# trains exactly positions [b * B * N, (b + 1) * B * N) of the permutation: the same samples, in the
-# same global batches, as one process with batch size B * N (the dropped remainder too).
+# Training: every rank draws the same (seed, epoch) permutation and cuts it into global batches of
+# B * N samples (N ranks, batch size B per rank); rank r takes the r-th block of B samples of each global
+# batch, and the samples past the last full global batch are dropped. So step s of the N ranks together
+# trains exactly positions [s * B * N, (s + 1) * B * N) of the permutation (the same samples, in the same
+# global batches, as one process with batch size B * N), and rank r's batch is the r-th micro-batch one
+# process with batch size B and N accumulation steps trains: the same BatchNorm batches too.
+# Datasets too small for one batch a rank are split in N equal parts.
 #
 # Evaluation: the data is cut into batches in order, as one process cuts it; rank r evaluates
 # batches r, r + world, ... Every sample is evaluated once, in the same batch as in one process
 # (so with the same numerics); the trainer gathers the per-batch results and puts them back in order.
 
 
-def train_shard(order: torch.Tensor, rank: int = 0, world: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+def train_shard(order: torch.Tensor, rank: int = 0, world: int = 1, batch_size: int = 1
+                ) -> tuple[torch.Tensor, torch.Tensor]:
     """This rank's part of an epoch's sample order, and the positions of its samples in that order."""
     if world <= 1:
         return order, torch.arange(len(order))
     per = len(order) // world
-    pos = torch.arange(rank, per * world, world)
+    if per < batch_size:  # less than one batch a rank: equal parts
+        pos = torch.arange(rank * per, (rank + 1) * per)
+    else:
+        steps = per // batch_size
+        block = torch.arange(batch_size)
+        pos = (torch.arange(steps)[:, None] * (world * batch_size) + rank * batch_size + block[None, :]).reshape(-1)
     return order[pos], pos
 
 
@@ -209,7 +217,7 @@ class MemoryLoader:
     def _indices(self) -> torch.Tensor:
         if not self.train:
             return eval_shard(len(self.labels), self.batch_size, self.rank, self.world)
-        return train_shard(self._order(), self.rank, self.world)[0]
+        return train_shard(self._order(), self.rank, self.world, self.batch_size)[0]
 
     def epoch_indices(self) -> list[int]:
         """The dataset indices this rank trains on in the current epoch (after dropping remainders)."""
@@ -244,7 +252,7 @@ class MemoryLoader:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         if self.train:
-            idx, pos = train_shard(self._order(), self.rank, self.world)
+            idx, pos = train_shard(self._order(), self.rank, self.world, self.batch_size)
         else:
             idx = self._indices()
             pos = None
@@ -318,7 +326,7 @@ class EpochLoader:
             order = torch.multinomial(self.weights, n, replacement=True, generator=g)
         else:
             order = torch.randperm(n, generator=g)
-        return train_shard(order, self.rank, self.world)[0]
+        return train_shard(order, self.rank, self.world, self.batch_size)[0]
 
     def epoch_indices(self) -> list[int]:
         """The dataset indices this rank trains on in the current epoch (after dropping remainders)."""

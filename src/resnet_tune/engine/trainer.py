@@ -451,8 +451,6 @@ class Trainer:
         device, precision, optimizer, scaler = s.device, s.precision, s.optimizer, s.scaler
         train_mode(model)
         loader.set_epoch(epoch)
-        # dropout / drop-path: a function of the epoch (and of the rank: each draws its own)
-        torch.manual_seed(cfg.seed * 1_000_003 + epoch + 7_919_777 * dist.rank)
         g = torch.Generator().manual_seed(cfg.seed * 31 + epoch)  # batch-level augmentation (mixup, cutmix)
         step = epoch * s.steps_per_epoch
         total_loss = torch.zeros((), device=device)
@@ -463,6 +461,9 @@ class Trainer:
         show = bar is not loader
         optimizer.zero_grad(set_to_none=True)
         for i, (x, y) in enumerate(bar):
+            # dropout and drop-path draw from a seed of the micro-batch's place in the epoch: rank r's i-th batch
+            # is micro-batch i * world + r of one process with `world` accumulation steps, and draws the same
+            torch.manual_seed(((cfg.seed * 1_000_003 + epoch) * 1_000_033 + i * dist.world + dist.rank) % 2**63)
             x, y = (x.to(device, non_blocking=True), y.to(device, non_blocking=True)) if features else \
                 task.to_device(x, y, device, s.channels_last)
             last_micro = (i + 1) % cfg.accum_steps == 0
