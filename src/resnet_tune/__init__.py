@@ -26,12 +26,12 @@ _LAZY = {
     "create_model": "resnet_tune.models",
     "list_models": "resnet_tune.models",
     "model_info": "resnet_tune.models",
-    "fit": "resnet_tune.tasks",
-    "ClassificationConfig": "resnet_tune.tasks",
-    "SegmentationConfig": "resnet_tune.tasks",
+    "fit": "resnet_tune.tasks.registry",
+    "ClassificationConfig": "resnet_tune.tasks.registry",
+    "SegmentationConfig": "resnet_tune.tasks.registry",
     "evaluate": "resnet_tune.tasks.classification",
     "evaluate_segmentation": "resnet_tune.tasks.segmentation.evaluate",
-    "Predictor": "resnet_tune.tasks",  # the base, with every task's predictor registered
+    "Predictor": "resnet_tune.tasks.registry",  # the base, with every task's predictor registered
     "export": "resnet_tune.export",
 }
 

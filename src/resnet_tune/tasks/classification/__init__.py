@@ -1,8 +1,20 @@
-"""Image classification: one class an image (``resnet-tune train``, ``evaluate``, ``predict``, ``embed``)."""
+"""Image classification: one class an image (``resnet-tune train``, ``evaluate``, ``predict``, ``embed``).
 
-from .config import ClassificationConfig, TrainConfig
-from .evaluate import evaluate
-from .predictor import ClassificationPredictor
-from .task import ClassificationTask
+Names load lazily: the configuration (read by ``resnet-tune --help``) does not import PyTorch.
+"""
 
-__all__ = ["ClassificationConfig", "ClassificationPredictor", "ClassificationTask", "TrainConfig", "evaluate"]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_LAZY = {"ClassificationConfig": ".config", "TrainConfig": ".config", "evaluate": ".evaluate",
+         "ClassificationPredictor": ".predictor", "ClassificationTask": ".task"}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
