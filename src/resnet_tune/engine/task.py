@@ -26,7 +26,7 @@ from torch import nn
 from .config import RunConfig
 from .hardware import Precision
 
-__all__ = ["EvalBatch", "Evaluation", "Task", "TaskData"]
+__all__ = ["EvalBatch", "Evaluation", "Task", "TaskData", "require_usable"]
 
 
 @dataclass
@@ -49,6 +49,17 @@ class TaskData:
     notes: list[str] = field(default_factory=list)  # sentences for the log and the report
     scan_summary: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # the task's own (splits, scan report, tables, ...)
+
+
+def require_usable(n_train: int, n_val: int, data: Any, unit: str = "image(s)") -> None:
+    """Training needs two usable training items and one validation item: one sentence when the scan left fewer."""
+    from ..errors import DataError
+
+    if n_train < 2:
+        raise DataError(f"the training split of {data} has {n_train} usable {unit}; training needs at least two (see "
+                        "the scan report above for skipped files).")
+    if n_val < 1:
+        raise DataError(f"the validation split of {data} has no usable {unit}; add some or raise --val-fraction.")
 
 
 class EvalBatch(NamedTuple):
@@ -107,9 +118,21 @@ class Task:
         """The model (with ``body_and_head()``) and one sentence describing it for the log."""
         raise NotImplementedError
 
+    #: SGD's default peak learning rate: (from scratch or for a linear probe, fine-tuning the whole network, the
+    #: global batch these are for); it scales linearly with the global batch
+    sgd_lr: ClassVar[tuple[float, float, int]]
+    #: AdamW's default peak learning rate: (from scratch or for a linear probe, fine-tuning the whole network)
+    adamw_lr: ClassVar[tuple[float, float]] = (1e-3, 3e-4)
+
     def default_lr(self, strategy: str, world: int) -> float:
-        """The peak learning rate when ``cfg.lr`` is not given, for the strategy and the number of processes."""
-        raise NotImplementedError
+        """The peak learning rate when ``cfg.lr`` is not given (:attr:`sgd_lr`, :attr:`adamw_lr`), for the
+        strategy and the global batch (batch_size per process x processes x accum_steps)."""
+        cfg = self.cfg
+        head_or_scratch = strategy in ("scratch", "linear_probe")
+        if cfg.optimizer == "adamw":
+            return self.adamw_lr[0 if head_or_scratch else 1]
+        scratch, finetune, batch = self.sgd_lr
+        return (scratch if head_or_scratch else finetune) * cfg.batch_size * world * cfg.accum_steps / batch
 
     def criterion(self, data: TaskData, device: torch.device) -> nn.Module:
         raise NotImplementedError

@@ -11,7 +11,7 @@ import torch
 from ...data.loaders import EpochLoader, FileDataset, MemoryLoader, decode_to_memory
 from ...data.transforms import Preprocessing, eval_transform, train_transform
 from ...engine.hardware import default_workers
-from ...engine.task import TaskData
+from ...engine.task import TaskData, require_usable
 from ...errors import ConfigError, DataError
 from ...models import get_config, mean_std_for
 
@@ -71,12 +71,7 @@ def build_data(cfg: Any, device: torch.device, channels_last: bool, rank: int, w
     report = scan(all_samples, splits.classes, workers=cfg.workers, progress=cfg.progress and rank == 0)
     train_s, val_s = report.good(splits.train), report.good(splits.val)
     test_s = report.good(splits.test) if splits.test else None
-    if len(train_s) < 2:
-        raise DataError(f"the training split of {cfg.data} has {len(train_s)} usable image(s); training needs at "
-                        "least two (see the scan report above for skipped files).")
-    if not val_s:
-        raise DataError(f"the validation split of {cfg.data} has no usable images; add images or raise "
-                        "--val-fraction.")
+    require_usable(len(train_s), len(val_s), cfg.data)
     missing = sorted(set(range(len(splits.classes))) - {y for _, y in train_s})
     if missing:
         raise DataError(f"class(es) {', '.join(splits.classes[i] for i in missing)} have no usable training "

@@ -61,6 +61,7 @@ class ClassificationTask(Task):
     metric_columns = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "images_per_s"]
     best_metric = "val_acc"
     supports_feature_cache = True
+    sgd_lr = (0.4, 0.05, 256)  # 0.4 x B/256 from scratch or for a linear probe, 0.05 x B/256 fine-tuning
 
     cfg: ClassificationConfig
 
@@ -96,16 +97,6 @@ class ClassificationTask(Task):
         load_pretrained(model, pretrained[0], reset_head=True, source=cfg.pretrained)
         return model, f"{name}, pretrained from {cfg.pretrained}"
 
-    def default_lr(self, strategy: str, world: int) -> float:
-        """With SGD 0.4 x B/256 from scratch or for a linear probe and 0.05 x B/256 when fine-tuning the whole
-        network, B the global batch (batch_size per process x processes x accum_steps); with AdamW 1e-3 from
-        scratch or for a linear probe, else 3e-4."""
-        cfg = self.cfg
-        head_or_scratch = strategy in ("scratch", "linear_probe")
-        if cfg.optimizer == "adamw":
-            return 1e-3 if head_or_scratch else 3e-4
-        return (0.4 if head_or_scratch else 0.05) * cfg.batch_size * world * cfg.accum_steps / 256
-
     def criterion(self, data: TaskData, device: torch.device) -> nn.Module:
         weight = class_weights(data.extra["train_labels"], len(data.classes)).to(device) \
             if self.cfg.balance == "weighted_loss" else None
@@ -140,6 +131,7 @@ class ClassificationTask(Task):
     def train_metrics(self, loss: float, counts: dict[str, float], seen: int) -> dict[str, float]:
         return {"train_loss": loss, "train_acc": counts["correct"] / seen}
 
+    @torch.no_grad()
     def eval_batch(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, precision: Precision,
                    device: torch.device) -> EvalBatch:
         """Softmax probabilities (float32, CPU), targets and the summed cross-entropy of one batch."""

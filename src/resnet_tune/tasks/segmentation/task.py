@@ -18,8 +18,7 @@ from torch import nn
 from ...data.loaders import EpochLoader
 from ...data.transforms import normalize_batch
 from ...engine.hardware import Precision, default_workers
-from ...engine.task import EvalBatch, Evaluation, Task, TaskData
-from ...errors import DataError
+from ...engine.task import EvalBatch, Evaluation, Task, TaskData, require_usable
 from . import metrics as SM
 from .config import SegmentationConfig
 from .losses import SegLoss, class_weights
@@ -65,6 +64,7 @@ class SegmentationTask(Task):
     metric_columns = ["epoch", "train_loss", "val_loss", "val_miou", "val_pixel_acc", "lr", "seconds",
                       "images_per_s"]
     best_metric = "val_miou"
+    sgd_lr = (0.02, 0.01, 8)  # 0.02 x B/8 from scratch, 0.01 x B/8 fine-tuning (DeepLab's 0.01 at batch 8)
 
     cfg: SegmentationConfig
 
@@ -103,12 +103,7 @@ class SegmentationTask(Task):
                           keep=in_memory, workers=cfg.workers,
                           progress=cfg.progress and rank == 0 and sys.stderr.isatty())
         train_p, val_p, test_p = data.split(splits.train), data.split(splits.val), data.split(splits.test)
-        if len(train_p) < 2:
-            raise DataError(f"the training split of {cfg.data} has {len(train_p)} usable image/mask pair(s); training "
-                            "needs at least two (see the scan report above for skipped pairs).")
-        if not val_p:
-            raise DataError(f"the validation split of {cfg.data} has no usable image/mask pairs; add some or raise "
-                            "--val-fraction.")
+        require_usable(len(train_p), len(val_p), cfg.data, "image/mask pair(s)")
         mh, mw = median_size(data)
         crop = cfg.crop or (max(16, min(512, mh)), max(16, min(512, mw)))
         fill = tuple(int(round(255 * m)) for m in mean)
@@ -164,15 +159,6 @@ class SegmentationTask(Task):
         load_pretrained(model.backbone, backbone_state(state), reset_head=True, source=cfg.pretrained)
         return model, f"{what}, backbone from {cfg.pretrained}"
 
-    def default_lr(self, strategy: str, world: int) -> float:
-        """With SGD 0.02 x B/8 from scratch or for a linear probe, else 0.01 x B/8, B the global batch; with AdamW
-        1e-3 from scratch or for a linear probe, else 3e-4."""
-        cfg = self.cfg
-        head_or_scratch = strategy in ("scratch", "linear_probe")
-        if cfg.optimizer == "adamw":
-            return 1e-3 if head_or_scratch else 3e-4
-        return (0.02 if head_or_scratch else 0.01) * cfg.batch_size * world * cfg.accum_steps / 8
-
     def criterion(self, data: TaskData, device: torch.device) -> nn.Module:
         self._criterion = SegLoss(data.extra["class_weights"], self.cfg.ignore_index, self.cfg.dice).to(device)
         return self._criterion
@@ -203,6 +189,7 @@ class SegmentationTask(Task):
             return loss, out["out"]
         return criterion(out, y), out
 
+    @torch.no_grad()
     def eval_batch(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, precision: Precision,
                    device: torch.device) -> EvalBatch:
         """The pixel confusion matrix (summed), and per batch its loss sum and each image's mean IoU and pixel
