@@ -115,12 +115,6 @@ def crop_flip(x: torch.Tensor, pad: int, dy: torch.Tensor, dx: torch.Tensor, mas
     return x.permute(0, 2, 3, 1)[idx_n, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
 
 
-def batch_crop_flip(x: torch.Tensor, pad: int, generator: torch.Generator, flip: bool = True) -> torch.Tensor:
-    """Random crop with reflect padding and horizontal flip for a whole uint8 batch at once."""
-    dy, dx, mask = draw_crop_flip(x.shape[0], pad, generator, flip)
-    return crop_flip(x, pad, dy, dx, mask)
-
-
 # --- sharding across processes ------------------------------------------------------------------
 #
 # Training: every rank draws the same (seed, epoch) permutation and cuts it into global batches of

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import math
-from typing import Iterable
-
 import torch
 from torch import nn
 
@@ -115,7 +113,3 @@ class EMA:
         self.updates = state["updates"]
         for k, v in state["shadow"].items():
             self.shadow[k].copy_(v)
-
-
-def trainable(params: Iterable[nn.Parameter]) -> list[nn.Parameter]:
-    return [p for p in params if p.requires_grad]

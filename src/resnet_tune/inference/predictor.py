@@ -86,7 +86,7 @@ class Predictor:
             model = model.to(memory_format=torch.channels_last)
         if fold_bn and self.precision.amp_dtype is not None:
             # weights stored in the compute dtype: autocast would otherwise cast every weight on every call
-            # (batch-1 ResNet-50 at 224 px 15% slower on a 2-core CPU; benchmarks/RESULTS.md)
+            # (benchmarks/RESULTS.md, "Measurements the code cites": weights in the compute dtype)
             model = model.to(self.precision.amp_dtype)
         self.model = torch.compile(model) if compile else model
         self.classes: list[str] = list(self.record["classes"])

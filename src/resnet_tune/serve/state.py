@@ -56,13 +56,6 @@ class HTTPError(Exception):
         self.status, self.detail, self.headers = status, detail, headers
 
 
-class _Upload:
-    __slots__ = ("name", "data")
-
-    def __init__(self, name: str, data: bytes) -> None:
-        self.name, self.data = name, data
-
-
 class ServerState:
     """What the endpoints share: the predictor, the limits, the executors, the batcher and the admission count."""
 

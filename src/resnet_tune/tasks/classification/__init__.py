@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-_LAZY = {"ClassificationConfig": ".config", "TrainConfig": ".config", "evaluate": ".evaluate",
+_LAZY = {"ClassificationConfig": ".config", "TrainConfig": ".config", "evaluate": ".evaluation",
          "ClassificationPredictor": ".predictor", "ClassificationTask": ".task"}
 
 __all__ = sorted(_LAZY)

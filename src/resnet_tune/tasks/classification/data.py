@@ -35,9 +35,8 @@ def choose_model_and_size(cfg: Any, median_side: float | None) -> tuple[str, int
 def memory_by_default(device: torch.device, size: int, nbytes: int) -> bool:
     """``loader=auto``: decode once into memory (and crop and flip in batches) for small images, and on a
     CPU also up to 160 px: there decoding in worker processes competes with the model for the same cores
-    (an Imagenette epoch at 128 px on 2 cores: workers 83% of the model-only speed, in memory 101%; see
-    benchmarks/RESULTS.md). Larger images, or a set of more than 2 GiB decoded, go through DataLoader workers
-    (RandomResizedCrop + flip)."""
+    (benchmarks/RESULTS.md, "End to end: an Imagenette epoch vs the model-only step"). Larger images, or a set of
+    more than 2 GiB decoded, go through DataLoader workers (RandomResizedCrop + flip)."""
     return nbytes < 2 * 1024**3 and (size <= 64 or (device.type == "cpu" and size <= 160))
 
 
