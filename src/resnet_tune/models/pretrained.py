@@ -275,9 +275,9 @@ def _converting(path: Path) -> Iterator[None]:
     state dict; while converting the weights read from ``path``, that is a :class:`CheckpointError` naming it."""
     try:
         yield
-    except CheckpointError:
-        raise
-    except ValueError as e:
+    except ValueError as e:  # the converters' CheckpointErrors too: they describe a state dict, not a file
+        if str(path) in str(e):
+            raise
         raise CheckpointError(f"cannot use the weights in {str(path)!r}: {str(e).rstrip('.')}.") from None
 
 
