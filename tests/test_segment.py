@@ -357,6 +357,18 @@ def test_seeded_split_without_val_folder(tmp_path: Path) -> None:
     assert s.test is None and "no masks folder" in s.notes[0] and len(s.train) == 1 and len(s.val) == 1
 
 
+def test_data_path_with_dot_dot_and_relative(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the CI path was ../shared/data/camvid: the walker folds "..", so pairing must too
+    root = make_seg_data(tmp_path / "d" / "seg", counts=(3, 1, 0))
+    (tmp_path / "d" / "other").mkdir()
+    expected = discover_pairs(root)
+    for given in (tmp_path / "d" / "other" / ".." / "seg", Path("..") / "seg"):
+        monkeypatch.chdir(tmp_path / "d" / "other")
+        got = discover_pairs(given)
+        assert [(p.image, p.mask) for p in got.train] == [(p.image, p.mask) for p in expected.train]
+        assert all(p.mask for p in got.train + got.val)
+
+
 def test_bad_pairs_are_reported_and_skipped(seg_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     train = seg_data / "train"
     (train / "masks" / "train0.png").unlink()  # missing mask

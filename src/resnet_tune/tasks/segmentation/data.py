@@ -206,7 +206,9 @@ def _child(folder: Path, names: Sequence[str]) -> Path | None:
 
 def _pair_folder(images: Path, masks: Path | None, walker: FolderWalker) -> tuple[list[Pair], list[str]]:
     """Pair each image under ``images`` with the mask of the same relative stem under ``masks``."""
-    images, masks = images.absolute(), masks.absolute() if masks is not None else None
+    # os.path.abspath, not Path.absolute: it also folds "..", as the walker does, so relative_to matches
+    images = Path(os.path.abspath(images))
+    masks = Path(os.path.abspath(masks)) if masks is not None else None
     mask_files = [Path(m) for m in walker.files(masks) if is_image_file(m)] if masks is not None else []
     by_key = {str(m.relative_to(masks).with_suffix("")): m for m in mask_files} if masks is not None else {}
     used: set[str] = set()
