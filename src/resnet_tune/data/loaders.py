@@ -57,23 +57,29 @@ class FileDataset(Dataset):
 
 def decode_to_memory(samples: Sequence[tuple[str, int]], pp: Preprocessing, workers: int | None = None,
                      progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Decode every image once, resized and centre-cropped for ``pp``: uint8 (N, 3, S, S) and labels."""
+    """Decode every image once, resized and centre-cropped for ``pp``: uint8 (N, 3, S, S) and labels.
+
+    The images are written straight into one channels_last tensor (the layout :class:`MemoryLoader` keeps), so
+    memory peaks at the dataset's size, not twice it."""
     from .images import load_image
 
     geo = geometry_transform(pp)
+    size = pp.input_size
+    pixels = torch.empty(len(samples), size, size, 3, dtype=torch.uint8)
 
-    def one(s: tuple[str, int]) -> torch.Tensor:
-        return geo(load_image(s[0]))
+    def one(i: int) -> None:
+        pixels[i] = geo(load_image(samples[i][0])).permute(1, 2, 0)
 
     workers = workers or min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(workers) as pool:
-        it = pool.map(one, samples)
+        it = pool.map(one, range(len(samples)))
         if progress:
             from tqdm.auto import tqdm
 
             it = tqdm(it, total=len(samples), desc="decode", unit="img", leave=False)
-        images = list(it)
-    x = torch.stack(images) if images else torch.empty(0, 3, pp.input_size, pp.input_size, dtype=torch.uint8)
+        for _ in it:
+            pass
+    x = pixels.permute(0, 3, 1, 2)
     y = torch.tensor([s[1] for s in samples], dtype=torch.long)
     return x, y
 
@@ -94,16 +100,18 @@ def _reflect(i: torch.Tensor, size: int) -> torch.Tensor:
     return torch.where(i >= size, 2 * (size - 1) - i, i)
 
 
-def crop_flip(x: torch.Tensor, pad: int, dy: torch.Tensor, dx: torch.Tensor, mask: torch.Tensor | None
-              ) -> torch.Tensor:
+def crop_flip(x: torch.Tensor, pad: int, dy: torch.Tensor, dx: torch.Tensor, mask: torch.Tensor | None,
+              index: torch.Tensor | None = None) -> torch.Tensor:
     """Crop each image of a uint8 batch at its offset after reflect padding, and flip where ``mask``.
 
-    One gather on the uint8 batch does it all (the padding is folded into the indices and the flip
-    into the column order), and the result is channels_last in memory: a quarter of the traffic of
-    padding a float copy. Values equal ``F.pad(x, reflect)`` + crop + flip exactly.
+    With ``index``, the batch is ``x[index]`` (picked in the same gather). One gather of whole pixels does it all
+    (the padding is folded into the indices and the flip into the column order; from a channels_last ``x`` the
+    pixels are rows of one contiguous table), and the result is channels_last in memory: a quarter of the traffic
+    of padding a float copy. Values equal ``F.pad(x, reflect)`` + crop + flip exactly.
     """
-    n, _, h, w = x.shape
+    _, c, h, w = x.shape
     dev = x.device
+    n = len(dy)
     rows = torch.arange(h, device=dev)[None, :].expand(n, h)
     cols = torch.arange(w, device=dev)[None, :].expand(n, w)
     if pad > 0:
@@ -111,8 +119,10 @@ def crop_flip(x: torch.Tensor, pad: int, dy: torch.Tensor, dx: torch.Tensor, mas
         cols = _reflect(dx.to(dev)[:, None] - pad + cols, w)
     if mask is not None:
         cols = torch.where(mask.to(dev)[:, None], cols.flip(1), cols)
-    idx_n = torch.arange(n, device=dev)[:, None, None]
-    return x.permute(0, 2, 3, 1)[idx_n, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+    first = (index.to(dev) if index is not None else torch.arange(n, device=dev)) * (h * w)
+    pixels = (first[:, None, None] + rows[:, :, None] * w + cols[:, None, :]).view(-1)
+    table = x.permute(0, 2, 3, 1).reshape(-1, c)  # a view when x is channels_last, else one copy
+    return table.index_select(0, pixels).view(n, h, w, c).permute(0, 3, 1, 2)
 
 
 # --- sharding across processes ------------------------------------------------------------------
@@ -184,7 +194,8 @@ class MemoryLoader:
                  mean: Sequence[float], std: Sequence[float], seed: int = 0, dtype: torch.dtype = torch.float32,
                  weights: torch.Tensor | None = None, rank: int = 0, world: int = 1,
                  channels_last: bool = False, augment: bool = True) -> None:
-        self.images, self.labels = images, labels
+        # stored channels_last: a batch's crop and flip is then one gather of whole pixels (see crop_flip)
+        self.images, self.labels = images.contiguous(memory_format=torch.channels_last), labels
         self.batch_size = batch_size
         self.train = train
         self.mean, self.std = mean, std
@@ -263,9 +274,11 @@ class MemoryLoader:
                ) -> tuple[torch.Tensor, torch.Tensor]:
         """Images ``sel``, cropped and flipped by the ``pick`` entries of ``aug``, in the model's layout and
         normalised; and their labels."""
-        x = self.images[sel]
         if aug is not None:
-            x = crop_flip(x, self.pad, aug[0][pick], aug[1][pick], aug[2][pick] if aug[2] is not None else None)
+            x = crop_flip(self.images, self.pad, aug[0][pick], aug[1][pick], aug[2][pick] if aug[2] is not None
+                          else None, index=sel)
+        else:
+            x = self.images[sel]
         # the layout is set on the uint8 batch (a quarter of the bytes); crop_flip's output is already
         # channels_last
         x = x.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
