@@ -1,7 +1,7 @@
 """Semantic segmentation on CamVid with a ResNet-18 backbone, through the project's public API.
 
 Data: ``../shared/data/camvid`` (367 train / 101 val / 233 test road scenes at 480x360, 12 ids with
-11 = Unlabelled, ignored in the loss and the metrics as usual). One run of ``fit_segmentation``:
+11 = Unlabelled, ignored in the loss and the metrics as usual). One run of ``resnet_tune.fit(task="segmentation")``:
 
 * backbone ResNet-18, from scratch or from ``--pretrained`` (e.g. the Imagenette classification
   checkpoint of ``benchmarks/finetune.py --stage pretrain``: ``WORK/pretrain_imagenette_resnet18/best.safetensors``);
@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import DATA as SHARED, read_metrics  # noqa: E402
 
 from resnet_tune.engine.checkpoint import STATE  # noqa: E402
-from resnet_tune.segment.train import fit_segmentation  # noqa: E402
+from resnet_tune import fit  # noqa: E402
 
 DATA = SHARED / "camvid"
 
@@ -81,9 +81,9 @@ def main() -> int:
             print(f"{out} is finished; reporting it")
         elif (out / STATE).exists():
             print(f"resuming {out}")
-            fit_segmentation(resume=out, progress=False, threads=args.threads)
+            fit(resume=out, progress=False, threads=args.threads)
         else:
-            fit_segmentation(output=str(out), **options)
+            fit(task="segmentation", output=str(out), **options)
     finally:  # every session counts in the wall-clock, interrupted ones too
         session = time.perf_counter() - t0
         if out.is_dir() and not (session < 1 and timing_path.exists()):

@@ -122,7 +122,7 @@ def run_or_resume(out: Path, **options) -> float:
     """Train into ``out`` with the public ``fit`` unless it is finished; resume it if it was interrupted.
     Returns the wall seconds of the whole run (kept in ``out/timing.json`` across resumes)."""
     from resnet_tune.engine.checkpoint import STATE
-    from resnet_tune.engine.trainer import fit
+    from resnet_tune import fit
 
     timing = out / "timing.json"
     if (out / "eval.json").exists():

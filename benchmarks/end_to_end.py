@@ -20,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import DATA, header  # noqa: E402
 
-from resnet_tune.engine.trainer import fit  # noqa: E402
+from resnet_tune import fit  # noqa: E402
 
 
 def epoch(data: str, model: str, size: int, batch: int, **options) -> tuple[float, str]:

@@ -28,7 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import DATA, cifar_subset_csv, run_or_resume  # noqa: E402
 
-from resnet_tune.engine.evaluate import evaluate
+from resnet_tune.tasks.classification import evaluate
 
 STRATEGIES = ["linear_probe", "full", "freeze_unfreeze", "scratch"]
 

@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import header, matmul_peak, timed  # noqa: E402
 
 import resnet_tune as rt  # noqa: E402
-from resnet_tune.engine.trainer import fit  # noqa: E402
+from resnet_tune import fit  # noqa: E402
 
 
 def amp_dtype(device: torch.device) -> torch.dtype:
@@ -83,7 +83,7 @@ def inference(device: torch.device, size: int, batch: int, compile_: bool) -> li
 
     from resnet_tune.data.transforms import Preprocessing
     from resnet_tune.engine.checkpoint import model_record, save_checkpoint
-    from resnet_tune.serve.predictor import Predictor
+    from resnet_tune import Predictor
 
     torch.manual_seed(0)
     model = rt.create_model("resnet50").eval()

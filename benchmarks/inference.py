@@ -24,7 +24,7 @@ from common import header, measured_peaks, peaks_line, timed  # noqa: E402
 import resnet_tune as rt  # noqa: E402
 from resnet_tune.data.transforms import Preprocessing  # noqa: E402
 from resnet_tune.engine.checkpoint import model_record, save_checkpoint  # noqa: E402
-from resnet_tune.serve.predictor import Predictor  # noqa: E402
+from resnet_tune import Predictor  # noqa: E402
 
 
 def main() -> int:

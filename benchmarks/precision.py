@@ -19,7 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import DATA, cifar_subset_csv, header, read_metrics, run_or_resume  # noqa: E402
 
-from resnet_tune.engine.evaluate import evaluate  # noqa: E402
+from resnet_tune.tasks.classification import evaluate  # noqa: E402
 
 
 def main() -> int:

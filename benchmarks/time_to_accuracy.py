@@ -29,7 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import DATA, header, read_metrics, run_or_resume  # noqa: E402
 
-from resnet_tune.engine.trainer import fit  # noqa: E402
+from resnet_tune import fit  # noqa: E402
 
 SETS = {
     # name: (data, img_size, training images, options)

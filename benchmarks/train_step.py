@@ -1,6 +1,6 @@
 """Training throughput: resnet-tune's trainer (its defaults) vs plain torchvision loops, in the same run.
 
-'Ours' is ``resnet_tune.engine.trainer.fit`` on in-memory synthetic images (``data="synthetic:N"``) with default
+'Ours' is ``resnet_tune.fit`` on in-memory synthetic images (``data="synthetic:N"``) with default
 settings; its images/s is the trainer's own figure for an epoch of --steps batches, the median of --repeats
 epochs after a first one (warm-up, compile). The baselines time windows of the same --steps steps (median of
 --repeats after one warm-up window): the loop a user would write (torchvision model, SGD, fp32 NCHW), the best
@@ -9,6 +9,10 @@ A training step counts as 3x the forward FLOPs.
 
     python benchmarks/train_step.py --model resnet50 --size 224 --batch 32 --steps 5 --compile
     python benchmarks/train_step.py --model resnet20 --size 32 --batch 128 --steps 20
+
+``--ours-only`` prints only fit()'s img/s (no peaks, no baselines): for interleaved before/after series of two
+commits, e.g. ``PYTHONPATH=<old checkout>/src python benchmarks/train_step.py --ours-only ...`` alternated with the
+current tree (commits before the one-engine redesign are reached through their ``engine.trainer.fit``).
 """
 
 from __future__ import annotations
@@ -27,7 +31,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import header, measured_peaks, peaks_line, timed  # noqa: E402
 
 import resnet_tune as rt  # noqa: E402
-from resnet_tune.engine.trainer import fit  # noqa: E402
+try:
+    from resnet_tune import fit  # noqa: E402
+except ImportError:  # a commit before the one-engine redesign (for before/after series)
+    from resnet_tune.engine.trainer import fit  # noqa: E402
 
 
 def plain_loop(model_name: str, size: int, batch: int, repeats: int, steps: int, amp: bool, channels_last: bool,
@@ -84,7 +91,11 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=5, help="training steps a window")
     ap.add_argument("--compile", action="store_true",
                     help="also time torchvision + bf16 + channels_last + compile, and fit(compile=True)")
+    ap.add_argument("--ours-only", action="store_true", help="print only fit()'s img/s (before/after series)")
     args = ap.parse_args()
+    if args.ours_only:
+        print(f"{ours(args.model, args.size, args.batch, args.repeats, args.steps):.2f}")
+        return 0
 
     gflop = 3 * rt.model_info(args.model, (3, args.size, args.size)).gflops
     peaks = measured_peaks()

@@ -36,7 +36,7 @@ def run_cli(*argv: str) -> tuple[int, str, str]:
 @pytest.fixture(scope="module")
 def work(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A folder with tiny data, a trained run, and a few broken files."""
-    from resnet_tune.engine.trainer import fit
+    from resnet_tune import fit
 
     root = tmp_path_factory.mktemp("cli")
     make_folder(root / "data", per_class=6, size=16)
@@ -205,8 +205,8 @@ def test_evaluate_without_data_uses_the_runs_recorded_validation_split(work: Pat
 
 
 def test_evaluate_without_data_on_the_embedded_default(tmp_path: Path) -> None:
-    from resnet_tune.engine.evaluate import evaluate
-    from resnet_tune.engine.trainer import fit
+    from resnet_tune.tasks.classification import evaluate
+    from resnet_tune import fit
 
     result = fit(epochs=1, quiet=True, output=str(tmp_path / "digits"), progress=False)
     report = evaluate(result.run_dir)
@@ -224,8 +224,8 @@ def test_evaluate_without_data_or_record_says_what_to_pass(work: Path, tmp_path:
 
 def test_readme_small_image_rule_is_the_code() -> None:
     """The README's sentence on small images and the choice the trainer makes agree."""
-    from resnet_tune.engine.config import TrainConfig
-    from resnet_tune.engine.trainer import choose_model_and_size
+    from resnet_tune.tasks.classification import TrainConfig
+    from resnet_tune.tasks.classification.data import choose_model_and_size
 
     readme = " ".join((ROOT / "README.md").read_text().split())
     assert "train at 32 px with a CIFAR ResNet" in readme

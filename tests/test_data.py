@@ -512,6 +512,13 @@ def test_batched_crop_flip_equals_padding_then_cropping_each_image(h: int, w: in
     out = crop_flip(x, pad, dy, dx, mask)
     assert torch.equal(out, expected)
     assert bool(mask.any()) and not bool(mask.all())  # both branches taken
+    # picking the batch out of a larger stored set in the same gather, from either layout, changes nothing
+    store = torch.randint(0, 256, (20, 3, h, w), dtype=torch.uint8)
+    pick = torch.randperm(20)[:12]
+    store[pick] = x
+    for layout in (torch.contiguous_format, torch.channels_last):
+        assert torch.equal(crop_flip(store.contiguous(memory_format=layout), pad, dy, dx, mask, index=pick),
+                           expected)
     # normalisation keeps the layout and the arithmetic of (x / 255 - mean) / std
     norm = normalize_batch(out.contiguous(memory_format=torch.channels_last), (0.5, 0.4, 0.3), (0.2, 0.25, 0.3))
     assert norm.is_contiguous(memory_format=torch.channels_last)
@@ -596,7 +603,7 @@ def test_empty_class_folder_is_an_error_that_names_it(tmp_path: Path) -> None:
 
 
 def test_segmentation_pairs_follow_links_without_loops(tmp_path: Path) -> None:
-    from resnet_tune.segment.data import discover_pairs
+    from resnet_tune.tasks.segmentation.data import discover_pairs
 
     root = tmp_path / "seg"
     for i in range(4):
@@ -613,7 +620,7 @@ def test_segmentation_pairs_follow_links_without_loops(tmp_path: Path) -> None:
 
 
 def test_segmentation_pairs_from_a_relative_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from resnet_tune.segment.data import discover_pairs
+    from resnet_tune.tasks.segmentation.data import discover_pairs
 
     for i in range(3):
         _rgb(tmp_path / "seg" / "images" / f"{i}.png", (16, 16))

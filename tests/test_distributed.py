@@ -20,13 +20,14 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import resnet_tune as rt
-from resnet_tune.data.loaders import (MemoryLoader, eval_batch_ids, eval_shard, train_batches, train_seen,
+from resnet_tune.data.loaders import (EpochLoader, MemoryLoader, eval_batch_ids, eval_shard, train_batches, train_seen,
                                       train_shard)
 from resnet_tune.engine import checkpoint as ckpt
 from resnet_tune.engine import distributed as D
-from resnet_tune.engine.config import TrainConfig
-from resnet_tune.engine.trainer import _EpochLoader, default_lr, predict_loader
+from resnet_tune.engine.trainer import Trainer
 from resnet_tune.errors import ConfigError
+from resnet_tune.tasks.classification import ClassificationTask, TrainConfig
+from resnet_tune.tasks.classification.task import combine_batches
 
 from conftest import COLOURS, make_image
 
@@ -63,7 +64,7 @@ def test_train_shards_are_disjoint_and_cover_what_one_process_trains(n: int, wor
         one = MemoryLoader(images, labels, batch * world, **kw)
         one.set_epoch(epoch)
         ranks = [MemoryLoader(images, labels, batch, rank=r, world=world, **kw) for r in range(world)]
-        files = [_EpochLoader(_Indexed(n), batch, True, 0, torch.device("cpu"), 3, weights, r, world)
+        files = [EpochLoader(_Indexed(n), batch, True, 0, torch.device("cpu"), 3, weights, r, world)
                  for r in range(world)]
         for loader in ranks + files:
             loader.set_epoch(epoch)
@@ -81,8 +82,9 @@ def test_train_shards_are_disjoint_and_cover_what_one_process_trains(n: int, wor
             assert len(ranks[0]) == len(one) == n // (batch * world)
             for step, xy in enumerate(zip(one, *ranks)):
                 (x1, y1), parts = xy[0], xy[1:]
-                for r, (x, y) in enumerate(parts):  # rank r's j-th image is the single batch's (r + world j)-th
-                    assert torch.equal(y, y1[r::world]) and torch.equal(x, x1[r::world]), (step, r)
+                for r, (x, y) in enumerate(parts):  # rank r's batch is the r-th block of the single batch
+                    block = slice(r * batch, (r + 1) * batch)
+                    assert torch.equal(y, y1[block]) and torch.equal(x, x1[block]), (step, r)
             got = [sorted(int(v) for x, _ in f for v in x.flatten()) for f in files]
             assert got == [sorted(s) for s in seen]
     assert train_batches(1, 4) == 0 and train_batches(3, 4) == 1 and train_batches(9, 4) == 2
@@ -102,7 +104,7 @@ def test_eval_shards_hold_every_sample_once_in_one_process_batches(n: int, world
         assert loader.batch_ids() == ids[r] and len(loader) == len(ids[r])
         for b, (x, y) in zip(loader.batch_ids(), loader):
             assert torch.equal(x, single[b][0]) and torch.equal(y, single[b][1])
-        files = _EpochLoader(_Indexed(n), batch, False, 0, torch.device("cpu"), 0, None, r, world)
+        files = EpochLoader(_Indexed(n), batch, False, 0, torch.device("cpu"), 0, None, r, world)
         assert files.batch_ids() == ids[r]
         assert [y.tolist() for _, y in files] == [single[b][1].tolist() for b in ids[r]]
     assert train_shard(torch.arange(7), 0, 1)[0].tolist() == list(range(7))
@@ -132,7 +134,8 @@ def test_launch_info_config_and_single_process_helpers() -> None:
     assert msg.startswith("a training process stopped or timed out: Read error [127.0.0.1]:1: Connection reset")
     assert "--resume runs/r" in msg and "pair.cc" not in msg
     cfg = TrainConfig(batch_size=32, accum_steps=2)
-    assert default_lr(cfg, "scratch", 4) == pytest.approx(4 * default_lr(cfg, "scratch", 1))
+    task = ClassificationTask(cfg)
+    assert task.default_lr("scratch", 4) == pytest.approx(4 * task.default_lr("scratch", 1))
     assert TrainConfig().dist_timeout == 10.0 and TrainConfig().sync_bn is False
     with pytest.raises(ConfigError, match="dist_timeout"):
         TrainConfig(dist_timeout=0)
@@ -141,21 +144,20 @@ def test_launch_info_config_and_single_process_helpers() -> None:
 def test_restarted_job_without_output_finds_its_run_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Under torchrun with --max-restarts and no --output, rank 0 notes the folder it chose in
     runs/.torchrun-<rendezvous id>; the restarted job (TORCHELASTIC_RESTART_COUNT > 0) looks there."""
-    from resnet_tune.engine.trainer import Trainer
-
     monkeypatch.chdir(tmp_path)
-    first = Trainer(TrainConfig(model="resnet20"))
+    first = Trainer(ClassificationTask, TrainConfig(model="resnet20"))
     first.dist = D.Dist(D.Launch(world=2, max_restarts=1, run_id="job/7", under_torchrun=True))
     run = first.decide_run_dir("resnet20")
     assert (tmp_path / "runs" / ".torchrun-job_7").read_text() == str(run)
-    again = Trainer(TrainConfig(model="resnet20"))
+    again = Trainer(ClassificationTask, TrainConfig(model="resnet20"))
     again.dist = D.Dist(D.Launch(world=2, max_restarts=1, restart_count=1, run_id="job/7", under_torchrun=True))
-    assert again._find_restart_state() is None  # nothing saved yet: start again
+    assert again.find_restart_state() is None  # nothing saved yet: start again
     (run / ckpt.STATE).write_bytes(b"")
-    assert again._find_restart_state() == str(run)
-    anonymous = Trainer(TrainConfig(model="resnet20"))
+    assert again.find_restart_state() == str(run)
+    anonymous = Trainer(ClassificationTask, TrainConfig(model="resnet20"))
     anonymous.dist = D.Dist(D.Launch(world=2, max_restarts=1, run_id="none", under_torchrun=True))
-    assert anonymous._restart_pointer() is None  # without a rendezvous id there is no safe name: use --output
+    anonymous.decide_run_dir("resnet20")  # without a rendezvous id there is no safe name for a note: use --output
+    assert sorted(p.name for p in (tmp_path / "runs").glob(".torchrun-*")) == [".torchrun-job_7"]
 
 
 # --- end to end under torchrun ----------------------------------------------------------------------
@@ -177,16 +179,17 @@ def _env(cache: Path, **extra: str) -> dict[str, str]:
 
 
 def _torchrun(args: list[str], cwd: Path, cache: Path, nproc: int = 2, launcher: list[str] = (), timeout: float = 150,
-              **env: str) -> tuple[subprocess.CompletedProcess, float]:
+              command: tuple[str, ...] = ("train",), **env: str) -> tuple[subprocess.CompletedProcess, float]:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--master-port",
-           str(_free_port()), *launcher, "-m", "resnet_tune", "train", *args]
+           str(_free_port()), *launcher, "-m", "resnet_tune", *command, *args]
     t0 = time.monotonic()
     proc = subprocess.run(cmd, cwd=cwd, env=_env(cache, **env), capture_output=True, text=True, timeout=timeout)
     return proc, time.monotonic() - t0
 
 
-def _single(args: list[str], cwd: Path, cache: Path, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "resnet_tune", "train", *args], cwd=cwd, env=_env(cache, **env),
+def _single(args: list[str], cwd: Path, cache: Path, command: tuple[str, ...] = ("train",),
+            **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "resnet_tune", *command, *args], cwd=cwd, env=_env(cache, **env),
                           capture_output=True, text=True, timeout=150)
 
 
@@ -307,7 +310,10 @@ def test_distributed_evaluation_equals_one_process_exactly(job: dict) -> None:
         x, y = decode_to_memory(splits.val, pp)
         # eval batch = 2 x batch size 4; channels_last batches, the trainer's default on a CPU
         loader = MemoryLoader(x, y, 8, train=False, mean=pp.mean, std=pp.std, channels_last=True)
-        return (*predict_loader(model, loader, Precision(None, False), torch.device("cpu")), rec)
+        task = ClassificationTask(TrainConfig())
+        model.eval()
+        parts = [task.eval_batch(model, x, y, Precision(None, False), torch.device("cpu")).part for x, y in loader]
+        return (*combine_batches(parts), rec)
 
     # when the last epoch is the best the report holds that epoch's validation pass (the model as trained);
     # otherwise the best checkpoint is evaluated again as loaded
@@ -398,3 +404,38 @@ def test_silent_process_times_out_instead_of_hanging(job: dict, tmp_path: Path) 
             proc.kill()
     assert proc.returncode != 0 and time.monotonic() - t0 < LIVENESS_S + 60
     assert "a training process stopped or timed out: Timed out" in out
+
+
+# --- segmentation on the same engine ------------------------------------------------------------------------
+
+def test_segmentation_two_processes_equal_one_process_with_accumulation(tmp_path: Path) -> None:
+    """2 processes at batch 2 train exactly the micro-batches of 1 process at batch 2 with --accum-steps 2 (rank r's
+    batch is the r-th micro-batch, augmentation is drawn per sample): the same weights; and the distributed
+    evaluation of the final checkpoint gives the mean IoU one process computes, to the last bit."""
+    from test_segment import make_seg_data
+
+    data = make_seg_data(tmp_path / "seg", counts=(8, 4, 4))
+    options = ["--data", str(data), "--epochs", "2", "--batch-size", "2", "--img-size", "24", "--precision", "fp32",
+               "--deterministic", "--head", "unet", "--model", "resnet18", "--no-progress", "--seed", "1"]
+    cache = tmp_path / "cache"
+    two, _ = _torchrun([*options, "--output", str(tmp_path / "two")], tmp_path, cache, command=("segment", "train"),
+                       timeout=300)
+    _ok(two)
+    _ok(_single([*options, "--accum-steps", "2", "--output", str(tmp_path / "one")], tmp_path, cache,
+                command=("segment", "train")))
+    a, b = load_file(str(tmp_path / "two" / ckpt.LAST)), load_file(str(tmp_path / "one" / ckpt.LAST))
+    assert a.keys() == b.keys()
+    statistics = ("running_mean", "running_var", "num_batches_tracked")  # DDP keeps rank 0's
+    compared = [k for k in a if not k.endswith(statistics)]
+    assert len(compared) > 50
+    for k in compared:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6, msg=k)
+
+    # the test split's report of the two-process run (evaluated by both processes) against one process evaluating
+    # the same best checkpoint: resuming the finished run re-runs only that final evaluation
+    distributed = json.loads((tmp_path / "two" / "eval.json").read_text())
+    _ok(_single(["--resume", str(tmp_path / "two")], tmp_path, cache, command=("segment", "train")))
+    single = json.loads((tmp_path / "two" / "eval.json").read_text())
+    assert distributed["confusion_matrix"] == single["confusion_matrix"]
+    assert distributed["mean_iou"] == single["mean_iou"] and distributed["num_images"] == 4
+

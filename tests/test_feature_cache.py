@@ -10,8 +10,8 @@ from safetensors.torch import load_file, save_file
 
 import resnet_tune as rt
 from resnet_tune.engine import checkpoint as ckpt
-from resnet_tune.engine.config import TrainConfig
-from resnet_tune.engine.trainer import Trainer, fit
+from resnet_tune import fit
+from resnet_tune.tasks.classification import TrainConfig
 from resnet_tune.errors import ConfigError
 from resnet_tune.models.resnet import ResNet
 
@@ -92,17 +92,10 @@ def test_freeze_unfreeze_with_cache_resumes_exactly(image_folder: Path, tmp_path
     opts = dict(FAST, data=str(image_folder), pretrained=str(pretrained), strategy="freeze_unfreeze",
                 freeze_epochs=2, epochs=3, loader="memory", cache_views=1, ema=True)
     full = fit(output=str(tmp_path / "full"), quiet=True, **opts)
-    original = Trainer.train_one_epoch
-
-    def interrupted(self, *args, **kwargs):
-        if args[9] == 1:  # the second (cached) epoch
-            raise KeyboardInterrupt
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(Trainer, "train_one_epoch", interrupted)
+    monkeypatch.setenv("RESNET_TUNE_DEBUG_INTERRUPT_AT", "2")  # Ctrl-C at the start of that epoch
     with pytest.raises(KeyboardInterrupt):
         fit(output=str(tmp_path / "part"), quiet=True, **opts)
-    monkeypatch.setattr(Trainer, "train_one_epoch", original)
+    monkeypatch.delenv("RESNET_TUNE_DEBUG_INTERRUPT_AT")
     fit(resume=tmp_path / "part", quiet=True)
     sa = ckpt.load_state(full.run_dir / ckpt.STATE)["model"]
     sb = ckpt.load_state(tmp_path / "part" / ckpt.STATE)["model"]

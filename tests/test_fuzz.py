@@ -37,14 +37,22 @@ from hypothesis import example, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 import resnet_tune as rt  # noqa: E402
-from resnet_tune.data.datasets import IMAGE_EXTENSIONS, BadImageError, decode_image, discover, load_image  # noqa: E402
+from resnet_tune.data.datasets import IMAGE_EXTENSIONS, discover  # noqa: E402
+from resnet_tune.data.images import BadImageError, decode_image, load_image  # noqa: E402
 from resnet_tune.data.scan import scan  # noqa: E402
 from resnet_tune.data.transforms import Preprocessing  # noqa: E402
 from resnet_tune.engine import checkpoint as ckpt  # noqa: E402
-from resnet_tune.engine.config import TrainConfig, from_dict, load_yaml, save_yaml  # noqa: E402
+from resnet_tune.engine.config import from_dict as config_from_dict  # noqa: E402
+from resnet_tune.engine.config import load_yaml, save_yaml  # noqa: E402
 from resnet_tune.errors import CheckpointError, ConfigError, DataError  # noqa: E402
-from resnet_tune.segment import config as seg_config  # noqa: E402
-from resnet_tune.segment.data import BadMaskError, decode_mask  # noqa: E402
+from resnet_tune.tasks.classification import TrainConfig  # noqa: E402
+from resnet_tune.tasks.segmentation import config as seg_config  # noqa: E402
+from resnet_tune.tasks.segmentation.data import BadMaskError, decode_mask  # noqa: E402
+
+
+def from_dict(values: dict[str, Any], source: str = "config") -> TrainConfig:
+    """A classification config from a mapping (what ``resnet-tune train --config`` builds)."""
+    return config_from_dict(values, source, cls=TrainConfig)
 from resnet_tune.serve.images import UploadError, decode_upload  # noqa: E402
 
 # Pillow warns about the damaged files these tests make on purpose (corrupt EXIF, truncated TIFF tags, large sizes).
@@ -598,7 +606,7 @@ def test_seg_config_from_random_mappings(profile: str, tmp_path: Path) -> None:
     @example({"output_stride": 16.0})
     @example({"limit": True})
     def check(values: dict[str, Any]) -> None:
-        check_config(values, seg_config.from_dict, tmp_path, seg_config.save_yaml, seg_config.from_dict)
+        check_config(values, seg_config.from_dict, tmp_path, save_yaml, seg_config.from_dict)
 
     check()
 
@@ -684,7 +692,7 @@ def checkpoint_bytes(root: Path) -> bytes:
 def segmentation_checkpoint_bytes(root: Path) -> bytes:
     """A real segmentation checkpoint: a tiny four-stage backbone with a U-Net head, and its record."""
     from resnet_tune.models.resnet import ResNetConfig
-    from resnet_tune.segment.model import Segmenter
+    from resnet_tune.models.segmentation import Segmenter
 
     torch.manual_seed(0)
     cfg = ResNetConfig(block="basic", layers=(1, 1, 1, 1), widths=(8, 8, 8, 8), stem_width=8)

@@ -13,7 +13,7 @@ import resnet_tune as rt
 from resnet_tune.cli import main
 from resnet_tune.data.transforms import Preprocessing
 from resnet_tune.engine import checkpoint as ckpt
-from resnet_tune.serve.gradcam import explain, grad_cam, overlay, target_layer
+from resnet_tune.inference.gradcam import grad_cam, overlay, target_layer
 
 SIZE, PATCH = 32, 8
 PATCH_COLOURS = {"red": (230, 30, 30), "blue": (30, 60, 230)}
@@ -127,7 +127,7 @@ def test_overlay_and_explain_cli(patch_model: tuple[torch.nn.Module, Path], tmp_
     said = capsys.readouterr().out
     assert png.is_file() and f"class {CLASSES[labels[0]]}" in said
     assert Image.open(png).size == (256, 256)  # small inputs are shown enlarged
-    path, info = explain(ckpt_path, src, tmp_path / "blue.png", target="blue")
-    assert info["class"] == "blue" and path.is_file()
+    picture, info = rt.Predictor(ckpt_path, device="cpu", precision="fp32").explain(Image.open(src), "blue")
+    assert info["class"] == "blue" and picture.size == (256, 256)
     assert main(["explain", str(ckpt_path), str(src), "--class", "green"]) == 2
     assert "not one of the model's classes" in capsys.readouterr().err

@@ -22,7 +22,8 @@ from safetensors.torch import save_file
 
 from resnet_tune.models import create_model
 from resnet_tune.models import hub
-from resnet_tune.models import pretrained as pt
+from resnet_tune.models import pretrained as loading
+from resnet_tune.models import sources as pt
 from resnet_tune.models.hub import ChecksumError, DownloadError
 from resnet_tune.models.pretrained import load_pretrained, load_weights, resolve_source
 
@@ -590,7 +591,7 @@ def test_wrong_architecture_names_the_keys(r18):
 
 def test_adapt_input_conv_keeps_dtype():
     w = torch.randn(8, 3, 3, 3, dtype=torch.float16)
-    out = pt.adapt_input_conv(5, w)
+    out = loading.adapt_input_conv(5, w)
     assert out.dtype == torch.float16 and out.shape == (8, 5, 3, 3)
     with pytest.raises(ValueError, match="only 3-channel"):
-        pt.adapt_input_conv(5, torch.randn(8, 2, 3, 3))
+        loading.adapt_input_conv(5, torch.randn(8, 2, 3, 3))

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from resnet_tune.eval.metrics import classification_report
-from resnet_tune.eval.report import (
+from resnet_tune.eval import (
     plot_confusion,
     plot_curves,
     plot_lr_find,

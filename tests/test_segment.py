@@ -15,15 +15,25 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
+import resnet_tune as rt
 from resnet_tune.cli import main
 from resnet_tune.engine import checkpoint as ckpt
+from resnet_tune.engine.optim import lr_at
+from resnet_tune.engine.trainer import Trainer
 from resnet_tune.errors import ConfigError, DataError
-from resnet_tune.segment import metrics as SM
-from resnet_tune.segment.data import (ClassTable, decode_mask, discover_pairs, read_class_table, scan_pairs)
-from resnet_tune.segment.losses import SegLoss, class_weights, dice_loss, poly_lr
-from resnet_tune.segment.model import Segmenter, create_segmenter, load_torchvision_segmentation
-from resnet_tune.segment.train import METRIC_COLUMNS, SegTrainer, fit_segmentation
-from resnet_tune.segment.transforms import joint_train_transform
+from resnet_tune.models.segmentation import Segmenter, create_segmenter, load_torchvision_segmentation
+from resnet_tune.tasks.segmentation import SegmentationTask
+from resnet_tune.tasks.segmentation import metrics as SM
+from resnet_tune.tasks.segmentation.data import (ClassTable, decode_mask, discover_pairs, read_class_table,
+                                                 scan_pairs)
+from resnet_tune.tasks.segmentation.losses import SegLoss, class_weights, dice_loss
+from resnet_tune.tasks.segmentation.transforms import joint_train_transform
+
+METRIC_COLUMNS = SegmentationTask.metric_columns
+
+
+def fit_segmentation(**options):  # type: ignore[no-untyped-def]
+    return rt.fit(task="segmentation", **options)
 
 COLOURS = [(90, 90, 90), (220, 30, 30), (30, 200, 40), (40, 50, 220)]  # background, red, green, blue
 NAMES = ["background", "red", "green", "blue"]
@@ -203,12 +213,12 @@ def test_class_weights_median_and_inverse() -> None:
 
 
 def test_poly_schedule() -> None:
-    assert poly_lr(0, 100) == 1.0
-    assert poly_lr(50, 100, power=1.0) == pytest.approx(0.5)
-    assert poly_lr(50, 100) == pytest.approx(0.5 ** 0.9)
-    assert poly_lr(100, 100) == 0.0
-    assert poly_lr(0, 100, warmup_steps=10) == pytest.approx(1 / 11)
-    assert poly_lr(10, 100, warmup_steps=10) == 1.0
+    assert lr_at(0, 100, "poly") == 1.0
+    assert lr_at(50, 100, "poly", power=1.0) == pytest.approx(0.5)
+    assert lr_at(50, 100, "poly") == pytest.approx(0.5 ** 0.9)
+    assert lr_at(100, 100, "poly") == 0.0
+    assert lr_at(0, 100, "poly", warmup_steps=10) == pytest.approx(1 / 11)
+    assert lr_at(10, 100, "poly", warmup_steps=10) == 1.0
 
 
 # --- models -------------------------------------------------------------------------------------
@@ -271,7 +281,7 @@ def test_cifar_backbone_is_refused() -> None:
 
 
 def test_sliding_window_matches_full_image_for_a_pointwise_model() -> None:
-    from resnet_tune.segment.predictor import sliding_window_logits
+    from resnet_tune.tasks.segmentation.predictor import sliding_window_logits
 
     model = torch.nn.Conv2d(3, 4, 1)
     x = torch.randn(1, 3, 50, 70)
@@ -411,7 +421,7 @@ def test_cli_train_evaluate_predict(seg_data: Path, tmp_path: Path, capsys: pyte
         assert (run / name).is_file(), name
     with (run / "metrics.csv").open() as f:
         rows = list(csv.DictReader(f))
-    assert list(rows[0]) == METRIC_COLUMNS and len(rows) == 2
+    assert list(rows[0])[:len(METRIC_COLUMNS)] == METRIC_COLUMNS and len(rows) == 2
     assert 0.0 <= float(rows[-1]["val_miou"]) <= 1.0
     report_md = (run / "report.md").read_text()
     assert "## Segmentation metrics" in report_md and "| blue |" in report_md
@@ -441,7 +451,7 @@ def test_cli_train_evaluate_predict(seg_data: Path, tmp_path: Path, capsys: pyte
         assert Image.open(pred_dir / f"test{i}_color.png").mode == "RGB"
         assert Image.open(pred_dir / f"test{i}_overlay.png").size == (32, 32)
 
-    from resnet_tune.segment.predictor import SegPredictor
+    from resnet_tune.tasks.segmentation.predictor import SegPredictor
 
     pred = SegPredictor(run, precision="fp32")
     img = Image.open(seg_data / "test" / "images" / "test0.png")
@@ -463,22 +473,17 @@ def _pretrained_backbone(tmp_path: Path) -> Path:
 
 def test_resume_after_interruption_is_bit_exact(seg_data: Path, tmp_path: Path,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    # the options segmentation gained on the one engine (EMA, gradient accumulation) resume exactly too
     opts = dict(FAST, epochs=3, deterministic=True, head="deeplabv3", aux=True, img_size=24, class_weights="inverse",
-                dice=0.3, pretrained=str(_pretrained_backbone(tmp_path)), strategy="freeze_unfreeze")
+                dice=0.3, pretrained=str(_pretrained_backbone(tmp_path)), strategy="freeze_unfreeze", ema=True,
+                accum_steps=2)
     full = fit_segmentation(data=str(seg_data), output=str(tmp_path / "full"), quiet=True, **opts)
 
-    original = SegTrainer.train_one_epoch
-
-    def interrupted(self, *args, **kwargs):  # type: ignore[no-untyped-def]
-        if args[6] == 2:  # the third epoch
-            raise KeyboardInterrupt
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(SegTrainer, "train_one_epoch", interrupted)
+    monkeypatch.setenv("RESNET_TUNE_DEBUG_INTERRUPT_AT", "3")  # Ctrl-C at the start of the third epoch
     with pytest.raises(KeyboardInterrupt):
         fit_segmentation(data=str(seg_data), output=str(tmp_path / "part"), quiet=True, **opts)
     assert ckpt.load_state(tmp_path / "part" / ckpt.STATE)["epoch"] == 2
-    monkeypatch.setattr(SegTrainer, "train_one_epoch", original)
+    monkeypatch.delenv("RESNET_TUNE_DEBUG_INTERRUPT_AT")
     resumed = fit_segmentation(resume=tmp_path / "part", quiet=True)
     assert len(resumed.history) == 3
     assert [r["lr"] for r in resumed.history] == [r["lr"] for r in full.history]
@@ -487,6 +492,7 @@ def test_resume_after_interruption_is_bit_exact(seg_data: Path, tmp_path: Path,
     for k in a:
         assert torch.equal(a[k], b[k]), k
     assert resumed.eval_report["mean_iou"] == full.eval_report["mean_iou"]
+    assert json.loads((tmp_path / "part" / "last.json").read_text())["weights"] == "ema"
 
 
 def test_pretrained_backbone_is_loaded_and_frozen_first(seg_data: Path, tmp_path: Path) -> None:
@@ -520,7 +526,7 @@ def test_pretrained_segmentation_checkpoint_loads_whole(seg_data: Path, tmp_path
 
 def test_yaml_config_and_flags(tmp_path: Path) -> None:
     from resnet_tune.cli import build_parser
-    from resnet_tune.segment.cli import _seg_config
+    from resnet_tune.cli.segment import _seg_config
 
     (tmp_path / "c.yaml").write_text("head: fcn\nimg-size: 24,32\nepochs: 7\nignore_index: 11\n")
     args = build_parser().parse_args(["segment", "train", "--config", str(tmp_path / "c.yaml"), "--epochs", "3"])
@@ -535,7 +541,7 @@ def test_yaml_config_and_flags(tmp_path: Path) -> None:
 def test_resume_refuses_changed_options(seg_data: Path, tmp_path: Path) -> None:
     fit_segmentation(data=str(seg_data), output=str(tmp_path / "r"), quiet=True, **dict(FAST, epochs=1))
     with pytest.raises(ConfigError, match="cannot change on resume"):
-        SegTrainer(resume=tmp_path / "r", overrides={"lr": 0.5})
+        Trainer(SegmentationTask, resume=tmp_path / "r", overrides={"lr": 0.5})
     assert main(["segment", "train", "--resume", str(tmp_path / "r")]) == 0  # finished: only the final evaluation
     with pytest.raises(ConfigError, match="already holds a training run"):
         fit_segmentation(data=str(seg_data), output=str(tmp_path / "r"), quiet=True, **dict(FAST, epochs=1))

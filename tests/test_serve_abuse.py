@@ -188,7 +188,7 @@ def test_load_over_the_queue_gets_429_never_500(server: Server) -> None:
 
 @pytest.fixture(scope="module")
 def predictor(run_dir: Path) -> Any:
-    from resnet_tune.serve.predictor import Predictor
+    from resnet_tune import Predictor
 
     return Predictor(run_dir, device="cpu")
 

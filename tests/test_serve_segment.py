@@ -16,7 +16,7 @@ pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from resnet_tune.engine import checkpoint as ckpt  # noqa: E402
-from resnet_tune.segment.model import create_segmenter  # noqa: E402
+from resnet_tune.models.segmentation import create_segmenter  # noqa: E402
 
 CLASSES = ["background", "square", "disc"]
 
@@ -110,3 +110,26 @@ def test_segmentation_checkpoint_exports_and_verifies(seg_checkpoint: Path, tmp_
     out = export_model(seg_checkpoint, fmt, output=tmp_path / ("seg.onnx" if fmt == "onnx" else "seg.pt"))
     assert out.is_file()
     assert read_export_record(out)["task"] == "segmentation"
+
+
+def test_both_tasks_are_served_by_the_same_route_code(seg_checkpoint: Path, colour_run: Path) -> None:
+    """The routes call the predictor's own predict/describe/explain: a classifier and a segmentation model go
+    through the very same endpoint functions, and each answers in its own JSON."""
+    from resnet_tune.serve.http import create_app
+
+    apps = [create_app(run, device="cpu", batching=False) for run in (colour_run, seg_checkpoint)]
+
+    def endpoint(app, path):  # type: ignore[no-untyped-def]
+        return next(r.endpoint for r in app.routes if getattr(r, "path", None) == path)
+
+    for path in ("/predict", "/explain", "/model", "/health"):
+        assert endpoint(apps[0], path).__code__ is endpoint(apps[1], path).__code__, path
+    answers = []
+    for app in apps:
+        with TestClient(app) as c:
+            r = c.post("/predict", files=[("file", ("a.png", png(), "image/png"))])
+            assert r.status_code == 200, r.text
+            answers.append(r.json()[0])
+            e = c.post("/explain", files=[("file", ("a.png", png(), "image/png"))])
+            assert e.status_code == 200 and e.headers["content-type"] == "image/png"
+    assert set(answers[0]) == {"file", "top"} and set(answers[1]) == {"file", "classes", "width", "height"}

@@ -12,11 +12,11 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import resnet_tune as rt
+from resnet_tune import fit
 from resnet_tune.cli import main
 from resnet_tune.engine import checkpoint as ckpt
-from resnet_tune.engine.config import TrainConfig
-from resnet_tune.engine.trainer import Trainer, fit
 from resnet_tune.errors import CheckpointError, ConfigError, DataError, TrainingError
+from resnet_tune.tasks.classification import TrainConfig
 
 from conftest import make_folder, make_image
 
@@ -73,7 +73,7 @@ def test_cli_train_evaluate_predict_embed(image_folder: Path, tmp_path: Path, ca
 
 
 def test_training_learns_colours(image_folder: Path, tmp_path: Path) -> None:
-    from resnet_tune.serve.predictor import Predictor
+    from resnet_tune import Predictor
 
     res = fit(data=str(image_folder), output=str(tmp_path / "r"), **{**FAST, "epochs": 6}, quiet=True)
     assert res.best_metric == 1.0
@@ -85,7 +85,7 @@ def test_training_learns_colours(image_folder: Path, tmp_path: Path) -> None:
 
 def test_folded_predictor_matches_eager(image_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from resnet_tune.engine import hardware
-    from resnet_tune.serve.predictor import Predictor
+    from resnet_tune import Predictor
 
     res = fit(data=str(image_folder), output=str(tmp_path / "r"), **FAST, quiet=True)
     pred = Predictor(res.run_dir, precision="fp32")
@@ -117,18 +117,11 @@ def test_resume_after_interruption_is_bit_exact(image_folder: Path, tmp_path: Pa
     opts = dict(FAST, epochs=3, deterministic=True, loader=loader, workers=0, ema=True)
     full = fit(data=str(image_folder), output=str(tmp_path / "full"), quiet=True, **opts)
 
-    original = Trainer.train_one_epoch
-
-    def interrupted(self, *args, **kwargs):
-        if args[9] == 2:  # the third epoch (index 2)
-            raise KeyboardInterrupt
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(Trainer, "train_one_epoch", interrupted)
+    monkeypatch.setenv("RESNET_TUNE_DEBUG_INTERRUPT_AT", "3")  # Ctrl-C at the start of that epoch
     with pytest.raises(KeyboardInterrupt):
         fit(data=str(image_folder), output=str(tmp_path / "part"), quiet=True, **opts)
     assert ckpt.load_state(tmp_path / "part" / ckpt.STATE)["epoch"] == 2
-    monkeypatch.setattr(Trainer, "train_one_epoch", original)
+    monkeypatch.delenv("RESNET_TUNE_DEBUG_INTERRUPT_AT")
     resumed = fit(resume=tmp_path / "part", quiet=True)
     assert len(resumed.history) == 3
     a, b = _weights(full.run_dir / "last.safetensors"), _weights(tmp_path / "part" / "last.safetensors")
@@ -142,17 +135,10 @@ def test_resume_after_interruption_is_bit_exact(image_folder: Path, tmp_path: Pa
 
 def test_resume_keeps_schedule(image_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     full = fit(data=str(image_folder), output=str(tmp_path / "full"), quiet=True, **dict(FAST, epochs=3))
-    original = Trainer.train_one_epoch
-
-    def interrupted(self, *args, **kwargs):
-        if args[9] == 1:
-            raise KeyboardInterrupt
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(Trainer, "train_one_epoch", interrupted)
+    monkeypatch.setenv("RESNET_TUNE_DEBUG_INTERRUPT_AT", "2")  # Ctrl-C at the start of that epoch
     with pytest.raises(KeyboardInterrupt):
         fit(data=str(image_folder), output=str(tmp_path / "part"), quiet=True, **dict(FAST, epochs=3))
-    monkeypatch.setattr(Trainer, "train_one_epoch", original)
+    monkeypatch.delenv("RESNET_TUNE_DEBUG_INTERRUPT_AT")
     resumed = fit(resume=tmp_path / "part", quiet=True)
     assert [r["lr"] for r in resumed.history] == pytest.approx([r["lr"] for r in full.history])
 
@@ -177,19 +163,12 @@ def test_linear_probe_keeps_body_and_bn_statistics(image_folder: Path, tmp_path:
 
 
 def test_freeze_then_unfreeze_trains_body_after_frozen_epochs(image_folder: Path, tmp_path: Path,
-                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+                                                              capsys: pytest.CaptureFixture) -> None:
     pre = _pretrained_file(tmp_path)
-    seen: list[bool] = []
-    original = Trainer.train_one_epoch
-
-    def spy(self, fwd, model, *args, **kwargs):
-        seen.append(model.conv1.weight.requires_grad)
-        return original(self, fwd, model, *args, **kwargs)
-
-    monkeypatch.setattr(Trainer, "train_one_epoch", spy)
     res = fit(data=str(image_folder), output=str(tmp_path / "fu"), model="resnet20", pretrained=str(pre),
-              quiet=True, **dict(FAST, epochs=3))
-    assert seen == [False, True, True]
+              quiet=False, **dict(FAST, epochs=3))
+    epochs = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch ")]
+    assert ["(frozen body)" in line for line in epochs] == [True, False, False]
     state = ckpt.load_state(res.run_dir / ckpt.STATE)
     lrs = sorted({g["base_lr"] for g in state["optimizer"]["param_groups"]})
     assert len(lrs) >= 4 and lrs[0] < lrs[-1]  # discriminative learning rates
@@ -310,7 +289,7 @@ def test_checkpoint_errors(image_folder: Path, tmp_path: Path) -> None:
     # evaluating on data with a class the checkpoint does not know
     other = make_folder(tmp_path / "other", classes={"red": (220, 30, 30), "purple": (150, 0, 150)}, per_class=2)
     with pytest.raises(DataError, match="purple"):
-        from resnet_tune.engine.evaluate import evaluate
+        from resnet_tune.tasks.classification import evaluate
 
         evaluate(res.run_dir, other, progress=False)
 
@@ -372,3 +351,48 @@ def test_tensorboard_logging(image_folder: Path, tmp_path: Path) -> None:
         return
     res = fit(data=str(image_folder), output=str(tmp_path / "t"), tensorboard=True, quiet=True, **FAST)
     assert list((res.run_dir / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_every_task_gets_a_gradient_scaler_enabled_for_fp16_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                                                 ) -> None:
+    """The scaler is always there (enabled only for fp16, as nanoGPT's GradScaler(enabled=...)), so no task can
+    forget it; CPUs still refuse fp16 training."""
+    from resnet_tune.engine import trainer as T
+    from resnet_tune.engine.hardware import Precision, resolve_precision
+    from resnet_tune.tasks import ClassificationTask, SegmentationTask
+
+    from test_segment import make_seg_data
+
+    with pytest.raises(ConfigError, match="fp16"):
+        resolve_precision("fp16", torch.device("cpu"))
+    fp16 = Precision(torch.float16, True)
+    assert T.gradient_scaler(fp16, torch.device("cpu")).is_enabled()
+    assert not T.gradient_scaler(Precision(torch.bfloat16, False), torch.device("cpu")).is_enabled()
+    assert not T.gradient_scaler(Precision(None, False), torch.device("cpu")).is_enabled()
+    seg = make_seg_data(tmp_path / "seg", counts=(4, 2, 0))
+    tasks = [(ClassificationTask, TrainConfig(epochs=1, progress=False)),
+             (SegmentationTask, SegmentationTask.config_class(data=str(seg), epochs=1, batch_size=2, progress=False))]
+    for task, cfg in tasks:
+        assert not T.Trainer(task, cfg, quiet=True).prepare().scaler.is_enabled()  # bf16 or fp32 here
+        monkeypatch.setattr(T, "resolve_precision", lambda name, device: fp16)
+        assert T.Trainer(task, cfg, quiet=True).prepare().scaler.is_enabled()
+        monkeypatch.undo()
+
+
+def test_deprecated_import_paths_still_work_with_a_warning(tmp_path: Path) -> None:
+    import importlib
+
+    import resnet_tune.serve.predictor as old_predictor
+    from resnet_tune.tasks import ClassificationPredictor
+
+    with pytest.warns(DeprecationWarning, match="resnet_tune.fit"):
+        result = importlib.import_module("resnet_tune.engine.trainer").fit(epochs=1, quiet=True, progress=False,
+                                                                          output=str(tmp_path / "r"))
+    assert result.history and (tmp_path / "r" / "best.safetensors").is_file()
+    with pytest.warns(DeprecationWarning, match="resnet_tune.Predictor"):
+        assert old_predictor.Predictor is ClassificationPredictor
+    with pytest.warns(DeprecationWarning, match="task='segmentation'"):
+        from resnet_tune.segment.train import fit_segmentation
+
+        with pytest.raises(DataError):  # it reaches the segmentation engine
+            fit_segmentation(data=str(tmp_path / "missing"), quiet=True)

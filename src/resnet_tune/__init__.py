@@ -5,6 +5,10 @@ PyTorch::
 
     import resnet_tune as rt
     model = rt.create_model("resnet50", num_classes=10)
+    run = rt.fit(data="photos/", model="resnet50", pretrained="torchvision:ResNet50_Weights.IMAGENET1K_V2", epochs=5)
+    rt.fit(task="segmentation", data="camvid/", head="unet", ignore_index=11)
+    print(rt.Predictor(run.run_dir).predict_files(["cat.jpg"]))
+    rt.export(run.run_dir, "onnx")
 """
 
 from __future__ import annotations
@@ -22,6 +26,13 @@ _LAZY = {
     "create_model": "resnet_tune.models",
     "list_models": "resnet_tune.models",
     "model_info": "resnet_tune.models",
+    "fit": "resnet_tune.tasks.registry",
+    "ClassificationConfig": "resnet_tune.tasks.registry",
+    "SegmentationConfig": "resnet_tune.tasks.registry",
+    "evaluate": "resnet_tune.tasks.classification",
+    "evaluate_segmentation": "resnet_tune.tasks.segmentation.evaluate",
+    "Predictor": "resnet_tune.tasks.registry",  # the base, with every task's predictor registered
+    "export": "resnet_tune.export",
 }
 
 __all__ = ["__version__", *sorted(_LAZY)]

@@ -1,18 +1,8 @@
-"""Data discovery (folder, split-folder and CSV layouts), image loading and the pre-training data scan."""
+"""Data: finding the images of a dataset (folder, split-folder and CSV layouts; links followed safely), reading
+them as 8-bit RGB, the pre-training scan, transforms and loaders."""
 
-from .datasets import (
-    IMAGE_EXTENSIONS,
-    MAX_IMAGE_PIXELS,
-    BadImageError,
-    DataSplits,
-    DecodeInfo,
-    decode_image,
-    discover,
-    discover_eval,
-    is_image_file,
-    list_images,
-    load_image,
-)
+from .datasets import IMAGE_EXTENSIONS, DataSplits, discover, discover_eval, is_image_file, list_images
+from .images import MAX_IMAGE_PIXELS, BadImageError, DecodeInfo, decode_image, load_image
 from .scan import ScanReport, default_cache_dir, scan
 
 __all__ = [

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import os
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from torch.utils.data import Dataset
@@ -44,7 +44,7 @@ class FileDataset(Dataset):
         return len(self.samples)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        from .datasets import load_image
+        from .images import load_image
 
         path, label = self.samples[i]
         img = load_image(path)
@@ -57,23 +57,29 @@ class FileDataset(Dataset):
 
 def decode_to_memory(samples: Sequence[tuple[str, int]], pp: Preprocessing, workers: int | None = None,
                      progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Decode every image once, resized and centre-cropped for ``pp``: uint8 (N, 3, S, S) and labels."""
-    from .datasets import load_image
+    """Decode every image once, resized and centre-cropped for ``pp``: uint8 (N, 3, S, S) and labels.
+
+    The images are written straight into one channels_last tensor (the layout :class:`MemoryLoader` keeps), so
+    memory peaks at the dataset's size, not twice it."""
+    from .images import load_image
 
     geo = geometry_transform(pp)
+    size = pp.input_size
+    pixels = torch.empty(len(samples), size, size, 3, dtype=torch.uint8)
 
-    def one(s: tuple[str, int]) -> torch.Tensor:
-        return geo(load_image(s[0]))
+    def one(i: int) -> None:
+        pixels[i] = geo(load_image(samples[i][0])).permute(1, 2, 0)
 
     workers = workers or min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(workers) as pool:
-        it = pool.map(one, samples)
+        it = pool.map(one, range(len(samples)))
         if progress:
             from tqdm.auto import tqdm
 
             it = tqdm(it, total=len(samples), desc="decode", unit="img", leave=False)
-        images = list(it)
-    x = torch.stack(images) if images else torch.empty(0, 3, pp.input_size, pp.input_size, dtype=torch.uint8)
+        for _ in it:
+            pass
+    x = pixels.permute(0, 3, 1, 2)
     y = torch.tensor([s[1] for s in samples], dtype=torch.long)
     return x, y
 
@@ -94,16 +100,18 @@ def _reflect(i: torch.Tensor, size: int) -> torch.Tensor:
     return torch.where(i >= size, 2 * (size - 1) - i, i)
 
 
-def crop_flip(x: torch.Tensor, pad: int, dy: torch.Tensor, dx: torch.Tensor, mask: torch.Tensor | None
-              ) -> torch.Tensor:
+def crop_flip(x: torch.Tensor, pad: int, dy: torch.Tensor, dx: torch.Tensor, mask: torch.Tensor | None,
+              index: torch.Tensor | None = None) -> torch.Tensor:
     """Crop each image of a uint8 batch at its offset after reflect padding, and flip where ``mask``.
 
-    One gather on the uint8 batch does it all (the padding is folded into the indices and the flip
-    into the column order), and the result is channels_last in memory: a quarter of the traffic of
-    padding a float copy. Values equal ``F.pad(x, reflect)`` + crop + flip exactly.
+    With ``index``, the batch is ``x[index]`` (picked in the same gather). One gather of whole pixels does it all
+    (the padding is folded into the indices and the flip into the column order; from a channels_last ``x`` the
+    pixels are rows of one contiguous table), and the result is channels_last in memory: a quarter of the traffic
+    of padding a float copy. Values equal ``F.pad(x, reflect)`` + crop + flip exactly.
     """
-    n, _, h, w = x.shape
+    _, c, h, w = x.shape
     dev = x.device
+    n = len(dy)
     rows = torch.arange(h, device=dev)[None, :].expand(n, h)
     cols = torch.arange(w, device=dev)[None, :].expand(n, w)
     if pad > 0:
@@ -111,35 +119,39 @@ def crop_flip(x: torch.Tensor, pad: int, dy: torch.Tensor, dx: torch.Tensor, mas
         cols = _reflect(dx.to(dev)[:, None] - pad + cols, w)
     if mask is not None:
         cols = torch.where(mask.to(dev)[:, None], cols.flip(1), cols)
-    idx_n = torch.arange(n, device=dev)[:, None, None]
-    return x.permute(0, 2, 3, 1)[idx_n, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
-
-
-def batch_crop_flip(x: torch.Tensor, pad: int, generator: torch.Generator, flip: bool = True) -> torch.Tensor:
-    """Random crop with reflect padding and horizontal flip for a whole uint8 batch at once."""
-    dy, dx, mask = draw_crop_flip(x.shape[0], pad, generator, flip)
-    return crop_flip(x, pad, dy, dx, mask)
+    first = (index.to(dev) if index is not None else torch.arange(n, device=dev)) * (h * w)
+    pixels = (first[:, None, None] + rows[:, :, None] * w + cols[:, None, :]).view(-1)
+    table = x.permute(0, 2, 3, 1).reshape(-1, c)  # a view when x is channels_last, else one copy
+    return table.index_select(0, pixels).view(n, h, w, c).permute(0, 3, 1, 2)
 
 
 # --- sharding across processes ------------------------------------------------------------------
 #
-# Training: every rank draws the same (seed, epoch) permutation; its last ``n mod world`` entries
-# are dropped and rank r takes positions r, r + world, r + 2 world, ... of the rest. Each rank then
-# batches its part in order and drops its partial last batch. So step b of the N ranks together
-# trains exactly positions [b * B * N, (b + 1) * B * N) of the permutation: the same samples, in the
-# same global batches, as one process with batch size B * N (the dropped remainder too).
+# Training: every rank draws the same (seed, epoch) permutation and cuts it into global batches of
+# B * N samples (N ranks, batch size B per rank); rank r takes the r-th block of B samples of each global
+# batch, and the samples past the last full global batch are dropped. So step s of the N ranks together
+# trains exactly positions [s * B * N, (s + 1) * B * N) of the permutation (the same samples, in the same
+# global batches, as one process with batch size B * N), and rank r's batch is the r-th micro-batch one
+# process with batch size B and N accumulation steps trains: the same BatchNorm batches too.
+# Datasets too small for one batch a rank are split in N equal parts.
 #
 # Evaluation: the data is cut into batches in order, as one process cuts it; rank r evaluates
 # batches r, r + world, ... Every sample is evaluated once, in the same batch as in one process
 # (so with the same numerics); the trainer gathers the per-batch results and puts them back in order.
 
 
-def train_shard(order: torch.Tensor, rank: int = 0, world: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+def train_shard(order: torch.Tensor, rank: int = 0, world: int = 1, batch_size: int = 1
+                ) -> tuple[torch.Tensor, torch.Tensor]:
     """This rank's part of an epoch's sample order, and the positions of its samples in that order."""
     if world <= 1:
         return order, torch.arange(len(order))
     per = len(order) // world
-    pos = torch.arange(rank, per * world, world)
+    if per < batch_size:  # less than one batch a rank: equal parts
+        pos = torch.arange(rank * per, (rank + 1) * per)
+    else:
+        steps = per // batch_size
+        block = torch.arange(batch_size)
+        pos = (torch.arange(steps)[:, None] * (world * batch_size) + rank * batch_size + block[None, :]).reshape(-1)
     return order[pos], pos
 
 
@@ -182,7 +194,8 @@ class MemoryLoader:
                  mean: Sequence[float], std: Sequence[float], seed: int = 0, dtype: torch.dtype = torch.float32,
                  weights: torch.Tensor | None = None, rank: int = 0, world: int = 1,
                  channels_last: bool = False, augment: bool = True) -> None:
-        self.images, self.labels = images, labels
+        # stored channels_last: a batch's crop and flip is then one gather of whole pixels (see crop_flip)
+        self.images, self.labels = images.contiguous(memory_format=torch.channels_last), labels
         self.batch_size = batch_size
         self.train = train
         self.mean, self.std = mean, std
@@ -209,7 +222,7 @@ class MemoryLoader:
     def _indices(self) -> torch.Tensor:
         if not self.train:
             return eval_shard(len(self.labels), self.batch_size, self.rank, self.world)
-        return train_shard(self._order(), self.rank, self.world)[0]
+        return train_shard(self._order(), self.rank, self.world, self.batch_size)[0]
 
     def epoch_indices(self) -> list[int]:
         """The dataset indices this rank trains on in the current epoch (after dropping remainders)."""
@@ -244,7 +257,7 @@ class MemoryLoader:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         if self.train:
-            idx, pos = train_shard(self._order(), self.rank, self.world)
+            idx, pos = train_shard(self._order(), self.rank, self.world, self.batch_size)
         else:
             idx = self._indices()
             pos = None
@@ -261,9 +274,11 @@ class MemoryLoader:
                ) -> tuple[torch.Tensor, torch.Tensor]:
         """Images ``sel``, cropped and flipped by the ``pick`` entries of ``aug``, in the model's layout and
         normalised; and their labels."""
-        x = self.images[sel]
         if aug is not None:
-            x = crop_flip(x, self.pad, aug[0][pick], aug[1][pick], aug[2][pick] if aug[2] is not None else None)
+            x = crop_flip(self.images, self.pad, aug[0][pick], aug[1][pick], aug[2][pick] if aug[2] is not None
+                          else None, index=sel)
+        else:
+            x = self.images[sel]
         # the layout is set on the uint8 batch (a quarter of the bytes); crop_flip's output is already
         # channels_last
         x = x.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
@@ -285,3 +300,86 @@ class MemoryLoader:
         for b in range(0, len(idx), self.batch_size):
             sel = idx[b:b + self.batch_size]
             yield (sel, *self._batch(sel, aug, sel))
+
+
+class EpochLoader:
+    """A DataLoader whose shuffling and worker seeds depend only on (seed, epoch): exact resume.
+
+    With ``world > 1`` it shards as :class:`MemoryLoader` does (:func:`train_shard`, :func:`eval_shard`). Used
+    for file datasets of every task (``FileDataset``, the segmentation pair dataset).
+    """
+
+    def __init__(self, dataset: Any, batch_size: int, train: bool, workers: int, device: torch.device, seed: int,
+                 weights: torch.Tensor | None, rank: int, world: int) -> None:
+        self.dataset, self.batch_size, self.train = dataset, batch_size, train
+        self.workers, self.device, self.seed, self.weights = workers, device, seed, weights
+        self.rank, self.world = rank, world
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
+
+    def _generator(self) -> torch.Generator:
+        return torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+
+    def _indices(self, g: torch.Generator | None = None) -> torch.Tensor:
+        n = len(self.dataset)
+        if not self.train:
+            return eval_shard(n, self.batch_size, self.rank, self.world)
+        g = g or self._generator()
+        if self.weights is not None:
+            order = torch.multinomial(self.weights, n, replacement=True, generator=g)
+        else:
+            order = torch.randperm(n, generator=g)
+        return train_shard(order, self.rank, self.world, self.batch_size)[0]
+
+    def epoch_indices(self) -> list[int]:
+        """The dataset indices this rank trains on in the current epoch (after dropping remainders)."""
+        idx = self._indices()
+        return idx[:train_seen(len(idx), self.batch_size)].tolist() if self.train else idx.tolist()
+
+    def batch_ids(self) -> list[int]:
+        """For evaluation: the global batch index of each batch this rank yields."""
+        return list(eval_batch_ids(len(self.dataset), self.batch_size, self.rank, self.world))
+
+    def _loader(self) -> torch.utils.data.DataLoader:
+        from torch.utils.data import DataLoader, Subset
+
+        g = self._generator()  # the order, then the workers' seeds
+        ds = Subset(self.dataset, self._indices(g).tolist())
+        drop_last = self.train and len(ds) >= self.batch_size
+        return DataLoader(ds, batch_size=self.batch_size, shuffle=False, num_workers=self.workers,
+                          pin_memory=self.device.type == "cuda", drop_last=drop_last, generator=g,
+                          persistent_workers=False)
+
+    def view_len(self) -> int:
+        return len(eval_batch_ids(len(self.dataset), self.batch_size, self.rank, self.world))
+
+    def view_batches(self, view: int):
+        """(indices, images, labels) for this rank's share of *all* images, each augmented as in epoch
+        ``view`` (the dataset seeds each image's augmentation with (seed, epoch, index)): one view of the
+        dataset for cached backbone features (:mod:`.features`)."""
+        from torch.utils.data import DataLoader, Subset
+
+        self.set_epoch(view)
+        idx = eval_shard(len(self.dataset), self.batch_size, self.rank, self.world)
+        dl = DataLoader(Subset(self.dataset, idx.tolist()), batch_size=self.batch_size, shuffle=False,
+                        num_workers=self.workers, pin_memory=self.device.type == "cuda")
+        pos = 0
+        for x, y in dl:
+            yield idx[pos:pos + len(y)], x, y
+            pos += len(y)
+
+    def __len__(self) -> int:
+        n = len(self.dataset)
+        if self.train:
+            return train_batches(n // max(self.world, 1), self.batch_size)
+        return len(eval_batch_ids(n, self.batch_size, self.rank, self.world))
+
+    def __iter__(self):
+        for x, y in self._loader():
+            if self.train and len(y) < 2:
+                continue
+            yield x, y

@@ -14,7 +14,6 @@ import logging
 import os
 import statistics
 import sys
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -26,7 +25,9 @@ from typing import Any
 import PIL
 from PIL import ImageFile
 
-from .datasets import IMAGE_EXTENSIONS, BadImageError, decode_image
+from ..fileio import write_text_atomic
+from .datasets import IMAGE_EXTENSIONS
+from .images import BadImageError, decode_image
 
 __all__ = ["IMBALANCE_RATIO", "TINY_SIDE", "ScanReport", "default_cache_dir", "scan"]
 
@@ -167,18 +168,7 @@ def _load_cache(path: Path) -> dict[str, Any]:
 
 def _save_cache(path: Path, root: str, entries: dict[str, Any]) -> None:
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump({"stamp": _cache_stamp(), "root": root, "entries": entries}, f)
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
+        write_text_atomic(path, json.dumps({"stamp": _cache_stamp(), "root": root, "entries": entries}))
     except OSError as e:  # a cache that cannot be written only costs time on the next run
         log.warning("could not write the scan cache %s (%s); the next scan will decode every file again", path, e)
 

@@ -12,10 +12,8 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import math
-import os
 import platform
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +22,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError
+from ..fileio import atomic_write, write_text_atomic
 
 FORMAT_VERSION = 1
 RECORD_KEY = "resnet_tune"
@@ -50,23 +49,6 @@ def versions() -> dict[str, str]:
 
     return {"resnet_tune": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
             "python": platform.python_version()}
-
-
-def _atomic_write(path: Path, write: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a checkpoint gets the usual permissions
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def model_record(model: nn.Module, *, classes: list[str], preprocessing: dict[str, Any], task: str = "classification",
@@ -99,10 +81,10 @@ def save_checkpoint(path: str | Path, model: nn.Module | dict[str, torch.Tensor]
     state = model if isinstance(model, dict) else unwrap(model).state_dict()
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
     meta = {RECORD_KEY: json.dumps(record)}
-    _atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
     if sidecar:
         side = path.with_suffix(".json")
-        _atomic_write(side, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=2)))
+        write_text_atomic(side, json.dumps(record, indent=2))
     return path
 
 
@@ -256,18 +238,6 @@ def _tensor_shapes(p: Path) -> dict[str, tuple[int, ...]]:
         raise CheckpointError(f"{p} is not a readable safetensors file ({_one_line(err)}).") from None
 
 
-def _build(rec: dict[str, Any]) -> nn.Module:
-    """The model a (checked) record describes, with freshly initialised weights."""
-    from ..models.resnet import ResNet, ResNetConfig
-
-    if rec.get("task") == "segmentation":
-        from ..segment.model import build_segmenter  # type: ignore[import-not-found]
-
-        return build_segmenter(rec)
-    cfg = ResNetConfig().replace(**rec["model_config"])
-    return ResNet(cfg, in_chans=rec.get("in_chans", 3), name=rec.get("model", "custom"))
-
-
 def _listing(items: list[str], limit: int = 4) -> str:
     return ", ".join(items[:limit]) + (f" and {len(items) - limit} more" if len(items) > limit else "")
 
@@ -299,7 +269,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
     """
     from safetensors.torch import load_file
 
-    from ..models.resnet import ResNetConfig
+    from ..models import ResNetConfig, build_from_record
 
     p = resolve_checkpoint(path)
     rec = read_record(p)
@@ -313,14 +283,14 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
             raise CheckpointError(f"the weights in {p} do not fit the architecture its record describes "
                                   f"({blocks} residual blocks, but the file holds only {len(shapes)} tensors).")
         with torch.device("meta"):
-            skeleton = _build(rec)
+            skeleton = build_from_record(rec)
     except (TypeError, ValueError) as err:
         if isinstance(err, CheckpointError):
-            raise
+            raise CheckpointError(f"{p}: {err}") from None
         raise CheckpointError(f"{p} records an architecture this resnet-tune cannot build "
                               f"({_one_line(err).rstrip('.')}).") from None
     _check_fit(skeleton, shapes, p)
-    model = _build(rec)
+    model = build_from_record(rec)
     state = load_file(str(p), device=str(device))
     try:
         model.load_state_dict(state, strict=True)
@@ -359,7 +329,7 @@ def _tuplify(x: Any) -> Any:
 
 def save_state(path: str | Path, state: dict[str, Any]) -> Path:
     path = Path(path)
-    _atomic_write(path, lambda tmp: torch.save(state, tmp))
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
     return path
 
 

@@ -1,7 +1,11 @@
-"""Training configuration: one frozen dataclass, loaded from YAML and command-line flags.
+"""Run configuration: frozen dataclasses, loaded from YAML and command-line flags.
 
-Unknown keys are an error (a typo in a config file must not be silently ignored). The resolved
-config is saved in every run folder as ``config.yaml`` and in every checkpoint's state.
+:class:`RunConfig` declares, once, every option a training run of any task has (data, model, strategy,
+optimisation, hardware, output); each task's config subclasses it, adds its own options and may change a
+default. Every option is an :func:`option`: its default, one line of help and its choices live beside it, and
+the command line is generated from them (``resnet_tune.cli.options``), so the tasks' commands cannot drift
+apart. Unknown keys are an error (a typo in a config file must not be silently ignored). The resolved config is
+saved in every run folder as ``config.yaml`` and in every checkpoint's state.
 """
 
 from __future__ import annotations
@@ -20,13 +24,43 @@ from typing import Any
 
 from ..errors import ConfigError
 
+__all__ = ["LOADERS", "OPTIMIZERS", "PRECISIONS", "RunConfig", "SCHEDULES", "STRATEGIES", "check_options",
+           "from_dict", "load_yaml", "option", "option_help", "save_yaml", "show"]
+
 STRATEGIES = ("auto", "scratch", "full", "linear_probe", "freeze_unfreeze")
 OPTIMIZERS = ("sgd", "adamw")
-SCHEDULES = ("onecycle", "cosine", "constant")
+SCHEDULES = ("onecycle", "cosine", "poly", "constant")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-AUGMENTS = ("default", "none", "trivialaugment", "randaugment")
-BALANCE = ("none", "weighted_loss", "sampler")
 LOADERS = ("auto", "memory", "workers")
+
+
+def option(default: Any, help: str | None = None, *, choices: tuple | None = None,  # noqa: A002
+           range: tuple[float, float, str] | None = None) -> Any:  # noqa: A002
+    """A config field with its command-line help, allowed values and allowed range (``(low, high, "what it must
+    be")``, checked when the option is set). A subclass that only changes the default writes
+    ``option(new_default)`` and keeps the help, choices and range of the class it overrides."""
+    metadata: dict[str, Any] = {}
+    if help is not None:
+        metadata["help"] = help
+    if choices is not None:
+        metadata["choices"] = tuple(choices)
+    if range is not None:
+        metadata["range"] = tuple(range)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def _meta(cls: type, name: str, key: str) -> Any:
+    """The first ``key`` of field ``name``'s metadata along ``cls``'s classes, most derived first."""
+    for klass in cls.__mro__:
+        f = getattr(klass, "__dataclass_fields__", {}).get(name)
+        if f is not None and key in f.metadata:
+            return f.metadata[key]
+    return None
+
+
+def option_help(cls: type, name: str) -> tuple[str, tuple | None]:
+    """The help text and choices of option ``name`` of config class ``cls``."""
+    return _meta(cls, name, "help") or name.replace("_", " "), _meta(cls, name, "choices")
 
 
 # --------------------------------------------------------------------------------------- checking values
@@ -102,133 +136,114 @@ def _number(value: Any, base: type) -> int | float | None:
     return None
 
 
-def check_options(cfg: Any, choices: dict[str, tuple[Any, ...]]) -> None:
-    """Check every option of the frozen config dataclass ``cfg`` against its declared type, in place.
+def check_options(cfg: Any) -> None:
+    """Check every option of the frozen config dataclass ``cfg`` against its declared type, choices and range, in
+    place.
 
-    Options with ``choices`` must be one of them; ``bool`` options take true/false; ``int`` and ``float`` options
+    Options with choices must be one of them; ``bool`` options take true/false; ``int`` and ``float`` options
     take numbers (see :func:`_number`; floats must be finite); ``str`` options take text or a path (stored as
     text); ``Any`` options are left to the config's own checks.  Raises :class:`ConfigError` naming the option,
     the value given and what it must be.
     """
     for name, (base, optional) in _option_types(type(cfg)).items():
-        value = getattr(cfg, name)
-        if name in choices:
-            if value not in choices[name]:
-                raise ConfigError(f"{name}={show(value)} is not valid; choose one of {', '.join(choices[name])}.")
-            continue
-        if base is Any or (value is None and optional):
-            continue
-        if value is None:
-            raise ConfigError(f"option {name} must be {_EXPECTED.get(base, base)}, got an empty value (null).")
-        new: Any = None
-        if base is bool:
-            new = value if isinstance(value, bool) else None
-        elif base in (int, float):
-            new = _number(value, base)
-            if base is float and new is not None and not math.isfinite(new):
-                raise ConfigError(f"option {name} must be a finite number, got {show(value)}.")
-        elif base is str:
-            if isinstance(value, os.PathLike):
-                value = os.fspath(value)
-            new = value if isinstance(value, str) else None
-        else:  # pragma: no cover - every option is declared with one of the types above
-            continue
-        if new is None:
-            raise ConfigError(f"option {name} must be {_EXPECTED[base]}, got {show(value)}.")
-        if new is not getattr(cfg, name):
-            object.__setattr__(cfg, name, new)
+        value = _typed(cfg, name, base, optional)
+        allowed = _meta(type(cfg), name, "choices")
+        if allowed is not None and value not in allowed:
+            raise ConfigError(f"{name}={show(value)} is not valid; choose one of "
+                              f"{', '.join(str(a) for a in allowed if a is not None)}.")
+        rule = _meta(type(cfg), name, "range")
+        if rule is not None and value is not None and not rule[0] <= value <= rule[1]:
+            raise ConfigError(f"{name} must be {rule[2]}, got {show(value)}.")
 
 
-def check_ranges(cfg: Any, rules: dict[str, tuple[float, float, str]]) -> None:
-    """``rules``: ``{option: (low, high, what)}``; an option that is set (not None) must lie in [low, high]."""
-    for name, (low, high, what) in rules.items():
-        value = getattr(cfg, name)
-        if value is not None and not low <= value <= high:
-            raise ConfigError(f"{name} must be {what}, got {show(value)}.")
-
-
-#: Ranges shared by the classification and segmentation configs (options that are set must lie in them).
-SHARED_RANGES: dict[str, tuple[float, float, str]] = {
-    "workers": (0, math.inf, "0 or more (0 decodes in the training process)"),
-    "threads": (1, math.inf, "at least 1"),
-    "seed": (0, 2**32 - 1, "between 0 and 4294967295"),
-    "freeze_epochs": (0, math.inf, ">= 0"),
-    "momentum": (0.0, 1.0, "between 0 and 1"),
-    "weight_decay": (0.0, math.inf, ">= 0"),
-    "warmup_epochs": (0.0, math.inf, ">= 0"),
-    "grad_clip": (0.0, math.inf, ">= 0 (0 turns clipping off)"),
-    "early_stop": (0, math.inf, ">= 0 (0 turns early stopping off)"),
-}
+def _typed(cfg: Any, name: str, base: Any, optional: bool) -> Any:
+    """Option ``name`` of ``cfg`` as its declared type (set in place when it was given as another, e.g. text);
+    a ConfigError when it cannot be read as one."""
+    value = getattr(cfg, name)
+    if base is Any or (value is None and optional):
+        return value
+    if value is None:
+        raise ConfigError(f"option {name} must be {_EXPECTED.get(base, base)}, got an empty value (null).")
+    new: Any = None
+    if base is bool:
+        new = value if isinstance(value, bool) else None
+    elif base in (int, float):
+        new = _number(value, base)
+        if base is float and new is not None and not math.isfinite(new):
+            raise ConfigError(f"option {name} must be a finite number, got {show(value)}.")
+    elif base is str:
+        if isinstance(value, os.PathLike):
+            value = os.fspath(value)
+        new = value if isinstance(value, str) else None
+    else:  # pragma: no cover - every option is declared with one of the types above
+        return value
+    if new is None:
+        raise ConfigError(f"option {name} must be {_EXPECTED[base]}, got {show(value)}.")
+    if new is not getattr(cfg, name):
+        object.__setattr__(cfg, name, new)
+    return new
 
 
 @dataclass(frozen=True)
-class TrainConfig:
-    """Everything a training run needs. ``None`` means "choose for me" where documented."""
+class RunConfig:
+    """The options every training run has, whatever its task. ``None`` means "choose for me" where documented."""
 
     # data
-    data: str | None = None  # None: the embedded default (scikit-learn's handwritten digits)
-    val_fraction: float = 0.2
-    img_size: int | None = None  # None: the model's default (32 for CIFAR presets, 224 otherwise; 32 for the default data)
-    loader: str = "auto"  # memory: decode once, augment in batches; workers: DataLoader workers; see cli help
-    workers: int | None = None
-    augment: str = "default"  # default = crop + flip; or trivialaugment / randaugment on top
-    mixup: float = 0.0  # alpha of mixup (0 = off)
-    cutmix: float = 0.0  # alpha of cutmix (0 = off)
-    balance: str = "none"
+    data: str | None = option(None, "training data")
+    val_fraction: float = option(0.2, "validation share when the data has no val split (seeded)")
+    loader: str = option("auto", "memory: decode once into RAM and augment in batches; workers: DataLoader "
+                                 "workers reading files; auto picks", choices=LOADERS)
+    workers: int | None = option(None, "DataLoader worker processes (default: chosen from the device)",
+                                 range=(0, math.inf, "0 or more (0 decodes in the training process)"))
     # model
-    model: str | None = None  # None: resnet20 for small images, resnet18 otherwise
-    pretrained: str | None = None
-    drop_path_rate: float = 0.0
+    model: str | None = option(None, "architecture (`resnet-tune models` lists them)")
+    pretrained: str | None = option(None, "weights to start from: torchvision:<WEIGHTS>, timm:<name>, hf:<repo>, "
+                                          "a URL or a file")
     # optimisation
-    strategy: str = "auto"  # auto: freeze_unfreeze with pretrained weights, scratch without
-    freeze_epochs: int = 1
-    cache_views: int = 1  # frozen-body epochs train the head on cached features of this many views (0 = off)
-    lr_decay: float = 0.5  # discriminative lr: each earlier stage gets this factor of the next one's lr
-    epochs: int = 15
-    batch_size: int = 64
-    lr: float | None = None  # None: engine.trainer.default_lr (scaled to the global batch; the rule lives there)
-    optimizer: str = "sgd"
-    momentum: float = 0.9
-    nesterov: bool = True
-    weight_decay: float = 5e-4
-    schedule: str = "onecycle"
-    warmup_epochs: float = 0.3  # for cosine; onecycle warms up over its first 25% of steps
-    label_smoothing: float = 0.1
-    ema: bool = False
-    ema_decay: float = 0.999
-    grad_clip: float = 0.0  # max global grad norm (0 = off)
-    accum_steps: int = 1
-    early_stop: int = 0  # epochs without val improvement before stopping (0 = off)
+    strategy: str = option("auto", "auto = freeze_unfreeze with --pretrained, scratch without", choices=STRATEGIES)
+    freeze_epochs: int = option(1, "epochs with a frozen body in freeze_unfreeze", range=(0, math.inf, ">= 0"))
+    lr_decay: float = option(0.5, "discriminative learning rate: each earlier stage gets this factor of the next "
+                                  "one's lr", range=(1e-300, math.inf, "positive"))
+    epochs: int = option(15, "number of epochs", range=(1, math.inf, "at least 1"))
+    batch_size: int = option(64, "images per batch (per process)", range=(1, math.inf, "at least 1"))
+    lr: float | None = option(None, "peak learning rate (default: the task's rule, scaled to the global batch)")
+    optimizer: str = option("sgd", "optimiser", choices=OPTIMIZERS)
+    momentum: float = option(0.9, "SGD momentum", range=(0.0, 1.0, "between 0 and 1"))
+    nesterov: bool = option(True, "Nesterov momentum for SGD")
+    weight_decay: float = option(5e-4, "weight decay (never applied to BatchNorm and biases)",
+                                 range=(0.0, math.inf, ">= 0"))
+    schedule: str = option("onecycle", "learning-rate schedule (poly: (1 - t/T)^power)", choices=SCHEDULES)
+    warmup_epochs: float = option(0.3, "warm-up epochs for the cosine and poly schedules (onecycle warms up over "
+                                       "its first 25% of steps)", range=(0.0, math.inf, ">= 0"))
+    poly_power: float = option(0.9, "power of the poly schedule", range=(0.0, math.inf, ">= 0"))
+    ema: bool = option(False, "keep an exponential moving average of the weights and save it")
+    ema_decay: float = option(0.999, "EMA decay per step", range=(0.0, 1.0, "between 0 and 1"))
+    grad_clip: float = option(0.0, "clip the global gradient norm to this value (0 = off)",
+                              range=(0.0, math.inf, ">= 0 (0 turns clipping off)"))
+    accum_steps: int = option(1, "gradient accumulation steps", range=(1, math.inf, "at least 1"))
+    early_stop: int = option(0, "stop after this many epochs without validation improvement (0 = off)",
+                             range=(0, math.inf, ">= 0 (0 turns early stopping off)"))
     # hardware
-    device: str = "auto"
-    precision: str = "auto"
-    channels_last: bool | None = None
-    compile: bool = False
-    threads: int | None = None
+    device: str = option("auto", "auto, cpu, cuda, cuda:N or mps")
+    precision: str = option("auto", "auto = bf16 where the hardware has it, fp16 with a gradient scaler on older "
+                                    "GPUs, fp32 elsewhere", choices=PRECISIONS)
+    channels_last: bool | None = option(None, "channels-last memory format (default: where it pays)")
+    compile: bool = option(False, "torch.compile the model (pays off on long runs)")
+    threads: int | None = option(None, "CPU threads for PyTorch", range=(1, math.inf, "at least 1"))
     # several processes (torchrun): batch_size is per process; see engine/distributed.py
-    sync_bn: bool = False  # BatchNorm statistics over the global batch (SyncBatchNorm; CUDA only)
-    dist_timeout: float = 10.0  # minutes a collective waits for the other processes before the run stops
+    sync_bn: bool = option(False, "several processes: BatchNorm statistics over the global batch (SyncBatchNorm; "
+                                  "CUDA only)")
+    dist_timeout: float = option(10.0, "minutes a training process waits for the others before the run stops "
+                                       "with an error")
     # reproducibility and output
-    seed: int = 0
-    deterministic: bool = False
-    output: str | None = None  # the run folder itself; None: runs/<model>-<date>-<time>
-    progress: bool = True
-    tensorboard: bool = False
+    seed: int = option(0, "random seed", range=(0, 2**32 - 1, "between 0 and 4294967295"))
+    deterministic: bool = option(False, "deterministic algorithms (bit-exact resume on CPU in fp32)")
+    output: str | None = option(None, "the run folder (default: runs/<model>-<date>-<time>)")
+    progress: bool = option(True, "progress bars on a terminal")
+    tensorboard: bool = option(False, "also log to TensorBoard (needs the tensorboard extra)")
 
     def __post_init__(self) -> None:
-        check_options(self, {"strategy": STRATEGIES, "optimizer": OPTIMIZERS, "schedule": SCHEDULES,
-                             "precision": PRECISIONS, "augment": AUGMENTS, "balance": BALANCE, "loader": LOADERS})
-        check_ranges(self, {**SHARED_RANGES, "mixup": (0.0, math.inf, ">= 0 (0 turns mixup off)"),
-                            "cutmix": (0.0, math.inf, ">= 0 (0 turns cutmix off)"),
-                            "ema_decay": (0.0, 1.0, "between 0 and 1")})
-        if not 0.0 <= self.drop_path_rate < 1.0:
-            raise ConfigError(f"drop_path_rate must be at least 0 and below 1, got {self.drop_path_rate}.")
-        if not self.lr_decay > 0:
-            raise ConfigError(f"lr_decay must be positive, got {self.lr_decay}.")
-        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "accum_steps": self.accum_steps}
-        for key, value in positive.items():
-            if value < 1:
-                raise ConfigError(f"{key} must be at least 1, got {value}.")
+        check_options(self)
         if self.batch_size == 1:
             raise ConfigError("batch_size=1 cannot train BatchNorm layers (a batch of one has no statistics); "
                               "use a batch size of 2 or more.")
@@ -236,14 +251,8 @@ class TrainConfig:
             raise ConfigError(f"val_fraction must be between 0 and 1, got {self.val_fraction}.")
         if self.lr is not None and not self.lr > 0:
             raise ConfigError(f"lr must be positive, got {self.lr}.")
-        if self.img_size is not None and self.img_size < 8:
-            raise ConfigError(f"img_size must be at least 8 pixels, got {self.img_size}.")
-        if not 0.0 <= self.label_smoothing < 1.0:
-            raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}.")
         if not self.dist_timeout > 0:
             raise ConfigError(f"dist_timeout must be a positive number of minutes, got {self.dist_timeout}.")
-        if self.cache_views < 0:
-            raise ConfigError(f"cache_views must be >= 0 (0 turns the feature cache off), got {self.cache_views}.")
         if self.strategy in ("linear_probe", "freeze_unfreeze") and not self.pretrained:
             raise ConfigError(f"strategy {self.strategy!r} freezes a pretrained backbone; give --pretrained "
                               "or use --strategy scratch.")
@@ -251,11 +260,12 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def replace(self, **changes: Any) -> "TrainConfig":
-        return from_dict({**self.to_dict(), **changes})
+    def replace(self, **changes: Any) -> Any:
+        """A copy with ``changes``, checked like a new config."""
+        return from_dict({**self.to_dict(), **changes}, cls=type(self))
 
 
-def from_dict(values: dict[str, Any], source: str = "config", cls: type = TrainConfig) -> Any:
+def from_dict(values: dict[str, Any], source: str = "config", cls: type = RunConfig) -> Any:
     """Build a config (``cls``, a dataclass), rejecting unknown keys with a suggestion; dashes and
     underscores both accepted."""
     known = {f.name: f for f in dataclasses.fields(cls)}
@@ -297,7 +307,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def save_yaml(cfg: TrainConfig, path: str | Path) -> None:
+def save_yaml(cfg: RunConfig, path: str | Path) -> None:
     import yaml
 
     Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

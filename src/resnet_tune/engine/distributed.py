@@ -172,6 +172,12 @@ class Dist:
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
         return t.cpu().tolist()
 
+    def all_reduce_tensor_(self, t: torch.Tensor) -> torch.Tensor:
+        """Sum ``t`` over all ranks, in place (on every rank)."""
+        if self.enabled and self.world > 1:
+            dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        return t
+
     def all_reduce_max(self, value: float) -> float:
         if not self.enabled or self.world == 1:
             return value

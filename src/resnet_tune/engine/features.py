@@ -89,11 +89,8 @@ def _share(table: torch.Tensor, dist: Any) -> torch.Tensor:
     """Every process's rows on every process: each filled disjoint rows of a zero table, so a sum is exact."""
     if not dist.enabled or dist.world == 1:
         return table
-    import torch.distributed as tdist
-
     wide = table.to(torch.float64 if table.dtype == torch.long else torch.float32)
-    tdist.all_reduce(wide, op=tdist.ReduceOp.SUM)
-    return wide.to(table.dtype)
+    return dist.all_reduce_tensor_(wide).to(table.dtype)
 
 
 class CachedTrainLoader:

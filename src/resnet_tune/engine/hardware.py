@@ -77,17 +77,14 @@ def resolve_precision(name: str, device: torch.device) -> Precision:
 
 
 def default_channels_last(device: torch.device) -> bool:
-    """channels_last pays on CUDA tensor cores and in oneDNN's CPU convolutions at every size we measured:
-    on the project's 2-core EPYC (idle, ``fit`` on synthetic data, 2026-11-25) ResNet-20 at 32 px went from
-    1358 to 1548 img/s in bf16 and from 801 to 946 in fp32; ResNet-18 at 64 px from 471 to 496 (bf16).
-    (An earlier measurement that favoured NCHW at 32 px was taken on a machine busy with other work.)"""
+    """channels_last pays on CUDA tensor cores and in oneDNN's CPU convolutions at every input size measured
+    (benchmarks/RESULTS.md, "Measurements the code cites": channels-last)."""
     return device.type in ("cuda", "cpu")
 
 
-# On a CPU, large inference batches run slower per image once their activations outgrow the caches:
-# ResNet-50 at 224 px in bf16 on the project's 2-core EPYC gave 57 img/s as one batch of 64, 75 in chunks
-# of 16 and 82 in chunks of 4. Forward passes without gradients therefore take about four 224 x 224 images'
-# worth of pixels at a time (more images when they are smaller).
+# On a CPU, large inference batches run slower per image once their activations outgrow the caches
+# (benchmarks/RESULTS.md, "Measurements the code cites": inference chunks). Forward passes without gradients
+# therefore take about four 224 x 224 images' worth of pixels at a time (more images when they are smaller).
 CPU_CHUNK_PIXELS = 4 * 224 * 224
 
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import math
-from typing import Iterable
-
 import torch
 from torch import nn
 
@@ -51,12 +49,14 @@ def make_optimizer(name: str, groups: list[dict], lr: float, momentum: float = 0
     raise ValueError(f"unknown optimizer {name!r}")
 
 
-def lr_at(step: int, total_steps: int, schedule: str, warmup_steps: int = 0, final_frac: float = 1e-3) -> float:
+def lr_at(step: int, total_steps: int, schedule: str, warmup_steps: int = 0, final_frac: float = 1e-3,
+          power: float = 0.9) -> float:
     """Learning-rate multiplier (0..1) at ``step`` of ``total_steps``; a pure function, so resume is exact.
 
     ``onecycle``: linear warm-up from 4% over the first 25% of steps, then cosine to ``final_frac``
     (Smith & Topin 2018, as PyTorch's OneCycleLR with ``anneal_strategy='cos'``).
     ``cosine``: linear warm-up over ``warmup_steps`` then cosine to ``final_frac``.
+    ``poly``: linear warm-up over ``warmup_steps``, then ``(1 - t / T) ** power`` (DeepLab, Chen et al. 2017).
     ``constant``: 1.
     """
     total_steps = max(total_steps, 1)
@@ -70,10 +70,12 @@ def lr_at(step: int, total_steps: int, schedule: str, warmup_steps: int = 0, fin
             return start + (1.0 - start) * t / warm
         p = (t - warm) / max(total_steps - warm, 1)
         return final_frac + (1.0 - final_frac) * 0.5 * (1.0 + math.cos(math.pi * p))
-    if schedule == "cosine":
+    if schedule in ("cosine", "poly"):
         if warmup_steps > 0 and t < warmup_steps:
             return (t + 1) / (warmup_steps + 1)
         p = (t - warmup_steps) / max(total_steps - warmup_steps, 1)
+        if schedule == "poly":
+            return max(0.0, 1.0 - p) ** power
         return final_frac + (1.0 - final_frac) * 0.5 * (1.0 + math.cos(math.pi * p))
     raise ValueError(f"unknown schedule {schedule!r}")
 
@@ -111,7 +113,3 @@ class EMA:
         self.updates = state["updates"]
         for k, v in state["shadow"].items():
             self.shadow[k].copy_(v)
-
-
-def trainable(params: Iterable[nn.Parameter]) -> list[nn.Parameter]:
-    return [p for p in params if p.requires_grad]

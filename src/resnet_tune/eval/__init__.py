@@ -4,7 +4,9 @@ matplotlib is imported only inside the plotting functions, with the ``Agg`` back
 """
 
 from .metrics import classification_report, confusion_matrix, format_report, per_class_metrics, topk_accuracy
-from .report import plot_confusion, plot_curves, plot_lr_find, plot_worst, suggest_lr, write_report
+from .lr import suggest_lr
+from .plots import plot_confusion, plot_curves, plot_lr_find, plot_worst
+from .report import write_report
 
 __all__ = [
     "classification_report",

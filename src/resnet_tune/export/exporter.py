@@ -3,7 +3,7 @@
 Every export:
 
 1. loads the checkpoint (weights + record) on the CPU in fp32 and folds batch-norm into the convolutions
-   (:func:`resnet_tune.serve.predictor.fold_batchnorm`) on a copy;
+   (:func:`resnet_tune.models.fold_batchnorm`) on a copy;
 2. writes the exported model to a temporary file beside the destination, with the checkpoint's record
    (classes, preprocessing, task, metrics, architecture) embedded: ONNX ``metadata_props['resnet_tune']``,
    TorchScript extra file ``resnet_tune.json``, torch.export archive extra file ``resnet_tune.json``;
@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from ..errors import ResnetTuneError
+from ..models import fold_batchnorm
 from . import FORMATS
 
 __all__ = ["FORMATS", "ExportError", "ExportReport", "MissingExtraError", "export_model", "read_export_record",
@@ -171,12 +172,6 @@ def export(checkpoint: str | os.PathLike[str], format: str = "onnx",  # noqa: A0
 
 
 # --- helpers --------------------------------------------------------------------------------------
-
-def fold_batchnorm(model: nn.Module) -> nn.Module:
-    from ..serve.predictor import fold_batchnorm as fold
-
-    return fold(model)
-
 
 def input_shape(record: dict[str, Any], model: nn.Module) -> tuple[int, int, int, int]:
     """``(1, C, H, W)`` from the record's preprocessing (square input of ``input_size``) and channels."""

@@ -1,14 +1,20 @@
-"""The ResNet family: presets, the registry and weight converters."""
+"""The ResNet family: the architecture, the registry of presets, building by name, pretrained weights (sources,
+converters, downloads), segmentation networks on a ResNet backbone, and batch-norm folding."""
 
 from . import presets as _presets  # noqa: F401  (registers the presets)
-from ._registry import (ModelInfo, Preset, UnknownModelError, build_model, create_model, get_config, get_preset,
-                        list_models, model_info, register_model)
+from .factory import build_from_record, build_model, builder, create_model
+from .fold import fold_batchnorm
 from .pretrained import load_weights
+from .registry import (IMAGENET_MEAN, IMAGENET_STD, ModelInfo, Preset, UnknownModelError, get_config, get_preset,
+                       list_models, mean_std_for, model_info, register_model)
 from .resnet import (BasicBlock, Bottleneck, PreActBasicBlock, PreActBottleneck, ResNet, ResNetConfig, StageOutput,
                      count_macs, count_params)
+from .segmentation import Segmenter, build_segmenter, create_segmenter
 
 __all__ = [
-    "BasicBlock", "Bottleneck", "ModelInfo", "PreActBasicBlock", "PreActBottleneck", "Preset", "ResNet",
-    "ResNetConfig", "StageOutput", "UnknownModelError", "build_model", "count_macs", "count_params",
-    "create_model", "get_config", "get_preset", "list_models", "load_weights", "model_info", "register_model",
+    "BasicBlock", "Bottleneck", "IMAGENET_MEAN", "IMAGENET_STD", "ModelInfo", "PreActBasicBlock", "PreActBottleneck",
+    "Preset", "ResNet", "ResNetConfig", "Segmenter", "StageOutput", "UnknownModelError", "build_from_record",
+    "build_model", "build_segmenter", "builder", "count_macs", "count_params", "create_model", "create_segmenter",
+    "fold_batchnorm", "get_config", "get_preset", "list_models", "load_weights", "mean_std_for", "model_info",
+    "register_model",
 ]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ._registry import Preset, register_model
+from .registry import Preset, register_model
 from .resnet import ResNetConfig
 
 _TV = "torchvision.models"

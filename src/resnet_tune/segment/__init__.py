@@ -1,29 +1,24 @@
-"""Semantic segmentation with a ResNet backbone: FCN, DeepLabV3 and U-Net heads.
-
-``resnet-tune segment train|evaluate|predict`` on the command line; in Python::
-
-    from resnet_tune.segment import fit_segmentation, SegPredictor
-    run = fit_segmentation(data="camvid/", head="deeplabv3", ignore_index=11, epochs=30)
-    mask, overlay = SegPredictor(run.run_dir).predict_image(pil_image)
-
-Submodules import lazily: ``model`` (the networks), ``data`` (pairs, class tables, the scan),
-``transforms`` (joint augmentation), ``losses``, ``metrics``, ``train``, ``evaluate``, ``predictor``.
-"""
+"""Deprecated: segmentation lives in :mod:`resnet_tune.tasks.segmentation` and trains on the one engine
+(``resnet_tune.fit(task="segmentation", ...)``). The old names keep working for this release with a warning."""
 
 from __future__ import annotations
 
+import importlib
+import warnings
 from typing import Any
 
-__all__ = ["SegPredictor", "Segmenter", "build_segmenter", "create_segmenter", "evaluate_segmentation",
-           "fit_segmentation"]
+_WHERE = {"SegPredictor": "resnet_tune.tasks.segmentation.predictor", "Segmenter": "resnet_tune.models.segmentation",
+          "build_segmenter": "resnet_tune.models.segmentation", "create_segmenter": "resnet_tune.models.segmentation",
+          "evaluate_segmentation": "resnet_tune.tasks.segmentation.evaluate",
+          "fit_segmentation": "resnet_tune.segment.train"}
 
-_WHERE = {"SegPredictor": "predictor", "Segmenter": "model", "build_segmenter": "model",
-          "create_segmenter": "model", "evaluate_segmentation": "evaluate", "fit_segmentation": "train"}
+__all__ = sorted(_WHERE)
 
 
 def __getattr__(name: str) -> Any:
     if name in _WHERE:
-        import importlib
-
-        return getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+        warnings.warn(f"resnet_tune.segment.{name} is deprecated; import it from {_WHERE[name]} (or use "
+                      "resnet_tune.fit(task='segmentation', ...) and resnet_tune.Predictor)", DeprecationWarning,
+                      stacklevel=2)
+        return getattr(importlib.import_module(_WHERE[name]), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,4 +1,5 @@
-"""Inference: the predictor, Grad-CAM explanations and the web service (``create_app``, needs the serve extra).
+"""The web service (``create_app``; needs the serve extra): routes over any task's predictor, a micro-batcher,
+safe decoding of uploads, a page to try the model.
 
 Names are imported lazily so that ``resnet-tune --help`` does not load PyTorch or FastAPI.
 """
@@ -8,11 +9,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-_LAZY = {
-    "Predictor": "predictor", "fold_batchnorm": "predictor",
-    "grad_cam": "gradcam", "overlay": "gradcam", "explain": "gradcam", "explain_image": "gradcam",
-    "create_app": "http",
-}
+_LAZY = {"create_app": "http", "MicroBatcher": "batching", "decode_upload": "images"}
 
 __all__ = sorted(_LAZY)
 
@@ -20,4 +17,6 @@ __all__ = sorted(_LAZY)
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
         return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    if name == "Predictor":  # deprecated, with its warning
+        return importlib.import_module(".predictor", __name__).Predictor
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,16 +1,17 @@
-"""The web service: a FastAPI app over a :class:`~resnet_tune.serve.predictor.Predictor`.
+"""The web service: a FastAPI app over any task's :class:`~resnet_tune.inference.Predictor`.
 
 Endpoints (``/openapi.json`` documents them):
 
 - ``POST /predict``: images as multipart fields named ``file`` (repeatable) or one image as the raw body with an
-  ``image/*`` content type; answers the JSON of ``resnet-tune predict``: ``[{"file", "top": [{"class", "prob"}]}]``.
-- ``POST /explain``: one image the same way; answers the Grad-CAM overlay as ``image/png``.
+  ``image/*`` content type; answers the predictor's JSON for each image, as ``resnet-tune predict`` does:
+  ``[{"file", "top": [{"class", "prob"}]}]`` for a classifier, ``[{"file", "classes": [{"class", "fraction"}],
+  "width", "height"}]`` (each class's share of the pixels, largest first) for a segmentation model.
+- ``POST /explain``: one image the same way; answers the predictor's picture as ``image/png`` (the Grad-CAM
+  overlay of a classifier, the colour-coded mask over the image of a segmentation model).
 - ``GET /health``, ``GET /model`` (the checkpoint's record and metrics), ``GET /`` (a page to try the model).
 
-A segmentation checkpoint (record ``task == "segmentation"``) is served through
-:class:`~resnet_tune.segment.predictor.SegPredictor`: ``/predict`` answers
-``[{"file", "classes": [{"class", "fraction"}], "width", "height"}]`` (each class's share of the pixels, largest
-first) and ``/explain`` the colour-coded mask blended over the image as ``image/png``.
+The routes call the predictor's own ``predict_images`` / ``describe`` / ``explain``: nothing here depends on the
+task except the response schema shown in the OpenAPI document.
 
 Untrusted input is answered with a 4xx and ``{"detail": "<one sentence>"}``; bodies are bounded by
 ``Content-Length`` before reading and by counting while reading; images are bounded by their pixel count read
@@ -29,33 +30,26 @@ every one of them is ``{"detail": "<one sentence>"}``, never a 500 or a hang.
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import contextlib
 import hmac
 import io
 import logging
 import os
-import time
 from pathlib import Path
-from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
+from typing import Any, AsyncIterator
 
-import torch
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.requests import ClientDisconnect
 
-from .batching import ShuttingDown
-from .images import UploadError, decode_upload
-from .predictor import Predictor
+from ..inference.predictor import Predictor
+from .schemas import ERRORS, EXPLAIN_SUMMARY, IMAGE_BODY, PREDICT_RESPONSES, Health
+from .state import HTTPError, SecurityHeaders, ServerState
+from .uploads import check_upload_headers, decode, read_uploads
 
 __all__ = ["DEFAULT_MAX_FILES", "DEFAULT_MAX_PIXELS", "DEFAULT_MAX_QUEUE", "DEFAULT_MAX_UPLOAD_BYTES",
            "DEFAULT_REQUEST_TIMEOUT", "create_app"]
-
-T = TypeVar("T")
 
 log = logging.getLogger("resnet_tune.serve")
 
@@ -64,217 +58,16 @@ DEFAULT_MAX_FILES = 16
 DEFAULT_MAX_PIXELS = 40_000_000
 DEFAULT_MAX_QUEUE = 64  # POST requests in progress at once
 DEFAULT_REQUEST_TIMEOUT = 30.0  # seconds to send a body, and to wait for the model
-RETRY_AFTER_QUEUE_FULL = 1  # seconds, the Retry-After of a 429
-RETRY_AFTER_BUSY = 5  # seconds, the Retry-After of a 503
 STATIC = Path(__file__).resolve().parent / "static"
 _STATIC_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
                  ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml", ".png": "image/png"}
-# The page loads nothing from elsewhere; the policy makes sure of it.
-CSP = ("default-src 'self'; img-src 'self' blob: data:; style-src 'self'; script-src 'self'; connect-src 'self'; "
-       "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
 
 
-# --- response models (for the OpenAPI schema) ---------------------------------------------------------
+def _load_predictor(checkpoint: str | os.PathLike[str], device: str) -> Predictor:
+    """The predictor of the checkpoint's task."""
+    from ..tasks import Predictor as TaskPredictor  # every task's predictor registered
 
-class ClassProb(BaseModel):
-    model_config = ConfigDict(populate_by_name=True)
-    class_: str = Field(alias="class", description="class name")
-    prob: float = Field(description="softmax probability")
-
-
-class Prediction(BaseModel):
-    file: str = Field(description="the upload's file name (multipart) or 'body' (raw body)")
-    top: list[ClassProb]
-
-
-class ClassShare(BaseModel):
-    model_config = ConfigDict(populate_by_name=True)
-    class_: str = Field(alias="class", description="class name")
-    fraction: float = Field(description="share of the image's pixels predicted as this class")
-
-
-class SegPrediction(BaseModel):
-    file: str = Field(description="the upload's file name (multipart) or 'body' (raw body)")
-    classes: list[ClassShare] = Field(description="classes present in the mask, largest share first")
-    width: int
-    height: int
-
-
-class Health(BaseModel):
-    status: str
-    model: str
-    task: str
-    classes: int
-    auth: bool
-    batching: bool
-
-
-class ErrorDetail(BaseModel):
-    detail: str
-
-
-_IMAGE_BODY = {
-    "required": True,
-    "content": {
-        "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
-            "file": {"type": "array", "items": {"type": "string", "format": "binary"},
-                     "description": "one or more images (repeat the field)"}}}},
-        "image/*": {"schema": {"type": "string", "format": "binary"}, "description": "one image as the raw body"},
-    },
-}
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    400: {"model": ErrorDetail, "description": "not an image, truncated, empty, or a malformed request"},
-    401: {"model": ErrorDetail, "description": "missing or wrong bearer token (when the server has one)"},
-    408: {"model": ErrorDetail, "description": "the body did not arrive within the server's request timeout"},
-    413: {"model": ErrorDetail, "description": "upload over the byte limit, too many files, or an image over the "
-                                              "pixel limit"},
-    415: {"model": ErrorDetail, "description": "content type is neither multipart/form-data nor image/*"},
-    429: {"model": ErrorDetail, "description": "the server has as many requests in progress as it admits",
-          "headers": {"Retry-After": {"schema": {"type": "integer"}, "description": "seconds to wait"}}},
-    503: {"model": ErrorDetail, "description": "the model stayed busy past the request timeout, or the server is "
-                                              "shutting down",
-          "headers": {"Retry-After": {"schema": {"type": "integer"}, "description": "seconds to wait"}}},
-}
-
-
-class _SecurityHeaders:
-    """Pure ASGI middleware adding the security headers to every response (no CDN, no sniffing, no framing)."""
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-
-        async def send_with_headers(message: Any) -> None:
-            if message["type"] == "http.response.start":
-                from starlette.datastructures import MutableHeaders
-
-                headers = MutableHeaders(scope=message)
-                headers.setdefault("X-Content-Type-Options", "nosniff")
-                headers.setdefault("Content-Security-Policy", CSP)
-                headers.setdefault("Referrer-Policy", "no-referrer")
-            await send(message)
-
-        await self.app(scope, receive, send_with_headers)
-
-
-class _HTTPError(Exception):
-    def __init__(self, status: int, detail: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(detail)
-        self.status, self.detail, self.headers = status, detail, headers
-
-
-class _Upload:
-    __slots__ = ("name", "data")
-
-    def __init__(self, name: str, data: bytes) -> None:
-        self.name, self.data = name, data
-
-
-class ServerState:
-    """What the endpoints share: the predictor, the limits, the executors, the batcher and the admission count."""
-
-    def __init__(self, predictor: Any, *, max_upload_bytes: int, max_files: int, max_pixels: int,
-                 token: str | None, batching: bool, max_batch: int, max_wait_ms: float, max_queue: int,
-                 request_timeout: float) -> None:
-        from .batching import MicroBatcher
-
-        self.predictor = predictor
-        self.segmentation = not isinstance(predictor, Predictor)
-        batching = batching and not self.segmentation  # masks come one image at a time
-        self.max_upload_bytes, self.max_files, self.max_pixels = max_upload_bytes, max_files, max_pixels
-        self.token = token or None
-        self.batching = batching
-        # One thread runs the model (forward passes and Grad-CAM): PyTorch parallelises inside each call, and
-        # requests never compete for the cores. Decoding runs beside it in a small pool.
-        self.model_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="resnet-tune-model")
-        self.decode_pool = concurrent.futures.ThreadPoolExecutor(max(2, min(4, os.cpu_count() or 1)),
-                                                                 thread_name_prefix="resnet-tune-decode")
-        self.batcher = MicroBatcher(predictor.probs, self.model_pool, max_batch=max_batch,
-                                    max_wait_ms=max_wait_ms) if batching else None
-        self.started = time.time()
-        self.max_queue, self.request_timeout = max_queue, request_timeout
-        self.in_flight = 0  # POST requests admitted and not finished (only the event loop touches it)
-        self.closing = False  # set when the app shuts down: new work gets 503
-
-    @contextlib.asynccontextmanager
-    async def admitted(self) -> AsyncIterator[None]:
-        """Count one request as in progress while the block runs: 503 while shutting down, 429 when ``max_queue``
-        requests are in progress already."""
-        if self.closing:
-            raise _shutting_down()
-        if self.in_flight >= self.max_queue:
-            raise _HTTPError(429, f"too many requests in progress (this server takes {self.max_queue} at once); "
-                                  "retry after the delay in the Retry-After header.",
-                             {"Retry-After": str(RETRY_AFTER_QUEUE_FULL)})
-        self.in_flight += 1
-        try:
-            yield
-        finally:
-            self.in_flight -= 1
-
-    async def run_in(self, pool: concurrent.futures.Executor, fn: Callable[..., T], *args: Any) -> T:
-        """``fn(*args)`` in ``pool``. 503 when the server shuts down first, or while the job waits (shutting the
-        pools down drops waiting jobs); if the caller stops waiting, a job that has not started never runs."""
-        if self.closing:
-            raise _shutting_down()
-        loop = asyncio.get_running_loop()
-        answer: asyncio.Future = loop.create_future()
-
-        def settle(job: concurrent.futures.Future) -> None:  # on the event loop
-            if answer.done():  # the caller stopped waiting
-                return
-            if job.cancelled():
-                answer.set_exception(_shutting_down())
-            elif (err := job.exception()) is not None:
-                answer.set_exception(err)
-            else:
-                answer.set_result(job.result())
-
-        def settle_soon(job: concurrent.futures.Future) -> None:  # in the pool's thread, or here if cancelled
-            if not loop.is_closed():
-                loop.call_soon_threadsafe(settle, job)
-
-        job = pool.submit(fn, *args)
-        job.add_done_callback(settle_soon)
-        try:
-            return await answer
-        except asyncio.CancelledError:
-            job.cancel()
-            raise
-
-    async def wait_for_model(self, work: Awaitable[T]) -> T:
-        """Await model work (a batched submit or a model-thread call) for at most ``request_timeout`` seconds;
-        503 past that, or when the server shuts down meanwhile. A call that has not started yet is dropped."""
-        try:
-            return await asyncio.wait_for(work, self.request_timeout)
-        except asyncio.TimeoutError:
-            raise _HTTPError(503, f"the model stayed busy for {self.request_timeout:g} seconds, this server's "
-                                  "request timeout; retry after the delay in the Retry-After header.",
-                             {"Retry-After": str(RETRY_AFTER_BUSY)}) from None
-        except ShuttingDown:
-            raise _shutting_down() from None
-
-
-def _shutting_down() -> _HTTPError:
-    """The 503 for work that arrives, or is still waiting, when the server shuts down."""
-    return _HTTPError(503, "the server is shutting down; retry after the delay in the Retry-After header.",
-                      {"Retry-After": str(RETRY_AFTER_BUSY)})
-
-
-def _load_predictor(checkpoint: str | os.PathLike[str], device: str) -> Any:
-    """A :class:`Predictor`, or a :class:`~resnet_tune.segment.predictor.SegPredictor` for a segmentation
-    checkpoint."""
-    from ..engine.checkpoint import read_record
-
-    if read_record(checkpoint).get("task") == "segmentation":
-        from ..segment.predictor import SegPredictor
-
-        return SegPredictor(checkpoint, device=device)
-    return Predictor(checkpoint, device=device)
+    return TaskPredictor(checkpoint, device=device)
 
 
 def create_app(checkpoint_or_predictor: Any, *,
@@ -282,8 +75,8 @@ def create_app(checkpoint_or_predictor: Any, *,
                max_pixels: int = DEFAULT_MAX_PIXELS, token: str | None = None, batching: bool = True,
                max_batch: int = 32, max_wait_ms: float = 2.0, device: str = "auto",
                max_queue: int = DEFAULT_MAX_QUEUE, request_timeout: float = DEFAULT_REQUEST_TIMEOUT) -> FastAPI:
-    """The FastAPI app serving a checkpoint (a run folder or ``.safetensors`` file), a ready :class:`Predictor` or a
-    ready :class:`~resnet_tune.segment.predictor.SegPredictor` (segmentation: see the module docstring).
+    """The FastAPI app serving a checkpoint (a run folder or ``.safetensors`` file) or a ready predictor of any
+    task (see the module docstring).
 
     ``max_upload_bytes`` bounds a request body, ``max_files`` the images in one request, ``max_pixels`` each
     image's width x height, before and after it is scaled for the model (a classifier scales the shorter side to
@@ -299,15 +92,13 @@ def create_app(checkpoint_or_predictor: Any, *,
         raise ConfigError("max_upload_bytes, max_files, max_pixels and max_queue must all be positive.")
     if not (0 < request_timeout < float("inf")):
         raise ConfigError(f"request_timeout must be a positive number of seconds, got {request_timeout}.")
-    from ..segment.predictor import SegPredictor
-
-    predictor = checkpoint_or_predictor if isinstance(checkpoint_or_predictor, (Predictor, SegPredictor)) else \
+    predictor = checkpoint_or_predictor if isinstance(checkpoint_or_predictor, Predictor) else \
         _load_predictor(checkpoint_or_predictor, device)
     state = ServerState(predictor, max_upload_bytes=max_upload_bytes, max_files=max_files, max_pixels=max_pixels,
                         token=token, batching=batching, max_batch=max_batch, max_wait_ms=max_wait_ms,
                         max_queue=max_queue, request_timeout=request_timeout)
     rec = predictor.record
-    segmentation = state.segmentation
+    task = str(rec.get("task", "classification"))
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -327,9 +118,7 @@ def create_app(checkpoint_or_predictor: Any, *,
         version=str(rec.get("versions", {}).get("resnet_tune", "")),
         summary=f"{rec.get('model', 'model')}: {rec.get('task', 'classification')} over "
                 f"{len(predictor.classes)} classes",
-        description=("Segment images: class shares of the pixels and the colour-coded mask as an overlay. "
-                     if segmentation else "Classify images and explain the predictions with Grad-CAM. ") +
-                    "Images go as multipart fields "
+        description=f"{predictor.service_description} Images go as multipart fields "
                     "named `file` (repeatable) or as the raw body with an `image/*` content type. "
                     f"Limits: {max_upload_bytes:,} bytes a request, {max_files} files a request, {max_pixels:,} "
                     f"pixels an image, {request_timeout:g} seconds to send a body (else 408) and to wait for the "
@@ -341,8 +130,8 @@ def create_app(checkpoint_or_predictor: Any, *,
 
     # --- errors: always {"detail": "<sentence>"} -----------------------------------------------------------
 
-    @app.exception_handler(_HTTPError)
-    async def _http_error(_req: Request, err: _HTTPError) -> JSONResponse:
+    @app.exception_handler(HTTPError)
+    async def _http_error(_req: Request, err: HTTPError) -> JSONResponse:
         return JSONResponse({"detail": err.detail}, status_code=err.status, headers=err.headers)
 
     @app.exception_handler(RequestValidationError)
@@ -364,7 +153,7 @@ def create_app(checkpoint_or_predictor: Any, *,
         return JSONResponse({"detail": f"internal error ({type(err).__name__}); the server is still running."},
                             status_code=500)
 
-    app.add_middleware(_SecurityHeaders)
+    app.add_middleware(SecurityHeaders)
 
     # --- auth and body reading -----------------------------------------------------------------------
 
@@ -374,136 +163,17 @@ def create_app(checkpoint_or_predictor: Any, *,
         auth = request.headers.get("authorization", "")
         scheme, _, given = auth.partition(" ")
         if scheme.lower() != "bearer" or not given.strip():
-            raise _HTTPError(401, "this server needs a token: send the header 'Authorization: Bearer <token>'.",
+            raise HTTPError(401, "this server needs a token: send the header 'Authorization: Bearer <token>'.",
                              {"WWW-Authenticate": "Bearer"})
         if not hmac.compare_digest(given.strip().encode(), state.token.encode()):
-            raise _HTTPError(401, "wrong token in the Authorization header.",
+            raise HTTPError(401, "wrong token in the Authorization header.",
                              {"WWW-Authenticate": 'Bearer error="invalid_token"'})
-
-    def check_upload_headers(request: Request) -> str:
-        """The upload's media type, after the checks that need only the headers (415, 400, 413)."""
-        ctype = request.headers.get("content-type", "")
-        media = ctype.split(";", 1)[0].strip().lower()
-        if media != "multipart/form-data" and not media.startswith("image/"):
-            shown = media or "none"
-            raise _HTTPError(415, f"content type {shown!r} is not accepted; send images as multipart/form-data "
-                                  "fields named 'file', or one image as the raw body with an image/* content "
-                                  "type.")
-        limit = state.max_upload_bytes
-        length = request.headers.get("content-length")
-        if length is not None:
-            try:
-                declared = int(length)
-            except ValueError:
-                raise _HTTPError(400, f"invalid Content-Length header {length!r}.") from None
-            if declared > limit:
-                raise _HTTPError(413, f"the upload is {declared:,} bytes, over this server's limit of {limit:,} "
-                                      "bytes; send smaller or fewer images.", {"Connection": "close"})
-        return media
-
-    async def read_body(request: Request) -> bytes:
-        limit = state.max_upload_bytes
-        buf = bytearray()
-        async for chunk in request.stream():
-            buf += chunk
-            if len(buf) > limit:
-                raise _HTTPError(413, f"the upload is over this server's limit of {limit:,} bytes; send smaller "
-                                      "or fewer images.", {"Connection": "close"})
-        return bytes(buf)
-
-    async def read_uploads(request: Request, media: str) -> list[_Upload]:
-        """The images of a request whose headers passed :func:`check_upload_headers`, read within the request
-        timeout (else 408, and the connection closes: the rest of the body is not read)."""
-        try:
-            body = await asyncio.wait_for(read_body(request), state.request_timeout)
-        except asyncio.TimeoutError:
-            raise _HTTPError(408, f"the request body did not arrive within {state.request_timeout:g} seconds; send "
-                                  "the whole upload without pausing.", {"Connection": "close"}) from None
-        except ClientDisconnect:  # nobody reads the answer; this keeps it out of the error log
-            raise _HTTPError(400, "the client closed the connection before sending the whole body.") from None
-        if not body:
-            raise _HTTPError(400, "the request body is empty; send an image.")
-        if media.startswith("image/"):
-            return [_Upload("body", body)]
-        return await _parse_multipart(request, body)
-
-    async def _parse_multipart(request: Request, body: bytes) -> list[_Upload]:
-        from starlette.datastructures import UploadFile
-
-        sent = False
-
-        async def replay() -> dict[str, Any]:
-            nonlocal sent
-            if sent:
-                return {"type": "http.disconnect"}
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        too_many = _HTTPError(413, f"too many files in one request (at most {state.max_files}); split them over "
-                                   "several requests.")
-        try:
-            form = await Request(request.scope, replay).form(max_files=state.max_files + 1, max_fields=64)
-        except StarletteHTTPException as err:
-            if "too many files" in str(err.detail).lower():
-                raise too_many from None
-            raise _HTTPError(400, f"malformed multipart body ({err.detail}).") from None
-        except Exception as err:  # python-multipart's parse errors
-            raise _HTTPError(400, f"malformed multipart body ({type(err).__name__}: {str(err)[:200]}).") from None
-        try:
-            items = form.getlist("file")
-            if not items:
-                names = sorted(set(form.keys()))
-                got = f" (got {', '.join(repr(n) for n in names)})" if names else ""
-                raise _HTTPError(400, f"no image in the request: send each image as a multipart field named "
-                                      f"'file'{got}.")
-            if len(items) > state.max_files:
-                raise too_many
-            uploads = []
-            for i, item in enumerate(items):
-                if not isinstance(item, UploadFile):
-                    raise _HTTPError(400, f"field 'file' number {i + 1} is text, not a file upload; send the image "
-                                          "bytes as a file.")
-                uploads.append(_Upload(item.filename or f"file{i + 1}", await item.read()))
-            return uploads
-        finally:
-            await form.close()
-
-    def decode_all(uploads: list[_Upload]) -> tuple[torch.Tensor | None, list[Any]]:
-        images = []
-        tensors = []
-        for up in uploads:
-            name = repr(up.name) if up.name != "body" else "the request body"
-            img = decode_upload(up.data, name, state.max_pixels)
-            if not segmentation:
-                _check_scaled_size(img, name)
-                tensors.append(predictor.transform(img))
-            images.append(img)
-        return (torch.stack(tensors) if tensors else None), images
-
-    def _check_scaled_size(img: Any, name: str) -> None:
-        """The model's preprocessing scales the shorter side to ``resize`` pixels, so a very elongated image that
-        is within the pixel limit (say 1,000,000 x 1) would become enormous (16,000,000 x 16 at ``resize`` 16):
-        the scaled image must be within the pixel limit as well."""
-        w, h = img.size
-        side = predictor.preprocessing.resize
-        scaled = side * max(1, round(max(w, h) * side / max(1, min(w, h))))
-        if scaled > state.max_pixels:
-            raise UploadError(413, f"{name} is {w}x{h} pixels, too elongated: scaled to {side} pixels on its "
-                                   f"shorter side for the model it would have {scaled:,} pixels, over this server's "
-                                   f"limit of {state.max_pixels:,}; crop it to a less elongated image.")
-
-    async def decode(uploads: list[_Upload], keep_images: bool = False) -> tuple[torch.Tensor | None, list[Any]]:
-        try:
-            x, images = await state.run_in(state.decode_pool, decode_all, uploads)
-        except UploadError as err:
-            raise _HTTPError(err.status, err.message) from None
-        return x, (images if keep_images else [])
 
     # --- endpoints -----------------------------------------------------------------------------------
 
     @app.get("/health", response_model=Health, summary="liveness and what is served")
     async def health() -> dict[str, Any]:
-        return {"status": "ok", "model": str(rec.get("model", "")), "task": str(rec.get("task", "classification")),
+        return {"status": "ok", "model": str(rec.get("model", "")), "task": task,
                 "classes": len(predictor.classes), "auth": state.token is not None, "batching": state.batching}
 
     @app.get("/model", summary="the checkpoint's record: classes, preprocessing, metrics, architecture")
@@ -512,92 +182,61 @@ def create_app(checkpoint_or_predictor: Any, *,
         out["server"] = {"max_upload_bytes": state.max_upload_bytes, "max_files": state.max_files,
                          "max_pixels": state.max_pixels, "batching": state.batching, "auth": state.token is not None,
                          "max_queue": state.max_queue, "request_timeout": state.request_timeout,
-                         "in_flight": state.in_flight,
-                         "device": str(predictor.device),
-                         "precision": str(predictor.precision.amp_dtype or "float32").replace("torch.", ""),
+                         "in_flight": state.in_flight, **predictor.info(),
                          "forward_passes": state.batcher.batches if state.batcher else None,
                          "batched_images": state.batcher.images if state.batcher else None}
         return out
 
-    @app.post("/predict", response_model=list[SegPrediction] if segmentation else list[Prediction],
-              response_model_by_alias=True,
-              summary="pixel share of each class in one or several images" if segmentation else
-              "top-k classes of one or several images", openapi_extra={"requestBody": _IMAGE_BODY},
-              responses=_ERRORS, dependencies=[Depends(require_token)])
-    async def predict(request: Request, top_k: int = Query(5, ge=1, le=1000, description="classes per image")
+    schema = PREDICT_RESPONSES.get(task, (list[dict[str, Any]], "predictions for one or several images"))
+
+    @app.post("/predict", response_model=schema[0], response_model_by_alias=True, summary=schema[1],
+              openapi_extra={"requestBody": IMAGE_BODY}, responses=ERRORS, dependencies=[Depends(require_token)])
+    async def predict(request: Request, top_k: int = Query(5, ge=1, le=1000, description="classes per image "
+                                                                                         "(classification)")
                       ) -> JSONResponse:
-        media = check_upload_headers(request)
+        media = check_upload_headers(request, state)
         async with state.admitted():
-            uploads = await read_uploads(request, media)
-            if segmentation:
-                _, images = await decode(uploads, keep_images=True)
-                shares = await state.wait_for_model(state.run_in(state.model_pool, segment_shares, images))
-                return JSONResponse([{"file": up.name, **s} for up, s in zip(uploads, shares)])
-            x, _ = await decode(uploads)
+            uploads = await read_uploads(request, media, state)
+            x, images = await decode(uploads, state, batch=state.batcher is not None)
             if state.batcher is not None:
-                probs = await state.wait_for_model(state.batcher.submit(x))
+                rows = await state.wait_for_model(state.batcher.submit(x))
+                results = [predictor.describe(r, top_k=top_k) for r in rows]
             else:
-                probs = await state.wait_for_model(state.run_in(state.model_pool, predictor.probs, x))
-        out = [{"file": up.name, "top": predictor.top(p, top_k)} for up, p in zip(uploads, probs)]
-        return JSONResponse(out)
+                results = await state.wait_for_model(
+                    state.run_in(state.model_pool, lambda: predictor.predict_images(images, top_k=top_k)))
+        return JSONResponse([{"file": up.name, **r} for up, r in zip(uploads, results)])
 
-    def segment_shares(images: list[Any]) -> list[dict[str, Any]]:
-        import numpy as np
-
-        out = []
-        for img in images:
-            mask = predictor.predict_mask(img.convert("RGB"))
-            counts = np.bincount(mask.ravel(), minlength=256)
-            order = sorted((i for i in range(256) if counts[i]), key=lambda i: (-counts[i], i))
-            names = predictor.classes
-            out.append({"classes": [{"class": names[i] if i < len(names) else f"ignore ({i})",
-                                     "fraction": round(float(counts[i] / mask.size), 6)} for i in order],
-                        "width": img.width, "height": img.height})
-        return out
-
-    @app.post("/explain", response_class=Response,
-              summary="segmentation mask over one image (PNG)" if segmentation else
-              "Grad-CAM overlay of one image (PNG)",
-              openapi_extra={"requestBody": _IMAGE_BODY},
-              responses={**_ERRORS, 200: {"content": {"image/png": {}}, "description": "the overlay; headers "
-                                          "X-Class and X-Prob name the explained class and its probability"}},
+    @app.post("/explain", response_class=Response, summary=EXPLAIN_SUMMARY.get(task, "an explanation (PNG)"),
+              openapi_extra={"requestBody": IMAGE_BODY},
+              responses={**ERRORS, 200: {"content": {"image/png": {}}, "description": "the picture; for a "
+                                          "classifier, headers X-Class and X-Prob name the explained class and "
+                                          "its probability"}},
               dependencies=[Depends(require_token)])
     async def explain(request: Request, class_name: str | None = Query(
             None, alias="class", description="class to explain (default: the predicted one)")) -> Response:
         if class_name is not None and class_name not in predictor.classes:
-            raise _HTTPError(400, f"class {class_name!r} is not one of the model's classes.")
-        media = check_upload_headers(request)
+            raise HTTPError(400, f"class {class_name!r} is not one of the model's classes.")
+        media = check_upload_headers(request, state)
         async with state.admitted():
-            uploads = await read_uploads(request, media)
+            uploads = await read_uploads(request, media, state)
             if len(uploads) != 1:
-                raise _HTTPError(400, f"/explain takes one image, got {len(uploads)}.")
-            _, images = await decode(uploads, keep_images=True)
+                raise HTTPError(400, f"/explain takes one image, got {len(uploads)}.")
+            _, images = await decode(uploads, state)
             return await explain_on_model(images[0], class_name)
 
     async def explain_on_model(image: Any, class_name: str | None) -> Response:
-        """The overlay of one decoded image, computed on the model thread."""
-        from .gradcam import explain_image
-
-        if segmentation:
-            def run_seg() -> bytes:
-                _, ov = predictor.predict_image(image)
-                buf = io.BytesIO()
-                ov.save(buf, format="PNG", optimize=False)
-                return buf.getvalue()
-
-            png = await state.wait_for_model(state.run_in(state.model_pool, run_seg))
-            return Response(png, media_type="image/png", headers={"Cache-Control": "no-store"})
-
+        """The predictor's picture of one decoded image as a PNG, computed on the model thread."""
         def run() -> tuple[bytes, dict[str, Any]]:
-            img, info = explain_image(predictor, image, class_name)
+            img, info = predictor.explain(image, class_name)
             buf = io.BytesIO()
             img.save(buf, format="PNG", optimize=False)
             return buf.getvalue(), info
 
         png, info = await state.wait_for_model(state.run_in(state.model_pool, run))
-        return Response(png, media_type="image/png",
-                        headers={"X-Class": _header_safe(info["class"]), "X-Prob": f"{info['prob']:.6f}",
-                                 "Cache-Control": "no-store"})
+        headers = {"Cache-Control": "no-store"}
+        if "class" in info:
+            headers.update({"X-Class": _header_safe(info["class"]), "X-Prob": f"{info['prob']:.6f}"})
+        return Response(png, media_type="image/png", headers=headers)
 
     # --- the page ------------------------------------------------------------------------------------
 
@@ -611,7 +250,7 @@ def create_app(checkpoint_or_predictor: Any, *,
         path = STATIC / name
         if "/" in name or "\\" in name or name.startswith(".") or not path.is_file() or \
                 path.suffix not in _STATIC_TYPES:
-            raise _HTTPError(404, f"no static file {name!r}.")
+            raise HTTPError(404, f"no static file {name!r}.")
         return FileResponse(path, media_type=_STATIC_TYPES[path.suffix], headers={"Cache-Control": "no-cache"})
 
     return app

@@ -15,6 +15,8 @@ import warnings
 
 from PIL import Image, ImageFile, UnidentifiedImageError
 
+from ..data.images import normalise
+
 __all__ = ["SAFE_FORMATS", "UploadError", "decode_upload"]
 
 #: Formats accepted from the network: Pillow's common raster formats. Formats whose plug-ins call external
@@ -29,20 +31,6 @@ class UploadError(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
-
-
-def _convert(img: Image.Image) -> Image.Image:
-    try:  # the very conversions the training data goes through (16-bit, float, palette, alpha on white, ...)
-        from ..data.datasets import _ORIENTATION, _orientation, _to_rgb
-    except ImportError:  # pragma: no cover - keep serving if the data module is reorganised
-        from PIL import ImageOps
-
-        return ImageOps.exif_transpose(img).convert("RGB")
-    orientation = _orientation(img)
-    rgb, _ = _to_rgb(img)
-    if orientation != 1:
-        rgb = rgb.transpose(_ORIENTATION[orientation])
-    return rgb
 
 
 def decode_upload(data: bytes, name: str, max_pixels: int) -> Image.Image:
@@ -62,7 +50,7 @@ def decode_upload(data: bytes, name: str, max_pixels: int) -> Image.Image:
             if w <= 0 or h <= 0:
                 raise UploadError(400, f"{name} has no pixels ({w}x{h}).")
             img.load()
-            return _convert(img)
+            return normalise(img)
     except UploadError:
         raise
     except UnidentifiedImageError:

@@ -173,7 +173,7 @@ def hf_config_to_overrides(config: Mapping[str, Any] | Any) -> tuple[str, dict[s
     widths = tuple(h // expansion for h in hidden)
 
     name = _PRESETS.get((layer_type, depths), "resnet50" if layer_type == "bottleneck" else "resnet18")
-    from .._registry import get_config
+    from ..registry import get_config
 
     base = get_config(name)
     overrides: dict[str, Any] = {}

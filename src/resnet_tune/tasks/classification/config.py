@@ -1,0 +1,41 @@
+"""Classification options: the shared :class:`~resnet_tune.engine.config.RunConfig` plus what one class an
+image needs (input size, augmentation, mixing, class balance, the feature cache)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from ...engine.config import RunConfig, option
+
+__all__ = ["AUGMENTS", "BALANCE", "ClassificationConfig", "TrainConfig"]
+
+AUGMENTS = ("default", "none", "trivialaugment", "randaugment")
+BALANCE = ("none", "weighted_loss", "sampler")
+
+
+@dataclass(frozen=True)
+class ClassificationConfig(RunConfig):
+    """Everything a classification run needs. ``None`` means "choose for me" where documented."""
+
+    data: str | None = option(None, "training data: DIR/<class>/*.jpg, DIR/train|val|test/<class>, or a CSV of "
+                                    "path,label (default: the embedded handwritten digits)")
+    loader: str = option("auto", "memory: decode once into RAM and crop/flip in batches; workers: DataLoader "
+                                 "workers with RandomResizedCrop; auto: memory up to 64 px (160 px on a CPU) if it "
+                                 "fits in 2 GiB")
+    model: str | None = option(None, "architecture (`resnet-tune models` lists them; default: resnet20 for small "
+                                     "images, else resnet18)")
+    img_size: int | None = option(None, "input size in pixels (default: the model's, or 32 for small images)",
+                                  range=(8, math.inf, "at least 8 pixels"))
+    augment: str = option("default", "extra augmentation on top of crop + flip", choices=AUGMENTS)
+    mixup: float = option(0.0, "mixup alpha (0 = off)", range=(0.0, math.inf, ">= 0 (0 turns mixup off)"))
+    cutmix: float = option(0.0, "cutmix alpha (0 = off)", range=(0.0, math.inf, ">= 0 (0 turns cutmix off)"))
+    balance: str = option("none", "imbalanced data: class-weighted loss or a balanced sampler", choices=BALANCE)
+    drop_path_rate: float = option(0.0, "stochastic depth rate", range=(0.0, 0.999999, "at least 0 and below 1"))
+    cache_views: int = option(1, "frozen-body epochs train the head on cached backbone features of this many "
+                                 "augmented views of the training set (0 = run the backbone every epoch)",
+                              range=(0, math.inf, ">= 0 (0 turns the feature cache off)"))
+    label_smoothing: float = option(0.1, "label smoothing", range=(0.0, 0.999999, "in [0, 1)"))
+
+#: The name this configuration had before segmentation got its own (``resnet_tune.fit(TrainConfig(...))``).
+TrainConfig = ClassificationConfig

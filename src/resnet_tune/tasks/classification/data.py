@@ -1,0 +1,154 @@
+"""Classification data: class folders, split folders or a CSV (scanned before training), the embedded digits, or
+synthetic images; in memory with batched crop and flip, or through DataLoader workers."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+
+from ...data.loaders import EpochLoader, FileDataset, MemoryLoader, decode_to_memory
+from ...data.transforms import Preprocessing, eval_transform, train_transform
+from ...engine.hardware import default_workers
+from ...engine.task import TaskData, require_usable
+from ...errors import ConfigError, DataError
+from ...models import get_config, mean_std_for
+
+__all__ = ["balance_weights", "build_data", "choose_model_and_size", "class_weights", "memory_by_default"]
+
+
+def choose_model_and_size(cfg: Any, median_side: float | None) -> tuple[str, int]:
+    """The model and input size when the user did not say: small images get a CIFAR ResNet at 32 px."""
+    small = median_side is not None and median_side <= 64
+    name = cfg.model or ("resnet20" if small or cfg.data is None else "resnet18")
+    if cfg.img_size:
+        return name, cfg.img_size
+    if cfg.data is None:
+        return name, 32
+    cfg_in = get_config(name).input_size[-1] if name != "custom" else 224
+    if small and cfg_in > 64:
+        return name, int(max(32, min(64, round(median_side or 32))))
+    return name, cfg_in
+
+
+def memory_by_default(device: torch.device, size: int, nbytes: int) -> bool:
+    """``loader=auto``: decode once into memory (and crop and flip in batches) for small images, and on a
+    CPU also up to 160 px: there decoding in worker processes competes with the model for the same cores
+    (benchmarks/RESULTS.md, "End to end: an Imagenette epoch vs the model-only step"). Larger images, or a set of
+    more than 2 GiB decoded, go through DataLoader workers (RandomResizedCrop + flip)."""
+    return nbytes < 2 * 1024**3 and (size <= 64 or (device.type == "cpu" and size <= 160))
+
+
+def balance_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Per-sample weights of a class-balanced sampler (``balance=sampler``)."""
+    counts = torch.bincount(labels, minlength=num_classes).float().clamp(min=1)
+    return (1.0 / counts)[labels]
+
+
+def class_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Inverse-frequency class weights normalised to mean 1 (for ``balance=weighted_loss``)."""
+    counts = torch.bincount(labels, minlength=num_classes).float().clamp(min=1)
+    w = counts.sum() / (num_classes * counts)
+    return w / w.mean()
+
+
+def build_data(cfg: Any, device: torch.device, channels_last: bool, rank: int, world: int,
+               pretrained_meta: dict[str, Any] | None) -> TaskData:
+    """Discover, scan and load the data of a classification run (``extra`` holds the scan report, the training
+    labels and the validation samples)."""
+    if cfg.data is None:
+        return _digits(cfg, device, channels_last, rank, world)
+    if cfg.data.startswith("synthetic:"):
+        return _synthetic(cfg, device, channels_last, rank, world)
+
+    from ...data.datasets import discover
+    from ...data.scan import scan
+
+    splits = discover(cfg.data, val_fraction=cfg.val_fraction, seed=cfg.seed)
+    all_samples = splits.train + splits.val + (splits.test or [])
+    report = scan(all_samples, splits.classes, workers=cfg.workers, progress=cfg.progress and rank == 0)
+    train_s, val_s = report.good(splits.train), report.good(splits.val)
+    test_s = report.good(splits.test) if splits.test else None
+    require_usable(len(train_s), len(val_s), cfg.data)
+    missing = sorted(set(range(len(splits.classes))) - {y for _, y in train_s})
+    if missing:
+        raise DataError(f"class(es) {', '.join(splits.classes[i] for i in missing)} have no usable training "
+                        "images; add images or remove the class folder(s).")
+    median = report.median_size()
+    name, size = choose_model_and_size(cfg, float(min(median)) if median else None)
+    mean, std = mean_std_for(name, pretrained_meta)
+    pp = Preprocessing.for_size(size, mean, std)
+    labels = torch.tensor([y for _, y in train_s])
+    weights = balance_weights(labels, len(splits.classes)) if cfg.balance == "sampler" else None
+    nbytes = (len(train_s) + len(val_s) + len(test_s or [])) * 3 * size * size
+    use_memory = cfg.loader == "memory" or (cfg.loader == "auto" and memory_by_default(device, size, nbytes)
+                                            and cfg.augment == "default")
+    desc = f"{cfg.data} ({splits.describe()}) at {size}x{size}"
+    test: Any = None
+    if use_memory:
+        t0 = time.perf_counter()
+        xt, yt = decode_to_memory(train_s, pp, progress=cfg.progress and rank == 0)
+        xv, yv = decode_to_memory(val_s, pp)
+        common = dict(mean=pp.mean, std=pp.std, rank=rank, world=world, channels_last=channels_last)
+        train = MemoryLoader(xt.to(device), yt.to(device), cfg.batch_size, train=True, seed=cfg.seed, weights=weights,
+                             **common)
+        val = MemoryLoader(xv.to(device), yv.to(device), cfg.batch_size * 2, train=False, **common)
+        if test_s:
+            xs, ys = decode_to_memory(test_s, pp)
+            test = MemoryLoader(xs.to(device), ys.to(device), cfg.batch_size * 2, train=False, **common)
+        desc += f"; decoded into memory in {time.perf_counter() - t0:.1f}s"
+    else:
+        workers = cfg.workers if cfg.workers is not None else default_workers(device)
+        etf = eval_transform(pp)
+        train = EpochLoader(FileDataset(train_s, train_transform(pp, cfg.augment), seed=cfg.seed), cfg.batch_size,
+                            True, workers, device, cfg.seed, weights, rank, world)
+        val = EpochLoader(FileDataset(val_s, etf), cfg.batch_size * 2, False, workers, device, cfg.seed, None, rank,
+                          world)
+        if test_s:
+            test = EpochLoader(FileDataset(test_s, etf), cfg.batch_size * 2, False, workers, device, cfg.seed, None,
+                               rank, world)
+    return TaskData(splits.classes, train, val, test, len(train_s), desc, name, pp.to_dict(), notes=list(splits.notes),
+                    scan_summary=report.summary(),
+                    extra={"scan": report, "train_labels": labels, "val_samples": val_s, "test_samples": test_s,
+                           "input_size": size, "in_memory": use_memory})
+
+
+def _digits(cfg: Any, device: torch.device, channels_last: bool, rank: int, world: int) -> TaskData:
+    """The embedded default: scikit-learn's handwritten digits in memory."""
+    from ...data import default as dflt
+
+    name, size = choose_model_and_size(cfg, None)
+    (xt, yt), (xv, yv), classes = dflt.load_digits_images(size, cfg.val_fraction, cfg.seed)
+    pp = Preprocessing.for_size(size, dflt.MEAN, dflt.STD)
+    desc = (f"embedded default: scikit-learn handwritten digits, {len(yt)} train / {len(yv)} held-out images, "
+            f"10 classes, at {size}x{size}")
+    weights = balance_weights(yt, len(classes)) if cfg.balance == "sampler" else None
+    common = dict(mean=pp.mean, std=pp.std, rank=rank, world=world, channels_last=channels_last)
+    train = MemoryLoader(xt.to(device), yt.to(device), cfg.batch_size, train=True, seed=cfg.seed, weights=weights,
+                         **common)
+    val = MemoryLoader(xv.to(device), yv.to(device), cfg.batch_size * 2, train=False, **common)
+    return TaskData(classes, train, val, None, len(yt), desc, name, pp.to_dict(),
+                    extra={"train_labels": yt, "input_size": size, "in_memory": True})
+
+
+def _synthetic(cfg: Any, device: torch.device, channels_last: bool, rank: int, world: int) -> TaskData:
+    """``data="synthetic:N"``: N random uint8 images of 10 classes in memory, for throughput benchmarks."""
+    try:
+        n = int(cfg.data.split(":", 1)[1])
+    except ValueError:
+        raise ConfigError(f"synthetic data is written synthetic:N with N images, got {cfg.data!r}.") from None
+    if n < 2:
+        raise ConfigError("synthetic:N needs at least two images.")
+    name, size = choose_model_and_size(cfg, None if cfg.img_size else 224.0)
+    g = torch.Generator().manual_seed(cfg.seed)
+    x = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=g)
+    y = torch.randint(0, 10, (n,), generator=g)
+    pp = Preprocessing.for_size(size, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    nv = max(2, n // 8)
+    common = dict(mean=pp.mean, std=pp.std, rank=rank, world=world, channels_last=channels_last)
+    train = MemoryLoader(x.to(device), y.to(device), cfg.batch_size, train=True, seed=cfg.seed, **common)
+    val = MemoryLoader(x[:nv].to(device), y[:nv].to(device), cfg.batch_size * 2, train=False, **common)
+    return TaskData([str(i) for i in range(10)], train, val, None, n,
+                    f"synthetic: {n} random images at {size}x{size} (for benchmarks)", name, pp.to_dict(),
+                    extra={"train_labels": y, "input_size": size, "in_memory": True})

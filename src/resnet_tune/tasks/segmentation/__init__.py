@@ -1,0 +1,20 @@
+"""Semantic segmentation with a ResNet backbone: FCN, DeepLabV3 and U-Net heads (``resnet-tune segment ...``).
+
+Names load lazily: the configuration (read by ``resnet-tune --help``) does not import PyTorch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_LAZY = {"SegConfig": ".config", "SegmentationConfig": ".config", "SegPredictor": ".predictor",
+         "SegmentationPredictor": ".predictor", "SegmentationTask": ".task", "evaluate_segmentation": ".evaluate"}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
