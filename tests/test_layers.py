@@ -85,3 +85,14 @@ def test_import_resnet_tune_and_the_cli_do_not_import_torch() -> None:
     code = "import sys, resnet_tune, resnet_tune.cli; print(sorted(m for m in ('torch', 'numpy') if m in sys.modules))"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr
+
+
+def test_tests_never_skip_on_the_projects_own_modules() -> None:
+    """An import bug in resnet_tune must fail the suite, not skip tests: no importorskip of our own modules."""
+    offenders = []
+    for path in sorted((ROOT / "tests").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if (isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "importorskip" and node.args
+                    and isinstance(node.args[0], ast.Constant) and str(node.args[0].value).startswith("resnet_tune")):
+                offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert not offenders, offenders

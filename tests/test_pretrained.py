@@ -384,7 +384,6 @@ def _tiny_hf_resnet18():
 
 
 def test_hf_transformers_repo(server, tmp_path):
-    pytest.importorskip("resnet_tune.models.convert.transformers")
     hf = _tiny_hf_resnet18()
     folder = tmp_path / "hf-export"
     hf.save_pretrained(folder, safe_serialization=True)
@@ -402,7 +401,6 @@ def test_hf_transformers_repo(server, tmp_path):
 
 def test_hf_config_architecture_is_checked(tmp_path):
     """A config that changes the architecture without changing shapes (stride in the 1x1) is enforced."""
-    pytest.importorskip("resnet_tune.models.convert.transformers")
     transformers = pytest.importorskip("transformers")
     cfg = transformers.ResNetConfig(embedding_size=16, hidden_sizes=[32, 64, 128, 256], depths=[1, 1, 1, 1],
                                     layer_type="bottleneck", downsample_in_bottleneck=True, num_labels=3)
@@ -419,7 +417,7 @@ def test_hf_config_architecture_is_checked(tmp_path):
 
 
 def test_keras_files_go_to_the_keras_converter(tmp_path, monkeypatch, r18):
-    keras_conv = pytest.importorskip("resnet_tune.models.convert.keras")
+    from resnet_tune.models.convert import keras as keras_conv
     seen = []
 
     def fake(path):
