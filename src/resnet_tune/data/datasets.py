@@ -27,6 +27,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from ..errors import ConfigError, DataError
+from . import tables as T
 from .files import FolderWalker, is_junk, real_path
 
 __all__ = [
@@ -47,9 +48,9 @@ IMAGE_EXTENSIONS: frozenset[str] = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 )
 
-_SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
-_PATH_COLUMNS = ("path", "filepath", "file_path", "file", "filename", "file_name", "image", "image_path", "img")
-_LABEL_COLUMNS = ("label", "labels", "class", "class_name", "target", "category")
+_SPLIT_NAMES = T.SPLIT_NAMES
+_PATH_COLUMNS = T.PATH_COLUMNS
+_LABEL_COLUMNS = T.LABEL_COLUMNS
 
 
 # --------------------------------------------------------------------------------------------- splits
@@ -330,36 +331,10 @@ class _CsvRow:
 
 def _read_csv(csv_path: str) -> tuple[list[_CsvRow], bool]:
     """Rows of a path,label[,split] CSV and whether it had a split column."""
-    try:
-        with open(csv_path, newline="", encoding="utf-8-sig") as f:
-            text = f.read()
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"Cannot read the CSV file {csv_path} ({e}); check that it is a readable UTF-8 text file.") from e
-    first_line = text.split("\n", 1)[0]
-    if csv_path.lower().endswith(".tsv"):
-        delimiter = "\t"
-    else:  # comma, else tab, else semicolon (spreadsheets in some locales), judged on the first line
-        delimiter = next((d for d in (",", "\t", ";") if d in first_line), ",")
-    reader = csv.reader(text.splitlines(), delimiter=delimiter)
-    try:
-        rows = [r for r in reader if any(c.strip() for c in r)]
-    except csv.Error as e:  # e.g. a field over csv.field_size_limit(), usually from a quote that is never closed
-        raise DataError(
-            f"The CSV file {csv_path} cannot be parsed at line {reader.line_num} ({e}); check its quoting (a quote "
-            "that is never closed swallows the rest of the file)."
-        ) from None
-    if not rows:
-        raise DataError(f"The CSV file {csv_path} is empty; add one path,label row per image.")
-
+    rows = T.read_rows(csv_path)
     header = [c.strip().lower() for c in rows[0]]
     known = set(_PATH_COLUMNS) | set(_LABEL_COLUMNS) | {"split"}
-    # A first row is a header when it names a known column, or when its first cell cannot be a file path
-    # (no extension and no such file): paths to images nearly always have an extension.
-    first = rows[0][0].strip()
-    looks_like_header = not os.path.splitext(first)[1] and not os.path.isfile(
-        os.path.join(os.path.dirname(_abs(csv_path)), first)
-    )
-    if any(c in known for c in header) or looks_like_header:
+    if T.has_header(rows, csv_path, known):
         path_col = next((header.index(c) for c in _PATH_COLUMNS if c in header), None)
         label_col = next((header.index(c) for c in _LABEL_COLUMNS if c in header), None)
         split_col = header.index("split") if "split" in header else None
@@ -400,28 +375,11 @@ def _read_csv(csv_path: str) -> tuple[list[_CsvRow], bool]:
 
 
 def _resolve_csv_rows(csv_path: str, rows: list[_CsvRow]) -> list[str]:
-    base = os.path.dirname(_abs(csv_path))
-    paths = [_abs(r.path if os.path.isabs(r.path) else os.path.join(base, r.path)) for r in rows]
-    missing = [(r, p) for r, p in zip(rows, paths) if not os.path.isfile(p)]
-    if missing:
-        shown = ", ".join(repr(r.path) for r, _ in missing[:5])
-        raise DataError(
-            f"{len(missing)} file(s) listed in {csv_path} do not exist (first: {shown}); fix the paths "
-            f"(relative paths are resolved against {base})."
-        )
-    return paths
+    return T.resolve_paths(csv_path, [r.path for r in rows])
 
 
 def _split_of(row: _CsvRow, csv_path: str) -> str:
-    if row.split is None:
-        return "train"
-    split = _SPLIT_NAMES.get(row.split.lower())
-    if split is None:
-        raise DataError(
-            f"Line {row.line} of {csv_path} has split {row.split!r}; use train, val or test (or leave it empty "
-            "for train)."
-        )
-    return split
+    return T.split_name(row.split, row.line, csv_path)
 
 
 def _discover_csv(csv_path: str, val_fraction: float, seed: int) -> DataSplits:
