@@ -10,30 +10,74 @@ from typing import Callable
 
 from .options import add_config_options, config_values
 
-def _add_train_options(p: argparse.ArgumentParser) -> None:
+TASK_CHOICES = ("auto", "classification", "multilabel")
+
+
+def _add_train_options(p: argparse.ArgumentParser, multilabel: bool = False) -> None:
     from ..tasks.classification.config import ClassificationConfig
 
-    add_config_options(p, ClassificationConfig)
+    if not multilabel:
+        add_config_options(p, ClassificationConfig)
+        return
+    from ..tasks.multilabel.config import MultiLabelConfig
+
+    p.add_argument("--task", choices=TASK_CHOICES, default="auto",
+                   help="auto: multi-label when --data is a CSV that gives images several labels (several in a "
+                        "field, 0/1 columns or repeated paths), else one class an image")
+    add_config_options(p, ClassificationConfig, also=MultiLabelConfig, also_tag="(multi-label) ")
 
 
-def _train_config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def _choose_task(task: str, values: dict, say: Callable[[str], None]) -> str:
+    """The task of a ``train`` run: as given, or read from the data (a multi-label CSV)."""
+    if task != "auto":
+        return task
+    data = values.get("data")
+    if isinstance(data, str) and data.lower().endswith((".csv", ".tsv")) and Path(data).is_file():
+        from ..tasks.multilabel.data import detect_csv_task
+
+        found, why = detect_csv_task(data, values.get("label_sep"))
+        if found == "multilabel":
+            say(f"multi-label data: {data} gives images several labels ({why}); --task classification overrides")
+        return found
+    return "classification"
+
+
+def _train_config(args: argparse.Namespace, say: Callable[[str], None] = print):  # type: ignore[no-untyped-def]
     from ..engine.config import from_dict
+    from ..errors import ConfigError
     from ..tasks.classification.config import ClassificationConfig
 
-    return from_dict(config_values(args, ClassificationConfig), source=getattr(args, "config", None) or "command line",
-                     cls=ClassificationConfig)
+    if not hasattr(args, "task"):  # a command without multi-label options (lr-find)
+        return from_dict(config_values(args, ClassificationConfig),
+                         source=getattr(args, "config", None) or "command line", cls=ClassificationConfig)
+    from ..tasks.multilabel.config import MultiLabelConfig
+
+    values = config_values(args, MultiLabelConfig)
+    from_file = values.pop("task", None)  # a YAML file may name the task; the flag wins
+    task = args.task if args.task != "auto" else str(from_file or "auto")
+    if task not in TASK_CHOICES:
+        raise ConfigError(f"task {task!r} is not one of {', '.join(TASK_CHOICES)}.")
+    task = _choose_task(task, values, say)
+    cls = MultiLabelConfig if task == "multilabel" else ClassificationConfig
+    if cls is ClassificationConfig:
+        own = {f.name for f in dataclasses.fields(ClassificationConfig)}
+        theirs = {f.name for f in dataclasses.fields(MultiLabelConfig)} - own
+        stray = sorted(k for k in values if k in theirs)  # unknown keys: from_dict names them
+        if stray:
+            raise ConfigError(f"{', '.join('--' + k.replace('_', '-') for k in stray)} appl"
+                              f"{'ies' if len(stray) == 1 else 'y'} to multi-label runs only (--task multilabel).")
+    return from_dict(values, source=getattr(args, "config", None) or "command line", cls=cls)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from ..engine.trainer import Trainer
-    from ..tasks.classification import ClassificationConfig, ClassificationTask
+    from ..tasks.multilabel.config import MultiLabelConfig
+    from ..tasks.registry import fit
 
-    if args.resume:
-        names = {f.name for f in dataclasses.fields(ClassificationConfig)}
-        overrides = {k: getattr(args, k) for k in names if hasattr(args, k)}
-        Trainer(ClassificationTask, resume=args.resume, overrides=overrides).fit()
+    if args.resume:  # the run's own task and options; flags may change only where and how visibly it runs
+        names = {f.name for f in dataclasses.fields(MultiLabelConfig)}
+        fit(resume=args.resume, **{k: getattr(args, k) for k in names if hasattr(args, k)})
         return 0
-    Trainer(ClassificationTask, _train_config(args)).fit()
+    fit(_train_config(args))
     return 0
 
 
@@ -56,9 +100,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from ..eval.metrics import format_report
 
     out = args.output
+    ck = resolve_checkpoint(args.checkpoint)
     if out is None:
-        ck = resolve_checkpoint(args.checkpoint)
         out = ck.parent / (f"evaluate-{Path(args.data).name or 'data'}" if args.data else "evaluate-val")
+    from ..engine.checkpoint import read_record
+
+    if read_record(ck).get("task") == "multilabel":
+        from ..tasks.multilabel.evaluation import evaluate_multilabel, format_multilabel
+
+        report = evaluate_multilabel(args.checkpoint, args.data, batch_size=args.batch_size, device=args.device,
+                                     output=out)
+        print(format_multilabel(report))
+        print(f"details: {out}/eval.json, {out}/label_ap.png, {out}/error_cooccurrence.png")
+        return 0
     report = evaluate(args.checkpoint, args.data, batch_size=args.batch_size, device=args.device, output=out)
     if args.data is None:
         print(f"evaluated on the run's own validation split ({report['data']})")
@@ -78,13 +132,16 @@ def _write_predictions(results: list[dict], output: str) -> None:
         import csv
 
         k = max((len(r["top"]) for r in results), default=0)
+        multi = any("labels" in r for r in results)
         with path.open("w", newline="") as f:
             w = csv.writer(f)
-            w.writerow(["file"] + [c for i in range(1, k + 1) for c in (f"class_{i}", f"prob_{i}")] + ["error"])
+            w.writerow(["file"] + (["labels"] if multi else [])
+                       + [c for i in range(1, k + 1) for c in (f"class_{i}", f"prob_{i}")] + ["error"])
             for r in results:
                 cells = [c for t in r["top"] for c in (t["class"], f"{t['prob']:.6f}")]
                 cells += [""] * (2 * k - len(cells))
-                w.writerow([r["file"], *cells, r.get("error") or ""])
+                labels = [";".join(t["label"] for t in r.get("labels", []))] if multi else []
+                w.writerow([r["file"], *labels, *cells, r.get("error") or ""])
     else:
         from ..errors import ConfigError
 
@@ -93,14 +150,20 @@ def _write_predictions(results: list[dict], output: str) -> None:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from ..data.datasets import list_images
-    from ..tasks.classification import ClassificationPredictor
+    from ..errors import CheckpointError
+    from ..tasks.registry import Predictor
 
     files = list_images(args.images)
-    pred = ClassificationPredictor(args.checkpoint, device=args.device, batch_size=args.batch_size)
+    pred = Predictor(args.checkpoint, device=args.device, batch_size=args.batch_size)
+    if pred.task not in ("classification", "multilabel"):
+        raise CheckpointError(f"{args.checkpoint} is a {pred.task} checkpoint; use resnet-tune segment predict.")
     results = pred.predict_files(files, top_k=args.top_k)
     for r in results:
         if r.get("error"):
             print(f"{r['file']}: skipped ({r['error']})")
+        elif "labels" in r:  # multi-label: the labels over their thresholds
+            found = ", ".join(f"{t['label']} {t['prob']:.3f}" for t in r["labels"]) or "no label over its threshold"
+            print(f"{r['file']}: {found}")
         else:
             tops = ", ".join(f"{t['class']} {t['prob']:.3f}" for t in r["top"])
             print(f"{r['file']}: {tops}")
@@ -163,7 +226,7 @@ def register(add: Callable[..., argparse.ArgumentParser]) -> None:
             "Train or fine-tune a ResNet. Every option can also come from a YAML file (--config); flags win.")
     p.add_argument("--config", help="YAML file of options (keys as the flags, with - or _)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last completed epoch")
-    _add_train_options(p)
+    _add_train_options(p, multilabel=True)
 
     p = add("lr-find", cmd_lr_find, "learning-rate range test with a plot and a suggested rate")
     p.add_argument("--config", help="YAML file of options (keys as the flags, with - or _)")

@@ -21,21 +21,37 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return text + " (default: %(default)s)"
 
 
-def add_config_options(p: argparse.ArgumentParser, cls: type) -> None:
+def add_config_options(p: argparse.ArgumentParser, cls: type, also: type | None = None,
+                       also_tag: str = "") -> None:
     """One ``--flag`` per field of the config dataclass ``cls``, with the help text and choices declared beside
     the field (:func:`resnet_tune.engine.config.option`). Flags not given stay absent from the namespace
-    (``default=SUPPRESS``), so a YAML file and the dataclass's own defaults fill them."""
+    (``default=SUPPRESS``), so a YAML file and the dataclass's own defaults fill them.
+
+    ``also``: a second config class the same command can build (e.g. multi-label for ``train``): its own fields
+    get flags too, their help starting with ``also_tag``, and a shared field accepts either class's choices (the
+    chosen class checks its own when the config is made)."""
     from ..engine.config import option_help
 
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
+    names = {f.name for f in dataclasses.fields(cls)}
+    fields = [(cls, f) for f in dataclasses.fields(cls)]
+    if also is not None:
+        fields += [(also, f) for f in dataclasses.fields(also) if f.name not in names]
+    for owner, f in fields:
+        hints = typing.get_type_hints(owner)
         flag = "--" + f.name.replace("_", "-")
         kind = hints[f.name]
         args = typing.get_args(kind)
         base = next((a for a in args if a is not type(None)), kind) if args else kind
         if base is Any:
             base = str
-        text, allowed = option_help(cls, f.name)
+        text, allowed = option_help(owner, f.name)
+        if owner is also:
+            text = also_tag + text
+        elif also is not None and f.name in {g.name for g in dataclasses.fields(also)}:
+            other_text, other = option_help(also, f.name)
+            if allowed and other and set(other) - set(allowed):
+                allowed = tuple(dict.fromkeys(allowed + other))
+                text += f"; {also_tag}{other_text}"
         text = text.replace("%", "%%")  # argparse formats help with %-style placeholders
         if f.default is not None and "default" not in text:
             shown = f"{f.default:g}" if isinstance(f.default, float) else str(f.default)

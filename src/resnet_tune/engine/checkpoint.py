@@ -150,7 +150,9 @@ def _numbers(value: Any, positive: bool = False) -> bool:
 _INTERPOLATIONS = ("nearest", "nearest-exact", "bilinear", "bicubic", "box", "hamming", "lanczos")
 # (field, test, what it must be); a field that is present must pass its test
 _RECORD_FIELDS: tuple[tuple[str, Any, str], ...] = (
-    ("task", lambda v: v in ("classification", "segmentation"), "'classification' or 'segmentation'"),
+    # any task's name (the tasks register above the engine; a predictor for an unknown one says so by name)
+    ("task", lambda v: isinstance(v, str) and v.isidentifier() and v.islower() and len(v) <= 40,
+     "a task name (e.g. 'classification')"),
     ("model", lambda v: isinstance(v, str), "a model name"),
     ("model_config", lambda v: v is None or isinstance(v, dict), "a mapping of architecture options"),
     ("in_chans", lambda v: _whole(v, 1), "a whole number of at least 1"),

@@ -61,11 +61,14 @@ def memory_budget() -> int:
 
 @torch.no_grad()
 def extract_table(model: nn.Module, loader: Any, views: int, num_images: int, precision: Precision,
-                  device: torch.device, dist: Any, progress: Any) -> FeatureTable:
-    """Features of all ``num_images`` training images for ``views`` views (each process computes its share)."""
+                  device: torch.device, dist: Any, progress: Any, target_shape: tuple[int, ...] = ()) -> FeatureTable:
+    """Features of all ``num_images`` training images for ``views`` views (each process computes its share).
+
+    Targets are class indices, or float vectors of ``target_shape`` (e.g. a multi-label task's 0/1 rows)."""
     model.eval()
     tables = []
-    labels = torch.full((num_images,), -1, dtype=torch.long, device=device)
+    labels = torch.full((num_images, *target_shape), -1, dtype=torch.float32 if target_shape else torch.long,
+                        device=device)
     for v in range(views):
         table: torch.Tensor | None = None
         batches = loader.view_batches(v)
@@ -77,7 +80,7 @@ def extract_table(model: nn.Module, loader: Any, views: int, num_images: int, pr
                 table = torch.zeros(num_images, f.shape[1], dtype=f.dtype, device=device)
             idx = idx.to(device)
             table[idx] = f
-            labels[idx] = y.to(device)
+            labels[idx] = y.to(device, labels.dtype)
         if table is None:  # this process had no rows (more processes than images): learn the width
             table = torch.zeros(num_images, model.num_features, dtype=precision.amp_dtype or torch.float32,
                                 device=device)
@@ -156,8 +159,9 @@ class FeatureCache:
 
 
 def build_cache(model: nn.Module, train_loader: Any, val_loader: Any, views: int, num_images: int,
-                precision: Precision, device: torch.device, dist: Any, progress: Any) -> FeatureCache:
+                precision: Precision, device: torch.device, dist: Any, progress: Any,
+                target_shape: tuple[int, ...] = ()) -> FeatureCache:
     t0 = time.perf_counter()
-    table = extract_table(model, train_loader, views, num_images, precision, device, dist, progress)
+    table = extract_table(model, train_loader, views, num_images, precision, device, dist, progress, target_shape)
     val = extract_eval(model, val_loader, precision, device, progress)
     return FeatureCache(CachedTrainLoader(table, train_loader), val, time.perf_counter() - t0, views)

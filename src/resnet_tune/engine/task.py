@@ -47,6 +47,9 @@ class TaskData:
     model_name: str  # the architecture, resolved (a task may choose it from the data)
     preprocessing: dict[str, Any]  # recorded in every checkpoint
     notes: list[str] = field(default_factory=list)  # sentences for the log and the report
+    #: the shape of one image's target beyond the batch: () for a class index (long), else float vectors (e.g. a
+    #: multi-label task's 0/1 row of length L)
+    target_shape: tuple[int, ...] = ()
     scan_summary: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # the task's own (splits, scan report, tables, ...)
 
@@ -188,6 +191,11 @@ class Task:
 
     def record(self, data: TaskData, model: nn.Module) -> dict[str, Any]:
         """Fields every checkpoint of the run carries besides the common ones (classes, preprocessing)."""
+        return {}
+
+    def evaluation_record(self, evaluation: Evaluation) -> dict[str, Any]:
+        """Fields of an epoch's checkpoints that come from that epoch's validation pass (e.g. decision thresholds
+        tuned on it); rank 0 only."""
         return {}
 
     def write_data_records(self, run_dir: Path, data: TaskData) -> None:

@@ -384,7 +384,7 @@ class Trainer:
             from .features import build_cache
 
             r.cache = build_cache(model, data.train, data.val, r.views, data.num_train, s.precision, s.device, dist,
-                                  self._progress)
+                                  self._progress, data.target_shape)
             self.say(f"cached the frozen backbone's features: {data.num_train} training images x {r.views} "
                      f"view(s) and the validation set in {r.cache.seconds:.1f}s; the head trains on them")
         assert r.fwd is not None
@@ -413,16 +413,19 @@ class Trainer:
         else:
             r.bad_after += 1
         if dist.is_main:
-            self._save(s, r, eval_model, row, improved)
+            self._save(s, r, eval_model, row, improved, task.evaluation_record(val))
         return row, improved
 
-    def _save(self, s: _Setup, r: _Run, eval_model: nn.Module, row: dict[str, float], improved: bool) -> None:
-        """Rank 0: the checkpoints (last, and best when improved), the resume state, metrics.csv, TensorBoard."""
+    def _save(self, s: _Setup, r: _Run, eval_model: nn.Module, row: dict[str, float], improved: bool,
+              from_eval: dict[str, Any]) -> None:
+        """Rank 0: the checkpoints (last, and best when improved; ``from_eval``: record fields the task took from
+        this epoch's evaluation), the resume state, metrics.csv, TensorBoard."""
         cfg, task, epoch = self.cfg, self.task, int(row["epoch"])
         extra = {"epoch": epoch, "weights": "ema" if s.ema else "model", "strategy": s.strategy,
                  "pretrained": cfg.pretrained}
         metrics = {k: v for k, v in row.items() if k.startswith(("val_", "train_")) and k != "train_seconds"}
-        rec = ckpt.model_record(eval_model, metrics=metrics, task=task.name, extra={**r.record, **extra},
+        rec = ckpt.model_record(eval_model, metrics=metrics, task=task.name,
+                                extra={**r.record, **extra, **from_eval},
                                 classes=s.data.classes, preprocessing=s.data.preprocessing)
         ckpt.save_checkpoint(r.run_dir / ckpt.LAST, eval_model, rec)
         if improved:

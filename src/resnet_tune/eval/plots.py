@@ -142,7 +142,8 @@ def plot_curves(rows: list[dict], out_png: str | os.PathLike) -> Path:
     return _save(fig, out)
 
 
-def plot_confusion(cm: Any, classes: list[str], out_png: str | os.PathLike, normalize: bool = True) -> Path:
+def plot_confusion(cm: Any, classes: list[str], out_png: str | os.PathLike, normalize: bool = True, *,
+                   title: str | None = None, xlabel: str = "predicted class", ylabel: str = "true class") -> Path:
     """Confusion-matrix heat map (rows true class, columns predicted).
 
     ``normalize=True`` colours by row fraction (recall per true class; empty rows stay 0).
@@ -181,11 +182,11 @@ def plot_confusion(cm: Any, classes: list[str], out_png: str | os.PathLike, norm
     ax.set_xticklabels(names, rotation=90 if c > 8 else 45, ha="center" if c > 8 else "right",
                        rotation_mode="anchor" if c <= 8 else "default", fontsize=tick_fs)
     ax.set_yticklabels(names, fontsize=tick_fs)
-    ax.set_xlabel("predicted class")
-    ax.set_ylabel("true class")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     total = int(counts.sum())
     acc = float(np.trace(counts) / total) if total else 0.0
-    ax.set_title(f"Confusion matrix{' (row-normalised)' if normalize else ''}\n"
+    ax.set_title(title or f"Confusion matrix{' (row-normalised)' if normalize else ''}\n"
                  f"{total} samples, accuracy {100 * acc:.2f}%", fontsize=max(11.0, tick_fs + 1))
 
     if c <= 20:
@@ -290,3 +291,45 @@ def plot_lr_find(lrs: Sequence[float], losses: Sequence[float], suggestion: floa
     ax.grid(True, which="both", alpha=0.25)
     ax.legend(loc="best", fontsize=9)
     return _save(fig, out)
+
+
+def plot_label_ap(report: Mapping[str, Any], out_png: str | os.PathLike) -> Path:
+    """Average precision per label (a multi-label report's ``per_label``), sorted, with each label's support;
+    labels without positives (no AP) are listed in the title instead."""
+    out = _prepare_out(out_png)
+    plt = _plt()
+    rows = [r for r in report["per_label"] if r.get("ap") is not None]
+    rows.sort(key=lambda r: r["ap"])
+    n = len(rows)
+    fig, ax = plt.subplots(figsize=(8, float(np.clip(0.28 * n + 1.6, 2.5, 30.0))))
+    y = np.arange(n)
+    ax.barh(y, [100 * r["ap"] for r in rows], color="#4c72b0")
+    ax.set_yticks(y)
+    ax.set_yticklabels([f"{r['label']} ({r['support']})" for r in rows], fontsize=float(np.clip(500 / max(n, 1),
+                                                                                                 6, 10)))
+    ax.set_xlim(0, 100)
+    ax.set_xlabel("average precision (%)")
+    left = report.get("left_out") or []
+    extra = f"; no positives: {', '.join(left[:6])}{' ...' if len(left) > 6 else ''}" if left else ""
+    ax.set_title(f"AP per label (support in brackets): macro mAP {100 * report['macro_map']:.1f}%{extra}",
+                 fontsize=10)
+    return _save(fig, out)
+
+
+def error_cooccurrence(predicted: Any, targets: Any) -> np.ndarray:
+    """(L, L) counts of images where label i was missed and label j predicted wrongly (i != j); the diagonal counts
+    images where label i was missed and no label was predicted wrongly."""
+    p = np.asarray(predicted).astype(bool)
+    t = np.asarray(targets).astype(bool)
+    fn, fp = t & ~p, ~t & p
+    m = fn.T.astype(np.int64) @ fp.astype(np.int64)
+    np.fill_diagonal(m, (fn & ~fp.any(1, keepdims=True)).sum(0))
+    return m
+
+
+def plot_error_cooccurrence(predicted: Any, targets: Any, labels: list[str], out_png: str | os.PathLike) -> Path:
+    """Heat map of :func:`error_cooccurrence`: which labels are predicted when a label is missed."""
+    return plot_confusion(error_cooccurrence(predicted, targets), labels, out_png, normalize=False,
+                          title="Errors: label missed (row) and label predicted wrongly (column), images;\n"
+                                "the diagonal: missed with nothing predicted wrongly",
+                          xlabel="predicted wrongly", ylabel="missed")

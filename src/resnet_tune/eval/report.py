@@ -161,8 +161,11 @@ def _image_link(run_dir: Path, path: str) -> str:
 
 def write_report(run_dir: str | os.PathLike, *, title: str, config: dict, rows: list[dict],
                  eval_report: dict | None, classes: list[str], scan_summary: str | None = None,
-                 notes: list[str] | None = None, images: dict[str, str] | None = None) -> Path:
+                 notes: list[str] | None = None, images: dict[str, str] | None = None,
+                 sections: Sequence[str] = ()) -> Path:
     """Write ``run_dir/report.md`` (GitHub-flavoured Markdown) and return its path.
+
+    ``sections`` are a task's own Markdown sections, placed after the summary.
 
     Sections: title; summary (best and final validation accuracy, final losses, total
     time and images/s when known, test accuracy/top-5/macro-F1 from ``eval_report``);
@@ -245,6 +248,8 @@ def write_report(run_dir: str | os.PathLike, *, title: str, config: dict, rows: 
         L.append("")
         L += _table(["metric", "value"], [(f"**{k}**", v) for k, v in summary])
         L.append("")
+    for section in sections:
+        L += [section.rstrip("\n"), ""]
 
     # ---- images -------------------------------------------------------------------
     if images:

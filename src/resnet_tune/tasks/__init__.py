@@ -1,6 +1,6 @@
-"""Tasks on the one engine: image classification and semantic segmentation, each a package with its config, data,
-model head, loss, metrics, record, report and predictor (:class:`~resnet_tune.engine.task.Task`); a new task is a
-new package here and a line in :mod:`.registry`.
+"""Tasks on the one engine: image classification, multi-label recognition and semantic segmentation, each a package
+with its config, data, model head, loss, metrics, record, report and predictor (:class:`~resnet_tune.engine.task.Task`);
+a new task is a new package here and a line in :mod:`.registry`.
 
 Names load lazily (the configs are read by ``resnet-tune --help`` without importing PyTorch).
 """
@@ -11,7 +11,7 @@ import importlib
 from typing import Any
 
 _LAZY = {name: ".registry" for name in ("TASKS", "ClassificationConfig", "ClassificationPredictor",
-                                         "ClassificationTask", "Predictor", "SegmentationConfig",
+                                         "ClassificationTask", "MultiLabelConfig", "MultiLabelPredictor", "MultiLabelTask", "Predictor", "SegmentationConfig",
                                          "SegmentationPredictor", "SegmentationTask", "fit", "get_task")}
 
 __all__ = sorted(_LAZY)

@@ -19,20 +19,28 @@ from ..inference.predictor import Predictor
 from .classification.config import ClassificationConfig
 from .classification.predictor import ClassificationPredictor
 from .classification.task import ClassificationTask
+from .multilabel.config import MultiLabelConfig
+from .multilabel.predictor import MultiLabelPredictor
+from .multilabel.task import MultiLabelTask
 from .segmentation.config import SegmentationConfig
 from .segmentation.predictor import SegmentationPredictor
 from .segmentation.task import SegmentationTask
 
-__all__ = ["TASKS", "ClassificationConfig", "ClassificationPredictor", "ClassificationTask", "Predictor",
+__all__ = ["TASKS", "ClassificationConfig", "ClassificationPredictor", "ClassificationTask", "MultiLabelConfig",
+           "MultiLabelPredictor", "MultiLabelTask", "Predictor",
            "SegmentationConfig", "SegmentationPredictor", "SegmentationTask", "fit", "get_task"]
 
 #: Every task by the name its runs and checkpoints record.
-TASKS: dict[str, type[Task]] = {t.name: t for t in (ClassificationTask, SegmentationTask)}
+TASKS: dict[str, type[Task]] = {t.name: t for t in (ClassificationTask, SegmentationTask, MultiLabelTask)}
 
 
 def get_task(name_or_config: str | RunConfig) -> type[Task]:
-    """The task class named ``name`` (``classification``, ``segmentation``), or the one a config belongs to."""
+    """The task class named ``name`` (``classification``, ``segmentation``, ``multilabel``), or the one a config
+    belongs to."""
     if isinstance(name_or_config, RunConfig):
+        for task in TASKS.values():  # the exact class first: a task's config may extend another's
+            if type(name_or_config) is task.config_class:
+                return task
         for task in TASKS.values():
             if isinstance(name_or_config, task.config_class):
                 return task

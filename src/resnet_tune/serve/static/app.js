@@ -5,7 +5,7 @@
 
 (function () {
   const $ = (id) => document.getElementById(id);
-  const state = { auth: false, busy: 0, previewUrl: null, heatUrl: null, segmentation: false };
+  const state = { auth: false, busy: 0, previewUrl: null, heatUrl: null, segmentation: false, multilabel: false };
 
   function setState(s) { document.body.dataset.state = s; }
 
@@ -40,6 +40,8 @@
       state.auth = !!health.auth;
       $("token-box").hidden = !state.auth;
       state.segmentation = model.task === "segmentation";
+      state.multilabel = model.task === "multilabel";
+      if (state.multilabel) $("bars-title").textContent = "Labels (✓: over the label's threshold)";
       if (state.segmentation) {
         $("bars-title").textContent = "Class shares of the pixels";
         $("heatmap").alt = "segmentation mask overlay";
@@ -52,6 +54,10 @@
         $("model-info").textContent = `${model.model || "model"} + ${model.head || "head"} · segmentation · ` +
           `${nClasses} classes` +
           (typeof m.val_miou === "number" ? ` · validation mIoU ${(m.val_miou * 100).toFixed(1)}%` : "");
+      } else if (state.multilabel) {
+        $("model-info").textContent = `${model.model || "model"} · multi-label · ${nClasses} labels` +
+          (pp.input_size ? ` · ${pp.input_size}×${pp.input_size} input` : "") +
+          (typeof m.val_map === "number" ? ` · validation mAP ${(m.val_map * 100).toFixed(1)}%` : "");
       } else {
         const acc = m.val_acc ?? m.accuracy;
         $("model-info").textContent = `${model.model || "model"} · ${nClasses} classes` +
@@ -71,14 +77,16 @@
     }
   }
 
-  function renderTop(top) {
+  function renderTop(top, over) {
     const list = $("top");
     list.replaceChildren();
     for (const t of top) {
       const li = document.createElement("li");
       const name = document.createElement("span");
       name.className = "name";
-      name.textContent = t["class"];
+      const passed = over && over.has(t["class"]);
+      if (over) li.className = passed ? "over" : "under";
+      name.textContent = (passed ? "✓ " : "") + t["class"];
       name.title = t["class"];
       const track = document.createElement("span");
       track.className = "track";
@@ -102,6 +110,8 @@
     const out = await resp.json();
     if (state.segmentation) {
       renderTop(out[0].classes.map((c) => ({ "class": c["class"], prob: c.fraction })));
+    } else if (state.multilabel) {
+      renderTop(out[0].top, new Set(out[0].labels.map((l) => l.label)));
     } else {
       renderTop(out[0].top);
     }

@@ -1,3 +1,3 @@
-"""Multi-label image recognition: several labels an image, from a CSV (issue 15, in progress: the data and the
-metrics land first; the task on the engine, its predictor and the CLI follow).
+"""Multi-label image recognition: several labels an image from a CSV, a sigmoid head with binary cross-entropy,
+macro mAP for the best checkpoint, per-label thresholds tuned on validation (``rt.fit(task="multilabel", ...)``).
 """

@@ -28,8 +28,8 @@ import numpy as np
 from ...data import tables as T
 from ...errors import ConfigError, DataError
 
-__all__ = ["MIN_TRAIN_POSITIVES", "MultiLabelSplits", "detect_csv_task", "discover_multilabel", "iterative_split",
-           "read_label_csv"]
+__all__ = ["MIN_TRAIN_POSITIVES", "MultiLabelSplits", "detect_csv_task", "discover_eval_labels", "discover_multilabel",
+           "iterative_split", "read_label_csv", "targets_of"]
 
 #: A label with fewer training images than this is reported as too few to learn (a sigmoid head sees a handful of
 #: positives among hundreds of negatives and its validation AP is a few steps of noise).
@@ -314,3 +314,23 @@ def discover_multilabel(csv_path: str, *, val_fraction: float = 0.2, seed: int =
         notes.append(f"label(s) {T.quote_list(alone)} have no validation image (too few images to put one in "
                      "each split); they are left out of macro figures.")
     return MultiLabelSplits(labels, train, val, test, table.form, table.separator, notes)
+
+
+def discover_eval_labels(csv_path: str, labels: Sequence[str], label_sep: str | None = None) -> list[Sample]:
+    """The images of a labelled CSV to evaluate a model with ``labels`` on: its test rows when it has a split
+    column with some, else its val rows, else every row. A label the model does not know is one sentence."""
+    csv_path = str(csv_path)
+    table = read_label_csv(csv_path, label_sep)
+    paths, label_sets, splits = _merge(table, csv_path)
+    for wanted in ("test", "val"):
+        if table.has_split and wanted in splits:
+            keep = [i for i, s in enumerate(splits) if s == wanted]
+            paths, label_sets = [paths[i] for i in keep], [label_sets[i] for i in keep]
+            break
+    index = {lab: j for j, lab in enumerate(labels)}
+    unknown = sorted({lab for labs in label_sets for lab in labs} - set(index))
+    if unknown:
+        raise DataError(f"{csv_path} has label(s) {T.quote_list(unknown)} that the model does not know (its labels: "
+                        f"{T.quote_list(list(labels))}); evaluate on data with the model's labels.")
+    resolved = T.resolve_paths(csv_path, paths)
+    return [(p, tuple(sorted(index[lab] for lab in labs))) for p, labs in zip(resolved, label_sets)]
