@@ -87,6 +87,15 @@ def test_train_shards_are_disjoint_and_cover_what_one_process_trains(n: int, wor
                     assert torch.equal(y, y1[block]) and torch.equal(x, x1[block]), (step, r)
             got = [sorted(int(v) for x, _ in f for v in x.flatten()) for f in files]
             assert got == [sorted(s) for s in seen]
+            # and the micro-batches of one process with `world` accumulation steps at the same batch size: rank r's
+            # batch is its r-th micro-batch of each step, crops and flips included
+            micro = MemoryLoader(images, labels, batch, accum_steps=world, **kw)
+            micro.set_epoch(epoch)
+            steps = list(micro)
+            for step, parts in enumerate(zip(*ranks)):
+                for r, (x, y) in enumerate(parts):
+                    xm, ym = steps[step * world + r]
+                    assert torch.equal(y, ym) and torch.equal(x, xm), (step, r)
     assert train_batches(1, 4) == 0 and train_batches(3, 4) == 1 and train_batches(9, 4) == 2
 
 
@@ -439,3 +448,29 @@ def test_segmentation_two_processes_equal_one_process_with_accumulation(tmp_path
     assert distributed["confusion_matrix"] == single["confusion_matrix"]
     assert distributed["mean_iou"] == single["mean_iou"] and distributed["num_images"] == 4
 
+
+
+def test_multilabel_two_processes_equal_one_process_with_accumulation(tmp_path: Path) -> None:
+    """The multi-label task under torchrun: 2 processes at batch 4 train what 1 process trains at batch 4 with
+    --accum-steps 2, and the distributed evaluation (probabilities gathered in batch order) gives exactly the mAP
+    one process computes on the same best checkpoint."""
+    from test_multilabel_train import make_multilabel_data
+
+    csv = make_multilabel_data(tmp_path / "ml", n=40)
+    options = ["--data", str(csv), "--epochs", "2", "--batch-size", "4", "--img-size", "16", "--precision", "fp32",
+               "--deterministic", "--model", "resnet20", "--no-progress", "--seed", "2"]
+    cache = tmp_path / "cache"
+    two, _ = _torchrun([*options, "--output", str(tmp_path / "two")], tmp_path, cache, timeout=300)
+    assert "multi-label data:" in _ok(two)
+    _ok(_single([*options, "--accum-steps", "2", "--output", str(tmp_path / "one")], tmp_path, cache))
+    a, b = load_file(str(tmp_path / "two" / ckpt.LAST)), load_file(str(tmp_path / "one" / ckpt.LAST))
+    statistics = ("running_mean", "running_var", "num_batches_tracked")  # DDP keeps rank 0's
+    compared = [k for k in a if not k.endswith(statistics)]
+    assert len(compared) > 20
+    for k in compared:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6, msg=lambda m, k=k: f'{k}: {m}')
+    distributed = json.loads((tmp_path / "two" / "eval.json").read_text())
+    _ok(_single(["--resume", str(tmp_path / "two")], tmp_path, cache))  # a finished run: the final evaluation again
+    single = json.loads((tmp_path / "two" / "eval.json").read_text())
+    assert distributed["macro_map"] == single["macro_map"] and distributed["micro_f1"] == single["micro_f1"]
+    assert distributed["images"] == single["images"] == 8

@@ -89,7 +89,9 @@ def test_cached_features_and_positive_weights(ml_csv: Path, tmp_path: Path, caps
     save_file({k: v.contiguous() for k, v in rt.create_model("resnet20").state_dict().items()}, str(pre))
     res = rt.fit(task="multilabel", data=str(ml_csv), output=str(tmp_path / "lp"), pretrained=str(pre),
                  strategy="linear_probe", balance="pos_weight", **FAST)
-    assert "cached the frozen backbone's features" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "cached the frozen backbone's features" in out
+    assert "3 labels; images a label in training:" in out and "labels.txt in the run folder" in out
     before, after = load_file(str(pre)), load_file(str(res.run_dir / "last.safetensors"))
     assert all(torch.equal(before[k], after[k]) for k in before if not k.startswith("fc."))
     assert len(res.history) == 2 and np.isfinite([r["val_map"] for r in res.history]).all()

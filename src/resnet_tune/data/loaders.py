@@ -193,7 +193,7 @@ class MemoryLoader:
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, *, train: bool,
                  mean: Sequence[float], std: Sequence[float], seed: int = 0, dtype: torch.dtype = torch.float32,
                  weights: torch.Tensor | None = None, rank: int = 0, world: int = 1,
-                 channels_last: bool = False, augment: bool = True) -> None:
+                 channels_last: bool = False, augment: bool = True, accum_steps: int = 1) -> None:
         # stored channels_last: a batch's crop and flip is then one gather of whole pixels (see crop_flip)
         self.images, self.labels = images.contiguous(memory_format=torch.channels_last), labels
         self.batch_size = batch_size
@@ -205,6 +205,7 @@ class MemoryLoader:
         self.rank, self.world = rank, world
         self.channels_last = channels_last
         self.augment = augment
+        self.accum_steps = max(int(accum_steps), 1)
         self.epoch = 0
         self.pad = max(images.shape[-1] // 8, 1)
 
@@ -240,13 +241,15 @@ class MemoryLoader:
         return train_batches(per, self.batch_size)
 
     def _augment_draws(self, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """Crop offsets and flips for this rank's samples, drawn per *global* batch in order, so that an
-        image gets the same crop and flip whatever the number of processes (one process draws exactly
-        this, batch after batch)."""
+        """Crop offsets and flips for this rank's samples, drawn per optimiser step's *global* batch in order
+        (batch size x processes x accumulation steps), so that an image gets the same crop and flip whatever the
+        split of that batch into processes and accumulation steps (one process with the whole batch draws
+        exactly this, batch after batch)."""
         per = len(pos)
         bs = self.batch_size if per >= self.batch_size else per
         g = torch.Generator(device=self.images.device).manual_seed(self.seed * 7_919 + self.epoch + 1)
-        draws = [draw_crop_flip(bs * max(self.world, 1), self.pad, g) for _ in range(len(self))]
+        steps = -(-len(self) // self.accum_steps)
+        draws = [draw_crop_flip(bs * max(self.world, 1) * self.accum_steps, self.pad, g) for _ in range(steps)]
         if not draws:
             empty = torch.empty(0, dtype=torch.long)
             return empty, empty, None

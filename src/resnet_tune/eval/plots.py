@@ -67,13 +67,16 @@ def _column(rows: Sequence[Mapping[str, Any]], key: str) -> np.ndarray:
 # plots
 # --------------------------------------------------------------------------------------
 
-def plot_curves(rows: list[dict], out_png: str | os.PathLike) -> Path:
+def plot_curves(rows: list[dict], out_png: str | os.PathLike, *,
+                score_keys: Sequence[tuple[str, str]] = (("train_acc", "train"), ("val_acc", "validation")),
+                score_name: str = "accuracy", best_key: str = "val_acc", loss_name: str = "cross-entropy loss"
+                ) -> Path:
     """Training curves from ``metrics.csv`` rows.
 
-    Each row has ``epoch, train_loss, train_acc, val_loss, val_acc, lr`` (numbers or the
-    strings ``csv.DictReader`` gives; ``val_*`` may be missing, blank or NaN). Draws loss
-    and accuracy panels side by side (best validation accuracy marked) and a small
-    learning-rate panel below. Accuracies in 0..1 are shown as percentages.
+    Each row has ``epoch, train_loss, val_loss, lr`` and the score columns ``score_keys`` (``(key, legend)``;
+    classification's ``train_acc, val_acc`` by default; numbers or the strings ``csv.DictReader`` gives; ``val_*``
+    may be missing, blank or NaN). Draws loss and score panels side by side (the best ``best_key`` marked) and a
+    small learning-rate panel below. Scores in 0..1 are shown as percentages.
     """
     out = _prepare_out(out_png)
     plt = _plt()
@@ -81,8 +84,8 @@ def plot_curves(rows: list[dict], out_png: str | os.PathLike) -> Path:
     epoch = _column(rows, "epoch")
     if rows and np.isnan(epoch).all():
         epoch = np.arange(1, len(rows) + 1, dtype=np.float64)
-    cols = {k: _column(rows, k) for k in ("train_loss", "val_loss", "train_acc", "val_acc", "lr")}
-    acc_vals = np.concatenate([cols["train_acc"], cols["val_acc"]])
+    cols = {k: _column(rows, k) for k in ("train_loss", "val_loss", "lr", best_key, *(k for k, _ in score_keys))}
+    acc_vals = np.concatenate([cols[k] for k, _ in score_keys])
     finite_acc = acc_vals[np.isfinite(acc_vals)]
     acc_scale = 100.0 if finite_acc.size and finite_acc.max() <= 1.0 + 1e-9 else 1.0
 
@@ -103,22 +106,22 @@ def plot_curves(rows: list[dict], out_png: str | os.PathLike) -> Path:
             line(ax_loss, cols["val_loss"], "validation", "tab:orange")]
     ax_loss.set_title("Loss")
     ax_loss.set_xlabel("epoch")
-    ax_loss.set_ylabel("cross-entropy loss")
+    ax_loss.set_ylabel(loss_name)
     if any(drew):
         ax_loss.legend(loc="best", fontsize=9)
 
-    drew = [line(ax_acc, cols["train_acc"], "train", "tab:blue", acc_scale),
-            line(ax_acc, cols["val_acc"], "validation", "tab:orange", acc_scale)]
-    val_acc = cols["val_acc"]
+    drew = [line(ax_acc, cols[k], legend, colour, acc_scale)
+            for (k, legend), colour in zip(score_keys, ("tab:blue", "tab:orange", "tab:purple", "tab:brown"))]
+    val_acc = cols[best_key]
     if np.isfinite(val_acc).any():
         best = int(np.nanargmax(val_acc))
         ax_acc.scatter([epoch[best]], [val_acc[best] * acc_scale], s=90, facecolors="none",
                        edgecolors="tab:red", linewidths=1.8, zorder=5,
                        label=f"best val {val_acc[best] * acc_scale:.2f}{'%' if acc_scale == 100 else ''}"
                              f" (epoch {epoch[best]:g})")
-    ax_acc.set_title("Accuracy")
+    ax_acc.set_title(score_name[:1].upper() + score_name[1:])
     ax_acc.set_xlabel("epoch")
-    ax_acc.set_ylabel("accuracy (%)" if acc_scale == 100 else "accuracy")
+    ax_acc.set_ylabel(f"{score_name} (%)" if acc_scale == 100 else score_name)
     if any(drew):
         ax_acc.legend(loc="best", fontsize=9)
 

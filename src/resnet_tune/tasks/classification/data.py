@@ -90,7 +90,8 @@ def build_data(cfg: Any, device: torch.device, channels_last: bool, rank: int, w
         t0 = time.perf_counter()
         xt, yt = decode_to_memory(train_s, pp, progress=cfg.progress and rank == 0)
         xv, yv = decode_to_memory(val_s, pp)
-        common = dict(mean=pp.mean, std=pp.std, rank=rank, world=world, channels_last=channels_last)
+        common = dict(mean=pp.mean, std=pp.std, rank=rank, world=world, channels_last=channels_last,
+                      accum_steps=cfg.accum_steps)
         train = MemoryLoader(xt.to(device), yt.to(device), cfg.batch_size, train=True, seed=cfg.seed, weights=weights,
                              **common)
         val = MemoryLoader(xv.to(device), yv.to(device), cfg.batch_size * 2, train=False, **common)
@@ -124,7 +125,8 @@ def _digits(cfg: Any, device: torch.device, channels_last: bool, rank: int, worl
     desc = (f"embedded default: scikit-learn handwritten digits, {len(yt)} train / {len(yv)} held-out images, "
             f"10 classes, at {size}x{size}")
     weights = balance_weights(yt, len(classes)) if cfg.balance == "sampler" else None
-    common = dict(mean=pp.mean, std=pp.std, rank=rank, world=world, channels_last=channels_last)
+    common = dict(mean=pp.mean, std=pp.std, rank=rank, world=world, channels_last=channels_last,
+                  accum_steps=cfg.accum_steps)
     train = MemoryLoader(xt.to(device), yt.to(device), cfg.batch_size, train=True, seed=cfg.seed, weights=weights,
                          **common)
     val = MemoryLoader(xv.to(device), yv.to(device), cfg.batch_size * 2, train=False, **common)
@@ -146,7 +148,8 @@ def _synthetic(cfg: Any, device: torch.device, channels_last: bool, rank: int, w
     y = torch.randint(0, 10, (n,), generator=g)
     pp = Preprocessing.for_size(size, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
     nv = max(2, n // 8)
-    common = dict(mean=pp.mean, std=pp.std, rank=rank, world=world, channels_last=channels_last)
+    common = dict(mean=pp.mean, std=pp.std, rank=rank, world=world, channels_last=channels_last,
+                  accum_steps=cfg.accum_steps)
     train = MemoryLoader(x.to(device), y.to(device), cfg.batch_size, train=True, seed=cfg.seed, **common)
     val = MemoryLoader(x[:nv].to(device), y[:nv].to(device), cfg.batch_size * 2, train=False, **common)
     return TaskData([str(i) for i in range(10)], train, val, None, n,

@@ -85,12 +85,15 @@ class MultiLabelSplits:
         return (f"multi-label CSV ({self.form} form{sep}): train {len(self.train)}, val {len(self.val)}{n_test} "
                 f"images; {len(self.labels)} labels")
 
-    def label_summary(self) -> str:
-        """Label frequencies per split, labels seen in one split only, labels too rare to learn, unlabelled images."""
+    def label_summary(self, frequencies: bool = True) -> str:
+        """Label frequencies per split (``frequencies``), labels seen in one split only, labels too rare to learn,
+        unlabelled images."""
         tr, va = self.targets("train").sum(0), self.targets("val").sum(0)
         width = max(len(x) for x in self.labels)
         lines = [f"  {lab:<{width}}  train {int(a):>6}  val {int(b):>6}" for lab, a, b in zip(self.labels, tr, va)]
-        out = ["label frequencies (images with the label):", *lines]
+        out = ["label frequencies (images with the label):", *lines] if frequencies else [
+            f"{len(self.labels)} labels; images a label in training: {int(tr.min())} to {int(tr.max())} (median "
+            f"{int(np.median(tr))}); {float(self.targets('train').sum(1).mean()):.2f} labels an image"]
         only_train = [lab for lab, b in zip(self.labels, va) if b == 0]
         if only_train:
             out.append(f"labels with no validation image (left out of macro figures): {T.quote_list(only_train)}")

@@ -124,7 +124,8 @@ class MultiLabelTask(ClassificationTask):
         loaders: dict[str, Any] = {}
         if use_memory:
             t0 = time.perf_counter()
-            common = dict(mean=pp.mean, std=pp.std, rank=rank, world=world, channels_last=channels_last)
+            common = dict(mean=pp.mean, std=pp.std, rank=rank, world=world, channels_last=channels_last,
+                          accum_steps=cfg.accum_steps)
             for k, samples in parts.items():
                 if not samples:
                     continue
@@ -146,7 +147,9 @@ class MultiLabelTask(ClassificationTask):
                 loaders[k] = EpochLoader(ds, cfg.batch_size * (1 if train else 2), train, workers, device, cfg.seed,
                                          None, rank, world)
         return TaskData(splits.labels, loaders["train"], loaders["val"], loaders.get("test"), len(train_s), desc, name,
-                        pp.to_dict(), notes=list(splits.notes), scan_summary=report.summary(),
+                        pp.to_dict(), notes=list(splits.notes),
+                        scan_summary=report.summary() + "\n" + splits.label_summary(frequencies=False)
+                        + "\n(label frequencies: labels.txt in the run folder)",
                         target_shape=(n_labels,),
                         extra={"scan": report, "splits": splits, "train_targets": targets["train"],
                                "val_samples": val_s, "test_samples": test_s, "input_size": size,
@@ -233,7 +236,10 @@ class MultiLabelTask(ClassificationTask):
         report["split"] = split
         report["thresholds"] = record.get("thresholds")
         (run_dir / "eval.json").write_text(json.dumps(report, indent=2))
-        images = {"Training curves": P.plot_curves(history, run_dir / "curves.png").name,
+        curves = P.plot_curves(history, run_dir / "curves.png", best_key="val_map", score_name="mAP / micro-F1",
+                               score_keys=(("val_map", "validation mAP"), ("val_micro_f1", "validation micro-F1")),
+                               loss_name="binary cross-entropy")
+        images = {"Training curves": curves.name,
                   "Average precision per label": P.plot_label_ap(report, run_dir / "label_ap.png").name,
                   "Label co-occurrence of errors": P.plot_error_cooccurrence(
                       probs.numpy() >= np.asarray(values)[None, :], targets.numpy() > 0.5, data.classes,
