@@ -445,3 +445,47 @@ def test_browser_page_shows_top5_and_heatmap(servers: dict[str, Server], tmp_pat
         finally:
             browser.close()
     assert requests and all(r.startswith((url, "blob:", "data:")) for r in requests), requests
+
+
+def test_browser_page_marks_the_labels_over_their_thresholds(tmp_path: Path) -> None:
+    """A multi-label checkpoint on the same page: the bars are the top scores, and the labels over their
+    thresholds (the predictor's own answer) are marked."""
+    if not Path(CHROMIUM).exists():
+        pytest.skip("headless Chromium is not installed")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="enable with `pip install playwright`")
+    from test_multilabel_train import FAST, make_multilabel_data
+
+    import resnet_tune as rt
+
+    csv = make_multilabel_data(tmp_path / "ml", n=32)
+    run = tmp_path / "run"
+    rt.fit(task="multilabel", data=str(csv), output=str(run), quiet=True, **dict(FAST, epochs=1))
+    image = csv.parent / "img0.png"
+    server = Server(run, tmp_path / "server.log", "--no-batch")
+    try:
+        server.wait()
+        answer = httpx.post(server.url + "/predict", files=[("file", ("img0.png", image.read_bytes(), "image/png"))],
+                            timeout=60).json()[0]
+        want = {t["label"] for t in answer["labels"]}
+        with sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+            try:
+                page = browser.new_page(viewport={"width": 980, "height": 860})
+                errors: list[str] = []
+                page.on("pageerror", lambda exc: errors.append(str(exc)))
+                page.goto(server.url + "/")
+                page.wait_for_function("document.getElementById('model-info').textContent.includes('multi-label')")
+                assert "Labels" in page.locator("#bars-title").inner_text()
+                page.set_input_files("#file", str(image))
+                page.wait_for_selector("body[data-state='done']", timeout=60_000)
+                rows = page.locator("#top li")
+                assert rows.count() == 3
+                marked = {n.strip("✓ ").strip() for n in page.locator("#top li.over .name").all_inner_texts()}
+                unmarked = {n.strip() for n in page.locator("#top li.under .name").all_inner_texts()}
+                assert marked | unmarked == {"blue", "green", "red"} and not marked & unmarked
+                assert marked == want  # the page marks what the server answers
+                assert not errors, errors
+            finally:
+                browser.close()
+    finally:
+        server.stop()

@@ -131,15 +131,18 @@ class ClassificationTask(Task):
     def train_metrics(self, loss: float, counts: dict[str, float], seen: int) -> dict[str, float]:
         return {"train_loss": loss, "train_acc": counts["correct"] / seen}
 
+    def scores_and_loss(self, logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """An evaluation batch's probabilities and summed loss, from its float32 logits: softmax, cross-entropy."""
+        return logits.softmax(1), F.cross_entropy(logits, y, reduction="sum").item()
+
     @torch.no_grad()
     def eval_batch(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, precision: Precision,
                    device: torch.device) -> EvalBatch:
-        """Softmax probabilities (float32, CPU), targets and the summed cross-entropy of one batch."""
+        """Probabilities (float32, CPU), targets and the summed loss of one batch (:meth:`scores_and_loss`)."""
         with precision.autocast(device):
             out = forward_chunked(model, x)
-        out = out.float()
-        loss_sum = F.cross_entropy(out, y, reduction="sum").item()
-        return EvalBatch(None, (out.softmax(1).cpu(), y.cpu(), loss_sum))
+        probs, loss_sum = self.scores_and_loss(out.float(), y)
+        return EvalBatch(None, (probs.cpu(), y.cpu(), loss_sum))
 
     def eval_metrics(self, counts: dict[str, np.ndarray], parts: list[Any]) -> Evaluation:
         probs, targets, loss = combine_batches(parts)

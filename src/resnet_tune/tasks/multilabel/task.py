@@ -17,8 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...engine.hardware import Precision, forward_chunked
-from ...engine.task import EvalBatch, Evaluation, TaskData, require_usable
+from ...engine.task import Evaluation, TaskData, require_usable
 from ..classification.data import choose_model_and_size, memory_by_default
 from ..classification.task import ClassificationTask, combine_batches, mix_batch
 from .config import MultiLabelConfig
@@ -176,15 +175,10 @@ class MultiLabelTask(ClassificationTask):
     def train_metrics(self, loss: float, counts: dict[str, float], seen: int) -> dict[str, float]:
         return {"train_loss": loss}
 
-    @torch.no_grad()
-    def eval_batch(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, precision: Precision,
-                   device: torch.device) -> EvalBatch:
-        """Sigmoid probabilities (float32, CPU), 0/1 targets and the summed binary cross-entropy of one batch."""
-        with precision.autocast(device):
-            out = forward_chunked(model, x)
-        out = out.float()
-        loss_sum = F.binary_cross_entropy_with_logits(out, y.float(), reduction="sum").item() / y.shape[1]
-        return EvalBatch(None, (out.sigmoid().cpu(), y.cpu(), loss_sum))
+    def scores_and_loss(self, logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """Sigmoid probabilities and the binary cross-entropy summed over images (averaged over labels)."""
+        return logits.sigmoid(), F.binary_cross_entropy_with_logits(logits, y.float(), reduction="sum").item() / \
+            y.shape[1]
 
     def eval_metrics(self, counts: dict[str, np.ndarray], parts: list[Any]) -> Evaluation:
         from ...eval.multilabel import multilabel_report, tune_thresholds
