@@ -122,6 +122,12 @@ def test_cli_detects_a_multilabel_csv_and_resumes_it(ml_csv: Path, tmp_path: Pat
     pred = rt.Predictor(tmp_path / "cli")
     assert type(pred).__name__ == "MultiLabelPredictor"
     assert got == pred.predict_files(images)
+    from PIL import Image as PILImage
+
+    from resnet_tune.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="label 'zebra' is not one of the model's labels"):
+        pred.explain(PILImage.open(images[0]), "zebra")
     th = ckpt.read_record(tmp_path / "cli" / "best.safetensors")["thresholds"]["per_label"]
     for r in got:
         assert len(r["top"]) == 3 and all(t["prob"] >= th[t["label"]] for t in r["labels"])
@@ -163,6 +169,7 @@ def test_cli_detects_a_multilabel_csv_and_resumes_it(ml_csv: Path, tmp_path: Pat
 
 @pytest.mark.parametrize("extra,message", [
     (["--task", "classification", "--label-sep", ";"], "--label-sep applies to multi-label runs only"),
+    (["--task", "classify", "--target-precision", "0.9"], "--target-precision applies to multi-label runs only"),
     (["--task", "multilabel", "--balance", "sampler"], "balance"),
 ])
 def test_cli_refuses_options_of_the_other_task(ml_csv: Path, tmp_path: Path, capsys: pytest.CaptureFixture,

@@ -10,7 +10,7 @@ from typing import Callable
 
 from .options import add_config_options, config_values
 
-TASK_CHOICES = ("auto", "classification", "multilabel")
+TASK_CHOICES = ("auto", "classification", "classify", "multilabel")  # classify: classification's short name
 
 
 def _add_train_options(p: argparse.ArgumentParser, multilabel: bool = False) -> None:
@@ -42,7 +42,7 @@ def _choose_task(task: str, values: dict, say: Callable[[str], None]) -> str:
     return "classification"
 
 
-def _train_config(args: argparse.Namespace, say: Callable[[str], None] = print):  # type: ignore[no-untyped-def]
+def _train_config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from ..engine.config import from_dict
     from ..errors import ConfigError
     from ..tasks.classification.config import ClassificationConfig
@@ -57,7 +57,8 @@ def _train_config(args: argparse.Namespace, say: Callable[[str], None] = print):
     task = args.task if args.task != "auto" else str(from_file or "auto")
     if task not in TASK_CHOICES:
         raise ConfigError(f"task {task!r} is not one of {', '.join(TASK_CHOICES)}.")
-    task = _choose_task(task, values, say)
+    task = "classification" if task == "classify" else task
+    task = _choose_task(task, values, print)
     cls = MultiLabelConfig if task == "multilabel" else ClassificationConfig
     if cls is ClassificationConfig:
         own = {f.name for f in dataclasses.fields(ClassificationConfig)}

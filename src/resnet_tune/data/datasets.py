@@ -48,11 +48,6 @@ IMAGE_EXTENSIONS: frozenset[str] = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 )
 
-_SPLIT_NAMES = T.SPLIT_NAMES
-_PATH_COLUMNS = T.PATH_COLUMNS
-_LABEL_COLUMNS = T.LABEL_COLUMNS
-
-
 # --------------------------------------------------------------------------------------------- splits
 @dataclass
 class DataSplits:
@@ -92,10 +87,6 @@ def is_image_file(path: str | os.PathLike[str]) -> bool:
     return os.path.splitext(os.fspath(path))[1].lower() in IMAGE_EXTENSIONS
 
 
-def _abs(path: str | os.PathLike[str]) -> str:
-    return os.path.abspath(os.fspath(path))
-
-
 def _subdirs(folder: str) -> list[str]:
     """Names of the non-hidden, non-junk subfolders of ``folder``, sorted."""
     with os.scandir(folder) as it:
@@ -104,12 +95,7 @@ def _subdirs(folder: str) -> list[str]:
 
 def _loose_files(folder: str) -> list[str]:
     with os.scandir(folder) as it:
-        return sorted(_abs(e.path) for e in it if not is_junk(e.name) and e.is_file())
-
-
-def _quote_list(names: Sequence[str], limit: int = 10) -> str:
-    shown = ", ".join(repr(n) for n in names[:limit])
-    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+        return sorted(T.abs_path(e.path) for e in it if not is_junk(e.name) and e.is_file())
 
 
 # -------------------------------------------------------------------------------------------- layouts
@@ -117,7 +103,7 @@ def _split_folders(root: str) -> dict[str, str]:
     """Map 'train'/'val'/'test' to the subfolder of ``root`` holding that split (those that hold folders)."""
     found: dict[str, str] = {}
     for name in _subdirs(root):
-        split = _SPLIT_NAMES.get(name.lower())
+        split = T.SPLIT_NAMES.get(name.lower())
         if split is None:
             continue
         path = os.path.join(root, name)
@@ -236,12 +222,12 @@ def _check_classes(files: dict[str, list[str]], where: str, csv: bool = False) -
     empty = sorted(c for c, n in counts.items() if n == 0)
     if empty and csv:
         raise DataError(
-            f"Class(es) {_quote_list(empty)} in {where} have no image files among their training rows; add "
+            f"Class(es) {T.quote_list(empty)} in {where} have no image files among their training rows; add "
             "images for them or remove their rows."
         )
     if empty:
         raise DataError(
-            f"Class folder(s) {_quote_list(empty)} in {where} hold no images; add images to them or delete the "
+            f"Class folder(s) {T.quote_list(empty)} in {where} hold no images; add images to them or delete the "
             "empty folder(s), since every class folder is a class the model must learn."
         )
     if len(counts) < 2:
@@ -292,8 +278,8 @@ def _discover_split_folders(root: str, found: dict[str, str], val_fraction: floa
         unknown = [c for c in sorted(by_split.get(split, {})) if c not in train_files]
         if unknown:
             raise DataError(
-                f"The {split} folder {found[split]} has class folder(s) {_quote_list(unknown)} that are not in "
-                f"the train folder (train classes: {_quote_list(classes)}); rename them to train classes or "
+                f"The {split} folder {found[split]} has class folder(s) {T.quote_list(unknown)} that are not in "
+                f"the train folder (train classes: {T.quote_list(classes)}); rename them to train classes or "
                 "add training images for them."
             )
     notes = walker.notes + _deduplicate(by_split, root)
@@ -333,16 +319,16 @@ def _read_csv(csv_path: str) -> tuple[list[_CsvRow], bool]:
     """Rows of a path,label[,split] CSV and whether it had a split column."""
     rows = T.read_rows(csv_path)
     header = [c.strip().lower() for c in rows[0]]
-    known = set(_PATH_COLUMNS) | set(_LABEL_COLUMNS) | {"split"}
+    known = set(T.PATH_COLUMNS) | set(T.LABEL_COLUMNS) | {"split"}
     if T.has_header(rows, csv_path, known):
-        path_col = next((header.index(c) for c in _PATH_COLUMNS if c in header), None)
-        label_col = next((header.index(c) for c in _LABEL_COLUMNS if c in header), None)
+        path_col = next((header.index(c) for c in T.PATH_COLUMNS if c in header), None)
+        label_col = next((header.index(c) for c in T.LABEL_COLUMNS if c in header), None)
         split_col = header.index("split") if "split" in header else None
         missing = [name for name, col in (("path", path_col), ("label", label_col)) if col is None]
         if missing:
             raise DataError(
                 f"The CSV file {csv_path} has no {' or '.join(repr(m) for m in missing)} column "
-                f"(its columns are {_quote_list(rows[0])}); name the columns path,label (and optionally split)."
+                f"(its columns are {T.quote_list(rows[0])}); name the columns path,label (and optionally split)."
             )
         body = list(enumerate(rows[1:], start=2))
     else:
@@ -402,8 +388,8 @@ def _discover_csv(csv_path: str, val_fraction: float, seed: int) -> DataSplits:
         unknown = sorted(c for c in by_split[split] if c not in index)
         if unknown:
             raise DataError(
-                f"The {split} rows of {csv_path} have label(s) {_quote_list(unknown)} that no train row has "
-                f"(train classes: {_quote_list(classes)}); fix the labels or add training rows for them."
+                f"The {split} rows of {csv_path} have label(s) {T.quote_list(unknown)} that no train row has "
+                f"(train classes: {T.quote_list(classes)}); fix the labels or add training rows for them."
             )
     if by_split["val"]:
         train = _labelled({c: sorted(v) for c, v in by_split["train"].items()}, index)
@@ -416,7 +402,7 @@ def _discover_csv(csv_path: str, val_fraction: float, seed: int) -> DataSplits:
 
 # ------------------------------------------------------------------------------------------ discovery
 def _existing(data: str | os.PathLike[str]) -> str:
-    path = _abs(data)
+    path = T.abs_path(data)
     if not os.path.exists(path):
         raise DataError(f"Data folder {os.fspath(data)} does not exist; check the --data path.")
     return path
@@ -450,13 +436,13 @@ def discover_eval(data: str | os.PathLike[str], classes: list[str]) -> list[Samp
     """
     path = _existing(data)
     index = {c: i for i, c in enumerate(classes)}
-    known = _quote_list(list(classes), limit=20)
+    known = T.quote_list(list(classes), limit=20)
 
     def check(found: Iterable[str], where: str) -> None:
         unknown = sorted(c for c in found if c not in index)
         if unknown:
             raise DataError(
-                f"{where} has class(es) {_quote_list(unknown)} that the checkpoint does not know (its classes are "
+                f"{where} has class(es) {T.quote_list(unknown)} that the checkpoint does not know (its classes are "
                 f"{known}); remove or rename them."
             )
 
@@ -530,7 +516,7 @@ def list_images(path_or_paths: str | os.PathLike[str] | Iterable[str | os.PathLi
     seen: set[str] = set()
     walker = FolderWalker()
     for item in items:
-        p = _abs(item)
+        p = T.abs_path(item)
         if not os.path.exists(p):
             raise DataError(f"{os.fspath(item)} does not exist; check the path of the images.")
         candidates = walker.files(p) if os.path.isdir(p) else [p]
@@ -538,7 +524,7 @@ def list_images(path_or_paths: str | os.PathLike[str] | Iterable[str | os.PathLi
             real = real_path(c)
             if is_image_file(c) and real not in seen:
                 seen.add(real)
-                out.append(_abs(c))
+                out.append(T.abs_path(c))
     if not out:
         names = ", ".join(os.fspath(i) for i in items[:3]) + (", ..." if len(items) > 3 else "")
         raise DataError(

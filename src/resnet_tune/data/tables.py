@@ -27,8 +27,9 @@ def abs_path(path: str | os.PathLike[str]) -> str:
 
 
 def quote_list(names: Sequence[str], limit: int = 10) -> str:
+    """``'a', 'b', 'c' and 7 more``: names for a message."""
     shown = ", ".join(repr(n) for n in list(names)[:limit])
-    return shown + (f", ... ({len(names)} in all)" if len(names) > limit else "")
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
 def read_rows(csv_path: str, example: str = "path,label") -> list[list[str]]:

@@ -17,6 +17,7 @@ __all__ = [
     "confusion_matrix",
     "format_report",
     "per_class_metrics",
+    "safe_div",
     "topk_accuracy",
 ]
 
@@ -89,7 +90,8 @@ def confusion_matrix(targets: np.ndarray, preds: np.ndarray, num_classes: int) -
     return np.bincount(t * c + p, minlength=c * c).reshape(c, c).astype(np.int64)
 
 
-def _safe_div(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+def safe_div(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    """``num / den`` in float64, 0 where ``den`` is 0 (precision, recall and F1 of empty classes)."""
     num = np.asarray(num, dtype=np.float64)
     den = np.asarray(den, dtype=np.float64)
     out = np.zeros(np.broadcast(num, den).shape, dtype=np.float64)
@@ -110,10 +112,10 @@ def per_class_metrics(cm: np.ndarray) -> dict[str, np.ndarray]:
     tp = np.diag(m)
     predicted = m.sum(axis=0)
     support = m.sum(axis=1)
-    precision = _safe_div(tp, predicted)
-    recall = _safe_div(tp, support)
+    precision = safe_div(tp, predicted)
+    recall = safe_div(tp, support)
     # 2PR/(P+R) == 2TP/(2TP+FP+FN); the latter never divides 0 by 0 unless TP=FP=FN=0.
-    f1 = _safe_div(2 * tp, predicted + support)
+    f1 = safe_div(2 * tp, predicted + support)
     return {"precision": precision, "recall": recall, "f1": f1, "support": support.astype(np.int64)}
 
 

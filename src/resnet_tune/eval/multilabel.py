@@ -18,6 +18,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .metrics import safe_div
+
 __all__ = ["MIN_TUNING_POSITIVES", "Thresholds", "average_precision", "label_counts", "multilabel_report",
            "tune_thresholds"]
 
@@ -69,11 +71,6 @@ def label_counts(targets: Any, predictions: Any) -> dict[str, np.ndarray]:
     t = np.asarray(targets).astype(bool)
     p = np.asarray(predictions).astype(bool)
     return {"tp": (t & p).sum(0), "fp": (~t & p).sum(0), "fn": (t & ~p).sum(0), "support": t.sum(0)}
-
-
-def _div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    return np.divide(a, b, out=np.zeros_like(a), where=b > 0)
 
 
 @dataclass
@@ -141,8 +138,8 @@ def multilabel_report(probs: Any, targets: Any, labels: Sequence[str], threshold
     ap = average_precision(t, s)
     keep = t.sum(0) > 0
     c = label_counts(t, pred)
-    precision, recall = _div(c["tp"], c["tp"] + c["fp"]), _div(c["tp"], c["tp"] + c["fn"])
-    f1 = _div(2 * c["tp"], 2 * c["tp"] + c["fp"] + c["fn"])
+    precision, recall = safe_div(c["tp"], c["tp"] + c["fp"]), safe_div(c["tp"], c["tp"] + c["fn"])
+    f1 = safe_div(2 * c["tp"], 2 * c["tp"] + c["fp"] + c["fn"])
     tp, fp, fn = (c[k].sum() for k in ("tp", "fp", "fn"))  # micro figures pool every label
     n = t.shape[0]
     per_label = [{"label": lab, "ap": None if np.isnan(ap[j]) else float(ap[j]), "precision": float(precision[j]),
@@ -154,7 +151,7 @@ def multilabel_report(probs: Any, targets: Any, labels: Sequence[str], threshold
         "macro_map": float(ap[keep].mean()) if keep.any() else float("nan"),
         "micro_map": _ap(t.ravel(), s.ravel()),
         "macro_f1": float(f1[keep].mean()) if keep.any() else float("nan"),
-        "micro_f1": float(_div(2 * tp, 2 * tp + fp + fn)),
+        "micro_f1": float(safe_div(2 * tp, 2 * tp + fp + fn)),
         "exact_match": float((pred == t).all(1).mean()) if n else float("nan"),
         "hamming_loss": float((pred != t).mean()) if n else float("nan"),
         "left_out": [lab for j, lab in enumerate(labels) if not keep[j]],

@@ -15,7 +15,8 @@ from ...engine.task import TaskData, require_usable
 from ...errors import ConfigError, DataError
 from ...models import get_config, mean_std_for
 
-__all__ = ["balance_weights", "build_data", "choose_model_and_size", "class_weights", "memory_by_default"]
+__all__ = ["balance_weights", "build_data", "choose_model_and_size", "class_weights", "image_loaders",
+           "memory_by_default"]
 
 
 def choose_model_and_size(cfg: Any, median_side: float | None) -> tuple[str, int]:
@@ -81,38 +82,52 @@ def build_data(cfg: Any, device: torch.device, channels_last: bool, rank: int, w
     pp = Preprocessing.for_size(size, mean, std)
     labels = torch.tensor([y for _, y in train_s])
     weights = balance_weights(labels, len(splits.classes)) if cfg.balance == "sampler" else None
-    nbytes = (len(train_s) + len(val_s) + len(test_s or [])) * 3 * size * size
-    use_memory = cfg.loader == "memory" or (cfg.loader == "auto" and memory_by_default(device, size, nbytes)
-                                            and cfg.augment == "default")
-    desc = f"{cfg.data} ({splits.describe()}) at {size}x{size}"
-    test: Any = None
-    if use_memory:
-        t0 = time.perf_counter()
-        xt, yt = decode_to_memory(train_s, pp, progress=cfg.progress and rank == 0)
-        xv, yv = decode_to_memory(val_s, pp)
-        common = dict(mean=pp.mean, std=pp.std, rank=rank, world=world, channels_last=channels_last,
-                      accum_steps=cfg.accum_steps)
-        train = MemoryLoader(xt.to(device), yt.to(device), cfg.batch_size, train=True, seed=cfg.seed, weights=weights,
-                             **common)
-        val = MemoryLoader(xv.to(device), yv.to(device), cfg.batch_size * 2, train=False, **common)
-        if test_s:
-            xs, ys = decode_to_memory(test_s, pp)
-            test = MemoryLoader(xs.to(device), ys.to(device), cfg.batch_size * 2, train=False, **common)
-        desc += f"; decoded into memory in {time.perf_counter() - t0:.1f}s"
-    else:
-        workers = cfg.workers if cfg.workers is not None else default_workers(device)
-        etf = eval_transform(pp)
-        train = EpochLoader(FileDataset(train_s, train_transform(pp, cfg.augment), seed=cfg.seed), cfg.batch_size,
-                            True, workers, device, cfg.seed, weights, rank, world)
-        val = EpochLoader(FileDataset(val_s, etf), cfg.batch_size * 2, False, workers, device, cfg.seed, None, rank,
-                          world)
-        if test_s:
-            test = EpochLoader(FileDataset(test_s, etf), cfg.batch_size * 2, False, workers, device, cfg.seed, None,
-                               rank, world)
-    return TaskData(splits.classes, train, val, test, len(train_s), desc, name, pp.to_dict(), notes=list(splits.notes),
-                    scan_summary=report.summary(),
+    parts = {"train": train_s, "val": val_s, "test": test_s}
+    targets = {k: torch.tensor([y for _, y in v], dtype=torch.long) for k, v in parts.items() if v}
+    loaders, use_memory, how = image_loaders(cfg, parts, targets, pp, device, channels_last, rank, world, weights)
+    desc = f"{cfg.data} ({splits.describe()}) at {size}x{size}{how}"
+    return TaskData(splits.classes, loaders["train"], loaders["val"], loaders.get("test"), len(train_s), desc, name,
+                    pp.to_dict(), notes=list(splits.notes), scan_summary=report.summary(),
                     extra={"scan": report, "train_labels": labels, "val_samples": val_s, "test_samples": test_s,
                            "input_size": size, "in_memory": use_memory})
+
+
+def image_loaders(cfg: Any, parts: dict[str, list[tuple[str, Any]] | None], targets: dict[str, torch.Tensor],
+                  pp: Preprocessing, device: torch.device, channels_last: bool, rank: int, world: int,
+                  weights: torch.Tensor | None = None) -> tuple[dict[str, Any], bool, str]:
+    """Loaders of the ``train``, ``val`` and (where given) ``test`` images of a run: decoded once into memory and
+    cropped and flipped in batches, or read by DataLoader workers (:func:`memory_by_default`, ``cfg.loader``).
+
+    ``parts`` holds each split's ``(path, target)`` samples (what a worker yields), ``targets`` the same targets as
+    one tensor a split (what the memory loader holds); ``weights`` feeds the training sampler. Returns the loaders
+    by split, whether they are in memory, and the description's suffix."""
+    size = pp.input_size
+    nbytes = sum(len(v) for v in parts.values() if v) * 3 * size * size
+    use_memory = cfg.loader == "memory" or (cfg.loader == "auto" and memory_by_default(device, size, nbytes)
+                                            and cfg.augment == "default")
+    loaders: dict[str, Any] = {}
+    if use_memory:
+        t0 = time.perf_counter()
+        common = dict(mean=pp.mean, std=pp.std, rank=rank, world=world, channels_last=channels_last,
+                      accum_steps=cfg.accum_steps)
+        for k, samples in parts.items():
+            if not samples:
+                continue
+            train = k == "train"
+            x, _ = decode_to_memory([(p, 0) for p, _ in samples], pp, progress=cfg.progress and rank == 0 and train)
+            loaders[k] = MemoryLoader(x.to(device), targets[k].to(device), cfg.batch_size * (1 if train else 2),
+                                      train=train, seed=cfg.seed, weights=weights if train else None, **common)
+        return loaders, True, f"; decoded into memory in {time.perf_counter() - t0:.1f}s"
+    workers = cfg.workers if cfg.workers is not None else default_workers(device)
+    for k, samples in parts.items():
+        if not samples:
+            continue
+        train = k == "train"
+        tf = train_transform(pp, cfg.augment) if train else eval_transform(pp)
+        loaders[k] = EpochLoader(FileDataset(samples, tf, seed=cfg.seed if train else None),
+                                 cfg.batch_size * (1 if train else 2), train, workers, device, cfg.seed,
+                                 weights if train else None, rank, world)
+    return loaders, False, ""
 
 
 def _digits(cfg: Any, device: torch.device, channels_last: bool, rank: int, world: int) -> TaskData:

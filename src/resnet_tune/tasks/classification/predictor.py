@@ -24,6 +24,8 @@ class ClassificationPredictor(Predictor):
     task = "classification"
     service_description = "Classify images and explain the predictions with Grad-CAM."
     error_fields = {"top": []}
+    #: what the model's outputs are called in messages
+    noun, nouns = "class", "classes"
 
     def __init__(self, checkpoint: str | os.PathLike[str], **options: Any) -> None:
         super().__init__(checkpoint, **options)
@@ -70,11 +72,12 @@ class ClassificationPredictor(Predictor):
         return {"top": self.top(output, top_k)}
 
     def explain(self, image: Image.Image, target: str | None = None) -> tuple[Image.Image, dict[str, Any]]:
-        """The Grad-CAM overlay of the region the model sees, for ``target`` (default: the predicted class)."""
+        """The Grad-CAM overlay of the region the model sees, for ``target`` (default: the most likely class)."""
         from ...inference.gradcam import explain_image
 
         if target is not None and target not in self.classes:
-            raise ConfigError(f"class {target!r} is not one of the model's classes ({', '.join(self.classes)}).")
+            raise ConfigError(f"{self.noun} {target!r} is not one of the model's {self.nouns} "
+                              f"({', '.join(self.classes)}).")
         return explain_image(self, image, target)
 
     # ---- files

@@ -272,11 +272,9 @@ def iterative_split(label_sets: Sequence[Sequence[int]], n_labels: int, val_frac
             continue
         for s in (0, 1):
             if not any(where[i] == s for i in by_label[lab]):
-                # the other split's image of this label with the fewest labels moves (it disturbs the fewest labels)
-                donor = min((i for i in by_label[lab] if sum(where[j] == 1 - s for j in by_label[lab]) > 1),
-                            key=lambda i: (len(label_sets[i]), i), default=None)
-                if donor is not None:
-                    where[donor] = s
+                # all its images are in the other split (two or more): the one with the fewest labels moves (it
+                # disturbs the fewest labels)
+                where[min(by_label[lab], key=lambda i: (len(label_sets[i]), i))] = s
     return [i for i in range(n) if where[i] == 0], [i for i in range(n) if where[i] == 1]
 
 

@@ -6,9 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from PIL import Image
 
-from ...errors import ConfigError
 from ..classification.predictor import ClassificationPredictor
 
 __all__ = ["MultiLabelPredictor"]
@@ -22,6 +20,7 @@ class MultiLabelPredictor(ClassificationPredictor):
     task = "multilabel"
     service_description = "Find every label an image has, and explain each with Grad-CAM."
     error_fields = {"labels": [], "top": []}
+    noun, nouns = "label", "labels"
 
     def __init__(self, checkpoint: Any, **options: Any) -> None:
         super().__init__(checkpoint, **options)
@@ -39,11 +38,3 @@ class MultiLabelPredictor(ClassificationPredictor):
         return {"labels": [{"label": self.classes[j], "prob": round(float(output[j]), 6),
                             "threshold": round(float(self.thresholds[j]), 6)} for j in over],
                 "top": self.top(output, top_k)}
-
-    def explain(self, image: Image.Image, target: str | None = None) -> tuple[Image.Image, dict[str, Any]]:
-        """Grad-CAM for ``target`` (default: the most likely label)."""
-        from ...inference.gradcam import explain_image
-
-        if target is not None and target not in self.classes:
-            raise ConfigError(f"label {target!r} is not one of the model's labels ({', '.join(self.classes)}).")
-        return explain_image(self, image, target)

@@ -8,7 +8,6 @@ extends) and differs in the data (label sets from a CSV), the loss, the metrics,
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...engine.task import Evaluation, TaskData, require_usable
-from ..classification.data import choose_model_and_size, memory_by_default
+from ..classification.data import choose_model_and_size, image_loaders
 from ..classification.task import ClassificationTask, combine_batches, mix_batch
 from .config import MultiLabelConfig
 
@@ -88,10 +87,8 @@ class MultiLabelTask(ClassificationTask):
 
     def build_data(self, device: torch.device, channels_last: bool, rank: int, world: int,
                    pretrained_meta: dict[str, Any] | None) -> TaskData:
-        from ...data.loaders import EpochLoader, FileDataset, MemoryLoader, decode_to_memory
         from ...data.scan import scan
-        from ...data.transforms import Preprocessing, eval_transform, train_transform
-        from ...engine.hardware import default_workers
+        from ...data.transforms import Preprocessing
         from ...errors import ConfigError
         from ...models import mean_std_for
         from .data import discover_multilabel
@@ -112,39 +109,11 @@ class MultiLabelTask(ClassificationTask):
         mean, std = mean_std_for(name, pretrained_meta)
         pp = Preprocessing.for_size(size, mean, std)
         n_labels = len(splits.labels)
-        targets = {k: torch.from_numpy(splits.targets(k)).float() for k in ("train", "val")}
-        if test_s:
-            targets["test"] = torch.from_numpy(splits.targets("test")).float()
-        nbytes = (len(train_s) + len(val_s) + len(test_s or [])) * 3 * size * size
-        use_memory = cfg.loader == "memory" or (cfg.loader == "auto" and memory_by_default(device, size, nbytes)
-                                                and cfg.augment == "default")
-        desc = f"{cfg.data} ({splits.describe()}) at {size}x{size}"
         parts = {"train": train_s, "val": val_s, "test": test_s}
-        loaders: dict[str, Any] = {}
-        if use_memory:
-            t0 = time.perf_counter()
-            common = dict(mean=pp.mean, std=pp.std, rank=rank, world=world, channels_last=channels_last,
-                          accum_steps=cfg.accum_steps)
-            for k, samples in parts.items():
-                if not samples:
-                    continue
-                x, _ = decode_to_memory([(p, 0) for p, _ in samples], pp, progress=cfg.progress and rank == 0
-                                        and k == "train")
-                train = k == "train"
-                loaders[k] = MemoryLoader(x.to(device), targets[k].to(device), cfg.batch_size * (1 if train else 2),
-                                          train=train, seed=cfg.seed, **common)
-            desc += f"; decoded into memory in {time.perf_counter() - t0:.1f}s"
-        else:
-            workers = cfg.workers if cfg.workers is not None else default_workers(device)
-            for k, samples in parts.items():
-                if not samples:
-                    continue
-                train = k == "train"
-                tf = train_transform(pp, cfg.augment) if train else eval_transform(pp)
-                ds = FileDataset([(p, t) for (p, _), t in zip(samples, targets[k])], tf,
-                                 seed=cfg.seed if train else None)
-                loaders[k] = EpochLoader(ds, cfg.batch_size * (1 if train else 2), train, workers, device, cfg.seed,
-                                         None, rank, world)
+        targets = {k: torch.from_numpy(splits.targets(k)).float() for k, v in parts.items() if v}
+        samples = {k: [(p, t) for (p, _), t in zip(v, targets[k])] if v else None for k, v in parts.items()}
+        loaders, use_memory, how = image_loaders(cfg, samples, targets, pp, device, channels_last, rank, world)
+        desc = f"{cfg.data} ({splits.describe()}) at {size}x{size}{how}"
         return TaskData(splits.labels, loaders["train"], loaders["val"], loaders.get("test"), len(train_s), desc, name,
                         pp.to_dict(), notes=list(splits.notes),
                         scan_summary=report.summary() + "\n" + splits.label_summary(frequencies=False)

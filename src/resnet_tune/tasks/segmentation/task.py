@@ -273,11 +273,10 @@ class SegmentationTask(Task):
             "per_class": [{"class": n, "precision": pcm["precision"][i], "recall": pcm["recall"][i],
                            "f1": pcm["f1"][i], "support": pcm["support"][i]} for i, n in enumerate(names)]}
         R.write_report(run_dir, title=f"resnet-tune segmentation run: {record['model']} + {record['head']}",
-                             config=cfg.to_dict(), rows=history, eval_report=eval_for_report, classes=names,
-                             scan_summary=data.scan_summary,
-                             notes=notes + ["Evaluation accuracy, precision, recall and F1 count pixels; support is "
-                                            "pixels."], images=images,
-                             sections=[seg_markdown(report, best, best_epoch, split)])
+                       config=cfg.to_dict(), rows=history, eval_report=eval_for_report, classes=names,
+                       scan_summary=data.scan_summary,
+                       notes=notes + ["Evaluation accuracy, precision, recall and F1 count pixels; support is pixels."],
+                       images=images, sections=[seg_markdown(report, best, best_epoch, split)])
         (run_dir / "eval.json").write_text(json.dumps(report, indent=2))
         return report, (f"{split} mean IoU of the best checkpoint (epoch {best_epoch}): {report['mean_iou']:.4f}, "
                         f"pixel accuracy {report['pixel_acc']:.4f}")
