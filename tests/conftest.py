@@ -50,8 +50,38 @@ def image_folder(tmp_path: Path) -> Path:
 
 @pytest.fixture(autouse=True)
 def _isolated_caches(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Empty caches for every test: weights a developer has downloaded never change what a test sees."""
     cache = tmp_path_factory.mktemp("cache")
     monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
+    monkeypatch.setenv("TORCH_HOME", str(cache / "torch"))
+    monkeypatch.setenv("KERAS_HOME", str(cache / "keras"))
+    monkeypatch.setenv("HF_HOME", str(cache / "huggingface"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+
+
+@pytest.fixture(autouse=True)
+def network_attempts(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The tests never reach the internet, with or without a connection: a URL off the loopback interface fails
+    as it does offline (so ``pretrained=auto`` warns and trains from scratch), and every URL the code tries to
+    open is recorded here (a test asserts that a run touched no network). Processes a test starts inherit
+    ``RESNET_TUNE_OFFLINE=1``: they download nothing. Tests of downloads delete it and use a loopback server."""
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    attempts: list[str] = []
+    real = urllib.request.urlopen
+    monkeypatch.setenv("RESNET_TUNE_OFFLINE", "1")  # and the same in the processes a test starts
+
+    def guarded(req, *args, **kwargs):  # type: ignore[no-untyped-def]
+        url = req.full_url if isinstance(req, urllib.request.Request) else str(req)
+        attempts.append(url)
+        if urllib.parse.urlparse(url).hostname not in ("127.0.0.1", "localhost", "::1"):
+            raise urllib.error.URLError("network access is disabled in the tests")
+        return real(req, *args, **kwargs)
+
+    monkeypatch.setattr(urllib.request, "urlopen", guarded)
+    return attempts
 
 
 @pytest.fixture(scope="session")

@@ -120,7 +120,7 @@ def caches(tmp_path, monkeypatch, server):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     monkeypatch.setenv("HF_ENDPOINT", server.base)
-    for var in ("HF_HUB_CACHE", "HF_HUB_OFFLINE", "HF_TOKEN"):
+    for var in ("HF_HUB_CACHE", "HF_HUB_OFFLINE", "HF_TOKEN", "RESNET_TUNE_OFFLINE"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setattr(torch.hub, "_hub_dir", None)
     return tmp_path
@@ -593,3 +593,110 @@ def test_adapt_input_conv_keeps_dtype():
     assert out.dtype == torch.float16 and out.shape == (8, 5, 3, 3)
     with pytest.raises(ValueError, match="only 3-channel"):
         loading.adapt_input_conv(5, torch.randn(8, 2, 3, 3))
+
+
+# --- `resnet-tune train` starts from the published weights (pretrained=auto, the default) --------------------------
+
+def _photo_folder(root: Path, per_class: int = 6) -> Path:
+    """Two classes of 72-pixel images: large enough that the default model is resnet18 (which has weights)."""
+    from conftest import make_folder
+
+    return make_folder(root, per_class=per_class, size=72, classes={"red": (220, 30, 30), "blue": (40, 50, 220)})
+
+
+@pytest.fixture
+def tv_host(server, r18, monkeypatch):
+    """torchvision's weights host on the loopback server: /models/resnet18-<hash>.pth (our random weights, under a
+    name that carries their own hash, so the hash check passes). Returns the URL path."""
+    original = pt._torchvision_weights
+    name = f"resnet18-{r18['sha'][:8]}.pth"
+
+    def via_loopback(weights):
+        url, meta = original(weights)
+        return f"{server.base}/models/{name}" if url.endswith("/resnet18-f37072fd.pth") else url, meta
+
+    monkeypatch.setattr(pt, "_torchvision_weights", via_loopback)
+    server.file(f"/models/{name}", r18["pth"])
+    return f"/models/{name}"
+
+
+def _train(argv: list[str], capsys) -> str:
+    from resnet_tune.cli import main
+
+    assert main(["train", *argv, "--img-size", "32", "--epochs", "1", "--no-progress"]) == 0
+    captured = capsys.readouterr()
+    return captured.out + captured.err
+
+
+def test_train_downloads_the_default_models_weights_then_uses_the_cache(tmp_path, server, r18, tv_host, capsys):
+    from safetensors.torch import load_file
+
+    data = _photo_folder(tmp_path / "photos")
+    before = server.gets[tv_host]
+    out = _train(["--data", str(data), "--output", str(tmp_path / "run1")], capsys)
+    assert server.gets[tv_host] == before + 1
+    assert "pretrained from torchvision:ResNet18_Weights.IMAGENET1K_V1 (resnet18's published weights" in out
+    assert "warning" not in out
+    assert "pretrained: torchvision:ResNet18_Weights.IMAGENET1K_V1" in (tmp_path / "run1" / "config.yaml").read_text()
+    # one epoch of freeze-then-unfreeze trains the head alone: the body is the served weights, exactly
+    saved = load_file(str(tmp_path / "run1" / "best.safetensors"))
+    for key in ("conv1.weight", "layer4.1.conv2.weight", "layer2.0.bn1.running_var"):
+        assert torch.equal(saved[key].float(), r18["state"][key].float()), key
+    out = _train(["--data", str(data), "--output", str(tmp_path / "run2")], capsys)
+    assert server.gets[tv_host] == before + 1  # the second run reads the cache
+    assert "pretrained from torchvision:ResNet18_Weights.IMAGENET1K_V1" in out
+
+
+def test_train_offline_warns_once_and_trains_from_scratch(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(pt, "_torchvision_weights", lambda weights: (
+        f"http://127.0.0.1:{_closed_port()}/models/resnet18-f37072fd.pth", {"format": "torchvision"}))
+    data = _photo_folder(tmp_path / "photos")
+    out = _train(["--data", str(data), "--output", str(tmp_path / "run")], capsys)
+    warnings_ = [line for line in out.splitlines() if line.startswith("warning:")]
+    assert len(warnings_) == 1, out
+    line = warnings_[0]
+    assert "could not be fetched" in line and "resnet18-f37072fd.pth" in line
+    assert str(_torch_ckpt_dir()) in line and "--pretrained none" in line
+    assert "training from scratch (its published weights could not be fetched)" in out
+    assert "pretrained: none" in (tmp_path / "run" / "config.yaml").read_text()
+    assert (tmp_path / "run" / "best.safetensors").is_file()
+
+
+def test_pretrained_none_and_the_main_job_never_touch_the_network(tmp_path, network_attempts, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    data = _photo_folder(tmp_path / "photos")
+    out = _train(["--data", str(data), "--pretrained", "none", "--output", str(tmp_path / "run")], capsys)
+    assert network_attempts == [] and "warning" not in out
+    assert "training from scratch (--pretrained none)" in out
+    out = _train(["--output", str(tmp_path / "main")], capsys)  # the embedded digits, CIFAR ResNet-20
+    assert network_attempts == [] and "warning" not in out
+    assert "training from scratch (resnet20 has no published weights)" in out
+    assert "pretrained: none" in (tmp_path / "main" / "config.yaml").read_text()
+
+
+def test_keras_weights_are_md5_checked_into_the_keras_cache(server, monkeypatch, tmp_path):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    monkeypatch.setattr(pt, "KERAS_WEIGHTS_URL", server.base + "/keras/")
+    server.file("/keras/resnet50_weights_tf_dim_ordering_tf_kernels.h5", b"not the published file")
+    with pytest.raises(ChecksumError, match="MD5 .* but 2cb95161c43110f7111970584f804107 was expected"):
+        resolve_source("keras:resnet50", cfg=None, model_name="keras_resnet50")
+    assert _leftovers(tmp_path / "keras") == []
+    with pytest.raises(ValueError, match="unknown Keras weights 'resnet18'; valid: keras:resnet50"):
+        resolve_source("keras:resnet18", cfg=None, model_name="")
+    url, path = pt.weights_file("keras:resnet101v2")
+    assert url.endswith("/resnet101v2_weights_tf_dim_ordering_tf_kernels.h5") and path.parent == tmp_path / "keras" / "models"
+
+
+def test_offline_flag_refuses_downloads_but_reads_the_cache(server, r18, monkeypatch):
+    name = f"resnet18-{r18['sha'][:8]}.pth"
+    server.file(f"/off/{name}", r18["pth"])
+    monkeypatch.setenv("RESNET_TUNE_OFFLINE", "1")
+    gets = server.gets[f"/off/{name}"]
+    with pytest.raises(DownloadError, match="RESNET_TUNE_OFFLINE=1 allows no downloads"):
+        resolve_source(f"{server.base}/off/{name}", cfg=None, model_name="resnet18")
+    assert server.gets[f"/off/{name}"] == gets
+    monkeypatch.delenv("RESNET_TUNE_OFFLINE")
+    resolve_source(f"{server.base}/off/{name}", cfg=None, model_name="resnet18")
+    monkeypatch.setenv("RESNET_TUNE_OFFLINE", "1")
+    state, _ = resolve_source(f"{server.base}/off/{name}", cfg=None, model_name="resnet18")  # from the cache
+    assert torch.equal(state["conv1.weight"], r18["state"]["conv1.weight"])

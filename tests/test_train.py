@@ -214,7 +214,12 @@ def test_bad_config_keys_and_values(tmp_path: Path, capsys: pytest.CaptureFixtur
     with pytest.raises(ConfigError, match="batch_size=1"):
         TrainConfig(batch_size=1)
     with pytest.raises(ConfigError, match="strategy"):
-        TrainConfig(strategy="linear_probe")
+        TrainConfig(strategy="linear_probe", pretrained="none")
+    # pretrained=auto (the default) is decided once the model is known: a model without published weights
+    with pytest.raises(ConfigError, match=r"freezes a pretrained backbone, but the run has no pretrained weights "
+                                          r"\(resnet20 has no published weights\)"):
+        fit(data=str(make_folder(tmp_path / "few", per_class=3)), strategy="linear_probe", epochs=1, quiet=True,
+            output=str(tmp_path / "lp"))
 
 
 def test_missing_empty_and_single_class_data(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -24,8 +24,8 @@ from typing import Any
 
 from ..errors import ConfigError
 
-__all__ = ["LOADERS", "OPTIMIZERS", "PRECISIONS", "RunConfig", "SCHEDULES", "STRATEGIES", "check_options",
-           "from_dict", "load_yaml", "option", "option_help", "save_yaml", "show"]
+__all__ = ["LOADERS", "NO_WEIGHTS", "OPTIMIZERS", "PRECISIONS", "RunConfig", "SCHEDULES", "STRATEGIES",
+           "check_options", "from_dict", "has_weights", "load_yaml", "option", "option_help", "save_yaml", "show"]
 
 STRATEGIES = ("auto", "scratch", "full", "linear_probe", "freeze_unfreeze")
 OPTIMIZERS = ("sgd", "adamw")
@@ -184,6 +184,15 @@ def _typed(cfg: Any, name: str, base: Any, optional: bool) -> Any:
     return new
 
 
+#: ``pretrained`` values that mean "train from scratch"
+NO_WEIGHTS = (None, "", "none")
+
+
+def has_weights(pretrained: str | None) -> bool:
+    """Whether ``pretrained`` names weights to start from (not scratch, and not ``auto`` before it is resolved)."""
+    return isinstance(pretrained, str) and pretrained.strip().lower() not in ("", "none", "auto")
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """The options every training run has, whatever its task. ``None`` means "choose for me" where documented."""
@@ -197,8 +206,10 @@ class RunConfig:
                                  range=(0, math.inf, "0 or more (0 decodes in the training process)"))
     # model
     model: str | None = option(None, "architecture (`resnet-tune models` lists them)")
-    pretrained: str | None = option(None, "weights to start from: torchvision:<WEIGHTS>, timm:<name>, hf:<repo>, "
-                                          "a URL or a file")
+    pretrained: str | None = option(None, "weights to start from: auto (the model's published ImageNet weights, "
+                                          "from scratch if it has none or they cannot be fetched), none, "
+                                          "torchvision:<WEIGHTS>, timm:<name>, keras:<name>, hf:<repo>, a URL or a "
+                                          "file")
     # optimisation
     strategy: str = option("auto", "auto = freeze_unfreeze with --pretrained, scratch without", choices=STRATEGIES)
     freeze_epochs: int = option(1, "epochs with a frozen body in freeze_unfreeze", range=(0, math.inf, ">= 0"))
@@ -218,6 +229,11 @@ class RunConfig:
     poly_power: float = option(0.9, "power of the poly schedule", range=(0.0, math.inf, ">= 0"))
     ema: bool = option(False, "keep an exponential moving average of the weights and save it")
     ema_decay: float = option(0.999, "EMA decay per step", range=(0.0, 1.0, "between 0 and 1"))
+    precise_bn: bool | None = option(None, "recompute the BatchNorm statistics on the epoch's training batches "
+                                           "before each validation (default: when an epoch has fewer than 20 "
+                                           "steps, where the running averages lag the weights)")
+    loss_guard: bool = option(True, "skip a step whose loss jumps far above the recent steps' (5x their median) "
+                                    "and halve the learning rate, with a note")
     grad_clip: float = option(0.0, "clip the global gradient norm to this value (0 = off)",
                               range=(0.0, math.inf, ">= 0 (0 turns clipping off)"))
     accum_steps: int = option(1, "gradient accumulation steps", range=(1, math.inf, "at least 1"))
@@ -253,7 +269,7 @@ class RunConfig:
             raise ConfigError(f"lr must be positive, got {self.lr}.")
         if not self.dist_timeout > 0:
             raise ConfigError(f"dist_timeout must be a positive number of minutes, got {self.dist_timeout}.")
-        if self.strategy in ("linear_probe", "freeze_unfreeze") and not self.pretrained:
+        if self.strategy in ("linear_probe", "freeze_unfreeze") and self.pretrained in NO_WEIGHTS:
             raise ConfigError(f"strategy {self.strategy!r} freezes a pretrained backbone; give --pretrained "
                               "or use --strategy scratch.")
 

@@ -12,6 +12,8 @@ from typing import Any
 
 from torch import nn
 
+from .config import has_weights
+
 __all__ = ["frozen_epochs", "resolve_strategy", "set_body_frozen", "train_mode"]
 
 
@@ -19,7 +21,7 @@ def resolve_strategy(cfg: Any) -> str:
     """The strategy ``cfg.strategy`` names, with ``auto`` resolved from ``cfg.pretrained``."""
     if cfg.strategy != "auto":
         return cfg.strategy
-    return "freeze_unfreeze" if cfg.pretrained else "scratch"
+    return "freeze_unfreeze" if has_weights(cfg.pretrained) else "scratch"
 
 
 def frozen_epochs(strategy: str, cfg: Any) -> int:

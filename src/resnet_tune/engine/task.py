@@ -23,10 +23,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from .config import RunConfig
+from ..errors import ConfigError
+from .config import NO_WEIGHTS, RunConfig
 from .hardware import Precision
 
-__all__ = ["EvalBatch", "Evaluation", "Task", "TaskData", "require_usable"]
+__all__ = ["EvalBatch", "Evaluation", "Task", "TaskData", "Weights", "require_usable"]
+
+#: pretrained weights as read: (state dict in our names, what is known about them)
+Weights = tuple[dict[str, torch.Tensor], dict[str, Any]]
 
 
 @dataclass
@@ -101,6 +105,13 @@ class Task:
         self.data: TaskData | None = None
         self.device = torch.device("cpu")
         self.precision = Precision(None, False)
+        #: the weights :meth:`load_pretrained` read (None: from scratch), and its one warning, if any
+        self.pretrained: Weights | None = None
+        self.weights_warning: str | None = None
+        #: why these weights (or none), in a few words for the log
+        self.weights_reason = ""
+        #: what the task chose from the data (batch size, ...), for the log and the report
+        self.plan_notes: list[str] = []
 
     def setup(self, data: TaskData, device: torch.device, precision: Precision) -> None:
         """The trainer hands the task the run's data and where and how it computes, once they are known."""
@@ -108,12 +119,82 @@ class Task:
 
     # ---- set-up --------------------------------------------------------------------------------------------
 
-    def load_pretrained(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
-        """The weights named by ``cfg.pretrained`` (state dict, meta), or None."""
-        raise NotImplementedError
+    def read_weights(self, source: str, model_name: str) -> Weights:
+        """Read the weights ``source`` names for the architecture ``model_name`` (our parameter names)."""
+        from ..models import get_config
+        from ..models.pretrained import resolve_source
 
-    def build_data(self, device: torch.device, channels_last: bool, rank: int, world: int,
-                   pretrained_meta: dict[str, Any] | None) -> TaskData:
+        return resolve_source(source, cfg=get_config(model_name), model_name=model_name)
+
+    def load_pretrained(self, model_name: str) -> Weights | None:
+        """The weights ``cfg.pretrained`` names for ``model_name`` (state dict, meta), or None; a task's
+        :meth:`build_data` calls it once it knows the architecture (a task may choose it from the data).
+
+        ``auto`` takes the architecture's published ImageNet weights (torchvision's, timm's or Keras's, downloaded
+        into the usual cache and checked); a model without any trains from scratch, and weights that cannot be
+        fetched (offline, a firewall) leave one warning (:attr:`weights_warning`) that names the file, where to put
+        it and ``--pretrained none``, and train from scratch. Afterwards ``cfg.pretrained`` holds what was used (a
+        source, or ``none``: what ``config.yaml`` records) and :attr:`pretrained` the weights."""
+        source = self.cfg.pretrained
+        self.weights_warning = None
+        if source == "auto":
+            source, weights = self._published_weights(model_name)
+            self.weights_reason = (f"{model_name}'s published weights, --pretrained auto" if weights is not None else
+                                   "its published weights could not be fetched" if self.weights_warning else
+                                   f"{model_name} has no published weights")
+        else:
+            weights = None if source in NO_WEIGHTS else self.read_weights(source, model_name)
+            self.weights_reason = "--pretrained none" if weights is None else "given by --pretrained"
+        if weights is None and self.cfg.strategy in ("linear_probe", "freeze_unfreeze"):
+            raise ConfigError(f"strategy {self.cfg.strategy!r} freezes a pretrained backbone, but the run has no "
+                              f"pretrained weights ({self.weights_reason}); give --pretrained or use --strategy "
+                              "scratch.")
+        self.cfg = self.cfg.replace(pretrained=source if weights is not None else "none")
+        self.pretrained = weights
+        return weights
+
+    def _published_weights(self, model_name: str) -> tuple[str | None, Weights | None]:
+        """``pretrained=auto``: ``model_name``'s published weights and their source if they are at hand or can be
+        fetched, else Nones (with :attr:`weights_warning` set when they exist but could not be fetched)."""
+        from ..models import get_preset
+        from ..models.hub import DownloadError
+        from ..models.sources import weights_file
+
+        published = get_preset(model_name).default_weights if model_name != "custom" else None
+        if not published:
+            return None, None
+        try:
+            return published, self.read_weights(published, model_name)
+        except DownloadError as err:
+            url, path = weights_file(published)
+            where = (f"download {url} into {path.parent}/" if path is not None else
+                     f"download {url} and pass --pretrained /path/to/{Path(url).name}")
+            reason = err.reason or str(err).split(";")[0]
+            self.weights_warning = (
+                f"{model_name}'s published weights ({published}) could not be fetched ({reason}), so it trains from "
+                f"scratch; to fine-tune them, {where}, or pass --pretrained none to train from scratch without this "
+                "warning.")
+            return None, None
+
+    def resolve_batch_size(self, n_train: int, world: int) -> int:
+        """``cfg.batch_size``, chosen from the training-set size when it is None (:func:`.stability.auto_batch_size`)
+        and written into ``cfg``; a task's :meth:`build_data` calls it once it knows the image count."""
+        from .stability import AUTO_BATCH, auto_batch_size
+
+        cfg = self.cfg
+        if cfg.batch_size is not None:
+            return cfg.batch_size
+        batch = auto_batch_size(n_train, world, cfg.accum_steps)
+        self.cfg = cfg.replace(batch_size=batch)
+        if batch < AUTO_BATCH[0]:
+            steps = max(1, n_train // (batch * world * cfg.accum_steps))
+            self.plan_notes.append(f"batch size {batch} (not {AUTO_BATCH[0]}): {n_train} training images make "
+                                   f"{steps} steps an epoch at this size; --batch-size overrides")
+        return batch
+
+    def build_data(self, device: torch.device, channels_last: bool, rank: int, world: int) -> TaskData:
+        """The run's data; calls :meth:`load_pretrained` once the architecture is known (so that the
+        normalisation can follow the weights)."""
         raise NotImplementedError
 
     def build_model(self, data: TaskData, pretrained: tuple[dict[str, torch.Tensor], dict[str, Any]] | None

@@ -32,6 +32,7 @@ from .finetune import frozen_epochs, resolve_strategy, set_body_frozen, train_mo
 from .hardware import Precision, default_channels_last, resolve_device, resolve_precision, seed_everything, set_threads
 from .optim import EMA, lr_at, make_optimizer, param_groups, set_lr
 from .run import create_run_dir, tensorboard_writer, write_metrics
+from .stability import LossGuard, recalibrate_bn, use_precise_bn, warmup_steps
 from .task import Evaluation, Task, TaskData
 
 __all__ = ["RESUME_OVERRIDES", "RunResult", "Trainer", "fit", "gradient_scaler"]
@@ -75,6 +76,8 @@ class _Setup:
     steps_per_epoch: int
     total_steps: int
     warmup: int
+    guard: LossGuard = field(default_factory=LossGuard)
+    precise_bn: bool = False
 
 
 @dataclass
@@ -224,22 +227,24 @@ class Trainer:
         seed_everything(cfg.seed, cfg.deterministic)
         channels_last = cfg.channels_last if cfg.channels_last is not None else default_channels_last(device)
 
-        pretrained = task.load_pretrained()
-        data = task.build_data(device, channels_last, dist.rank, dist.world, pretrained[1] if pretrained else None)
+        data = task.build_data(device, channels_last, dist.rank, dist.world)
+        cfg = self.cfg  # the task resolved what it chooses from the data (weights, batch size)
         task.setup(data, device, precision)
+        if task.weights_warning:
+            self.say(f"warning: {task.weights_warning}")
+            self.notes.append(task.weights_warning)
         self.say(f"data: {data.description}")
-        for note in data.notes:
+        for note in data.notes + task.plan_notes:
             self.say(f"note: {note}")
             self.notes.append(note)
         if data.scan_summary:
             self.say(data.scan_summary)
 
-        model, described = task.build_model(data, pretrained)
+        model, described = task.build_model(data, task.pretrained)
         strategy = resolve_strategy(cfg)
-        if not cfg.pretrained:
-            self.notes.append("no pretrained weights were given: trained from scratch (pass --pretrained to "
-                              "fine-tune)")
-        self.say(f"model: {described}" + (f", strategy {strategy}" if cfg.pretrained else ""))
+        if task.pretrained is None:
+            self.notes.append(f"trained from scratch ({task.weights_reason})")
+        self.say(f"model: {described}" + (f", strategy {strategy}" if task.pretrained is not None else ""))
         model = model.to(device)
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
@@ -267,11 +272,21 @@ class Trainer:
         groups = param_groups(model, lr, cfg.weight_decay, decay)
         optimizer = make_optimizer(cfg.optimizer, groups, lr, cfg.momentum, cfg.nesterov, cfg.weight_decay)
         steps_per_epoch = max(len(data.train) // cfg.accum_steps, 1)
+        total = steps_per_epoch * cfg.epochs
+        precise = use_precise_bn(cfg.precise_bn, steps_per_epoch)
+        if precise and cfg.precise_bn is None:
+            self.say(f"note: BatchNorm statistics are recomputed before each validation ({steps_per_epoch} steps an "
+                     "epoch)")
+            self.notes.append(f"BatchNorm statistics recomputed on the training batches before each validation (an "
+                              f"epoch has {steps_per_epoch} steps, too few for the running averages to follow the "
+                              "weights; --no-precise-bn turns this off)")
         setup = _Setup(device=device, precision=precision, channels_last=channels_last, data=data, model=model,
                        strategy=strategy, optimizer=optimizer, scaler=gradient_scaler(precision, device),
                        ema=EMA(model, cfg.ema_decay) if cfg.ema else None,
                        criterion=task.criterion(data, device), steps_per_epoch=steps_per_epoch,
-                       total_steps=steps_per_epoch * cfg.epochs, warmup=int(cfg.warmup_epochs * steps_per_epoch))
+                       total_steps=total, warmup=warmup_steps(cfg.warmup_epochs, steps_per_epoch, total),
+                       precise_bn=precise)
+        self.cfg = cfg.replace(precise_bn=precise)  # what the default chose is recorded (config.yaml)
         return setup
 
     def _forward_module(self, model: nn.Module) -> nn.Module:
@@ -398,6 +413,8 @@ class Trainer:
                 names = {n for n, _ in ckpt.unwrap(model).named_buffers()}
                 dist.broadcast_tensors([v for k, v in s.ema.shadow.items() if k in names])
         eval_model = self._ema_model(model, s.ema) if s.ema else model
+        if s.precise_bn and not frozen:
+            self._recalibrate_bn(eval_model, data.train, s, epoch)
         if cached:  # the head on the cached validation features: the same numbers, no backbone pass
             val = self.evaluate(task.head(eval_model), r.cache.val, s, features=True)
         else:
@@ -415,6 +432,20 @@ class Trainer:
         if dist.is_main:
             self._save(s, r, eval_model, row, improved, task.evaluation_record(val))
         return row, improved
+
+    def _recalibrate_bn(self, model: nn.Module, loader: Any, s: _Setup, epoch: int) -> None:
+        """Precise BN: the BatchNorm statistics of ``model`` recomputed over this epoch's training batches with the
+        final weights of the epoch (each process its shard; rank 0's statistics are the ones evaluated and saved)."""
+        def forward(m: nn.Module, batch: Any) -> None:
+            x, y = self.task.to_device(batch[0], batch[1], s.device, s.channels_last)
+            with s.precision.autocast(s.device):
+                m(x)
+
+        train_mode(model)
+        loader.set_epoch(epoch)
+        recalibrate_bn(model, loader, forward)
+        if self.dist.enabled:
+            self.dist.sync_buffers(ckpt.unwrap(model))
 
     def _save(self, s: _Setup, r: _Run, eval_model: nn.Module, row: dict[str, float], improved: bool,
               from_eval: dict[str, Any]) -> None:
@@ -435,7 +466,8 @@ class Trainer:
             "classes": list(s.data.classes),
             "model": {k: v.detach().cpu() for k, v in ckpt.unwrap(s.model).state_dict().items()},
             "optimizer": s.optimizer.state_dict(), "scaler": s.scaler.state_dict(),
-            "ema": s.ema.state_dict() if s.ema else None, "rng": ckpt.rng_state(), "best": r.best,
+            "ema": s.ema.state_dict() if s.ema else None, "guard": s.guard.state_dict(), "rng": ckpt.rng_state(),
+            "best": r.best,
             "best_epoch": r.best_epoch, "history": r.history, "world": self.dist.world,
         })
         write_metrics(r.run_dir / "metrics.csv", r.history, task.metric_columns)
@@ -460,6 +492,7 @@ class Trainer:
         counts: dict[str, torch.Tensor] = {}
         seen = 0
         params = list(model.parameters())
+        step_loss = 0.0  # the mean loss of the optimiser step's micro-batches (what the loss guard judges)
         bar = self._progress(loader, len(loader), f"epoch {epoch + 1}/{cfg.epochs}")
         show = bar is not loader
         optimizer.zero_grad(set_to_none=True)
@@ -474,22 +507,30 @@ class Trainer:
             with (dist.no_sync(fwd) if dist.enabled and not last_micro else contextlib.nullcontext()):
                 with precision.autocast(device):
                     loss, out = task.train_loss(fwd, x, y, s.criterion, g)
-                if not torch.isfinite(loss.detach()).item():
+                loss_value = loss.detach().float().item()
+                if not math.isfinite(loss_value):
                     raise TrainingError(
-                        f"the loss became {loss.item()} at epoch {epoch + 1}, batch {i + 1}; lower the learning "
+                        f"the loss became {loss_value} at epoch {epoch + 1}, batch {i + 1}; lower the learning "
                         f"rate (now {optimizer.param_groups[-1]['lr']:.3g}) or use --precision fp32. No "
                         "checkpoint was written for this epoch; the last good one is untouched.")
+                step_loss += loss_value / cfg.accum_steps
                 scaler.scale(loss / cfg.accum_steps).backward()
             if last_micro:
-                set_lr(optimizer, lr_at(step, s.total_steps, cfg.schedule, s.warmup, power=cfg.poly_power))
-                if cfg.grad_clip > 0:
-                    scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], cfg.grad_clip)
-                scaler.step(optimizer)
-                scaler.update()
+                judged = dist.all_reduce_sum([step_loss])[0] / dist.world if dist.enabled else step_loss
+                step_loss = 0.0
+                if not cfg.loss_guard or s.guard.check(judged):
+                    set_lr(optimizer, lr_at(step, s.total_steps, cfg.schedule, s.warmup, power=cfg.poly_power)
+                           * s.guard.scale)
+                    if cfg.grad_clip > 0:
+                        scaler.unscale_(optimizer)
+                        torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], cfg.grad_clip)
+                    scaler.step(optimizer)
+                    scaler.update()
+                    if s.ema is not None:
+                        s.ema.update(ckpt.unwrap(model))
+                else:
+                    self._loss_jumped(judged, s.guard, epoch, i)
                 optimizer.zero_grad(set_to_none=True)
-                if s.ema is not None:
-                    s.ema.update(ckpt.unwrap(model))
                 step += 1
             n = y.shape[0]
             total_loss += loss.detach().float() * n
@@ -507,6 +548,17 @@ class Trainer:
             values = dist.all_reduce_sum(values)
         loss_sum, n_seen, *rest = values
         return task.train_metrics(loss_sum / n_seen, dict(zip(names, rest)), int(n_seen)), int(n_seen)
+
+    def _loss_jumped(self, loss: float, guard: LossGuard, epoch: int, batch: int) -> None:
+        """Say that the loss guard skipped a step (the first few times; later ones are counted in the report)."""
+        msg = (f"the training loss jumped to {loss:.4g} at epoch {epoch + 1}, batch {batch + 1} (the median of the "
+               f"recent steps is {guard.reference():.4g}): the step was skipped and the learning rate halved (now "
+               f"x{guard.scale:g} of the schedule)")
+        if guard.skipped <= 3:
+            self.say(f"note: {msg}")
+            self.notes.append(msg)
+        elif guard.skipped == 4:
+            self.say("note: the loss guard skips further steps without a note; the report counts them")
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, loader: Any, s: _Setup, features: bool = False) -> Evaluation:
@@ -555,6 +607,7 @@ class Trainer:
             s.scaler.load_state_dict(st["scaler"])
         if s.ema is not None and st.get("ema"):
             s.ema.load_state_dict(st["ema"])
+        s.guard.load_state_dict(st.get("guard"))
         ckpt.set_rng_state(st["rng"])
         return int(st["epoch"]), float(st["best"]), int(st["best_epoch"]), list(st["history"])
 
@@ -628,6 +681,9 @@ class Trainer:
     def _finish(self, run_dir: Path, s: _Setup, history: list[dict[str, float]], best: float,
                 best_epoch: int) -> RunResult:
         data = s.data
+        if s.guard.skipped:
+            self.notes.append(f"the loss guard skipped {s.guard.skipped} step(s) whose loss jumped far above the "
+                              f"recent ones; the learning rate ended at x{s.guard.scale:g} of the schedule")
         best_path = run_dir / ckpt.BEST
         split, loader = ("test", data.test) if data.test is not None else ("validation", data.val)
         last_is_best = bool(history) and history[-1]["epoch"] == best_epoch

@@ -11,6 +11,7 @@
   ``$HF_HOME/hub/models--{org}--{name}/``; it also finds files that ``huggingface_hub`` (e.g.
   timm or transformers) has already cached there, and with ``HF_HUB_OFFLINE=1`` it only uses
   the cache.
+* ``RESNET_TUNE_OFFLINE=1`` allows no download at all (cached files only).
 
 Every network failure raises :class:`DownloadError` with one sentence saying what failed and how
 to use a local file instead.
@@ -43,19 +44,25 @@ __all__ = [
     "hf_file_url",
     "hf_hub_download",
     "hf_offline",
+    "keras_cache_dir",
+    "offline",
     "torch_cache_dir",
 ]
 
 CHUNK = 1 << 20
 TIMEOUT_S = 60.0  # per connection attempt and per read, not for the whole file
 USER_AGENT = "resnet-tune (urllib)"
+OFFLINE_VAR = "RESNET_TUNE_OFFLINE"
 LOCAL_HINT = "download it on a machine with internet access and pass pretrained='/path/to/file' instead"
 # torchvision / torch.hub checkpoint names: ``<name>-<first hex digits of the SHA-256>.<ext>``.
 HASH_REGEX = re.compile(r"-([a-f0-9]{8,64})\.[A-Za-z0-9.]+$")
 
 
 class DownloadError(ResnetTuneError, RuntimeError):
-    """A weight file could not be fetched (network failure, HTTP error, offline, bad checksum)."""
+    """A weight file could not be fetched (network failure, HTTP error, offline, bad checksum); ``reason`` says
+    why in a few words where it is known."""
+
+    reason: str | None = None
 
 
 class RemoteFileNotFoundError(DownloadError):
@@ -75,6 +82,12 @@ def torch_cache_dir() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints"
 
 
+def keras_cache_dir() -> Path:
+    """Keras's model folder: ``$KERAS_HOME/models`` (``~/.keras/models``), so that weights Keras downloaded are
+    reused and the other way round."""
+    return Path(os.environ.get("KERAS_HOME") or os.path.join("~", ".keras")).expanduser() / "models"
+
+
 def hf_cache_dir() -> Path:
     """The Hugging Face hub cache: ``$HF_HUB_CACHE``, else ``$HF_HOME/hub`` (``~/.cache/huggingface/hub``)."""
     if os.environ.get("HF_HUB_CACHE"):
@@ -88,8 +101,18 @@ def hf_endpoint() -> str:
     return (os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
 
 
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def offline() -> bool:
+    """``RESNET_TUNE_OFFLINE=1``: never download; only files already cached are used (an air-gapped machine then
+    fails at once instead of waiting for a connection to time out)."""
+    return _env_flag(OFFLINE_VAR)
+
+
 def hf_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+    return _env_flag("HF_HUB_OFFLINE") or offline()
 
 
 def hf_file_url(repo_id: str, filename: str, revision: str = "main") -> str:
@@ -111,7 +134,9 @@ def hash_prefix_from_name(filename: str) -> str | None:
 # --- download ------------------------------------------------------------------------------------
 
 def _fail(url: str, reason: str) -> DownloadError:
-    return DownloadError(f"Could not download {url} ({reason}); {LOCAL_HINT}.")
+    err = DownloadError(f"Could not download {url} ({reason}); {LOCAL_HINT}.")
+    err.reason = reason
+    return err
 
 
 def _reason(exc: BaseException) -> str:
@@ -135,13 +160,14 @@ def _show_progress(progress: bool) -> bool:
 
 
 def _fetch(url: str, tmp: Path, *, headers: dict[str, str] | None, sha256: str | None,
-           hash_prefix: str | None, progress: bool, timeout: float) -> None:
+           hash_prefix: str | None, progress: bool, timeout: float, md5: str | None = None) -> None:
     """Stream ``url`` into ``tmp`` and check its length and hash; raises :class:`DownloadError`."""
     req = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
     for k, v in (headers or {}).items():
         # Not forwarded to the redirect target (a CDN must not receive credentials).
         req.add_unredirected_header(k, v)
     digest = hashlib.sha256()
+    digest_md5 = hashlib.md5(usedforsecurity=False) if md5 is not None else None
     received = 0
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
@@ -161,6 +187,8 @@ def _fetch(url: str, tmp: Path, *, headers: dict[str, str] | None, sha256: str |
                             break
                         f.write(buf)
                         digest.update(buf)
+                        if digest_md5 is not None:
+                            digest_md5.update(buf)
                         received += len(buf)
                         if bar is not None:
                             bar.update(len(buf))
@@ -186,6 +214,10 @@ def _fetch(url: str, tmp: Path, *, headers: dict[str, str] | None, sha256: str |
         raise ChecksumError(
             f"The file downloaded from {url} has SHA-256 {actual} but {sha256.lower()} was expected, "
             f"so it was deleted; retry, or {LOCAL_HINT}.")
+    if digest_md5 is not None and md5 is not None and digest_md5.hexdigest() != md5.lower():
+        raise ChecksumError(
+            f"The file downloaded from {url} has MD5 {digest_md5.hexdigest()} but {md5.lower()} was expected "
+            f"(the publisher's checksum), so it was deleted; retry, or {LOCAL_HINT}.")
     if hash_prefix is not None and not actual.startswith(hash_prefix.lower()):
         raise ChecksumError(
             f"The file downloaded from {url} has SHA-256 {actual}, which does not start with the "
@@ -194,7 +226,7 @@ def _fetch(url: str, tmp: Path, *, headers: dict[str, str] | None, sha256: str |
 
 def download(url: str, dest_dir: str | os.PathLike[str], filename: str | None = None, sha256: str | None = None,
              hash_prefix: str | None = None, progress: bool = True, *, check_hash: bool = False,
-             headers: dict[str, str] | None = None, timeout: float = TIMEOUT_S) -> Path:
+             headers: dict[str, str] | None = None, timeout: float = TIMEOUT_S, md5: str | None = None) -> Path:
     """Download ``url`` to ``dest_dir/filename`` unless it is already there; returns the path.
 
     Args:
@@ -207,6 +239,8 @@ def download(url: str, dest_dir: str | os.PathLike[str], filename: str | None = 
         check_hash: take ``hash_prefix`` from a torchvision-style name ``<name>-<hex>.<ext>``,
             as ``torch.hub.load_state_dict_from_url(check_hash=True)`` does.
         headers: extra request headers, sent to ``url``'s host only (not after a redirect).
+        timeout: seconds for the connection and for each read.
+        md5: expected MD5 of the whole file (the checksum Keras publishes for its weights).
 
     The file appears in the cache only complete and verified. A file that is already cached is
     reused as it is (like torch.hub, its hash is checked when it is downloaded, not on every use).
@@ -228,6 +262,11 @@ def download(url: str, dest_dir: str | os.PathLike[str], filename: str | None = 
     dest = dest_dir / filename
     if dest.is_file():
         return dest
+    if offline():
+        err = DownloadError(f"Could not download {url} ({OFFLINE_VAR}=1 allows no downloads and the file is not in "
+                            f"{dest_dir}); unset {OFFLINE_VAR}, put the file there, or {LOCAL_HINT}.")
+        err.reason = f"{OFFLINE_VAR}=1 and the file is not cached"
+        raise err
     lock_dir = dest_dir / ".locks"
     lock_dir.mkdir(parents=True, exist_ok=True)
     with FileLock(str(lock_dir / f"{filename}.lock")):
@@ -236,7 +275,7 @@ def download(url: str, dest_dir: str | os.PathLike[str], filename: str | None = 
         tmp = dest_dir / f".{filename}.{uuid.uuid4().hex}.partial"
         try:
             _fetch(url, tmp, headers=headers, sha256=sha256, hash_prefix=hash_prefix, progress=progress,
-                   timeout=timeout)
+                   timeout=timeout, md5=md5)
             os.replace(tmp, dest)
         finally:
             # Interrupted, corrupt, or KeyboardInterrupt: nothing partial stays in the cache.
@@ -284,9 +323,12 @@ def hf_hub_download(repo_id: str, filename: str, revision: str = "main", *, prog
         return cached
     url = hf_file_url(repo_id, filename, revision)
     if hf_offline():
-        raise DownloadError(
-            f"HF_HUB_OFFLINE is set and {repo_id}/{filename} (revision {revision}) is not in the cache "
-            f"{hf_cache_dir()}; unset HF_HUB_OFFLINE, or {LOCAL_HINT.replace('download it', f'download {url}')}.")
+        var = "HF_HUB_OFFLINE" if _env_flag("HF_HUB_OFFLINE") else OFFLINE_VAR
+        err = DownloadError(
+            f"{var} is set and {repo_id}/{filename} (revision {revision}) is not in the cache "
+            f"{hf_cache_dir()}; unset {var}, or {LOCAL_HINT.replace('download it', f'download {url}')}.")
+        err.reason = f"{var} is set and the file is not cached"
+        raise err
     headers = {}
     token = os.environ.get("HF_TOKEN")
     if token:

@@ -72,6 +72,7 @@ for _depth, _layers, _params in [(50, (3, 4, 6, 3), 25_583_592), (101, (3, 4, 23
         ResNetConfig(layers=_layers, stride_in_1x1=True, **_KERAS),
         f"keras.applications.ResNet{_depth}: original v1 (stride in the first 1x1, conv biases, BN eps 1.001e-5)",
         reference_params=_params, reference=f"keras.applications.ResNet{_depth}", tags=("imagenet", "keras"),
+        default_weights=f"keras:resnet{_depth}",
     ))
 for _depth, _layers, _params in [(50, (3, 4, 6, 3), 25_568_360), (101, (3, 4, 23, 3), 44_577_896),
                                  (152, (3, 8, 36, 3), 60_236_904)]:
@@ -83,6 +84,7 @@ for _depth, _layers, _params in [(50, (3, 4, 6, 3), 25_568_360), (101, (3, 4, 23
         "1x1 max-pool shortcut",
         mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
         reference_params=_params, reference=f"keras.applications.ResNet{_depth}V2", tags=("imagenet", "keras"),
+        default_weights=f"keras:resnet{_depth}v2",
     ))
 
 # --- He et al. 2016 pre-activation ------------------------------------------------------------

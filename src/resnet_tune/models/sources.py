@@ -6,6 +6,8 @@ Sources (the ``pretrained=`` argument of :func:`~resnet_tune.models.create_model
 * ``torchvision:<Weights>.<TAG>``, e.g. ``torchvision:ResNet50_Weights.IMAGENET1K_V2`` (or
   ``.DEFAULT``): downloaded from torchvision's URL into torch.hub's cache
   (``$TORCH_HOME/hub/checkpoints``), hash-checked like torchvision does;
+* ``keras:<name>``, e.g. ``keras:resnet50`` or ``keras:resnet101v2``: keras.applications' ImageNet weights,
+  downloaded into Keras's cache (``~/.keras/models``) and checked against Keras's published MD5;
 * ``timm:<name>``, e.g. ``timm:resnet50.a1_in1k``: the Hugging Face repository ``timm/<name>``;
 * ``hf:<org>/<repo>[@revision]``, e.g. ``hf:microsoft/resnet-50``: a Hugging Face repository
   (transformers or timm layout), converted to our names;
@@ -38,13 +40,13 @@ from torch import Tensor
 from ..errors import CheckpointError, ConfigError, PathNotFoundError
 from . import hub
 
-__all__ = ["VALID_SOURCES", "resolve_source"]
+__all__ = ["KERAS_WEIGHTS", "VALID_SOURCES", "resolve_source", "weights_file"]
 
 log = logging.getLogger(__name__)
 
 VALID_SOURCES = (
     "'torchvision:<Weights>.<TAG>' (e.g. 'torchvision:ResNet50_Weights.IMAGENET1K_V2'), "
-    "'timm:<name>' (e.g. 'timm:resnet50.a1_in1k'), 'hf:<org>/<repo>[@revision]' (e.g. 'hf:microsoft/resnet-50'), "
+    "'keras:<name>' (e.g. 'keras:resnet50'), 'timm:<name>' (e.g. 'timm:resnet50.a1_in1k'), 'hf:<org>/<repo>[@revision]' (e.g. 'hf:microsoft/resnet-50'), "
     "an http(s):// URL, a local file (.safetensors, .pth, .pt, .bin, .h5, .weights.h5, .keras) or a folder "
     "with a Hugging Face config.json, or 'default' for the preset's default weights"
 )
@@ -53,6 +55,17 @@ KERAS_EXTS = (".h5", ".hdf5", ".keras")
 LOCAL_EXTS = (".safetensors",) + TORCH_EXTS + KERAS_EXTS
 WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "model_state")
 RECORD_KEYS = ("resnet_tune", "record", "meta")
+# keras.applications' ImageNet weights (with the classifier): name -> MD5 of the file, as Keras publishes them
+# (keras/src/applications/resnet.py, WEIGHTS_HASHES).
+KERAS_WEIGHTS_URL = "https://storage.googleapis.com/tensorflow/keras-applications/resnet/"
+KERAS_WEIGHTS = {
+    "resnet50": "2cb95161c43110f7111970584f804107",
+    "resnet101": "f1aeb4b969a6efcfb50fad2f0c20cfc5",
+    "resnet152": "100835be76be38e30d865e96f2aaae62",
+    "resnet50v2": "3ef43a0b657b3be2300d5770ece849e0",
+    "resnet101v2": "6343647c601c52e1368623803854d971",
+    "resnet152v2": "a49b44d1979771252814e80f8ec446f9",
+}
 # Config fields that do not change how weights must be read (free to differ from the checkpoint's).
 _FREE_FIELDS = {"num_classes", "drop_path_rate", "zero_init_residual", "input_size", "replace_stride_with_dilation"}
 
@@ -90,6 +103,8 @@ def resolve_source(source: str | os.PathLike[str], *, cfg: Any = None, model_nam
     low = s.lower()
     if low.startswith("torchvision:"):
         state, meta = _from_torchvision(s.split(":", 1)[1].strip())
+    elif low.startswith("keras:"):
+        state, meta = _from_keras(s.split(":", 1)[1].strip(), cfg=cfg, model_name=model_name)
     elif low.startswith("timm:"):
         name, revision = _split_revision(s.split(":", 1)[1].strip())
         if not name or "/" in name:
@@ -184,17 +199,60 @@ def _from_torchvision(name: str) -> tuple[State, dict]:
     return state, meta
 
 
+# Keras ------------------------------------------------------------------------------------------
+
+def _keras_file(name: str) -> tuple[str, str, str]:
+    """URL, file name and MD5 of keras.applications' weights ``name`` (``resnet50``, ``resnet101v2``, ...)."""
+    key = name.lower().removeprefix("keras_")
+    if key not in KERAS_WEIGHTS:
+        raise ConfigError(f"unknown Keras weights {name!r}; valid: {', '.join('keras:' + k for k in KERAS_WEIGHTS)}")
+    filename = f"{key}_weights_tf_dim_ordering_tf_kernels.h5"
+    return KERAS_WEIGHTS_URL + filename, filename, KERAS_WEIGHTS[key]
+
+
+def _from_keras(name: str, *, cfg: Any, model_name: str) -> tuple[State, dict]:
+    url, filename, md5 = _keras_file(name)
+    path = hub.download(url, hub.keras_cache_dir(), filename, md5=md5)
+    state, meta = _from_local(path, cfg=cfg, model_name=model_name, source=f"keras:{name}")
+    meta.update(url=url, weights=f"keras:{name}")
+    return state, meta
+
+
+def weights_file(source: str) -> tuple[str, Path | None]:
+    """Where the file of a downloadable ``source`` comes from and where it is cached: ``(url, path)``, the path
+    ``None`` where the cache layout is not a plain file (Hugging Face repositories: pass the file instead).
+    For a message that tells a user on a machine without internet access what to download and where to put it."""
+    s = source.strip()
+    low = s.lower()
+    if low.startswith("torchvision:"):
+        url, _ = _torchvision_weights(s.split(":", 1)[1].strip())
+        return url, hub.torch_cache_dir() / Path(urllib.parse.urlparse(url).path).name
+    if low.startswith("keras:"):
+        url, filename, _ = _keras_file(s.split(":", 1)[1].strip())
+        return url, hub.keras_cache_dir() / filename
+    if low.startswith(("timm:", "hf:")):
+        repo = s.split(":", 1)[1].strip()
+        repo, revision = _split_revision(repo)
+        return hub.hf_file_url(repo if low.startswith("hf:") else f"timm/{repo}", "model.safetensors", revision), None
+    if low.startswith(("http://", "https://")):
+        return s, _url_cache_path(s)
+    raise ConfigError(f"{source!r} is not downloaded from anywhere.")
+
+
 # URLs -------------------------------------------------------------------------------------------
 
-def _from_url(url: str, *, cfg: Any, model_name: str) -> tuple[State, dict]:
+def _url_cache_path(url: str) -> Path:
+    """Where a URL's file is cached: torch.hub's folder, or for a name without a content hash (``model.safetensors``,
+    not unique across URLs) a folder of its own for each URL, so that two of them never overwrite each other."""
     filename = Path(urllib.parse.unquote(urllib.parse.urlparse(url).path)).name or "download"
-    cache = hub.torch_cache_dir()
-    hashed = hub.hash_prefix_from_name(filename) is not None
-    if not hashed:
-        # A name without a content hash (``model.safetensors``) is not unique across URLs: keep
-        # each URL's file in its own folder so two of them never overwrite each other.
-        cache = cache / f"url-{hashlib.sha256(url.encode()).hexdigest()[:16]}"
-    path = hub.download(url, cache, filename, check_hash=hashed)
+    if hub.hash_prefix_from_name(filename) is not None:
+        return hub.torch_cache_dir() / filename
+    return hub.torch_cache_dir() / f"url-{hashlib.sha256(url.encode()).hexdigest()[:16]}" / filename
+
+
+def _from_url(url: str, *, cfg: Any, model_name: str) -> tuple[State, dict]:
+    cached = _url_cache_path(url)
+    path = hub.download(url, cached.parent, cached.name, check_hash=hub.hash_prefix_from_name(cached.name) is not None)
     state, meta = _from_local(path, cfg=cfg, model_name=model_name, source=url)
     meta["url"] = url
     return state, meta

@@ -36,6 +36,14 @@ class ClassificationConfig(RunConfig):
                                  "augmented views of the training set (0 = run the backbone every epoch)",
                               range=(0, math.inf, ">= 0 (0 turns the feature cache off)"))
     label_smoothing: float = option(0.1, "label smoothing", range=(0.0, 0.999999, "in [0, 1)"))
+    pretrained: str | None = option("auto", "weights to start from: auto (the model's published ImageNet weights: "
+                                            "torchvision's, timm's or Keras's; from scratch for a model without any, "
+                                            "or with a warning when they cannot be fetched), none (from scratch, no "
+                                            "network), torchvision:<WEIGHTS>, timm:<name>, keras:<name>, hf:<repo>, "
+                                            "a URL or a file")
+    batch_size: int | None = option(None, "images per batch per process (default: 64, halved down to 16 while an "
+                                          "epoch would have fewer than 16 steps)",
+                                    range=(1, math.inf, "at least 1"))
 
 #: The name this configuration had before segmentation got its own (``resnet_tune.fit(TrainConfig(...))``).
 TrainConfig = ClassificationConfig

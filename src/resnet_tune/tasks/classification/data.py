@@ -15,8 +15,11 @@ from ...engine.task import TaskData, require_usable
 from ...errors import ConfigError, DataError
 from ...models import get_config, mean_std_for
 
-__all__ = ["balance_weights", "build_data", "choose_model_and_size", "class_weights", "image_loaders",
-           "memory_by_default"]
+__all__ = ["FEW_PER_CLASS", "balance_weights", "build_data", "choose_model_and_size", "class_weights",
+           "image_loaders", "memory_by_default", "scratch_hint"]
+
+#: below this many training images a class, a run from scratch says that pretrained weights usually help a lot
+FEW_PER_CLASS = 100
 
 
 def choose_model_and_size(cfg: Any, median_side: float | None) -> tuple[str, int]:
@@ -54,14 +57,30 @@ def class_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     return w / w.mean()
 
 
-def build_data(cfg: Any, device: torch.device, channels_last: bool, rank: int, world: int,
-               pretrained_meta: dict[str, Any] | None) -> TaskData:
+def scratch_hint(model_name: str, n_train: int, n_classes: int) -> str | None:
+    """The one sentence for a run from scratch on few images a class (fewer than :data:`FEW_PER_CLASS`)."""
+    per_class = n_train / max(n_classes, 1)
+    if per_class >= FEW_PER_CLASS:
+        return None
+    from ...models import get_preset
+
+    has = model_name != "custom" and get_preset(model_name).default_weights
+    how = ("--pretrained auto (the default) once its published weights can be fetched" if has else
+           "a model with published ImageNet weights, e.g. --model resnet18 (pretrained by default)")
+    return (f"training from scratch on about {per_class:.0f} images a class: pretrained weights usually help a lot "
+            f"with this little data; use {how}.")
+
+
+def build_data(task: Any, device: torch.device, channels_last: bool, rank: int, world: int) -> TaskData:
     """Discover, scan and load the data of a classification run (``extra`` holds the scan report, the training
-    labels and the validation samples)."""
+    labels and the validation samples). ``task`` chooses the weights once the model is known
+    (:meth:`~resnet_tune.engine.task.Task.load_pretrained`) and the batch size once the image count is
+    (:meth:`~resnet_tune.engine.task.Task.resolve_batch_size`); ``task.cfg`` is the configuration."""
+    cfg = task.cfg
     if cfg.data is None:
-        return _digits(cfg, device, channels_last, rank, world)
+        return _digits(task, device, channels_last, rank, world)
     if cfg.data.startswith("synthetic:"):
-        return _synthetic(cfg, device, channels_last, rank, world)
+        return _synthetic(task, device, channels_last, rank, world)
 
     from ...data.datasets import discover
     from ...data.scan import scan
@@ -78,7 +97,10 @@ def build_data(cfg: Any, device: torch.device, channels_last: bool, rank: int, w
                         "images; add images or remove the class folder(s).")
     median = report.median_size()
     name, size = choose_model_and_size(cfg, float(min(median)) if median else None)
-    mean, std = mean_std_for(name, pretrained_meta)
+    pretrained = task.load_pretrained(name)
+    task.resolve_batch_size(len(train_s), world)
+    cfg = task.cfg
+    mean, std = mean_std_for(name, pretrained[1] if pretrained else None)
     pp = Preprocessing.for_size(size, mean, std)
     labels = torch.tensor([y for _, y in train_s])
     weights = balance_weights(labels, len(splits.classes)) if cfg.balance == "sampler" else None
@@ -86,8 +108,9 @@ def build_data(cfg: Any, device: torch.device, channels_last: bool, rank: int, w
     targets = {k: torch.tensor([y for _, y in v], dtype=torch.long) for k, v in parts.items() if v}
     loaders, use_memory, how = image_loaders(cfg, parts, targets, pp, device, channels_last, rank, world, weights)
     desc = f"{cfg.data} ({splits.describe()}) at {size}x{size}{how}"
+    hint = None if pretrained else scratch_hint(name, len(train_s), len(splits.classes))
     return TaskData(splits.classes, loaders["train"], loaders["val"], loaders.get("test"), len(train_s), desc, name,
-                    pp.to_dict(), notes=list(splits.notes), scan_summary=report.summary(),
+                    pp.to_dict(), notes=list(splits.notes) + ([hint] if hint else []), scan_summary=report.summary(),
                     extra={"scan": report, "train_labels": labels, "val_samples": val_s, "test_samples": test_s,
                            "input_size": size, "in_memory": use_memory})
 
@@ -130,12 +153,15 @@ def image_loaders(cfg: Any, parts: dict[str, list[tuple[str, Any]] | None], targ
     return loaders, False, ""
 
 
-def _digits(cfg: Any, device: torch.device, channels_last: bool, rank: int, world: int) -> TaskData:
+def _digits(task: Any, device: torch.device, channels_last: bool, rank: int, world: int) -> TaskData:
     """The embedded default: scikit-learn's handwritten digits in memory."""
     from ...data import default as dflt
 
-    name, size = choose_model_and_size(cfg, None)
-    (xt, yt), (xv, yv), classes = dflt.load_digits_images(size, cfg.val_fraction, cfg.seed)
+    name, size = choose_model_and_size(task.cfg, None)
+    task.load_pretrained(name)  # the default CIFAR ResNet has no published weights: from scratch, offline
+    (xt, yt), (xv, yv), classes = dflt.load_digits_images(size, task.cfg.val_fraction, task.cfg.seed)
+    task.resolve_batch_size(len(yt), world)
+    cfg = task.cfg
     pp = Preprocessing.for_size(size, dflt.MEAN, dflt.STD)
     desc = (f"embedded default: scikit-learn handwritten digits, {len(yt)} train / {len(yv)} held-out images, "
             f"10 classes, at {size}x{size}")
@@ -149,8 +175,10 @@ def _digits(cfg: Any, device: torch.device, channels_last: bool, rank: int, worl
                     extra={"train_labels": yt, "input_size": size, "in_memory": True})
 
 
-def _synthetic(cfg: Any, device: torch.device, channels_last: bool, rank: int, world: int) -> TaskData:
-    """``data="synthetic:N"``: N random uint8 images of 10 classes in memory, for throughput benchmarks."""
+def _synthetic(task: Any, device: torch.device, channels_last: bool, rank: int, world: int) -> TaskData:
+    """``data="synthetic:N"``: N random uint8 images of 10 classes in memory, for throughput benchmarks (random
+    weights unless ``pretrained`` names some: ``auto`` means none here)."""
+    cfg = task.cfg
     try:
         n = int(cfg.data.split(":", 1)[1])
     except ValueError:
@@ -158,6 +186,11 @@ def _synthetic(cfg: Any, device: torch.device, channels_last: bool, rank: int, w
     if n < 2:
         raise ConfigError("synthetic:N needs at least two images.")
     name, size = choose_model_and_size(cfg, None if cfg.img_size else 224.0)
+    if cfg.pretrained == "auto":
+        task.cfg = cfg = cfg.replace(pretrained="none")
+    task.load_pretrained(name)
+    task.resolve_batch_size(n, world)
+    cfg = task.cfg
     g = torch.Generator().manual_seed(cfg.seed)
     x = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=g)
     y = torch.randint(0, 10, (n,), generator=g)

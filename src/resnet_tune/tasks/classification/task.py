@@ -14,7 +14,6 @@ from torch import nn
 
 from ...engine.hardware import Precision, forward_chunked
 from ...engine.task import EvalBatch, Evaluation, Task, TaskData
-from ...errors import ConfigError
 from .config import ClassificationConfig
 from .data import build_data, class_weights
 
@@ -67,21 +66,8 @@ class ClassificationTask(Task):
 
     # ---- set-up
 
-    def load_pretrained(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
-        cfg = self.cfg
-        if not cfg.pretrained:
-            return None
-        if not cfg.model:
-            raise ConfigError("--pretrained needs --model to say which architecture the weights are for "
-                              "(e.g. --model resnet50).")
-        from ...models import get_config
-        from ...models.pretrained import resolve_source
-
-        return resolve_source(cfg.pretrained, cfg=get_config(cfg.model), model_name=cfg.model)
-
-    def build_data(self, device: torch.device, channels_last: bool, rank: int, world: int,
-                   pretrained_meta: dict[str, Any] | None) -> TaskData:
-        return build_data(self.cfg, device, channels_last, rank, world, pretrained_meta)
+    def build_data(self, device: torch.device, channels_last: bool, rank: int, world: int) -> TaskData:
+        return build_data(self, device, channels_last, rank, world)
 
     def build_model(self, data: TaskData, pretrained: tuple[dict[str, torch.Tensor], dict[str, Any]] | None
                     ) -> tuple[nn.Module, str]:
@@ -91,11 +77,11 @@ class ClassificationTask(Task):
         overrides = {"drop_path_rate": cfg.drop_path_rate} if cfg.drop_path_rate else {}
         model = create_model(name, num_classes=len(data.classes), **overrides)
         if pretrained is None:
-            return model, f"{name}, training from scratch (no --pretrained given)"
+            return model, f"{name}, training from scratch ({self.weights_reason})"
         from ...models.pretrained import load_pretrained
 
         load_pretrained(model, pretrained[0], reset_head=True, source=cfg.pretrained)
-        return model, f"{name}, pretrained from {cfg.pretrained}"
+        return model, f"{name}, pretrained from {cfg.pretrained} ({self.weights_reason})"
 
     def criterion(self, data: TaskData, device: torch.device) -> nn.Module:
         weight = class_weights(data.extra["train_labels"], len(data.classes)).to(device) \

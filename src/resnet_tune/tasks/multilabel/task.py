@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...engine.task import Evaluation, TaskData, require_usable
-from ..classification.data import choose_model_and_size, image_loaders
+from ..classification.data import choose_model_and_size, image_loaders, scratch_hint
 from ..classification.task import ClassificationTask, combine_batches, mix_batch
 from .config import MultiLabelConfig
 
@@ -85,8 +85,7 @@ class MultiLabelTask(ClassificationTask):
 
     # ---- set-up
 
-    def build_data(self, device: torch.device, channels_last: bool, rank: int, world: int,
-                   pretrained_meta: dict[str, Any] | None) -> TaskData:
+    def build_data(self, device: torch.device, channels_last: bool, rank: int, world: int) -> TaskData:
         from ...data.scan import scan
         from ...data.transforms import Preprocessing
         from ...errors import ConfigError
@@ -106,7 +105,10 @@ class MultiLabelTask(ClassificationTask):
         splits.train, splits.val, splits.test = train_s, val_s, test_s
         median = report.median_size()
         name, size = choose_model_and_size(cfg, float(min(median)) if median else None)
-        mean, std = mean_std_for(name, pretrained_meta)
+        weights = self.load_pretrained(name)
+        self.resolve_batch_size(len(train_s), world)
+        cfg = self.cfg
+        mean, std = mean_std_for(name, weights[1] if weights else None)
         pp = Preprocessing.for_size(size, mean, std)
         n_labels = len(splits.labels)
         parts = {"train": train_s, "val": val_s, "test": test_s}
@@ -114,8 +116,9 @@ class MultiLabelTask(ClassificationTask):
         samples = {k: [(p, t) for (p, _), t in zip(v, targets[k])] if v else None for k, v in parts.items()}
         loaders, use_memory, how = image_loaders(cfg, samples, targets, pp, device, channels_last, rank, world)
         desc = f"{cfg.data} ({splits.describe()}) at {size}x{size}{how}"
+        hint = None if weights else scratch_hint(name, len(train_s), n_labels)
         return TaskData(splits.labels, loaders["train"], loaders["val"], loaders.get("test"), len(train_s), desc, name,
-                        pp.to_dict(), notes=list(splits.notes),
+                        pp.to_dict(), notes=list(splits.notes) + ([hint] if hint else []),
                         scan_summary=report.summary() + "\n" + splits.label_summary(frequencies=False)
                         + "\n(label frequencies: labels.txt in the run folder)",
                         target_shape=(n_labels,),

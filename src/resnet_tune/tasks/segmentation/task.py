@@ -70,15 +70,12 @@ class SegmentationTask(Task):
 
     # ---- set-up
 
-    def load_pretrained(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
-        if not self.cfg.pretrained:
-            return None
+    def read_weights(self, source: str, model_name: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         from ...models import get_config
 
-        return resolve_pretrained(self.cfg.pretrained, get_config(self.cfg.model), self.cfg.model)
+        return resolve_pretrained(source, get_config(model_name), model_name)
 
-    def build_data(self, device: torch.device, channels_last: bool, rank: int, world: int,
-                   pretrained_meta: dict[str, Any] | None) -> TaskData:
+    def build_data(self, device: torch.device, channels_last: bool, rank: int, world: int) -> TaskData:
         from ...errors import ConfigError
         from ...models import mean_std_for
         from .data import SegDataset, discover_pairs, estimate_bytes, find_class_table, median_size, read_class_table
@@ -88,7 +85,9 @@ class SegmentationTask(Task):
         if not cfg.data:
             raise ConfigError("segmentation needs --data DIR with images/ and masks/ folders (or train/images and "
                               "train/masks).")
-        mean, std = mean_std_for(cfg.model, pretrained_meta)
+        weights = self.load_pretrained(cfg.model)
+        cfg = self.cfg
+        mean, std = mean_std_for(cfg.model, weights[1] if weights else None)
         splits = discover_pairs(cfg.data, val_fraction=cfg.val_fraction, seed=cfg.seed)
         if cfg.limit:
             splits.train, splits.val = splits.train[:cfg.limit], splits.val[:cfg.limit]
