@@ -127,6 +127,7 @@ def run_or_resume(out: Path, **options) -> float:
     timing = out / "timing.json"
     if (out / "eval.json").exists():
         return json.loads(timing.read_text())["seconds"] if timing.exists() else 0.0
+    options.setdefault("pretrained", "none")  # the benchmarks train from scratch unless they name weights
     before = json.loads(timing.read_text())["seconds"] if timing.exists() else 0.0
     t0 = time.perf_counter()
     if (out / STATE).exists():

@@ -74,7 +74,8 @@ def free_port() -> int:
 
 def run(name: str, nproc: int, torchrun: bool, threads: int, args: argparse.Namespace, data: Path, out: Path
         ) -> dict:
-    options = ["--data", str(data), "--model", args.model, "--epochs", str(args.epochs), "--batch-size",
+    options = ["--data", str(data), "--model", args.model, "--pretrained", "none", "--epochs", str(args.epochs),
+               "--batch-size",
                str(args.global_batch // nproc), "--img-size", "32", "--loader", "memory", "--precision",
                args.precision, "--no-progress", "--threads", str(threads), "--workers", "0", "--output", str(out)]
     if torchrun:

@@ -26,7 +26,7 @@ from resnet_tune import fit  # noqa: E402
 def epoch(data: str, model: str, size: int, batch: int, **options) -> tuple[float, str]:
     with tempfile.TemporaryDirectory() as tmp:
         res = fit(data=data, model=model, img_size=size, batch_size=batch, epochs=1, output=f"{tmp}/run",
-                  progress=False, quiet=True, **options)
+                  progress=False, quiet=True, pretrained="none", **options)
     return res.history[-1]["images_per_s"], res.history[-1]["seconds"]
 
 

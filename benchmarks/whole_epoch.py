@@ -88,6 +88,7 @@ def main() -> int:
             plain.append(timed([sys.executable, str(root / "plain.py"), str(root / "data"), args.model,
                                 str(args.size)], root))
             ours.append(timed(["resnet-tune", "train", "--data", str(root / "data"), "--model", args.model,
+                           "--pretrained", "none",
                                "--img-size", str(args.size), "--epochs", "1", "--batch-size", "32",
                                "--no-progress", "--output", str(root / f"run{i}")], root))
     p, o = sorted(plain)[len(plain) // 2], sorted(ours)[len(ours) // 2]
