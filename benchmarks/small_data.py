@@ -128,7 +128,8 @@ def table(work: Path) -> None:
     for target in TARGETS:
         for arm in ("scratch", "pretrained"):
             for label in ("before", "after"):
-                runs = [json.loads(p.read_text()) for p in sorted((work / label / target / arm).glob("seed*/summary.json"))]
+                found = sorted((work / label / target / arm).glob("seed*/summary.json"))
+                runs = [json.loads(p.read_text()) for p in found]
                 if not runs:
                     continue
                 acc = [r["test_acc"] * 100 for r in runs]

@@ -684,7 +684,8 @@ def test_keras_weights_are_md5_checked_into_the_keras_cache(server, monkeypatch,
     with pytest.raises(ValueError, match="unknown Keras weights 'resnet18'; valid: keras:resnet50"):
         resolve_source("keras:resnet18", cfg=None, model_name="")
     url, path = pt.weights_file("keras:resnet101v2")
-    assert url.endswith("/resnet101v2_weights_tf_dim_ordering_tf_kernels.h5") and path.parent == tmp_path / "keras" / "models"
+    assert url.endswith("/resnet101v2_weights_tf_dim_ordering_tf_kernels.h5")
+    assert path.parent == tmp_path / "keras" / "models"
 
 
 def test_offline_flag_refuses_downloads_but_reads_the_cache(server, r18, monkeypatch):

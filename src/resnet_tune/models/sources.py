@@ -46,7 +46,8 @@ log = logging.getLogger(__name__)
 
 VALID_SOURCES = (
     "'torchvision:<Weights>.<TAG>' (e.g. 'torchvision:ResNet50_Weights.IMAGENET1K_V2'), "
-    "'keras:<name>' (e.g. 'keras:resnet50'), 'timm:<name>' (e.g. 'timm:resnet50.a1_in1k'), 'hf:<org>/<repo>[@revision]' (e.g. 'hf:microsoft/resnet-50'), "
+    "'keras:<name>' (e.g. 'keras:resnet50'), 'timm:<name>' (e.g. 'timm:resnet50.a1_in1k'), "
+    "'hf:<org>/<repo>[@revision]' (e.g. 'hf:microsoft/resnet-50'), "
     "an http(s):// URL, a local file (.safetensors, .pth, .pt, .bin, .h5, .weights.h5, .keras) or a folder "
     "with a Hugging Face config.json, or 'default' for the preset's default weights"
 )
