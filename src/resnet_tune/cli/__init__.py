@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from typing import Callable
 
-from . import classify, export, segment, serve
-from .options import HelpFormatter, add_config_options, config_values
+#: when the command started (time.monotonic), before its imports: ``--budget`` counts from here
+STARTED = time.monotonic()
 
-__all__ = ["HelpFormatter", "add_config_options", "build_parser", "config_values", "main"]
+from . import classify, export, segment, serve  # noqa: E402
+from .options import HelpFormatter, add_config_options, config_values  # noqa: E402
+
+__all__ = ["HelpFormatter", "STARTED", "add_config_options", "build_parser", "config_values", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -74,11 +74,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     from ..tasks.multilabel.config import MultiLabelConfig
     from ..tasks.registry import fit
 
+    from . import STARTED
+
     if args.resume:  # the run's own task and options; flags may change only where and how visibly it runs
         names = {f.name for f in dataclasses.fields(MultiLabelConfig)}
-        fit(resume=args.resume, **{k: getattr(args, k) for k in names if hasattr(args, k)})
+        fit(resume=args.resume, started=STARTED, **{k: getattr(args, k) for k in names if hasattr(args, k)})
         return 0
-    fit(_train_config(args))
+    fit(_train_config(args), started=STARTED)
     return 0
 
 

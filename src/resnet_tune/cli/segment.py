@@ -31,14 +31,15 @@ def cmd_segment(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from ..engine.trainer import Trainer
     from ..tasks.segmentation import SegmentationConfig, SegmentationTask
+    from . import STARTED
 
     try:
         if args.resume:
             names = {f.name for f in dataclasses.fields(SegmentationConfig)}
             overrides = {k: getattr(args, k) for k in names if hasattr(args, k)}
-            Trainer(SegmentationTask, resume=args.resume, overrides=overrides).fit()
+            Trainer(SegmentationTask, resume=args.resume, overrides=overrides, started=STARTED).fit()
         else:
-            Trainer(SegmentationTask, _seg_config(args)).fit()
+            Trainer(SegmentationTask, _seg_config(args), started=STARTED).fit()
     except KeyboardInterrupt:
         out = args.resume or getattr(args, "output", None)
         if out:

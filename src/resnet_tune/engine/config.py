@@ -215,7 +215,13 @@ class RunConfig:
     freeze_epochs: int = option(1, "epochs with a frozen body in freeze_unfreeze", range=(0, math.inf, ">= 0"))
     lr_decay: float = option(0.5, "discriminative learning rate: each earlier stage gets this factor of the next "
                                   "one's lr", range=(1e-300, math.inf, "positive"))
-    epochs: int = option(15, "number of epochs", range=(1, math.inf, "at least 1"))
+    epochs: int | None = option(None, "number of epochs (default: 15 for classification, 30 for segmentation; "
+                                      "planned from --budget when it is given)", range=(1, math.inf, "at least 1"))
+    budget: str | None = option(None, "time for the whole run, e.g. 10m, 90s or 1h30m (scan, decoding, training, "
+                                      "validation, checkpoints and report): the trainer measures its speed and plans "
+                                      "the epochs to fit; instead of --epochs")
+    budget_partial: bool = option(False, "with --budget: when not even one epoch fits, train on the fraction of an "
+                                         "epoch that does instead of stopping with the minimum budget")
     batch_size: int = option(64, "images per batch (per process)", range=(1, math.inf, "at least 1"))
     lr: float | None = option(None, "peak learning rate (default: the task's rule, scaled to the global batch)")
     optimizer: str = option("sgd", "optimiser", choices=OPTIMIZERS)
@@ -267,6 +273,10 @@ class RunConfig:
             raise ConfigError(f"val_fraction must be between 0 and 1, got {self.val_fraction}.")
         if self.lr is not None and not self.lr > 0:
             raise ConfigError(f"lr must be positive, got {self.lr}.")
+        if self.budget is not None:
+            from .budget import parse_duration
+
+            parse_duration(self.budget)
         if not self.dist_timeout > 0:
             raise ConfigError(f"dist_timeout must be a positive number of minutes, got {self.dist_timeout}.")
         if self.strategy in ("linear_probe", "freeze_unfreeze") and self.pretrained in NO_WEIGHTS:

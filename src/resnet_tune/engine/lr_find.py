@@ -27,7 +27,7 @@ def lr_find(task: type[Task], cfg: RunConfig, *, start_lr: float = 1e-6, end_lr:
     from .finetune import train_mode
     from .trainer import Trainer
 
-    trainer = Trainer(task, cfg.replace(epochs=1), quiet=True)
+    trainer = Trainer(task, cfg.replace(epochs=1, budget=None), quiet=True)
     s = trainer.prepare()
     model, data, device, precision, optimizer = s.model, s.data, s.device, s.precision, s.optimizer
     train_mode(model)

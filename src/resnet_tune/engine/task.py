@@ -99,6 +99,8 @@ class Task:
     best_metric: ClassVar[str]
     #: whether frozen-backbone epochs may train the head on cached pooled features
     supports_feature_cache: ClassVar[bool] = False
+    #: epochs when neither ``epochs`` nor ``budget`` is given
+    default_epochs: ClassVar[int] = 15
 
     def __init__(self, cfg: RunConfig) -> None:
         self.cfg = cfg

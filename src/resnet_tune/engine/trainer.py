@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import math
 import os
 import sys
@@ -32,6 +33,8 @@ from .finetune import frozen_epochs, resolve_strategy, set_body_frozen, train_mo
 from .hardware import Precision, default_channels_last, resolve_device, resolve_precision, seed_everything, set_threads
 from .optim import EMA, lr_at, make_optimizer, param_groups, set_lr
 from .run import create_run_dir, tensorboard_writer, write_metrics
+from .budget import BudgetState, Clock, Plan, format_duration, minimum_budget, parse_duration, plan_epochs
+from .budget import reserve_seconds
 from .stability import LossGuard, recalibrate_bn, use_precise_bn, warmup_steps
 from .task import Evaluation, Task, TaskData
 
@@ -39,6 +42,8 @@ __all__ = ["RESUME_OVERRIDES", "RunResult", "Trainer", "fit", "gradient_scaler"]
 
 # Options that may differ when a run is resumed: they change where and how visibly it runs, not
 # what it computes.
+#: --budget: the optimiser steps timed (after a first, warm-up step) before the first plan
+PROBE_STEPS = 5
 RESUME_OVERRIDES = frozenset({"device", "progress", "workers", "threads", "dist_timeout"})
 
 
@@ -97,6 +102,12 @@ class _Run:
     fwd: nn.Module | None = None  # what the training step calls (the model, in DDP, maybe compiled)
     wrapped: str | None = None  # what the DDP wrapper holds: "model", "frozen" or "head"
     tb: Any = None  # the TensorBoard writer (rank 0, with --tensorboard)
+    budget: BudgetState | None = None  # --budget: the seconds spent in earlier sessions and the plans
+    step_s: float | None = None  # --budget: measured seconds an optimiser step of the whole network
+    eval_s: float | None = None  # --budget: measured seconds of a validation and save
+    out_of_time: bool = False  # --budget: the epoch stopped early to keep the end inside the budget
+    probe_t0: float = 0.0  # --budget: when the timed steps began
+    budget_mode: str | None = None  # --budget: what the timed steps trained ("model", "frozen" or "head")
 
 
 class Trainer:
@@ -114,7 +125,12 @@ class Trainer:
 
     def __init__(self, task: type[Task], cfg: RunConfig | None = None, *, resume: str | Path | None = None,
                  quiet: bool = False, overrides: dict[str, Any] | None = None,
-                 state: dict[str, Any] | None = None) -> None:
+                 state: dict[str, Any] | None = None, clock: Clock | None = None, started: float | None = None
+                 ) -> None:
+        #: the run's clock (tests inject one) and when the run started by it: ``--budget`` counts from there (the
+        #: command line passes the moment it started, before its imports)
+        self.clock = clock or Clock()
+        self.started = self.clock.now() if started is None else started
         self.task_class = task
         self.resume_dir: Path | None = None
         self.state: dict[str, Any] | None = None
@@ -122,6 +138,9 @@ class Trainer:
             cfg = self._load_resume(Path(resume), overrides, state)
         elif cfg is None:
             cfg = from_dict(overrides or {}, "options", cls=task.config_class)
+        if not resume and cfg.budget is not None and cfg.epochs is not None:
+            raise ConfigError("--budget and --epochs both say how long to train: drop --epochs to let the trainer "
+                              "plan the epochs that fit the budget, or drop --budget to train a fixed number.")
         self.task = task(cfg)
         self.quiet = quiet
         self.notes: list[str] = []
@@ -271,6 +290,8 @@ class Trainer:
         decay = cfg.lr_decay if strategy == "freeze_unfreeze" else 1.0
         groups = param_groups(model, lr, cfg.weight_decay, decay)
         optimizer = make_optimizer(cfg.optimizer, groups, lr, cfg.momentum, cfg.nesterov, cfg.weight_decay)
+        if cfg.epochs is None:  # a budgeted run starts from the default until its first plan
+            self.cfg = cfg = cfg.replace(epochs=task.default_epochs)
         steps_per_epoch = max(len(data.train) // cfg.accum_steps, 1)
         total = steps_per_epoch * cfg.epochs
         precise = use_precise_bn(cfg.precise_bn, steps_per_epoch)
@@ -318,20 +339,30 @@ class Trainer:
         self._check_output()
         s = self.prepare()
         r = self._begin(s)
-        for epoch in range(r.start_epoch, self.cfg.epochs):
+        epoch = r.start_epoch
+        while epoch < self.cfg.epochs:
             _debug_die_at(self.dist, epoch, resumed=self.state is not None)
             row, improved = self._epoch(s, r, epoch)
+            epoch += 1
             # no process starts the next epoch before this one is saved: a process that fails in it then
             # always leaves a complete checkpoint to resume from
             self.dist.barrier()
-            frozen = epoch < r.n_frozen
-            self.say(f"epoch {epoch + 1}/{self.cfg.epochs}  {self.task.epoch_summary(row)}  lr {row['lr']:.2e}  "
+            frozen = epoch - 1 < r.n_frozen
+            self.say(f"epoch {epoch}/{self.cfg.epochs}  {self.task.epoch_summary(row)}  lr {row['lr']:.2e}  "
                      f"{row['seconds']:.1f}s  {row['images_per_s']:.1f} img/s" + ("  *" if improved else "")
                      + ("  (frozen body)" if frozen else "") + (", cached features" if frozen and r.views else ""))
+            if r.out_of_time:
+                msg = (f"stopped epoch {epoch} early to finish inside the budget (the machine ran slower than "
+                       "planned)")
+                self.say(msg)
+                self.notes.append(msg)
+                break
             if self.cfg.early_stop and r.bad_after >= self.cfg.early_stop:
                 self.say(f"early stop: no improvement in {self.task.best_metric} for {self.cfg.early_stop} epochs")
-                self.notes.append(f"stopped early after epoch {epoch + 1}")
+                self.notes.append(f"stopped early after epoch {epoch}")
                 break
+            if r.budget is not None:
+                self._replan(s, r, epoch)
         r.fwd = None
         return self._finish(r.run_dir, s, r.history, r.best, r.best_epoch)
 
@@ -366,19 +397,142 @@ class Trainer:
                      f"{r.best_epoch})")
         # the resolved configuration: what "auto" chose is written down (and resumes the same)
         cfg = self.cfg = task.resolved_config(s.data)
+        if cfg.budget is not None:
+            r.budget = BudgetState.from_dict(self.state.get("budget") if self.state else None,
+                                             parse_duration(cfg.budget))
+        self._write_config(r)
         if dist.is_main:
-            save_yaml(cfg, r.run_dir / "config.yaml")
-            if dist.enabled:
-                with (r.run_dir / "config.yaml").open("a") as f:
-                    f.write(f"# trained with {dist.world} processes: global batch "
-                            f"{cfg.batch_size * dist.world * cfg.accum_steps} = batch_size {cfg.batch_size} x "
-                            f"{dist.world} processes x accum_steps {cfg.accum_steps}\n")
             r.tb = tensorboard_writer(r.run_dir) if cfg.tensorboard else None
         r.record = task.record(s.data, s.model)
         r.n_frozen = frozen_epochs(s.strategy, cfg)
         r.views = self._cache_views(s.model, s.data, r.n_frozen, s.precision) if r.start_epoch < r.n_frozen else 0
         r.fwd = None if dist.enabled else (torch.compile(s.model) if cfg.compile else s.model)
         return r
+
+    def _write_config(self, r: _Run) -> None:
+        """Rank 0: ``config.yaml``, the resolved configuration, with the process count and the budget's plans."""
+        if not self.dist.is_main:
+            return
+        cfg, dist = self.cfg, self.dist
+        path = r.run_dir / "config.yaml"
+        save_yaml(cfg, path)
+        lines = []
+        if dist.enabled:
+            lines.append(f"# trained with {dist.world} processes: global batch "
+                         f"{cfg.batch_size * dist.world * cfg.accum_steps} = batch_size {cfg.batch_size} x "
+                         f"{dist.world} processes x accum_steps {cfg.accum_steps}")
+        for plan in r.budget.plans if r.budget else []:
+            lines.append(f"# budget plan at epoch {plan['at_epoch']}{' on ' + plan['machine'] if plan['machine'] else ''}"
+                         f": {Plan(**plan).describe()}")
+        if lines:
+            with path.open("a") as f:
+                f.write("".join(line + "\n" for line in lines))
+
+    # ---- the budget (--budget): measured, planned, re-planned
+
+    def _spent(self, r: _Run) -> float:
+        """Seconds of the budget spent so far (earlier sessions of a resumed run included), the same on every
+        process (the slowest one's)."""
+        assert r.budget is not None
+        return self.dist.all_reduce_max(r.budget.spent_before + self.clock.now() - self.started)
+
+    def _eval_estimate(self, s: _Setup, r: _Run) -> float:
+        """Seconds of a validation and save: measured after the first one; before it, from the step time (an
+        evaluation batch holds twice the images of a training micro-batch, and a forward pass costs about a third
+        of a training step; precise BN adds a forward pass over the training batches)."""
+        if r.eval_s is not None:
+            return r.eval_s
+        micro = (r.step_s or 0.0) / self.cfg.accum_steps
+        forward = micro / 3.0
+        return len(s.data.val) * 2 * forward + (len(s.data.train) * forward if s.precise_bn else 0.0) + 1.0
+
+    def _reserve(self, s: _Setup, r: _Run) -> float:
+        """Seconds kept for the end: the final evaluation (the test split, or the best checkpoint on the validation
+        split when it is not the last epoch's), the report, and a margin (:func:`.budget.reserve_seconds`)."""
+        assert r.budget is not None
+        final = self._eval_estimate(s, r)
+        if s.data.test is not None:
+            final *= max(1.0, len(s.data.test) / max(len(s.data.val), 1))
+        return reserve_seconds(r.budget.budget, final)
+
+    def _plan(self, s: _Setup, r: _Run, done: int, into_epoch: int) -> tuple[int, float]:
+        """The epochs in all that fit the budget, given ``done`` finished epochs and ``into_epoch`` steps of the
+        current one, and the time the current epoch began (as if its steps took the measured time); raises the
+        too-small-budget sentence when not even the current epoch fits (unless --budget-partial)."""
+        assert r.budget is not None and r.step_s is not None
+        spent = self._spent(r)
+        eval_s, reserve = self._eval_estimate(s, r), self._reserve(s, r)
+        start = spent - into_epoch * r.step_s  # when the current epoch started, as if its steps took step_s
+        total = plan_epochs(r.budget.budget, start, done, s.steps_per_epoch, r.step_s, eval_s, reserve)
+        if total == done and into_epoch == 0 and done > 0:
+            return done, start  # at an epoch end: nothing more fits
+        if total <= done:
+            if not self.cfg.budget_partial and done == 0:
+                need = minimum_budget(start, s.steps_per_epoch, r.step_s, eval_s, reserve - 0.02 * r.budget.budget)
+                raise ConfigError(
+                    f"a budget of {format_duration(r.budget.budget)} cannot hold one epoch of this run: the set-up "
+                    f"took {format_duration(start)} and an epoch ({s.steps_per_epoch} steps of "
+                    f"{r.step_s:.3g} s and a validation) about {format_duration(s.steps_per_epoch * r.step_s + eval_s)}"
+                    f"; give at least --budget {format_duration(need)}, or add --budget-partial to train on the "
+                    "fraction of an epoch that fits.")
+            total = done + 1  # the current epoch, cut to what fits (the train loop stops it in time)
+        return total, start
+
+    def _apply_plan(self, s: _Setup, r: _Run, total: int, done: int, start: float, why: str) -> None:
+        """Make ``total`` epochs the plan: the schedule's length follows (its shape is kept), it is printed,
+        recorded (config.yaml, the run state) and noted."""
+        assert r.budget is not None and r.step_s is not None
+        from .hardware import machine_name
+
+        changed = total != self.cfg.epochs or not r.budget.plans
+        self.cfg = self.cfg.replace(epochs=total)
+        s.total_steps = total * s.steps_per_epoch
+        eval_s = self._eval_estimate(s, r)
+        plan = Plan(epochs=total, steps=s.total_steps, seconds_per_step=r.step_s, seconds_per_eval=eval_s,
+                    spent=self._spent(r), budget=r.budget.budget, at_epoch=done, why=why, machine=machine_name(),
+                    expected=start + (total - done) * (s.steps_per_epoch * r.step_s + eval_s) + self._reserve(s, r)
+                    - 0.02 * r.budget.budget)
+        if not changed:
+            return
+        r.budget.plans.append(dataclasses.asdict(plan))
+        self.say(f"budget plan: {plan.describe()}")
+        self._write_config(r)
+
+    def _budget_step(self, s: _Setup, r: _Run, epoch: int, k: int, t_epoch: float) -> None:
+        """After the ``k``-th optimiser step of ``epoch``: the first plan once the speed is measured (steps 2 to 6
+        of the epoch, the first one being a warm-up), then a check that the end still fits."""
+        assert r.budget is not None
+        now = self.clock.now()
+        if r.step_s is None:
+            if k == 1:
+                r.probe_t0 = now
+            probe_end = min(1 + PROBE_STEPS, s.steps_per_epoch)
+            if k < probe_end:
+                return
+            r.step_s = self.dist.all_reduce_max((now - t_epoch) / k if k == 1 else (now - r.probe_t0) / (k - 1))
+            why = "first plan" if not r.budget.plans else "re-planned on resuming" if self.state is not None and \
+                len(r.budget.plans) and r.budget.plans[-1]["at_epoch"] < epoch else "the step speed changed"
+            total, start = self._plan(s, r, epoch, k)
+            self._apply_plan(s, r, total, epoch, start, why)
+            return
+        if self.dist.enabled and k % 10:
+            return
+        if self._spent(r) + self._eval_estimate(s, r) + self._reserve(s, r) > r.budget.budget:
+            r.out_of_time = True
+
+    def _replan(self, s: _Setup, r: _Run, done: int) -> None:
+        """At the end of epoch ``done``: the plan again from the measured speed; it shrinks when the end would pass
+        the budget and grows when more than an epoch and a quarter would be left unused."""
+        assert r.budget is not None
+        if r.step_s is None:
+            return
+        total, start = self._plan(s, r, done, 0)
+        epoch_s = s.steps_per_epoch * r.step_s + self._eval_estimate(s, r)
+        slack = r.budget.budget - self._spent(r) - self._reserve(s, r) - (self.cfg.epochs - done) * epoch_s
+        if total < self.cfg.epochs:
+            self._apply_plan(s, r, max(total, done), done, start, "the run is slower than planned")
+        elif total > self.cfg.epochs and slack >= 1.25 * epoch_s:
+            self._apply_plan(s, r, total, done, start, "the run is faster than planned")
 
     def _epoch(self, s: _Setup, r: _Run, epoch: int) -> tuple[dict[str, float], bool]:
         """Train and evaluate one epoch, save what it gives; returns its row and whether it is the best so far."""
@@ -404,9 +558,12 @@ class Trainer:
                      f"view(s) and the validation set in {r.cache.seconds:.1f}s; the head trains on them")
         assert r.fwd is not None
         step_fwd = r.fwd if dist.enabled or not cached else task.head(model)
+        if r.budget is not None and mode != r.budget_mode:
+            r.step_s, r.budget_mode = None, mode  # head-only and whole-network steps differ: time them again
         train_row, seen = self.train_one_epoch(step_fwd, model, r.cache.train if cached else data.train, s, epoch,
-                                               features=cached)
+                                               features=cached, run=r)
         train_time = dist.all_reduce_max(time.perf_counter() - t0)
+        t_eval = self.clock.now()
         if dist.enabled:  # every rank evaluates (and rank 0 saves) rank 0's BatchNorm statistics
             dist.sync_buffers(ckpt.unwrap(model))
             if s.ema is not None:
@@ -429,9 +586,19 @@ class Trainer:
             r.best, r.best_epoch, r.bad_after = row[task.best_metric], epoch + 1, 0
         else:
             r.bad_after += 1
+        self.clock.event("eval")
         if dist.is_main:
             self._save(s, r, eval_model, row, improved, task.evaluation_record(val))
+        self.clock.event("save")
+        if r.budget is not None:
+            r.eval_s = self.dist.all_reduce_max(self.clock.now() - t_eval)
         return row, improved
+
+    def _budget_record(self, r: _Run) -> dict[str, Any] | None:
+        """What a resumed budgeted run needs: the seconds spent so far (this save included, roughly) and the plans."""
+        if r.budget is None:
+            return None
+        return {**r.budget.to_dict(), "spent_before": r.budget.spent_before + self.clock.now() - self.started}
 
     def _recalibrate_bn(self, model: nn.Module, loader: Any, s: _Setup, epoch: int) -> None:
         """Precise BN: the BatchNorm statistics of ``model`` recomputed over this epoch's training batches with the
@@ -467,6 +634,7 @@ class Trainer:
             "model": {k: v.detach().cpu() for k, v in ckpt.unwrap(s.model).state_dict().items()},
             "optimizer": s.optimizer.state_dict(), "scaler": s.scaler.state_dict(),
             "ema": s.ema.state_dict() if s.ema else None, "guard": s.guard.state_dict(), "rng": ckpt.rng_state(),
+            "budget": self._budget_record(r),
             "best": r.best,
             "best_epoch": r.best_epoch, "history": r.history, "world": self.dist.world,
         })
@@ -480,7 +648,7 @@ class Trainer:
     # ---- one epoch
 
     def train_one_epoch(self, fwd: nn.Module, model: nn.Module, loader: Any, s: _Setup, epoch: int,
-                        features: bool = False) -> tuple[dict[str, float], int]:
+                        features: bool = False, run: _Run | None = None) -> tuple[dict[str, float], int]:
         """One epoch of this process's shard; the row's training columns (over all processes) and the images."""
         cfg, task, dist = self.cfg, self.task, self.dist
         device, precision, optimizer, scaler = s.device, s.precision, s.optimizer, s.scaler
@@ -488,6 +656,8 @@ class Trainer:
         loader.set_epoch(epoch)
         g = torch.Generator().manual_seed(cfg.seed * 31 + epoch)  # batch-level augmentation (mixup, cutmix)
         step = epoch * s.steps_per_epoch
+        t_epoch = self.clock.now()
+        budget = run if run is not None and run.budget is not None else None
         total_loss = torch.zeros((), device=device)
         counts: dict[str, torch.Tensor] = {}
         seen = 0
@@ -532,6 +702,9 @@ class Trainer:
                     self._loss_jumped(judged, s.guard, epoch, i)
                 optimizer.zero_grad(set_to_none=True)
                 step += 1
+                self.clock.event("step")
+                if budget is not None:
+                    self._budget_step(s, budget, epoch, step - epoch * s.steps_per_epoch, t_epoch)
             n = y.shape[0]
             total_loss += loss.detach().float() * n
             for k, v in task.train_counts(out, y).items():
@@ -539,6 +712,10 @@ class Trainer:
             seen += n
             if show and i % 10 == 0:
                 bar.set_postfix(loss=f"{loss.item():.3f}")
+            if budget is not None and budget.out_of_time:
+                break  # the rest of the epoch would not leave time for its validation and the end
+        if budget is not None and step > epoch * s.steps_per_epoch:  # this epoch's speed, for the next plan
+            budget.step_s = dist.all_reduce_max((self.clock.now() - t_epoch) / (step - epoch * s.steps_per_epoch))
         if seen == 0:
             raise DataError("the training loader produced no batch; the training split is too small for the batch "
                             "size (lower --batch-size).")

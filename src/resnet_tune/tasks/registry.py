@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..engine import checkpoint as ckpt
+from ..engine.budget import Clock
 from ..engine.config import RunConfig, from_dict
 from ..engine.task import Task
 from ..engine.trainer import RunResult, Trainer
@@ -51,20 +52,23 @@ def get_task(name_or_config: str | RunConfig) -> type[Task]:
 
 
 def fit(cfg: RunConfig | None = None, *, task: str = "classification", resume: str | Path | None = None,
-        quiet: bool = False, **options: Any) -> RunResult:
-    """Train a model: ``fit(data="photos/", model="resnet50", pretrained="...", epochs=5)``.
+        quiet: bool = False, clock: Clock | None = None, started: float | None = None, **options: Any) -> RunResult:
+    """Train a model: ``fit(data="photos/", model="resnet50", pretrained="...", epochs=5)``, or
+    ``fit(data="photos/", budget="10m")`` to let the trainer plan the epochs that fit ten minutes.
 
     ``task`` names the task (ignored when ``cfg`` is given: its class says); ``resume`` continues the run in that
     folder from its last completed epoch (its task and options as saved; ``options`` may change only where and
-    how visibly it runs).
+    how visibly it runs). ``clock`` and ``started`` (seconds by that clock; default: now) say where a budget is
+    counted from: the command line passes the moment it started, tests a clock of their own.
     """
+    timing = {"clock": clock, "started": started}
     if resume is not None:
         state = ckpt.load_state(Path(resume) / ckpt.STATE)
         task_class = get_task(state.get("task", "classification"))
-        return Trainer(task_class, resume=resume, quiet=quiet, overrides=options, state=state).fit()
+        return Trainer(task_class, resume=resume, quiet=quiet, overrides=options, state=state, **timing).fit()
     task_class = get_task(cfg) if cfg is not None else get_task(task)
     if cfg is None:
         cfg = from_dict(options, source="fit()", cls=task_class.config_class)
     elif options:
         cfg = cfg.replace(**options)
-    return Trainer(task_class, cfg, quiet=quiet).fit()
+    return Trainer(task_class, cfg, quiet=quiet, **timing).fit()

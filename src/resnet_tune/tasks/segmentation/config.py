@@ -67,7 +67,7 @@ class SegmentationConfig(RunConfig):
     pretrained: str | None = option(None, "weights to start from: a resnet-tune checkpoint (classification or "
                                           "segmentation), torchvision:<WEIGHTS>, timm:<name>, hf:<repo>, a URL or a "
                                           "file")
-    epochs: int = option(30)
+    epochs: int | None = option(None)
     batch_size: int = option(8, "crops per batch (per process)")
     lr: float | None = option(None, "peak learning rate (default: SGD 0.01 x global batch/8, 0.02 from scratch; "
                                     "AdamW 3e-4 / 1e-3)")

@@ -64,6 +64,7 @@ class SegmentationTask(Task):
     metric_columns = ["epoch", "train_loss", "val_loss", "val_miou", "val_pixel_acc", "lr", "seconds",
                       "images_per_s"]
     best_metric = "val_miou"
+    default_epochs = 30
     sgd_lr = (0.02, 0.01, 8)  # 0.02 x B/8 from scratch, 0.01 x B/8 fine-tuning (DeepLab's 0.01 at batch 8)
 
     cfg: SegmentationConfig

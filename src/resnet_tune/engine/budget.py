@@ -1,0 +1,135 @@
+"""``--budget 10m``: the trainer plans the run that fits the time the user has.
+
+The budget covers the whole process, from the command's start to the final checkpoint and report: the data scan
+and decoding, any learning-rate range test, every epoch's training, validation and checkpoints, and the final
+evaluation. The trainer measures what it spends (:class:`Clock`): the set-up already spent, the first training
+steps on the user's data with the chosen model, size and precision, then each epoch's training, validation and
+saving, and plans the number of epochs (:func:`plan_epochs`) so that the run ends inside the budget. It re-plans at
+every epoch end when the speed drifts (the schedule keeps its shape: the learning rate still ends at its final
+value), stops an epoch early when even that is not enough, and always ends with a validated, saved best checkpoint.
+
+Everything here is a pure function of the measured times, so tests drive it with an injected clock.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from ..errors import ConfigError
+
+__all__ = ["Clock", "Plan", "BudgetState", "format_duration", "minimum_budget", "parse_duration", "plan_epochs",
+           "reserve_seconds"]
+
+_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0}
+_DURATION = re.compile(r"^\s*(?:(\d+(?:\.\d+)?)\s*h)?\s*(?:(\d+(?:\.\d+)?)\s*m(?:in)?)?\s*(?:(\d+(?:\.\d+)?)\s*s)?\s*$",
+                       re.IGNORECASE)
+
+
+def parse_duration(text: Any) -> float:
+    """Seconds in ``10m``, ``90s``, ``1h30m``, ``1.5h`` or a plain number of seconds; a ConfigError otherwise."""
+    if isinstance(text, bool):
+        raise ConfigError(f"budget must be a duration such as 10m, 90s or 1h30m, got {text!r}.")
+    if isinstance(text, (int, float)):
+        seconds = float(text)
+    else:
+        s = str(text).strip()
+        try:
+            seconds = float(s)
+        except ValueError:
+            m = _DURATION.match(s)
+            if not s or m is None or not any(m.groups()):
+                raise ConfigError(f"budget must be a duration such as 10m, 90s or 1h30m, got {text!r}.") from None
+            seconds = sum(float(v) * u for v, u in zip(m.groups(), _UNITS.values()) if v)
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ConfigError(f"budget must be a positive duration such as 10m, 90s or 1h30m, got {text!r}.")
+    return seconds
+
+
+def format_duration(seconds: float) -> str:
+    """``10m``, ``1m30s``, ``45s``, ``1h05m`` (rounded to the second)."""
+    s = max(0, int(round(seconds)))
+    h, rest = divmod(s, 3600)
+    m, sec = divmod(rest, 60)
+    if h:
+        return f"{h}h{m:02d}m" if not sec else f"{h}h{m:02d}m{sec:02d}s"
+    if m:
+        return f"{m}m" if not sec else f"{m}m{sec:02d}s"
+    return f"{sec}s"
+
+
+class Clock:
+    """The run's clock: :meth:`now` in seconds (monotonic). The trainer reports what it has just done through
+    :meth:`event` (``step``, ``eval``, ``save``, ``setup``); the real clock ignores it, a test clock advances by an
+    injected cost per event, so a planned run can be tested without waiting and without wall-clock thresholds."""
+
+    def now(self) -> float:
+        return time.monotonic()
+
+    def event(self, kind: str) -> None:  # noqa: ARG002 - a hook for test clocks
+        return None
+
+
+@dataclass
+class Plan:
+    """One plan of a budgeted run, as printed and recorded."""
+
+    epochs: int  # planned epochs in all (done + to come)
+    steps: int  # optimiser steps in all (the schedule's length)
+    seconds_per_step: float
+    seconds_per_eval: float  # a validation pass (with precise BN when it runs) plus a save
+    spent: float  # seconds of the budget spent when the plan was made
+    expected: float  # the run's expected total seconds
+    budget: float
+    at_epoch: int  # epochs done when it was made
+    why: str = "first plan"
+    machine: str = ""
+
+    def describe(self) -> str:
+        return (f"{self.epochs} epoch(s) ({self.steps} steps at {self.seconds_per_step:.3g} s a step, "
+                f"{self.seconds_per_eval:.3g} s a validation and save) expected to take "
+                f"{format_duration(self.expected)} of the {format_duration(self.budget)} budget "
+                f"({format_duration(self.spent)} spent; {self.why})")
+
+
+@dataclass
+class BudgetState:
+    """What a budgeted run keeps across epochs and resumes: the seconds spent in earlier sessions and the plans."""
+
+    budget: float
+    spent_before: float = 0.0  # seconds spent by earlier sessions of a resumed run
+    plans: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None, budget: float) -> "BudgetState":
+        if not d:
+            return cls(budget)
+        return cls(budget, float(d.get("spent_before", 0.0)), list(d.get("plans", [])))
+
+
+def reserve_seconds(budget: float, final_eval: float) -> float:
+    """Seconds kept back for the end: the final evaluation (``final_eval``: 0 when the best checkpoint's own
+    validation stands), the report and plots (5 s), and 2% of the budget for noise."""
+    return final_eval + 5.0 + 0.02 * budget
+
+
+def plan_epochs(budget: float, spent: float, done_epochs: int, steps_per_epoch: int, seconds_per_step: float,
+                seconds_per_eval: float, reserve: float) -> int:
+    """The most epochs in all (at least ``done_epochs``) whose remaining epochs fit in what is left of the budget:
+    each costs ``steps_per_epoch`` steps plus a validation and save, and ``reserve`` stays for the end."""
+    epoch = steps_per_epoch * seconds_per_step + seconds_per_eval
+    left = budget - spent - reserve
+    return done_epochs + max(0, int(left // max(epoch, 1e-9)))
+
+
+def minimum_budget(spent: float, steps_per_epoch: int, seconds_per_step: float, seconds_per_eval: float,
+                   reserve_fixed: float) -> float:
+    """The smallest budget that holds the set-up already spent, one epoch and the end (rounded up to 10 s)."""
+    need = (spent + steps_per_epoch * seconds_per_step + seconds_per_eval + reserve_fixed) / 0.98
+    return math.ceil(need / 10.0) * 10.0
