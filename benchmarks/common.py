@@ -100,9 +100,18 @@ def cifar_subset_csv(path: Path, per_class: int, val_per_class: int, seed: int =
     """A CSV of path,label,split over ``../shared/data/cifar10/train`` (no copies of the images):
     ``per_class`` training and the next ``val_per_class`` validation images a class, drawn with ``seed``.
     Written once; an existing file is reused, so runs that read it stay resumable."""
+    return subset_csv(path, DATA / "cifar10" / "train", per_class, val_per_class, seed)
+
+
+def subset_csv(path: Path, train_dir: Path, per_class: int, val_per_class: int, seed: int = 0,
+               test_dir: Path | None = None) -> Path:
+    """A CSV of path,label,split over the class folders of ``train_dir`` (no copies of the images): ``per_class``
+    training and the next ``val_per_class`` validation images a class, drawn with ``seed``, and every image of
+    ``test_dir``'s class folders as ``test`` when it is given. Written once; an existing file is reused, so runs
+    that read it stay resumable."""
     if path.exists():
         return path
-    root = (DATA / "cifar10" / "train").resolve()
+    root = Path(train_dir).resolve()
     rng = random.Random(seed)
     rows = []
     for cls in sorted(p.name for p in root.iterdir() if p.is_dir()):
@@ -110,6 +119,8 @@ def cifar_subset_csv(path: Path, per_class: int, val_per_class: int, seed: int =
         rng.shuffle(files)
         rows += [(f, cls, "train") for f in files[:per_class]]
         rows += [(f, cls, "val") for f in files[per_class:per_class + val_per_class]]
+        if test_dir is not None:
+            rows += [(str(p), cls, "test") for p in sorted((Path(test_dir).resolve() / cls).iterdir())]
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as f:
         w = csv.writer(f)

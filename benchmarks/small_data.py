@@ -28,7 +28,6 @@ import argparse
 import csv
 import json
 import os
-import random
 import statistics
 import subprocess
 import sys
@@ -36,33 +35,17 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DATA, cpu_name  # noqa: E402
+from common import DATA, cpu_name, subset_csv  # noqa: E402
 
 TARGETS = {"eurosat": ("eurosat/train", "eurosat/val"), "cifar10": ("cifar10/train", "cifar10/test")}
 SEEDS = (0, 1, 2)
 
 
-def subset_csv(work: Path, target: str, per_class: int = 25, val_per_class: int = 10, seed: int = 0) -> Path:
-    """path,label,split rows: ``per_class`` train and ``val_per_class`` val images a class of the target's training
-    folder (drawn with ``seed``) and its whole evaluation folder as ``test``. Written once, then reused."""
-    path = work / f"{target}_{per_class}.csv"
-    if path.exists():
-        return path
+def target_csv(work: Path, target: str, per_class: int = 25, val_per_class: int = 10, seed: int = 0) -> Path:
+    """``per_class`` train and ``val_per_class`` val images a class of the target's training folder (drawn with
+    ``seed``) and its whole evaluation folder as ``test``, as a CSV of paths (written once, then reused)."""
     train_dir, test_dir = (DATA / p for p in TARGETS[target])
-    rng = random.Random(seed)
-    rows = []
-    for cls in sorted(p.name for p in train_dir.iterdir() if p.is_dir()):
-        files = sorted(str(p.resolve()) for p in (train_dir / cls).iterdir())
-        rng.shuffle(files)
-        rows += [(f, cls, "train") for f in files[:per_class]]
-        rows += [(f, cls, "val") for f in files[per_class:per_class + val_per_class]]
-        rows += [(str(p.resolve()), cls, "test") for p in sorted((test_dir / cls).iterdir())]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["path", "label", "split"])
-        w.writerows(rows)
-    return path
+    return subset_csv(work / f"{target}_{per_class}.csv", train_dir, per_class, val_per_class, seed, test_dir)
 
 
 def run(code: Path, out: Path, args: list[str]) -> dict:
@@ -109,7 +92,7 @@ def main() -> None:
                               text=True, env={**os.environ, "PYTHONPATH": str(args.code.resolve())}).stdout
     has_none = "none (from scratch" in " ".join(helptext.split())  # before issue 18 no flag meant scratch
     for target in args.targets:
-        data = subset_csv(args.work, target)
+        data = target_csv(args.work, target)
         for arm in ("scratch", "pretrained"):
             extra = ["--pretrained", str(backbone)] if arm == "pretrained" else (["--pretrained", "none"] if has_none
                                                                                 else [])

@@ -12,7 +12,7 @@ import yaml
 
 from resnet_tune import fit
 from resnet_tune.cli import main
-from resnet_tune.engine.budget import Clock, format_duration, minimum_budget, parse_duration, plan_epochs
+from resnet_tune.engine.budget import Clock, format_duration, minimum_budget, parse_duration, plan_epochs, plan_steps
 from resnet_tune.errors import ConfigError
 
 from conftest import make_folder
@@ -60,18 +60,23 @@ def test_durations():
         with pytest.raises(ConfigError, match="budget must be"):
             parse_duration(bad)
     assert [format_duration(s) for s in (45, 90, 600, 3725)] == ["45s", "1m30s", "10m", "1h02m05s"]
-    assert plan_epochs(100, 10, 0, 10, 1.0, 5.0, 5.0) == 5  # (100 - 10 - 5) // 15
+    # 85 s left: five epochs of 15 s, then 10 s hold a validation and a 5-step last epoch
+    assert plan_steps(100, 10, 0, 10, 1.0, 5.0, 5.0) == 55 and plan_epochs(100, 10, 0, 10, 1.0, 5.0, 5.0) == 6
+    assert plan_steps(92, 10, 0, 10, 1.0, 5.0, 5.0) == 50  # 2 s left after five epochs: no sliver of an epoch
+    assert plan_steps(100, 10, 2, 10, 1.0, 5.0, 5.0) == 75
     assert minimum_budget(30, 10, 1.0, 5.0, 5.0) == 60  # (30 + 15 + 5) / 0.98 -> 51 -> 60
 
 
 def test_plan_comes_from_the_measured_speed_and_the_run_ends_inside_the_budget(folder, tmp_path):
     clock = FakeClock(step=1.0, eval_=2.0, save=0.5, start=10.0)  # 10 s of set-up before the first step
     res = fit(data=str(folder), budget="2m", output=str(tmp_path / "r"), clock=clock, started=0.0, **FAST)
-    # 12 steps (12 s) and a validation and save (2.5 s) an epoch; 120 s - 10 s set-up - reserve (~2.5 + 5 + 2.4)
-    assert clock.t <= 120
+    # 12 steps (12 s) and a validation and save (2.5 s) an epoch; 120 s - 10 s set-up - reserve (2.5 + 5 + 2.4 s):
+    # six whole epochs and a last one of 10 steps; the run fills its budget (within 10%) without passing it
+    expected = plan_steps(120, 10, 0, 12, 1.0, 2.5, 2.5 + 5 + 0.02 * 120)
+    assert expected == 6 * 12 + 10 and clock.steps == expected
+    assert 0.9 * 120 <= clock.t <= 120
     cfg = yaml.safe_load((res.run_dir / "config.yaml").read_text())
-    assert cfg["budget"] == "2m" and cfg["epochs"] == len(res.history)
-    assert len(res.history) == math.floor((120 - 10 - (2.5 + 5 + 2.4)) / 14.5)
+    assert cfg["budget"] == "2m" and cfg["epochs"] == len(res.history) == math.ceil(expected / 12)
     plans = _plans(res.run_dir)
     assert plans and "12 steps" not in plans[0] and "1 s a step" in plans[0]
     last = res.history[-1]

@@ -4,9 +4,10 @@ The budget covers the whole process, from the command's start to the final check
 and decoding, any learning-rate range test, every epoch's training, validation and checkpoints, and the final
 evaluation. The trainer measures what it spends (:class:`Clock`): the set-up already spent, the first training
 steps on the user's data with the chosen model, size and precision, then each epoch's training, validation and
-saving, and plans the number of epochs (:func:`plan_epochs`) so that the run ends inside the budget. It re-plans at
-every epoch end when the speed drifts (the schedule keeps its shape: the learning rate still ends at its final
-value), stops an epoch early when even that is not enough, and always ends with a validated, saved best checkpoint.
+saving, and plans the optimiser steps (:func:`plan_steps`: whole epochs and a shorter last one) so that the run
+ends inside the budget. It re-plans at every epoch end when the speed drifts (the schedule keeps its shape: the
+learning rate still ends at its final value), stops an epoch early when even that is not enough, and always ends
+with a validated, saved best checkpoint.
 
 Everything here is a pure function of the measured times, so tests drive it with an injected clock.
 """
@@ -21,8 +22,8 @@ from typing import Any
 
 from ..errors import ConfigError
 
-__all__ = ["Clock", "Plan", "BudgetState", "format_duration", "minimum_budget", "parse_duration", "plan_epochs",
-           "reserve_seconds"]
+__all__ = ["BudgetState", "Clock", "Plan", "format_duration", "minimum_budget", "parse_duration", "plan_epochs",
+           "plan_steps", "reserve_seconds"]
 
 _UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0}
 _DURATION = re.compile(r"^\s*(?:(\d+(?:\.\d+)?)\s*h)?\s*(?:(\d+(?:\.\d+)?)\s*m(?:in)?)?\s*(?:(\d+(?:\.\d+)?)\s*s)?\s*$",
@@ -119,13 +120,25 @@ def reserve_seconds(budget: float, final_eval: float) -> float:
     return final_eval + 5.0 + 0.02 * budget
 
 
+def plan_steps(budget: float, spent: float, done_epochs: int, steps_per_epoch: int, seconds_per_step: float,
+               seconds_per_eval: float, reserve: float) -> int:
+    """The most optimiser steps in all (at least those of the ``done_epochs`` finished epochs) that fit in what is
+    left of the budget after ``spent`` seconds and the ``reserve`` for the end: whole epochs of ``steps_per_epoch``
+    steps and a validation and save each, then a last, shorter epoch with what remains (at least a quarter of an
+    epoch, else none), so that the run fills its budget rather than stopping up to an epoch early."""
+    step, epoch = max(seconds_per_step, 1e-9), steps_per_epoch * seconds_per_step + seconds_per_eval
+    left = budget - spent - reserve
+    full = max(0, int(left // max(epoch, 1e-9)))
+    extra = int(max(0.0, left - full * epoch - seconds_per_eval) // step)
+    extra = min(extra, steps_per_epoch - 1) if extra >= max(1, steps_per_epoch // 4) else 0
+    return (done_epochs + full) * steps_per_epoch + extra
+
+
 def plan_epochs(budget: float, spent: float, done_epochs: int, steps_per_epoch: int, seconds_per_step: float,
                 seconds_per_eval: float, reserve: float) -> int:
-    """The most epochs in all (at least ``done_epochs``) whose remaining epochs fit in what is left of the budget:
-    each costs ``steps_per_epoch`` steps plus a validation and save, and ``reserve`` stays for the end."""
-    epoch = steps_per_epoch * seconds_per_step + seconds_per_eval
-    left = budget - spent - reserve
-    return done_epochs + max(0, int(left // max(epoch, 1e-9)))
+    """The epochs of :func:`plan_steps`' plan (a shorter last epoch counts as one)."""
+    steps = plan_steps(budget, spent, done_epochs, steps_per_epoch, seconds_per_step, seconds_per_eval, reserve)
+    return -(-steps // steps_per_epoch)
 
 
 def minimum_budget(spent: float, steps_per_epoch: int, seconds_per_step: float, seconds_per_eval: float,

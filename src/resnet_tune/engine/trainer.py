@@ -33,7 +33,7 @@ from .finetune import frozen_epochs, resolve_strategy, set_body_frozen, train_mo
 from .hardware import Precision, default_channels_last, resolve_device, resolve_precision, seed_everything, set_threads
 from .optim import EMA, lr_at, make_optimizer, param_groups, set_lr
 from .run import create_run_dir, tensorboard_writer, write_metrics
-from .budget import BudgetState, Clock, Plan, format_duration, minimum_budget, parse_duration, plan_epochs
+from .budget import BudgetState, Clock, Plan, format_duration, minimum_budget, parse_duration, plan_steps
 from .budget import reserve_seconds
 from .stability import LossGuard, recalibrate_bn, use_precise_bn, warmup_steps
 from .task import Evaluation, Task, TaskData
@@ -456,17 +456,19 @@ class Trainer:
         return reserve_seconds(r.budget.budget, final)
 
     def _plan(self, s: _Setup, r: _Run, done: int, into_epoch: int) -> tuple[int, float]:
-        """The epochs in all that fit the budget, given ``done`` finished epochs and ``into_epoch`` steps of the
-        current one, and the time the current epoch began (as if its steps took the measured time); raises the
-        too-small-budget sentence when not even the current epoch fits (unless --budget-partial)."""
+        """The optimiser steps in all that fit the budget (:func:`.budget.plan_steps`), given ``done`` finished
+        epochs and ``into_epoch`` steps of the current one, and the time the current epoch began (as if its steps
+        took the measured time); raises the too-small-budget sentence when not even a quarter of the current epoch
+        fits (unless --budget-partial)."""
         assert r.budget is not None and r.step_s is not None
         spent = self._spent(r)
         eval_s, reserve = self._eval_estimate(s, r), self._reserve(s, r)
         start = spent - into_epoch * r.step_s  # when the current epoch started, as if its steps took step_s
-        total = plan_epochs(r.budget.budget, start, done, s.steps_per_epoch, r.step_s, eval_s, reserve)
-        if total == done and into_epoch == 0 and done > 0:
-            return done, start  # at an epoch end: nothing more fits
-        if total <= done:
+        total = plan_steps(r.budget.budget, start, done, s.steps_per_epoch, r.step_s, eval_s, reserve)
+        done_steps = done * s.steps_per_epoch
+        if total == done_steps and into_epoch == 0 and done > 0:
+            return total, start  # at an epoch end: nothing more fits
+        if total <= done_steps:
             if not self.cfg.budget_partial and done == 0:
                 need = minimum_budget(start, s.steps_per_epoch, r.step_s, eval_s, reserve - 0.02 * r.budget.budget)
                 raise ConfigError(
@@ -475,23 +477,24 @@ class Trainer:
                     f"{r.step_s:.3g} s and a validation) about {format_duration(s.steps_per_epoch * r.step_s + eval_s)}"
                     f"; give at least --budget {format_duration(need)}, or add --budget-partial to train on the "
                     "fraction of an epoch that fits.")
-            total = done + 1  # the current epoch, cut to what fits (the train loop stops it in time)
+            total = done_steps + s.steps_per_epoch  # the current epoch, cut to what fits (the train loop stops it)
         return total, start
 
     def _apply_plan(self, s: _Setup, r: _Run, total: int, done: int, start: float, why: str) -> None:
-        """Make ``total`` epochs the plan: the schedule's length follows (its shape is kept), it is printed,
-        recorded (config.yaml, the run state) and noted."""
+        """Make ``total`` optimiser steps the plan (the last epoch may be shorter): the schedule's length follows
+        (its shape is kept), it is printed, recorded (config.yaml, the run state) and noted."""
         assert r.budget is not None and r.step_s is not None
         from .hardware import machine_name
 
-        changed = total != self.cfg.epochs or not r.budget.plans
-        self.cfg = self.cfg.replace(epochs=total)
-        s.total_steps = total * s.steps_per_epoch
+        changed = total != s.total_steps or not r.budget.plans
+        epochs = -(-total // s.steps_per_epoch)
+        self.cfg = self.cfg.replace(epochs=epochs)
+        s.total_steps = total
         eval_s = self._eval_estimate(s, r)
-        plan = Plan(epochs=total, steps=s.total_steps, seconds_per_step=r.step_s, seconds_per_eval=eval_s,
+        plan = Plan(epochs=epochs, steps=total, seconds_per_step=r.step_s, seconds_per_eval=eval_s,
                     spent=self._spent(r), budget=r.budget.budget, at_epoch=done, why=why, machine=machine_name(),
-                    expected=start + (total - done) * (s.steps_per_epoch * r.step_s + eval_s) + self._reserve(s, r)
-                    - 0.02 * r.budget.budget)
+                    expected=start + (total - done * s.steps_per_epoch) * r.step_s + (epochs - done) * eval_s
+                    + self._reserve(s, r) - 0.02 * r.budget.budget)
         if not changed:
             return
         r.budget.plans.append(dataclasses.asdict(plan))
@@ -522,16 +525,15 @@ class Trainer:
 
     def _replan(self, s: _Setup, r: _Run, done: int) -> None:
         """At the end of epoch ``done``: the plan again from the measured speed; it shrinks when the end would pass
-        the budget and grows when more than an epoch and a quarter would be left unused."""
+        the budget and grows when a quarter of an epoch or more would be left unused."""
         assert r.budget is not None
         if r.step_s is None:
             return
         total, start = self._plan(s, r, done, 0)
-        epoch_s = s.steps_per_epoch * r.step_s + self._eval_estimate(s, r)
-        slack = r.budget.budget - self._spent(r) - self._reserve(s, r) - (self.cfg.epochs - done) * epoch_s
-        if total < self.cfg.epochs:
-            self._apply_plan(s, r, max(total, done), done, start, "the run is slower than planned")
-        elif total > self.cfg.epochs and slack >= 1.25 * epoch_s:
+        done_steps = done * s.steps_per_epoch
+        if total < s.total_steps:
+            self._apply_plan(s, r, max(total, done_steps), done, start, "the run is slower than planned")
+        elif total >= s.total_steps + max(1, s.steps_per_epoch // 4):
             self._apply_plan(s, r, total, done, start, "the run is faster than planned")
 
     def _epoch(self, s: _Setup, r: _Run, epoch: int) -> tuple[dict[str, float], bool]:
@@ -712,8 +714,8 @@ class Trainer:
             seen += n
             if show and i % 10 == 0:
                 bar.set_postfix(loss=f"{loss.item():.3f}")
-            if budget is not None and budget.out_of_time:
-                break  # the rest of the epoch would not leave time for its validation and the end
+            if budget is not None and (budget.out_of_time or step >= s.total_steps):
+                break  # the plan ends inside this epoch, or its rest would not leave time for the end
         if budget is not None and step > epoch * s.steps_per_epoch:  # this epoch's speed, for the next plan
             budget.step_s = dist.all_reduce_max((self.clock.now() - t_epoch) / (step - epoch * s.steps_per_epoch))
         if seen == 0:
