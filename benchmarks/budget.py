@@ -52,8 +52,11 @@ def run(work: Path, name: str, budget: str, extra: list[str]) -> dict:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
     report = json.loads((out / "run" / "eval.json").read_text())
     plans = [line for line in proc.stdout.splitlines() if line.startswith("budget plan")]
+    import yaml
+
+    config = yaml.safe_load((out / "run" / "config.yaml").read_text())
     res = {"budget": budget, "budget_s": parse_seconds(budget), "seconds": seconds, "accuracy": report["accuracy"],
-           "split": report.get("split"), "plans": plans,
+           "split": report.get("split"), "plans": plans, "model": config["model"], "img_size": config["img_size"],
            "epochs": len((out / "run" / "metrics.csv").read_text().splitlines()) - 1,
            "cpu": cpu_name(), "command": " ".join(["resnet-tune train --data", str(DATASETS[name]), "--budget", budget,
                                                    *extra])}
@@ -62,13 +65,14 @@ def run(work: Path, name: str, budget: str, extra: list[str]) -> dict:
 
 
 def table(work: Path) -> None:
-    print("| data | budget | wall-clock (s) | actual / budget | epochs | first plan | accuracy (split) |")
-    print("|---|---|---|---|---|---|---|")
+    print("| data | budget | model (chosen) | wall-clock (s) | actual / budget | epochs | first plan | accuracy (split) |")
+    print("|---|---|---|---|---|---|---|---|")
     for name in DATASETS:
         for path in sorted((work / name).glob("*/summary.json"), key=lambda p: parse_seconds(p.parent.name)):
             r = json.loads(path.read_text())
             first = r["plans"][0].split(": ", 1)[1].split(" expected")[0] if r["plans"] else "-"
-            print(f"| {name} | {r['budget']} | {r['seconds']:.0f} | {r['seconds'] / r['budget_s']:.3f} | "
+            model = f"{r['model']} at {r['img_size']} px" if "model" in r else "-"
+            print(f"| {name} | {r['budget']} | {model} | {r['seconds']:.0f} | {r['seconds'] / r['budget_s']:.3f} | "
                   f"{r['epochs']} | {first} | {r['accuracy'] * 100:.2f}% ({r['split']}) |")
 
 

@@ -12,7 +12,10 @@ import yaml
 
 from resnet_tune import fit
 from resnet_tune.cli import main
-from resnet_tune.engine.budget import Clock, format_duration, minimum_budget, parse_duration, plan_epochs, plan_steps
+from resnet_tune.engine.budget import Candidate, Clock, choose_candidate, format_duration, minimum_budget
+from resnet_tune.engine.budget import model_gflops, parse_duration, plan_epochs, plan_steps
+from resnet_tune.tasks.classification.config import ClassificationConfig
+from resnet_tune.tasks.classification.data import STEP_UP_EPOCHS, budget_candidates
 from resnet_tune.errors import ConfigError
 
 from conftest import make_folder
@@ -23,9 +26,9 @@ class FakeClock(Clock):
     step costs ``slow_step`` (a machine that got busy)."""
 
     def __init__(self, step: float = 1.0, eval_: float = 2.0, save: float = 0.5, start: float = 0.0,
-                 slow_after: int | None = None, slow_step: float | None = None) -> None:
+                 slow_after: int | None = None, slow_step: float | None = None, probe: float = 0.0) -> None:
         self.t = start
-        self.costs = {"step": step, "eval": eval_, "save": save}
+        self.costs = {"step": step, "eval": eval_, "save": save, "probe": probe}
         self.steps = 0
         self.slow_after, self.slow_step = slow_after, slow_step
 
@@ -138,3 +141,77 @@ def test_resume_replans_the_remaining_budget(folder, tmp_path, monkeypatch):
     assert len(plans) >= 2 and "re-planned on resuming" in "\n".join(plans)
     assert spent + clock2.t <= 180 + 1  # both sessions together (the save in between is counted roughly)
     assert res.history[-1]["lr"] < 0.01 * max(r["lr"] for r in res.history)
+
+
+# ---- --model auto: the network and input size chosen from the data and the budget
+
+
+def test_choose_candidate_takes_the_costliest_that_gets_the_epochs_it_needs():
+    cands = [Candidate("resnet20", 32), Candidate("resnet32", 32, 40), Candidate("resnet56", 32, 40)]
+    # 1,000 training and 300 validation images (an epoch costs 1,100 image-steps); 1 ms an image for the first
+    costs = [1e-3, 1.6e-3, 3e-3]
+    reserve = 5 + 0.02 * 3600
+    k, epochs = choose_candidate(cands, costs, 1000, 300, 1, left=3600, budget=3600)
+    assert epochs == pytest.approx([(3600 - reserve) / (c * 1100) for c in costs])
+    assert k == 2  # resnet56 affords about 1,070 epochs >= 40
+    k, epochs = choose_candidate(cands, costs, 1000, 300, 1, left=100, budget=3600)
+    assert k == 0 and epochs[0] < 40  # not enough time for anything deeper: the cheapest
+    k, _ = choose_candidate(cands, costs, 1000, 300, 1, left=75, budget=3600)
+    assert k == 0  # nothing fits after the reserve: still the cheapest (the plan then says how much it needs)
+    # 40,000 images: resnet32 gets 55 epochs, resnet56 29 (< 40); 100,000: resnet32 22 only, unless four
+    # processes share each epoch (a quarter of the time each)
+    assert choose_candidate(cands, costs, 40_000, 0, 1, left=3600, budget=3600)[0] == 1
+    assert choose_candidate(cands, costs, 100_000, 0, 1, left=3600, budget=3600)[0] == 0
+    assert choose_candidate(cands, costs, 100_000, 0, 4, left=3600, budget=3600)[0] == 2
+    assert model_gflops("resnet18", 224) == pytest.approx(3.63, abs=0.01)
+    assert model_gflops("resnet18", 112) == pytest.approx(model_gflops("resnet18", 224) / 4, rel=0.1)  # ~ pixels
+
+
+def test_budget_candidates_keep_what_the_user_set():
+    cfg = ClassificationConfig(data="x")
+    photos = budget_candidates(cfg, "resnet18", 224, small=False, finetune=False)
+    need = STEP_UP_EPOCHS["scratch_photos"]
+    assert photos == [Candidate("resnet18", 128), Candidate("resnet18", 160, need), Candidate("resnet18", 224, need),
+                      Candidate("resnet34", 224, need)]
+    tuned = budget_candidates(cfg, "resnet18", 224, small=False, finetune=True)
+    assert [(c.model, c.size) for c in tuned] == [("resnet18", 224), ("resnet34", 224), ("resnet50", 224)]
+    small = budget_candidates(cfg, "resnet20", 32, small=True, finetune=False)
+    assert [c.model for c in small] == ["resnet20", "resnet32", "resnet56"] and {c.size for c in small} == {32}
+    fixed_model = budget_candidates(cfg.replace(model="resnet50"), "resnet50", 224, small=False, finetune=False)
+    assert [(c.model, c.size) for c in fixed_model] == [("resnet50", 128), ("resnet50", 160), ("resnet50", 224)]
+    fixed_size = budget_candidates(cfg.replace(img_size=96), "resnet18", 96, small=False, finetune=False)
+    assert [(c.model, c.size) for c in fixed_size] == [("resnet18", 96), ("resnet34", 96)]
+    assert ClassificationConfig(model="auto").model is None  # --model auto is the default
+
+
+def _chosen(run: Path) -> tuple[str, int]:
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    return cfg["model"], cfg["img_size"]
+
+
+def test_model_auto_follows_the_budget_and_says_why(folder, tmp_path):
+    # 24 px images: the CIFAR ResNets; a candidate's timed step costs `probe` seconds on the injected clock
+    fast = FakeClock(step=5.0, probe=1e-4)  # 8 images in 0.1 ms: resnet56 affords thousands of epochs
+    res = fit(data=str(folder), budget="2m", output=str(tmp_path / "deep"), clock=fast, started=0.0, **FAST)
+    assert _chosen(res.run_dir) == ("resnet56", 32)
+    note = next(n for n in res.notes if n.startswith("--model auto chose"))
+    assert "resnet56 at 32 px" in note and "affords about" in note
+    slow = FakeClock(step=5.0, probe=1.0)  # 8 images in a second: a 2-minute budget affords resnet20 only
+    res = fit(data=str(folder), budget="2m", output=str(tmp_path / "shallow"), clock=slow, started=0.0, **FAST)
+    assert _chosen(res.run_dir) == ("resnet20", 32)
+    note = next(n for n in res.notes if n.startswith("--model auto chose"))
+    assert "resnet32 at 32 px would get about" in note and f"fewer than the {STEP_UP_EPOCHS['scratch_small']}" in note
+    # the three timed steps (one warm-up) are part of the budget
+    assert slow.costs["probe"] * 3 <= slow.t <= 120
+    # what the user set is kept
+    res = fit(data=str(folder), budget="2m", model="resnet32", output=str(tmp_path / "set"),
+              clock=FakeClock(step=5.0, probe=1e-4), started=0.0, **FAST)
+    assert _chosen(res.run_dir) == ("resnet32", 32) and not any("--model auto" in n for n in res.notes)
+
+
+def test_model_auto_trains_photos_from_scratch_at_a_smaller_size_on_a_short_budget(tmp_path):
+    photos = make_folder(tmp_path / "photos", per_class=12, size=150)
+    res = fit(data=str(photos), budget="1m", pretrained="none", output=str(tmp_path / "r"),
+              clock=FakeClock(step=2.0, probe=1.0), started=0.0, **FAST)
+    assert _chosen(res.run_dir) == ("resnet18", 128)
+    assert any(n.startswith("--model auto chose resnet18 at 128 px") for n in res.notes)

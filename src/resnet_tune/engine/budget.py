@@ -17,13 +17,17 @@ from __future__ import annotations
 import math
 import re
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import torch
+
 from ..errors import ConfigError
 
-__all__ = ["BudgetState", "Clock", "Plan", "format_duration", "minimum_budget", "parse_duration", "plan_epochs",
-           "plan_steps", "reserve_seconds"]
+__all__ = ["BudgetState", "BudgetView", "Candidate", "Clock", "Plan", "choose_candidate", "format_duration",
+           "image_seconds", "minimum_budget", "model_gflops", "parse_duration", "plan_epochs", "plan_steps",
+           "reserve_seconds"]
 
 _UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0}
 _DURATION = re.compile(r"^\s*(?:(\d+(?:\.\d+)?)\s*h)?\s*(?:(\d+(?:\.\d+)?)\s*m(?:in)?)?\s*(?:(\d+(?:\.\d+)?)\s*s)?\s*$",
@@ -64,7 +68,7 @@ def format_duration(seconds: float) -> str:
 
 class Clock:
     """The run's clock: :meth:`now` in seconds (monotonic). The trainer reports what it has just done through
-    :meth:`event` (``step``, ``eval``, ``save``, ``setup``); the real clock ignores it, a test clock advances by an
+    :meth:`event` (``step``, ``eval``, ``save``, ``probe``: a timed step of a candidate model); the real clock ignores it, a test clock advances by an
     injected cost per event, so a planned run can be tested without waiting and without wall-clock thresholds."""
 
     def now(self) -> float:
@@ -146,3 +150,89 @@ def minimum_budget(spent: float, steps_per_epoch: int, seconds_per_step: float, 
     """The smallest budget that holds the set-up already spent, one epoch and the end (rounded up to 10 s)."""
     need = (spent + steps_per_epoch * seconds_per_step + seconds_per_eval + reserve_fixed) / 0.98
     return math.ceil(need / 10.0) * 10.0
+
+
+# ---- choosing the network and input size from the budget (--model auto)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One network and input size that ``--model auto`` may choose, and the epochs it needs within the budget to
+    be preferred over the cheaper candidates before it (0 for the first, the fallback)."""
+
+    model: str
+    size: int
+    enough: int = 0
+
+    def describe(self) -> str:
+        return f"{self.model} at {self.size} px"
+
+
+@dataclass
+class BudgetView:
+    """What a task may know of the budget while it reads the data and chooses the model: the seconds left now,
+    how to agree on a measured figure across processes (the maximum; every rank must choose the same model),
+    and where and how the run computes (to time a few steps)."""
+
+    left: Callable[[], float]
+    agree: Callable[[float], float]
+    budget: float
+    device: torch.device
+    precision: Any  # hardware.Precision
+    channels_last: bool
+    world: int = 1
+    clock: Clock = field(default_factory=Clock)  # the run's clock (a test's advances by its own costs)
+
+
+def model_gflops(model: str, size: int) -> float:
+    """Forward GFLOPs of one ``size`` x ``size`` image through the preset ``model`` (counted on the meta device,
+    so it costs no memory)."""
+    from ..models import model_info
+
+    return model_info(model, input_size=(3, size, size)).gflops
+
+
+def image_seconds(model: str, size: int, batch: int, view: BudgetView, num_classes: int, steps: int = 2) -> float:
+    """Measured seconds of one training image (forward, loss and backward; the optimiser's step is small beside
+    them) through a fresh ``model`` at ``size`` px with the run's device, precision and memory format: one warm-up
+    step, then the mean of ``steps`` timed ones, agreed across processes. The random state is left as it was, so
+    a run is the same whether it timed candidates or not."""
+    from ..models import create_model
+
+    with torch.random.fork_rng(devices=[view.device] if view.device.type == "cuda" else []):
+        net = create_model(model, num_classes=num_classes).to(view.device).train()
+        x = torch.randn(batch, 3, size, size, device=view.device)
+        y = torch.randint(0, num_classes, (batch,), device=view.device)
+        if view.channels_last:
+            net, x = net.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+        loss_fn = torch.nn.CrossEntropyLoss()
+        took = 0.0
+        for i in range(steps + 1):
+            if view.device.type == "cuda":
+                torch.cuda.synchronize(view.device)
+            t0 = view.clock.now()
+            with view.precision.autocast(view.device):
+                loss = loss_fn(net(x).float(), y)
+            loss.backward()
+            if view.device.type == "cuda":
+                torch.cuda.synchronize(view.device)
+            view.clock.event("probe")
+            if i:
+                took += view.clock.now() - t0
+            net.zero_grad(set_to_none=True)
+    return view.agree(took / (steps * batch))
+
+
+def choose_candidate(candidates: list[Candidate], seconds_per_image: list[float], n_train: int, n_val: int,
+                     world: int, left: float, budget: float) -> tuple[int, list[float]]:
+    """The index of the candidate to train, and the epochs each could afford: the most expensive candidate whose
+    affordable epochs reach its :attr:`Candidate.enough`, else the first (the cheapest). An epoch costs its
+    training images at the measured seconds an image and its validation images at a third of that (a forward
+    pass), split over ``world`` processes; the budget's reserve for the end (:func:`reserve_seconds`) is kept."""
+    usable = max(0.0, left - reserve_seconds(budget, 0.0))
+    epochs = [usable / max(1e-9, s * (n_train + n_val / 3.0) / max(world, 1)) for s in seconds_per_image]
+    best = 0
+    for i, (cand, e) in enumerate(zip(candidates, epochs)):
+        if i and e >= cand.enough:
+            best = i
+    return best, epochs

@@ -205,7 +205,8 @@ class RunConfig:
     workers: int | None = option(None, "DataLoader worker processes (default: chosen from the device)",
                                  range=(0, math.inf, "0 or more (0 decodes in the training process)"))
     # model
-    model: str | None = option(None, "architecture (`resnet-tune models` lists them)")
+    model: str | None = option(None, "architecture (`resnet-tune models` lists them); auto (the default) chooses "
+                                     "from the data and --budget")
     pretrained: str | None = option(None, "weights to start from: auto (the model's published ImageNet weights, "
                                           "from scratch if it has none or they cannot be fetched), none, "
                                           "torchvision:<WEIGHTS>, timm:<name>, keras:<name>, hf:<repo>, a URL or a "
@@ -266,6 +267,8 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         check_options(self)
+        if self.model == "auto":
+            object.__setattr__(self, "model", None)
         if self.batch_size == 1:
             raise ConfigError("batch_size=1 cannot train BatchNorm layers (a batch of one has no statistics); "
                               "use a batch size of 2 or more.")

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from .budget import BudgetView, Candidate
 from .config import NO_WEIGHTS, RunConfig
 from .hardware import Precision
 
@@ -114,6 +115,8 @@ class Task:
         self.weights_reason = ""
         #: what the task chose from the data (batch size, ...), for the log and the report
         self.plan_notes: list[str] = []
+        #: --budget: the time left and where the run computes, set by the trainer before :meth:`build_data`
+        self.budget_view: BudgetView | None = None
 
     def setup(self, data: TaskData, device: torch.device, precision: Precision) -> None:
         """The trainer hands the task the run's data and where and how it computes, once they are known."""
@@ -177,6 +180,34 @@ class Task:
                 f"scratch; to fine-tune them, {where}, or pass --pretrained none to train from scratch without this "
                 "warning.")
             return None, None
+
+    def choose_within_budget(self, candidates: list[Candidate], n_train: int, n_val: int, num_classes: int
+                             ) -> Candidate:
+        """``--model auto`` with ``--budget``: the candidate (network and input size, cheapest first) that the time
+        left affords (:func:`.budget.choose_candidate`). The first candidate's training step is timed on this
+        machine (:func:`.budget.image_seconds`, at the run's batch size); the others' cost follows from it in
+        proportion to their FLOPs. The choice and why go into :attr:`plan_notes`."""
+        from .budget import choose_candidate, format_duration, image_seconds, model_gflops
+
+        view = self.budget_view
+        if view is None or len(candidates) == 1:
+            return candidates[0]
+        first = candidates[0]
+        batch = max(2, min(self.cfg.batch_size or 64, n_train))
+        s0 = image_seconds(first.model, first.size, batch, view, num_classes)
+        base = model_gflops(first.model, first.size)
+        costs = [s0 * model_gflops(c.model, c.size) / base for c in candidates]
+        left = view.left()
+        k, epochs = choose_candidate(candidates, costs, n_train, n_val, view.world, left, view.budget)
+        chosen = candidates[k]
+        nxt = candidates[k + 1] if k + 1 < len(candidates) else None
+        why = (f"the {format_duration(left)} left of the budget affords about {epochs[k]:.0f} epoch(s) of it "
+               f"(its step timed here: {costs[k] * 1e3:.3g} ms an image)")
+        if nxt is not None:
+            why += (f"; {nxt.describe()} would get about {epochs[k + 1]:.0f}, fewer than the {nxt.enough} it needs "
+                    "to pay off against a cheaper network trained longer")
+        self.plan_notes.append(f"--model auto chose {chosen.describe()}: {why}; --model and --img-size override")
+        return chosen
 
     def resolve_batch_size(self, n_train: int, world: int) -> int:
         """``cfg.batch_size``, chosen from the training-set size when it is None (:func:`.stability.auto_batch_size`)

@@ -33,7 +33,7 @@ from .finetune import frozen_epochs, resolve_strategy, set_body_frozen, train_mo
 from .hardware import Precision, default_channels_last, resolve_device, resolve_precision, seed_everything, set_threads
 from .optim import EMA, lr_at, make_optimizer, param_groups, set_lr
 from .run import create_run_dir, tensorboard_writer, write_metrics
-from .budget import BudgetState, Clock, Plan, format_duration, minimum_budget, parse_duration, plan_steps
+from .budget import BudgetState, BudgetView, Clock, Plan, format_duration, minimum_budget, parse_duration, plan_steps
 from .budget import reserve_seconds
 from .stability import LossGuard, recalibrate_bn, use_precise_bn, warmup_steps
 from .task import Evaluation, Task, TaskData
@@ -42,6 +42,8 @@ __all__ = ["RESUME_OVERRIDES", "RunResult", "Trainer", "fit", "gradient_scaler"]
 
 # Options that may differ when a run is resumed: they change where and how visibly it runs, not
 # what it computes.
+#: --budget: the epochs whose mean step time re-plans the run
+SPEED_EPOCHS = 3
 #: --budget: the optimiser steps timed (after a first, warm-up step) before the first plan
 PROBE_STEPS = 5
 RESUME_OVERRIDES = frozenset({"device", "progress", "workers", "threads", "dist_timeout"})
@@ -104,7 +106,9 @@ class _Run:
     tb: Any = None  # the TensorBoard writer (rank 0, with --tensorboard)
     budget: BudgetState | None = None  # --budget: the seconds spent in earlier sessions and the plans
     step_s: float | None = None  # --budget: measured seconds an optimiser step of the whole network
+    speeds: list[tuple[float, int]] = field(default_factory=list)  # --budget: (seconds, steps) of recent epochs
     eval_s: float | None = None  # --budget: measured seconds of a validation and save
+    evals: list[float] = field(default_factory=list)  # --budget: the recent ones
     out_of_time: bool = False  # --budget: the epoch stopped early to keep the end inside the budget
     probe_t0: float = 0.0  # --budget: when the timed steps began
     budget_mode: str | None = None  # --budget: what the timed steps trained ("model", "frozen" or "head")
@@ -246,6 +250,13 @@ class Trainer:
         seed_everything(cfg.seed, cfg.deterministic)
         channels_last = cfg.channels_last if cfg.channels_last is not None else default_channels_last(device)
 
+        if cfg.budget is not None:  # --model auto may choose the network and input size from the time left
+            before = float(((self.state or {}).get("budget") or {}).get("spent_before", 0.0))
+            budget = parse_duration(cfg.budget)
+            task.budget_view = BudgetView(
+                left=lambda: budget - dist.all_reduce_max(before + self.clock.now() - self.started),
+                agree=dist.all_reduce_max, budget=budget, device=device, precision=precision,
+                channels_last=channels_last, world=dist.world, clock=self.clock)
         data = task.build_data(device, channels_last, dist.rank, dist.world)
         cfg = self.cfg  # the task resolved what it chooses from the data (weights, batch size)
         task.setup(data, device, precision)
@@ -524,16 +535,17 @@ class Trainer:
             r.out_of_time = True
 
     def _replan(self, s: _Setup, r: _Run, done: int) -> None:
-        """At the end of epoch ``done``: the plan again from the measured speed; it shrinks when the end would pass
-        the budget and grows when a quarter of an epoch or more would be left unused."""
+        """At the end of epoch ``done``: the plan again from the measured speed (of the last :data:`SPEED_EPOCHS`
+        epochs, so that one noisy epoch does not move it); it shrinks when the end would pass more than half the
+        budget's 2% margin, and grows when a quarter of an epoch or more (and 2% of the budget) would be left unused."""
         assert r.budget is not None
         if r.step_s is None:
             return
         total, start = self._plan(s, r, done, 0)
         done_steps = done * s.steps_per_epoch
-        if total < s.total_steps:
+        if (s.total_steps - total) * r.step_s > 0.01 * r.budget.budget:
             self._apply_plan(s, r, max(total, done_steps), done, start, "the run is slower than planned")
-        elif total >= s.total_steps + max(1, s.steps_per_epoch // 4):
+        elif total >= s.total_steps + max(1, s.steps_per_epoch // 4, int(0.02 * r.budget.budget / r.step_s)):
             self._apply_plan(s, r, total, done, start, "the run is faster than planned")
 
     def _epoch(self, s: _Setup, r: _Run, epoch: int) -> tuple[dict[str, float], bool]:
@@ -561,7 +573,7 @@ class Trainer:
         assert r.fwd is not None
         step_fwd = r.fwd if dist.enabled or not cached else task.head(model)
         if r.budget is not None and mode != r.budget_mode:
-            r.step_s, r.budget_mode = None, mode  # head-only and whole-network steps differ: time them again
+            r.step_s, r.speeds, r.budget_mode = None, [], mode  # head-only and whole-network steps differ: time again
         train_row, seen = self.train_one_epoch(step_fwd, model, r.cache.train if cached else data.train, s, epoch,
                                                features=cached, run=r)
         train_time = dist.all_reduce_max(time.perf_counter() - t0)
@@ -592,8 +604,9 @@ class Trainer:
         if dist.is_main:
             self._save(s, r, eval_model, row, improved, task.evaluation_record(val))
         self.clock.event("save")
-        if r.budget is not None:
-            r.eval_s = self.dist.all_reduce_max(self.clock.now() - t_eval)
+        if r.budget is not None:  # the mean of the recent validations and saves
+            r.evals = [*r.evals, self.dist.all_reduce_max(self.clock.now() - t_eval)][-SPEED_EPOCHS:]
+            r.eval_s = sum(r.evals) / len(r.evals)
         return row, improved
 
     def _budget_record(self, r: _Run) -> dict[str, Any] | None:
@@ -716,8 +729,10 @@ class Trainer:
                 bar.set_postfix(loss=f"{loss.item():.3f}")
             if budget is not None and (budget.out_of_time or step >= s.total_steps):
                 break  # the plan ends inside this epoch, or its rest would not leave time for the end
-        if budget is not None and step > epoch * s.steps_per_epoch:  # this epoch's speed, for the next plan
-            budget.step_s = dist.all_reduce_max((self.clock.now() - t_epoch) / (step - epoch * s.steps_per_epoch))
+        if budget is not None and step > epoch * s.steps_per_epoch:  # the recent epochs' speed, for the next plan
+            budget.speeds = [*budget.speeds, (self.clock.now() - t_epoch, step - epoch * s.steps_per_epoch)]
+            recent = budget.speeds[-SPEED_EPOCHS:]
+            budget.step_s = dist.all_reduce_max(sum(t for t, _ in recent) / sum(n for _, n in recent))
         if seen == 0:
             raise DataError("the training loader produced no batch; the training split is too small for the batch "
                             "size (lower --batch-size).")

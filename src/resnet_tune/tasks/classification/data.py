@@ -10,16 +10,28 @@ import torch
 
 from ...data.loaders import EpochLoader, FileDataset, MemoryLoader, decode_to_memory
 from ...data.transforms import Preprocessing, eval_transform, train_transform
+from ...engine.budget import Candidate
 from ...engine.hardware import default_workers
 from ...engine.task import TaskData, require_usable
 from ...errors import ConfigError, DataError
 from ...models import get_config, mean_std_for
 
-__all__ = ["FEW_PER_CLASS", "balance_weights", "build_data", "choose_model_and_size", "class_weights",
-           "image_loaders", "memory_by_default", "scratch_hint"]
+__all__ = ["FEW_PER_CLASS", "SCRATCH_SIZES", "budget_candidates", "balance_weights", "build_data",
+           "choose_model", "choose_model_and_size", "class_weights", "image_loaders", "memory_by_default",
+           "scratch_hint"]
 
 #: below this many training images a class, a run from scratch says that pretrained weights usually help a lot
 FEW_PER_CLASS = 100
+
+#: ``--model auto`` with ``--budget``: what a step up (a deeper network or a larger input) needs, in epochs the
+#: budget affords it, to be chosen over the cheaper candidate trained for longer. On a time budget the cheaper
+#: network won every measured case (README "Which ResNet for my data?": ResNet-20 over ResNet-56 at 9 against 4
+#: epochs, ResNet-18 over ResNet-34/50), and epochs buy more than pixels early on (fast.ai's Imagenette
+#: leaderboard at 128 px: 85.8% at 5 epochs, 91.6% at 20); depth and size pay once the cheaper run has converged.
+STEP_UP_EPOCHS = {"scratch_photos": 30, "scratch_small": 40, "finetune": 5}
+#: input sizes tried for photos trained from scratch, smallest first (at the weights' size when fine-tuning)
+SCRATCH_SIZES = (128, 160, 224)
+_DEEPER = {"resnet20": ("resnet32", "resnet56"), "resnet18": ("resnet34", "resnet50")}
 
 
 def choose_model_and_size(cfg: Any, median_side: float | None) -> tuple[str, int]:
@@ -34,6 +46,54 @@ def choose_model_and_size(cfg: Any, median_side: float | None) -> tuple[str, int
     if small and cfg_in > 64:
         return name, int(max(32, min(64, round(median_side or 32))))
     return name, cfg_in
+
+
+def budget_candidates(cfg: Any, name: str, size: int, small: bool, finetune: bool) -> list[Candidate]:
+    """``--model auto`` with ``--budget``: the networks and input sizes to choose from, cheapest first, given the
+    default ``name`` and ``size`` (:func:`choose_model_and_size`) and whether the run fine-tunes published weights.
+    What the user set (``--model``, ``--img-size``) stays fixed; small images keep their size and may go deeper;
+    photos from scratch try :data:`SCRATCH_SIZES` (up to the default size) and then a deeper network; fine-tuning
+    stays at the weights' size and may go deeper."""
+    kind = "finetune" if finetune else "scratch_small" if small else "scratch_photos"
+    need = STEP_UP_EPOCHS[kind]
+    sizes = [size]
+    if kind == "scratch_photos" and not cfg.img_size:
+        sizes = [z for z in SCRATCH_SIZES if z < size] + [size]
+    out = [Candidate(name, z, need if i else 0) for i, z in enumerate(sizes)]
+    if not cfg.model:
+        deeper = _DEEPER.get(name, ())[:1 if kind == "scratch_photos" else 2]
+        out += [Candidate(m, size, need) for m in deeper]
+    return out
+
+
+def choose_model(task: Any, median_side: float | None, n_train: int, n_val: int, n_classes: int, world: int
+                 ) -> tuple[str, int, Any]:
+    """The model, input size and pretrained weights of a run (``task.cfg`` holds the options): the defaults of
+    :func:`choose_model_and_size` and :meth:`~resnet_tune.engine.task.Task.load_pretrained`, or with ``--budget``
+    the candidate of :func:`budget_candidates` that the time left affords
+    (:meth:`~resnet_tune.engine.task.Task.choose_within_budget`). Fine-tuning candidates are only tried when the
+    first one's published weights could be read. Also resolves the batch size (the timed steps use it)."""
+    cfg = task.cfg
+    name, size = choose_model_and_size(cfg, median_side)
+    task.resolve_batch_size(n_train, world)
+    weights = task.load_pretrained(name)
+    if task.budget_view is None or (cfg.model and cfg.img_size):
+        return name, size, weights
+    small = median_side is not None and median_side <= 64
+    candidates = budget_candidates(cfg, name, size, small, finetune=weights is not None)
+    chosen = task.choose_within_budget(candidates, n_train, n_val, n_classes)
+    if chosen.model != name and weights is not None:
+        first = task.cfg.pretrained
+        task.cfg = task.cfg.replace(pretrained="auto")
+        other = task.load_pretrained(chosen.model)
+        if other is None:  # its weights could not be fetched: the first candidate, whose weights are at hand
+            task.cfg = task.cfg.replace(pretrained=first)
+            task.pretrained, task.weights_warning = weights, None
+            task.weights_reason = f"{name}'s published weights, --pretrained auto"
+            task.plan_notes.append(f"{chosen.model}'s weights could not be read, so {name} fine-tunes instead")
+            return name, size, weights
+        weights = other
+    return chosen.model, chosen.size, weights
 
 
 def memory_by_default(device: torch.device, size: int, nbytes: int) -> bool:
@@ -96,9 +156,8 @@ def build_data(task: Any, device: torch.device, channels_last: bool, rank: int, 
         raise DataError(f"class(es) {', '.join(splits.classes[i] for i in missing)} have no usable training "
                         "images; add images or remove the class folder(s).")
     median = report.median_size()
-    name, size = choose_model_and_size(cfg, float(min(median)) if median else None)
-    pretrained = task.load_pretrained(name)
-    task.resolve_batch_size(len(train_s), world)
+    name, size, pretrained = choose_model(task, float(min(median)) if median else None, len(train_s), len(val_s),
+                                          len(splits.classes), world)
     cfg = task.cfg
     mean, std = mean_std_for(name, pretrained[1] if pretrained else None)
     pp = Preprocessing.for_size(size, mean, std)

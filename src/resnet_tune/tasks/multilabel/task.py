@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...engine.task import Evaluation, TaskData, require_usable
-from ..classification.data import choose_model_and_size, image_loaders, scratch_hint
+from ..classification.data import choose_model, image_loaders, scratch_hint
 from ..classification.task import ClassificationTask, combine_batches, mix_batch
 from .config import MultiLabelConfig
 
@@ -104,9 +104,8 @@ class MultiLabelTask(ClassificationTask):
         require_usable(len(train_s), len(val_s), cfg.data)
         splits.train, splits.val, splits.test = train_s, val_s, test_s
         median = report.median_size()
-        name, size = choose_model_and_size(cfg, float(min(median)) if median else None)
-        weights = self.load_pretrained(name)
-        self.resolve_batch_size(len(train_s), world)
+        name, size, weights = choose_model(self, float(min(median)) if median else None, len(train_s), len(val_s),
+                                           len(splits.labels), world)
         cfg = self.cfg
         mean, std = mean_std_for(name, weights[1] if weights else None)
         pp = Preprocessing.for_size(size, mean, std)
