@@ -150,9 +150,10 @@ class Trainer:
         self.notes: list[str] = []
         self.dist = D.Dist()  # one process until fit() joins torchrun's process group
         self._run_dir_path: Path | None = None
-        # the last validation pass of this session (its details on rank 0 only), for the report
-        self._val_done = False
+        # the last validation pass of this session (its details on rank 0 only)
         self._last_val: Evaluation | None = None
+        # the best epoch of this session and its validation (rank 0): the final report's figures when it stands
+        self._best_val: tuple[int, Evaluation | None] | None = None
 
     @property
     def cfg(self) -> RunConfig:
@@ -464,6 +465,8 @@ class Trainer:
         final = self._eval_estimate(s, r)
         if s.data.test is not None:
             final *= max(1.0, len(s.data.test) / max(len(s.data.val), 1))
+        elif r.best_epoch < 0 or (self._best_val is not None and self._best_val[0] == r.best_epoch):
+            final = 0.0  # the best epoch's own validation is the final report's (see _finish)
         return reserve_seconds(r.budget.budget, final)
 
     def _plan(self, s: _Setup, r: _Run, done: int, into_epoch: int) -> tuple[int, float]:
@@ -541,8 +544,10 @@ class Trainer:
         assert r.budget is not None
         if r.step_s is None:
             return
-        total, start = self._plan(s, r, done, 0)
         done_steps = done * s.steps_per_epoch
+        if done_steps >= s.total_steps:
+            return  # the schedule has ended: more steps now would start it again
+        total, start = self._plan(s, r, done, 0)
         if (s.total_steps - total) * r.step_s > 0.01 * r.budget.budget:
             self._apply_plan(s, r, max(total, done_steps), done, start, "the run is slower than planned")
         elif total >= s.total_steps + max(1, s.steps_per_epoch // 4, int(0.02 * r.budget.budget / r.step_s)):
@@ -590,7 +595,7 @@ class Trainer:
             val = self.evaluate(task.head(eval_model), r.cache.val, s, features=True)
         else:
             val = self.evaluate(eval_model, data.val, s)
-        self._last_val, self._val_done = (val if dist.is_main else None), True
+        self._last_val = val if dist.is_main else None
         row = {"epoch": epoch + 1, **train_row, **val.metrics, "lr": s.optimizer.param_groups[-1]["lr"],
                "seconds": time.perf_counter() - t0, "images_per_s": seen / max(train_time, 1e-9),
                "train_seconds": train_time}
@@ -598,6 +603,7 @@ class Trainer:
         improved = row[task.best_metric] > r.best or r.best_epoch < 0
         if improved:
             r.best, r.best_epoch, r.bad_after = row[task.best_metric], epoch + 1, 0
+            self._best_val = (epoch + 1, self._last_val)
         else:
             r.bad_after += 1
         self.clock.event("eval")
@@ -880,14 +886,13 @@ class Trainer:
                               f"recent ones; the learning rate ended at x{s.guard.scale:g} of the schedule")
         best_path = run_dir / ckpt.BEST
         split, loader = ("test", data.test) if data.test is not None else ("validation", data.val)
-        last_is_best = bool(history) and history[-1]["epoch"] == best_epoch
-        if split == "validation" and last_is_best and self._val_done:
-            # the best checkpoint holds the weights just evaluated on this split: their predictions stand
+        if split == "validation" and self._best_val is not None and self._best_val[0] == best_epoch:
+            # the best checkpoint holds the weights evaluated on this split at its epoch: their predictions stand
             # (a second pass would only cost time), and rank 0 alone writes the report
             if not self.dist.is_main:
                 return RunResult(run_dir, best, best_epoch, history, best_path, None, self.notes)
             rec = ckpt.read_record(best_path)
-            evaluation = self._last_val
+            evaluation = self._best_val[1]
         else:
             model, rec = self._best_model(best_path, s.device)
             evaluation = self.evaluate(model, loader, s)
