@@ -1,104 +1,192 @@
-"""Inference speed: resnet-tune's Predictor (its defaults) vs torchvision eager fp32 and ONNX Runtime, same run.
+"""CPU inference, every engine in one process (issue 14): torchvision eager fp32, resnet-tune's torch path, ONNX
+Runtime fp32 and int8, OpenVINO fp32/bf16 (latency and throughput hints) and int8, and what ``--backend auto``
+picks, on ResNet-18 and ResNet-50 at 224 px with random weights.
 
-Batch-1 latency and batch-64 throughput of ResNet-50 (or --model) at 224x224 on random weights. 'Ours' goes
-through the public ``Predictor`` with its default settings (BN folded, bf16 autocast and channels-last where the
-CPU has native bf16, CPU batches in cache-sized chunks). Prints img/s, GFLOP/s, the fraction of the measured peaks
-(4096 matmul and 3x3 convolution) and the ratio to the baseline.
+For each engine: batch-1 latency (median and p99 of ``--calls`` single calls) and batch-``--batch`` throughput
+(median of ``--repeats`` windows, with the slowest and fastest window as the spread). The int8 models are
+calibrated on random images here (speed only; the accuracy cost of int8 is measured on a real validation set by
+``--accuracy-run``). ``auto`` is timed as it answers (its chosen engines), and its ratio to the fastest engine of
+the same run is printed for both regimes. ``--serve`` also loads the web service on loopback with ``--backend
+auto`` and with torch (``benchmarks/serve_load.py``), and ``--accuracy-run RUN --calibration DIR`` exports RUN to
+int8 ONNX and OpenVINO and reports the top-1 accuracy on its validation split against float.
 
-    python benchmarks/inference.py --model resnet50 --repeats 5
+    python benchmarks/inference.py --models resnet18 resnet50 --serve \\
+        --accuracy-run /work/bench_runs/small/pretrain_r18_64 --calibration ../shared/data/imagenette/train
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
+from typing import Any, Callable
 
+import numpy as np
 import torch
 import torchvision
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import header, measured_peaks, peaks_line, timed  # noqa: E402
+from common import header, measured_peaks, peaks_line  # noqa: E402
 
 import resnet_tune as rt  # noqa: E402
 from resnet_tune.data.transforms import Preprocessing  # noqa: E402
 from resnet_tune.engine.checkpoint import model_record, save_checkpoint  # noqa: E402
-from resnet_tune import Predictor  # noqa: E402
+from resnet_tune.export.exporter import export, quantise_file  # noqa: E402
+from resnet_tune.inference import engines as E  # noqa: E402
+
+
+def latency(fn: Callable[[], Any], calls: int) -> tuple[float, float]:
+    """Median and p99 seconds of single calls (after 3 warm-up calls)."""
+    for _ in range(3):
+        fn()
+    times = []
+    for _ in range(calls):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    times.sort()
+    return statistics.median(times), times[min(len(times) - 1, int(0.99 * len(times)))]
+
+
+def throughput(fn: Callable[[], Any], repeats: int) -> tuple[float, float, float]:
+    """Median, slowest and fastest seconds of a batch call over ``repeats`` windows (after one warm-up)."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), max(times), min(times)
+
+
+def engines_for(name: str, size: int, tmp: Path, batch: int) -> tuple[Path, dict[str, Callable[[torch.Tensor], Any]],
+                                                                       float]:
+    """A random-weight checkpoint of ``name`` and every engine on it (name -> callable on a batch)."""
+    torch.manual_seed(0)
+    model = rt.create_model(name).eval()
+    info = rt.model_info(name, (3, size, size))
+    pp = Preprocessing.for_size(size, info.mean, info.std)
+    record = model_record(model, classes=[str(i) for i in range(1000)], preprocessing=pp.to_dict())
+    ck = save_checkpoint(tmp / name / "best.safetensors", model, record)
+    tv = getattr(torchvision.models, name)()
+    tv.load_state_dict(model.state_dict())
+    tv.eval()
+    out: dict[str, Callable[[torch.Tensor], Any]] = {"torchvision eager fp32": lambda x: tv(x)}
+    ours = rt.Predictor(ck, device="cpu", backend="torch")
+    out[f"resnet-tune torch ({ours.precision.name}, folded BN)"] = ours.forward
+    if E.installed("onnxruntime"):
+        float_onnx = Path(ours.onnx_file())
+        out["ONNX Runtime fp32"] = E.OnnxRuntimeEngine(float_onnx)
+        calib = [np.random.default_rng(i).standard_normal((16, 3, size, size)).astype(np.float32) for i in range(4)]
+        int8 = tmp / name / "int8.onnx"
+        quantise_file("onnx", float_onnx, int8, calib, record)
+        out["ONNX Runtime int8 (QDQ, per-channel)"] = E.OnnxRuntimeEngine(int8)
+        if E.installed("openvino"):
+            for prec in ("fp32", "bf16"):
+                out[f"OpenVINO {prec} latency hint"] = E.OpenVinoEngine(float_onnx, "LATENCY", prec)
+                out[f"OpenVINO {prec} throughput hint"] = E.OpenVinoEngine(float_onnx, "THROUGHPUT", prec)
+            ov_int8 = tmp / name / "int8.xml"
+            quantise_file("openvino", float_onnx, ov_int8, calib, record)
+            out["OpenVINO int8 latency hint"] = E.OpenVinoEngine(ov_int8, "LATENCY", "fp32")
+            out["OpenVINO int8 throughput hint"] = E.OpenVinoEngine(ov_int8, "THROUGHPUT", "fp32")
+    return ck, out, info.gflops
+
+
+def bench_model(name: str, args: argparse.Namespace, tmp: Path, peak: float) -> dict[str, Any]:
+    ck, engines, gflop = engines_for(name, args.size, tmp, args.batch)
+    xb = torch.randn(args.batch, 3, args.size, args.size)
+    x1 = xb[:1]
+    rows = []
+    with torch.inference_mode():
+        for label, fn in engines.items():
+            med1, p99 = latency(lambda: fn(x1), args.calls)
+            medb, slow, fast = throughput(lambda: fn(xb), args.repeats)
+            rows.append({"engine": label, "b1_ms": med1 * 1e3, "b1_p99_ms": p99 * 1e3, "batch_s": medb,
+                         "batch_ips": args.batch / medb, "batch_ips_range": (args.batch / slow, args.batch / fast)})
+            print(f"  {label}: batch 1 {med1 * 1e3:.2f} ms (p99 {p99 * 1e3:.2f}), batch {args.batch} "
+                  f"{args.batch / medb:.1f} img/s", flush=True)
+        said: list[str] = []
+        auto = rt.Predictor(ck, device="cpu", backend="auto", auto_batch=args.batch, say=said.append)
+        med1, p99 = latency(lambda: auto.forward(x1), args.calls)
+        medb, slow, fast = throughput(lambda: auto.forward(xb), args.repeats)
+    auto_row = {"engine": f"auto: {auto.engine_single.describe()} / {auto.engine_batch.describe()}",
+                "b1_ms": med1 * 1e3, "b1_p99_ms": p99 * 1e3, "batch_s": medb, "batch_ips": args.batch / medb,
+                "batch_ips_range": (args.batch / slow, args.batch / fast), "said": said}
+    best1 = min(r["b1_ms"] for r in rows)
+    bestb = max(r["batch_ips"] for r in rows)
+    return {"model": name, "gflop": gflop, "rows": rows, "auto": auto_row, "checkpoint": str(ck),
+            "auto_vs_best_b1": best1 / auto_row["b1_ms"], "auto_vs_best_batch": auto_row["batch_ips"] / bestb,
+            "peak": peak}
+
+
+def markdown(res: dict[str, Any], batch: int) -> str:
+    lines = [f"**{res['model']}** at 224 px ({res['gflop']:.2f} GFLOP an image)", "",
+             f"| engine | batch 1: median ms | p99 ms | batch {batch}: img/s (slowest-fastest window) | "
+             "of fp32 matmul peak |", "|---|---|---|---|---|"]
+    for r in [*res["rows"], res["auto"]]:
+        lo, hi = r["batch_ips_range"]
+        frac = r["batch_ips"] * res["gflop"] / res["peak"]
+        lines.append(f"| {r['engine']} | {r['b1_ms']:.2f} | {r['b1_p99_ms']:.2f} | {r['batch_ips']:.1f} "
+                     f"({lo:.1f}-{hi:.1f}) | {100 * frac:.0f}% |")
+    lines.append("")
+    lines.append(f"auto against the fastest engine measured: batch 1 {100 * res['auto_vs_best_b1']:.1f}%, batch "
+                 f"{batch} {100 * res['auto_vs_best_batch']:.1f}% of its speed")
+    return "\n".join(lines)
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default="resnet50")
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--models", nargs="+", default=["resnet18", "resnet50"])
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--compile", action="store_true", help="also measure Predictor(compile=True)")
+    ap.add_argument("--calls", type=int, default=50, help="single-image calls timed for the latency")
+    ap.add_argument("--repeats", type=int, default=5, help="batch windows timed for the throughput")
+    ap.add_argument("--serve", action="store_true", help="also load the web service (auto vs torch)")
+    ap.add_argument("--serve-requests", type=int, default=400)
+    ap.add_argument("--accuracy-run", type=Path, help="a classification run to export to int8 (accuracy drop)")
+    ap.add_argument("--calibration", type=Path, help="calibration images for --accuracy-run")
+    ap.add_argument("--json", type=Path, help="write the raw figures here")
     args = ap.parse_args()
 
-    torch.manual_seed(0)
-    model = rt.create_model(args.model).eval()
-    info = rt.model_info(args.model, (3, args.size, args.size))
-    gflop_per_img = info.gflops
-    tmp = Path(tempfile.mkdtemp())
-    pp = Preprocessing.for_size(args.size, info.mean, info.std)
-    ck = save_checkpoint(tmp / "m.safetensors", model,
-                         model_record(model, classes=[str(i) for i in range(1000)], preprocessing=pp.to_dict()))
-    peaks = measured_peaks()
-    peak_fp32, peak_bf16 = peaks["fp32"], peaks["bf16"]
     print(header(args.repeats))
-    print(f"{peaks_line(peaks)}; {args.model} forward {gflop_per_img:.2f} GFLOP/image at {args.size}")
+    print(f"backends: {E.engine_versions()}")
+    peaks = measured_peaks()
+    print(peaks_line(peaks), flush=True)
+    tmp = Path(tempfile.mkdtemp())
+    results: dict[str, Any] = {"models": []}
+    for name in args.models:
+        print(f"{name}:", flush=True)
+        res = bench_model(name, args, tmp, peaks["fp32"][0])
+        results["models"].append(res)
+        print(markdown(res, args.batch), flush=True)
+    if args.serve:
+        import serve_load
 
-    tv = getattr(torchvision.models, args.model)() if hasattr(torchvision.models, args.model) else model
-    tv.load_state_dict(model.state_dict())
-    tv.eval()
-    xb = torch.randn(args.batch, 3, args.size, args.size)
-    x1 = xb[:1]
-
-    rows = []
-
-    def record(name: str, fn, batch: int, peak: tuple[float, float]) -> float:
-        with torch.inference_mode():
-            sec = timed(fn, repeats=args.repeats)
-        ips = batch / sec
-        rows.append((name, batch, sec * 1000, ips, ips * gflop_per_img, ips * gflop_per_img / peak[0],
-                     ips * gflop_per_img / peak[1]))
-        return ips
-
-    base64 = record("torchvision eager fp32", lambda: tv(xb), args.batch, peak_fp32)
-    base1 = record("torchvision eager fp32", lambda: tv(x1), 1, peak_fp32)
-    pred = Predictor(ck, device="cpu")
-    peak = peak_bf16 if pred.precision.amp_dtype is not None else peak_fp32
-    ours64 = record(f"resnet-tune Predictor ({pred.precision.name}, folded BN)", lambda: pred.logits(xb), args.batch,
-                    peak)
-    ours1 = record(f"resnet-tune Predictor ({pred.precision.name}, folded BN)", lambda: pred.logits(x1), 1, peak)
-    if args.compile:
-        predc = Predictor(ck, device="cpu", compile=True)
-        record("resnet-tune Predictor + compile", lambda: predc.logits(xb), args.batch, peak)
-    # the agreement this speed is bought with
-    with torch.inference_mode():
-        diff = (pred.logits(xb[:8]) - tv(xb[:8])).abs().max().item()
-    try:
-        import onnxruntime as ort
-
-        onnx_path = tmp / "m.onnx"
-        torch.onnx.export(tv, (x1,), str(onnx_path), dynamo=True, dynamic_shapes={"x": {0: "batch"}})
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = torch.get_num_threads()  # the same cores as the others
-        sess = ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
-        name = sess.get_inputs()[0].name
-        xn, x1n = xb.numpy(), x1.numpy()
-        record("ONNX Runtime fp32", lambda: sess.run(None, {name: xn}), args.batch, peak_fp32)
-        record("ONNX Runtime fp32", lambda: sess.run(None, {name: x1n}), 1, peak_fp32)
-    except Exception as err:  # optional baseline
-        print(f"(ONNX Runtime not measured: {type(err).__name__}: {str(err)[:100]})")
-
-    print("\n| engine | batch | ms/batch | img/s | GFLOP/s | of matmul peak | of conv peak |\n"
-          "|---|---|---|---|---|---|---|")
-    for name, b, ms, ips, gf, frac, cfrac in rows:
-        print(f"| {name} | {b} | {ms:.1f} | {ips:.1f} | {gf:.0f} | {100 * frac:.0f}% | {100 * cfrac:.0f}% |")
-    print(f"\nratio ours / torchvision fp32: batch {args.batch} {ours64 / base64:.2f}x, batch 1 {ours1 / base1:.2f}x; "
-          f"max |logit difference| vs eager fp32 on 8 images: {diff:.3g}")
+        payload_size = 256
+        payloads = serve_load.image_payloads(16, payload_size)
+        ck = Path(results["models"][0]["checkpoint"])
+        results["serve"] = []
+        for backend in ("torch", "auto"):
+            ns = argparse.Namespace(requests=args.serve_requests, concurrency=16, warmup=40,
+                                    server_threads=torch.get_num_threads(), backend=backend)
+            row = serve_load.run_mode(ck, True, ns, payloads)
+            results["serve"].append({"backend": backend, **row})
+            print(f"serve {results['models'][0]['model']} --backend {backend} ({row['backend']}): "
+                  f"{row['rps']:.1f} requests/s, p50 {row['p50']:.0f} ms, p99 {row['p99']:.0f} ms, "
+                  f"{row['ok']}/{row['requests']} ok", flush=True)
+    if args.accuracy_run is not None:
+        results["int8_accuracy"] = []
+        for fmt in ("onnx", "openvino"):
+            report = export(args.accuracy_run, fmt, tmp / f"acc.int8.{fmt}" if fmt == "onnx" else
+                            tmp / "acc.int8.xml", int8=True, calibration=args.calibration, max_drop=100.0)
+            results["int8_accuracy"].append({"format": fmt, **(report.int8 or {})})
+            print(report.summary(), flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2, default=str))
     return 0
 
 

@@ -99,7 +99,8 @@ def run_mode(checkpoint: Path, batching: bool, args: argparse.Namespace, payload
     url = f"http://127.0.0.1:{port}"
     env = dict(os.environ, OMP_NUM_THREADS=str(args.server_threads))
     cmd = [sys.executable, "-m", "resnet_tune", "serve", str(checkpoint), "--port", str(port), "--log-level",
-           "warning", "--device", "cpu", "--batch" if batching else "--no-batch"]
+           "warning", "--device", "cpu", "--batch" if batching else "--no-batch",
+           "--backend", getattr(args, "backend", "torch")]
     log = tempfile.TemporaryFile()
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
     try:
@@ -133,6 +134,7 @@ def run_mode(checkpoint: Path, batching: bool, args: argparse.Namespace, payload
     passes = (after["forward_passes"] - before["forward_passes"]) if batching else None
     return {
         "mode": "on" if batching else "off",
+        "backend": after.get("backend", {}).get("batch" if batching else "single", getattr(args, "backend", "torch")),
         "requests": args.requests,
         "ok": ok,
         "5xx": sum(v for k, v in res["codes"].items() if k >= 500),
@@ -199,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--image-size", type=int, default=32, help="side of the PNGs sent")
     p.add_argument("--server-threads", type=int, default=1, help="OMP_NUM_THREADS of the server")
     p.add_argument("--modes", default="on,off", help="batching modes to run: on, off or on,off")
+    p.add_argument("--backend", default="torch", help="the server's --backend (auto, torch, onnxruntime, openvino)")
     p.add_argument("--output", help="also write the Markdown to this file")
     p.add_argument("--json", help="also write the raw numbers as JSON")
     args = p.parse_args(argv)

@@ -35,6 +35,28 @@ def make_image(path: Path, colour: tuple[int, int, int], size: int = 24, seed: i
     return path
 
 
+def random_checkpoint(root: Path, name: str, size: int, classes: list[str], seed: int = 0) -> Path:
+    """A checkpoint of a fresh preset with non-trivial batch-norm statistics (so folding is really tested)."""
+    import torch
+    from torch import nn
+
+    import resnet_tune as rt
+    from resnet_tune.engine import checkpoint as ckpt
+
+    torch.manual_seed(seed)
+    model = rt.create_model(name, num_classes=len(classes))
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 1.5)
+            m.weight.data.uniform_(0.5, 1.0)
+            m.bias.data.uniform_(-0.1, 0.1)
+    pp = {"input_size": size, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "resize": size,
+          "interpolation": "bilinear"}
+    rec = ckpt.model_record(model, classes=classes, preprocessing=pp, metrics={"val_acc": 0.5})
+    return ckpt.save_checkpoint(root / name / "best.safetensors", model, rec)
+
+
 def make_folder(root: Path, per_class: int = 10, size: int = 24, classes: dict | None = None, ext: str = "png"
                 ) -> Path:
     for i, (name, colour) in enumerate((classes or COLOURS).items()):

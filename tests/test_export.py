@@ -19,6 +19,8 @@ from resnet_tune.engine import checkpoint as ckpt
 from resnet_tune.export import ExportError, MissingExtraError, export, export_model, read_export_record
 from resnet_tune.export import exporter
 
+from conftest import random_checkpoint
+
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
 
 FORMATS = ["onnx", "torchscript", "exported-program"]
@@ -26,19 +28,7 @@ CLASSES = ["cat", "dog", "emu"]
 
 
 def _checkpoint(root: Path, name: str, size: int, seed: int = 0) -> Path:
-    """A checkpoint of a fresh preset with non-trivial batch-norm statistics (so folding is really tested)."""
-    torch.manual_seed(seed)
-    model = rt.create_model(name, num_classes=len(CLASSES))
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.2, 0.2)
-            m.running_var.uniform_(0.5, 1.5)
-            m.weight.data.uniform_(0.5, 1.0)
-            m.bias.data.uniform_(-0.1, 0.1)
-    pp = {"input_size": size, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "resize": size,
-          "interpolation": "bilinear"}
-    rec = ckpt.model_record(model, classes=CLASSES, preprocessing=pp, metrics={"val_acc": 0.5})
-    return ckpt.save_checkpoint(root / name / "best.safetensors", model, rec)
+    return random_checkpoint(root, name, size, CLASSES, seed)
 
 
 def _run(path: Path, fmt: str, x: torch.Tensor) -> torch.Tensor:

@@ -30,3 +30,7 @@ class PathNotFoundError(ConfigError, FileNotFoundError):
 
 class TrainingError(ResnetTuneError, RuntimeError):
     """Training cannot go on (for example a non-finite loss)."""
+
+
+class MissingExtraError(ResnetTuneError, ImportError):
+    """An optional dependency (a pip extra) is not installed; the message names the install command."""

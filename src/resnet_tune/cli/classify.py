@@ -112,11 +112,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         from ..tasks.multilabel.evaluation import evaluate_multilabel, format_multilabel
 
         report = evaluate_multilabel(args.checkpoint, args.data, batch_size=args.batch_size, device=args.device,
-                                     output=out)
+                                     output=out, backend=args.backend)
         print(format_multilabel(report))
         print(f"details: {out}/eval.json, {out}/label_ap.png, {out}/error_cooccurrence.png")
         return 0
-    report = evaluate(args.checkpoint, args.data, batch_size=args.batch_size, device=args.device, output=out)
+    report = evaluate(args.checkpoint, args.data, batch_size=args.batch_size, device=args.device, output=out,
+                      backend=args.backend)
     if args.data is None:
         print(f"evaluated on the run's own validation split ({report['data']})")
     print(format_report(report))
@@ -124,6 +125,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"skipped {len(report['skipped'])} unreadable file(s); see {out}/eval.json")
     print(f"details: {out}/eval.json, {out}/confusion.png")
     return 0
+
+
+def _say_backend(msg: str) -> None:
+    print(msg, flush=True)
 
 
 def _write_predictions(results: list[dict], output: str) -> None:
@@ -157,7 +162,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from ..tasks.registry import Predictor
 
     files = list_images(args.images)
-    pred = Predictor(args.checkpoint, device=args.device, batch_size=args.batch_size)
+    pred = Predictor(args.checkpoint, device=args.device, batch_size=args.batch_size, backend=args.backend,
+                     say=_say_backend)
     if pred.task not in ("classification", "multilabel"):
         raise CheckpointError(f"{args.checkpoint} is a {pred.task} checkpoint; use resnet-tune segment predict.")
     results = pred.predict_files(files, top_k=args.top_k)
@@ -183,7 +189,8 @@ def cmd_embed(args: argparse.Namespace) -> int:
     from ..tasks.classification import ClassificationPredictor
 
     files = list_images(args.images)
-    pred = ClassificationPredictor(args.checkpoint, device=args.device, batch_size=args.batch_size)
+    pred = ClassificationPredictor(args.checkpoint, device=args.device, batch_size=args.batch_size,
+                                   backend=args.backend, say=_say_backend)
     feats, kept, skipped = pred.embed_files(files)
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -244,6 +251,10 @@ def register(add: Callable[..., argparse.ArgumentParser]) -> None:
                                                                 ".safetensors checkpoint")
         p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
         p.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
+        p.add_argument("--backend", default="torch", choices=["auto", "torch", "onnxruntime", "openvino"],
+                       help="inference engine: torch, onnxruntime or openvino (the CPU engines run a float ONNX "
+                            "export of the checkpoint, or an exported .onnx/.xml file such as an int8 model), or auto "
+                            "(times the installed ones on this checkpoint and takes the fastest; cached)")
 
     p = add("evaluate", cmd_evaluate, "accuracy, per-class metrics, confusion matrix and worst images")
     model_cmd(p)

@@ -41,7 +41,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
               file=sys.stderr)
     app = create_app(args.checkpoint, max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
                      max_files=args.max_files, max_pixels=args.max_pixels, token=token, batching=args.batch,
-                     max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, device=args.device,
+                     max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, device=args.device, backend=args.backend,
                      max_queue=args.max_queue, request_timeout=args.request_timeout)
     host = f"[{args.host}]" if ":" in args.host else args.host
     print(f"serving {args.checkpoint} on http://{host}:{args.port}/ (batching {'on' if args.batch else 'off'}"
@@ -95,6 +95,11 @@ def register(add: Callable[..., Any]) -> None:
                    help="seconds a client has to send its request body (else 408), and the longest a request waits "
                         "for the model (else 503 with Retry-After)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps, or auto (the best available)")
+    p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime", "openvino"],
+                   help="inference engine; auto (the default) times the installed ones on this checkpoint at batch 1 "
+                        "and at --max-batch and answers with the fastest for each (cached; shown at GET /model); "
+                        "Grad-CAM (/explain) always runs on torch. An exported .onnx/.xml file (an int8 model, say) "
+                        "runs on onnxruntime or openvino")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
                    help="uvicorn's log level")
     p.add_argument("--access-log", action=argparse.BooleanOptionalAction, default=False,

@@ -9,12 +9,14 @@ import importlib
 from typing import Any
 
 #: format name -> default file suffix
-FORMATS: dict[str, str] = {"onnx": ".onnx", "torchscript": ".pt", "exported-program": ".pt2"}
+FORMATS: dict[str, str] = {"onnx": ".onnx", "torchscript": ".pt", "exported-program": ".pt2", "openvino": ".xml"}
+#: the formats that ``--int8`` quantises (post-training static quantisation with calibration images)
+INT8_FORMATS = ("onnx", "openvino")
 
 _LAZY = {name: "exporter" for name in ("ATOL", "RTOL", "ExportError", "ExportReport", "MissingExtraError", "export",
                                        "export_model", "read_export_record")}
 
-__all__ = ["FORMATS", *sorted(_LAZY)]
+__all__ = ["FORMATS", "INT8_FORMATS", *sorted(_LAZY)]
 
 
 def __getattr__(name: str) -> Any:

@@ -19,13 +19,12 @@ tensor exports (segmentation models included); the record says what the output m
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
+import math
 import os
 import shutil
 import tempfile
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -34,20 +33,23 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import ResnetTuneError
+from ..errors import MissingExtraError, ResnetTuneError
+from ..inference.onnx import INPUT_NAME, ONNX_OPSET, OUTPUT_NAME, RECORD_KEY, batch_dim as _batch_dim
+from ..inference.onnx import quiet_exporters as _quiet, require_onnx, write_onnx as _write_onnx
 from ..models import fold_batchnorm
 from . import FORMATS
 
-__all__ = ["FORMATS", "ExportError", "ExportReport", "MissingExtraError", "export_model", "read_export_record",
-           "RTOL", "ATOL", "VERIFY_BATCHES"]
+__all__ = ["FORMATS", "ExportError", "ExportReport", "MissingExtraError", "export", "export_model", "quantise_file",
+           "read_export_record", "RTOL", "ATOL", "VERIFY_BATCHES"]
 
 _ALIASES = {"exported_program": "exported-program", "torch.export": "exported-program", "pt2": "exported-program",
-            "jit": "torchscript", "script": "torchscript"}
-#: the record's key in ONNX metadata_props, and its file name inside TorchScript / torch.export archives
-RECORD_KEY = "resnet_tune"
+            "jit": "torchscript", "script": "torchscript", "ov": "openvino", "ir": "openvino"}
+#: the largest top-1 drop (points) on the run's validation split an int8 export may have by default
+MAX_DROP = 1.0
+#: calibration images used at most (spread evenly over the folder's sorted files)
+CALIBRATION_IMAGES = 300
+#: the record's file name inside TorchScript / torch.export archives (ONNX: metadata_props[RECORD_KEY])
 RECORD_FILE = "resnet_tune.json"
-ONNX_OPSET = 18
-INPUT_NAME, OUTPUT_NAME = "input", "output"
 #: fp32 parity tolerance between the exported model and the eager (unfolded) model
 RTOL, ATOL = 1e-3, 1e-4
 #: batch sizes the exported file is verified with (two, to prove the batch dimension is dynamic)
@@ -56,10 +58,6 @@ VERIFY_BATCHES = (1, 3)
 
 class ExportError(ResnetTuneError, RuntimeError):
     """The model could not be exported, or the exported file does not reproduce the model."""
-
-
-class MissingExtraError(ResnetTuneError, ImportError):
-    """An optional dependency (a pip extra) is not installed."""
 
 
 @dataclass
@@ -74,12 +72,22 @@ class ExportReport:
     atol: float = ATOL
     input_shape: tuple[int, ...] = ()
     output_shapes: list[tuple[int, ...]] = field(default_factory=list)
+    #: with --int8: the float and int8 top-1 accuracy on the run's validation split, and the drop in points
+    int8: dict[str, Any] | None = None
 
     def summary(self) -> str:
         shape = "x".join(str(s) for s in self.input_shape[1:])
-        return (f"exported {self.format} to {self.path} (input N x {shape}, dynamic batch); verified against the "
+        text = (f"exported {self.format} to {self.path} (input N x {shape}, dynamic batch); verified against the "
                 f"eager model at batch sizes {', '.join(map(str, self.batches))}: max abs diff "
                 f"{self.max_abs_diff:.2e} (tolerance rtol {self.rtol:g}, atol {self.atol:g})")
+        if self.int8:
+            q = self.int8
+            text = (text.replace(f"exported {self.format}", f"exported {self.format} int8", 1).replace(
+                    "verified against", "its float model verified against", 1)
+                    + f"; int8 calibrated on {q['calibration_images']} image(s), top-1 on the run's validation "
+                      f"split {100 * q['int8_accuracy']:.2f}% against {100 * q['float_accuracy']:.2f}% in float "
+                      f"({q['drop_points']:+.2f} points lost, at most {q['max_drop_points']:g} allowed)")
+        return text
 
 
 def normalize_format(fmt: str) -> str:
@@ -92,42 +100,60 @@ def normalize_format(fmt: str) -> str:
     return f
 
 
-def default_output(checkpoint_file: Path, fmt: str) -> Path:
-    """``<run>/model.<ext>`` for a run's best checkpoint, ``<dir>/<stem>.<ext>`` for any other checkpoint file."""
+def default_output(checkpoint_file: Path, fmt: str, int8: bool = False) -> Path:
+    """``<run>/model.<ext>`` for a run's best checkpoint, ``<dir>/<stem>.<ext>`` for any other checkpoint file
+    (``model.int8.<ext>`` when quantised)."""
     stem = "model" if checkpoint_file.name == "best.safetensors" else checkpoint_file.stem
-    return checkpoint_file.parent / (stem + FORMATS[fmt])
+    return checkpoint_file.parent / (stem + (".int8" if int8 else "") + FORMATS[fmt])
 
 
 def export_model(checkpoint: str | os.PathLike[str], format: str = "onnx",  # noqa: A002 - the CLI's word
-                 output: str | os.PathLike[str] | None = None) -> Path:
+                 output: str | os.PathLike[str] | None = None, **int8: Any) -> Path:
     """Export ``checkpoint`` (a run folder or a ``.safetensors`` checkpoint) and return the verified file's path.
 
-    ``format`` is ``onnx``, ``torchscript`` or ``exported-program``; ``output`` defaults to a file beside the
-    checkpoint (``<run>/model.onnx``, ``model.pt``, ``model.pt2``). Raises :class:`ExportError` when the exported
-    model does not reproduce the checkpoint's outputs (the file is then not written) and
-    :class:`MissingExtraError` when ONNX is asked for without the ``onnx`` extra.
+    ``format`` is ``onnx``, ``torchscript``, ``exported-program`` or ``openvino`` (OpenVINO's ``.xml`` + ``.bin``);
+    ``output`` defaults to a file beside the checkpoint (``<run>/model.onnx``, ``model.pt``, ``model.pt2``,
+    ``model.xml``). Raises :class:`ExportError` when the exported model does not reproduce the checkpoint's outputs
+    (the file is then not written) and :class:`MissingExtraError` when ONNX or OpenVINO is asked for without its
+    extra. ``int8=True, calibration=DIR`` quantises (see :func:`export`).
     """
-    return export(checkpoint, format, output).path
+    return export(checkpoint, format, output, **int8).path
 
 
 def export(checkpoint: str | os.PathLike[str], format: str = "onnx",  # noqa: A002
-           output: str | os.PathLike[str] | None = None) -> ExportReport:
-    """:func:`export_model` returning an :class:`ExportReport` (used by the CLI to say what was verified)."""
+           output: str | os.PathLike[str] | None = None, *, int8: bool = False,
+           calibration: str | os.PathLike[str] | None = None, max_drop: float = MAX_DROP,
+           calibration_images: int = CALIBRATION_IMAGES, progress: bool = False) -> ExportReport:
+    """:func:`export_model` returning an :class:`ExportReport` (used by the CLI to say what was verified).
+
+    With ``int8`` (``onnx``: ONNX Runtime's static quantiser, QDQ, per-channel int8 weights; ``openvino``: NNCF),
+    the verified float model is quantised with activation ranges calibrated on up to ``calibration_images``
+    images from ``calibration`` (a folder, searched recursively); the int8 and float models are then both
+    evaluated on the run's own validation split, and the int8 file (``model.int8.onnx``, ``model.int8.xml``) is
+    written only if its top-1 accuracy is at most ``max_drop`` points below the float model's; otherwise
+    :class:`ExportError` gives both figures and nothing is written."""
     from ..engine.checkpoint import load_checkpoint, resolve_checkpoint
 
     fmt = normalize_format(format)
     if fmt == "onnx":
         _require_onnx()
+    if fmt == "openvino":
+        from ..inference.engines import require
+
+        _require_onnx()
+        require("openvino")
     ck = resolve_checkpoint(checkpoint)
-    dest = Path(output) if output is not None else default_output(ck, fmt)
+    if int8:
+        _check_int8(fmt, calibration, max_drop, ck)
+    dest = Path(output) if output is not None else default_output(ck, fmt, int8)
     if dest.is_dir():
-        dest = dest / default_output(ck, fmt).name
+        dest = dest / default_output(ck, fmt, int8).name
     eager, record = load_checkpoint(ck, "cpu")
     eager = eager.float().eval()
     shape = input_shape(record, eager)
     record = dict(record, export={"format": fmt, "input_name": INPUT_NAME, "output_name": OUTPUT_NAME,
-                                  "input_shape": ["batch", *shape[1:]], "dtype": "float32", "batchnorm_folded": True,
-                                  "opset": ONNX_OPSET if fmt == "onnx" else None,
+                                  "input_shape": ["batch", *shape[1:]], "dtype": "int8" if int8 else "float32",
+                                  "batchnorm_folded": True, "opset": ONNX_OPSET if fmt in ("onnx", "openvino") else None,
                                   "input": "normalised float images (N, C, H, W): resize, centre-crop, scale to "
                                            "[0, 1], then (x - mean) / std with the record's preprocessing",
                                   "tolerance": {"rtol": RTOL, "atol": ATOL}})
@@ -143,7 +169,7 @@ def export(checkpoint: str | os.PathLike[str], format: str = "onnx",  # noqa: A0
     # The file is written under its final name inside a private temporary folder beside the destination (the
     # archive formats name their root folder after the file), verified there, then renamed into place.
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
-    tmp = tmp_dir / dest.name
+    tmp = tmp_dir / (dest.name if not int8 else "float" + FORMATS[fmt])
     try:
         example = torch.randn(2, *shape[1:], generator=torch.Generator().manual_seed(0))
         with torch.no_grad():
@@ -159,16 +185,151 @@ def export(checkpoint: str | os.PathLike[str], format: str = "onnx",  # noqa: A0
             msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise ExportError(f"the {fmt} exporter failed on this model ({type(err).__name__}: {msg}).") from err
         report = verify(fmt, tmp, eager, shape)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, dest)
+        if int8:
+            quantised = tmp_dir / dest.name
+            report.int8 = _quantise(fmt, tmp, quantised, record, ck, Path(calibration), calibration_images,  # type: ignore[arg-type]
+                                    max_drop, progress)
+            tmp = quantised
+        _publish(tmp, dest)
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
     report.path = dest
     return report
+
+
+def _publish(tmp: Path, dest: Path) -> None:
+    """Flush ``tmp`` (and OpenVINO's weights file beside it) and rename into place, the weights first."""
+    umask = os.umask(0)
+    os.umask(umask)
+    pairs = [(tmp.with_suffix(".bin"), dest.with_suffix(".bin"))] if tmp.suffix == ".xml" else []
+    for src, dst in [*pairs, (tmp, dest)]:
+        with open(src, "rb") as f:
+            os.fsync(f.fileno())
+        os.chmod(src, 0o666 & ~umask)
+        os.replace(src, dst)
+
+
+def _check_int8(fmt: str, calibration: Any, max_drop: float, ck: Path) -> None:
+    """The int8 options are usable: a format that quantises, a calibration folder, a classification run."""
+    from ..engine.checkpoint import read_record
+    from . import INT8_FORMATS
+
+    if fmt not in INT8_FORMATS:
+        raise ExportError(f"--int8 quantises ONNX and OpenVINO models; use --format onnx or openvino, not {fmt}.")
+    if calibration is None:
+        raise ExportError("--int8 needs --calibration DIR: a folder of images like the ones the model will see (a "
+                          "few hundred of the training images do), to calibrate the int8 ranges.")
+    if not Path(calibration).is_dir():
+        raise ExportError(f"the calibration folder {calibration} does not exist.")
+    if not math.isfinite(max_drop):
+        raise ExportError(f"--max-drop must be a number of points, got {max_drop}.")
+    task = read_record(ck).get("task", "classification")
+    if task != "classification":
+        raise ExportError(f"--int8 checks the quantised model's top-1 accuracy, so it takes classification runs; "
+                          f"{ck} is a {task} run (export it in float).")
+
+
+def _calibration_batches(record: dict[str, Any], folder: Path, limit: int) -> list[np.ndarray]:
+    """Up to ``limit`` images of ``folder`` preprocessed as the model's evaluation, in batches of 16."""
+    from ..data.datasets import list_images
+    from ..data.images import load_image
+    from ..data.transforms import Preprocessing, eval_transform
+    from ..errors import DataError
+
+    transform = eval_transform(Preprocessing.from_dict(record["preprocessing"]))
+    files = list_images([str(folder)])
+    step = max(1, len(files) // max(1, limit))  # spread over the sorted list: every class folder contributes
+    images = []
+    for path in files[::step] + [f for i, f in enumerate(files) if i % step]:
+        try:
+            images.append(transform(load_image(path)).numpy())
+        except DataError:
+            continue
+        if len(images) >= limit:
+            break
+    if not images:
+        raise ExportError(f"no readable images in the calibration folder {folder}.")
+    return [np.stack(images[i:i + 16]).astype(np.float32) for i in range(0, len(images), 16)]
+
+
+def _quantise(fmt: str, float_path: Path, out: Path, record: dict[str, Any], ck: Path, calibration: Path,
+              limit: int, max_drop: float, progress: bool) -> dict[str, Any]:
+    """Quantise the float model at ``float_path`` into ``out`` and check its accuracy against the float model on
+    the run's validation split (raises :class:`ExportError` when it drops by more than ``max_drop`` points)."""
+    from ..tasks.classification.evaluation import evaluate
+
+    batches = _calibration_batches(record, calibration, limit)
+    try:
+        quantise_file(fmt, float_path, out, batches, record)
+    except (ExportError, MissingExtraError):
+        raise
+    except Exception as err:  # quantiser internals raise many error types
+        msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ExportError(f"the {fmt} int8 quantiser failed on this model ({type(err).__name__}: {msg}).") from err
+    backend = "onnxruntime" if fmt == "onnx" else "openvino"
+    ref = evaluate(ck, batch_size=64, device="cpu", precision="fp32", progress=progress)
+    got = evaluate(out, batch_size=64, device="cpu", precision="fp32", backend=backend, split_of=ck,
+                   progress=progress)
+    drop = 100.0 * (ref["accuracy"] - got["accuracy"])
+    figures = {"float_accuracy": ref["accuracy"], "int8_accuracy": got["accuracy"], "drop_points": round(drop, 3),
+               "max_drop_points": max_drop, "validated_on": ref["data"], "images": int(np.sum(ref["support"]))
+               if "support" in ref else None, "calibration_images": sum(len(b) for b in batches)}
+    if drop > max_drop:
+        raise ExportError(f"the int8 model loses {drop:.2f} points of top-1 accuracy on the run's validation split "
+                          f"({100 * ref['accuracy']:.2f}% float, {100 * got['accuracy']:.2f}% int8; at most "
+                          f"{max_drop:g} allowed by --max-drop); nothing was written. Try more or more typical "
+                          "--calibration images, or export in float.")
+    return figures
+
+
+def quantise_file(fmt: str, float_path: Path, out: Path, batches: list[np.ndarray], record: dict[str, Any]) -> None:
+    """Post-training static int8 quantisation of the float ``onnx`` (ONNX Runtime's quantiser: QDQ, int8 weights
+    per channel, uint8 activations) or ``openvino`` (NNCF) model at ``float_path`` into ``out``, with activation
+    ranges calibrated on ``batches`` (normalised images, N x C x H x W) and ``record`` embedded. No accuracy check:
+    :func:`export` does that."""
+    (_quantise_onnx if fmt == "onnx" else _quantise_openvino)(float_path, out, batches, record)
+
+
+def _quantise_onnx(float_path: Path, out: Path, batches: list[np.ndarray], record: dict[str, Any]) -> None:
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.it = iter(batches)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            b = next(self.it, None)
+            return None if b is None else {INPUT_NAME: b}
+
+    prepared = out.with_name("prepared.onnx")
+    with _quiet():
+        quant_pre_process(str(float_path), str(prepared), skip_symbolic_shape=True)
+        quantize_static(str(prepared), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    model = onnx.load(str(out))
+    del model.metadata_props[:]
+    for key, value in {RECORD_KEY: json.dumps(record), "classes": json.dumps(record.get("classes", [])),
+                       "preprocessing": json.dumps(record.get("preprocessing", {})),
+                       "task": str(record.get("task", ""))}.items():
+        model.metadata_props.add(key=key, value=value)
+    onnx.save(model, str(out))
+
+
+def _quantise_openvino(float_path: Path, out: Path, batches: list[np.ndarray], record: dict[str, Any]) -> None:
+    try:
+        import nncf
+    except ImportError:
+        raise MissingExtraError("OpenVINO int8 needs NNCF; install it with pip install 'resnet-tune[openvino]'.") \
+            from None
+    import openvino as ov
+
+    model = ov.Core().read_model(str(float_path))
+    with _quiet():
+        quantised = nncf.quantize(model, nncf.Dataset(batches), subset_size=sum(len(b) for b in batches))
+    quantised.set_rt_info(json.dumps(record), [RECORD_KEY])
+    ov.save_model(quantised, str(out), compress_to_fp16=False)
 
 
 # --- helpers --------------------------------------------------------------------------------------
@@ -189,59 +350,10 @@ def input_shape(record: dict[str, Any], model: nn.Module) -> tuple[int, int, int
 
 
 def _require_onnx() -> None:
-    try:
-        import onnx  # noqa: F401
-        import onnxruntime  # noqa: F401
-        import onnxscript  # noqa: F401
-    except ImportError as err:
-        raise MissingExtraError(f"ONNX export needs onnx, onnxscript and onnxruntime ({err.name or 'onnx'} is not "
-                                "installed); install them with pip install 'resnet-tune[onnx]'.") from None
-
-
-@contextlib.contextmanager
-def _quiet() -> Any:
-    """Silence the exporters' progress prints and tracer/deprecation warnings."""
-    import io
-    import logging
-    from contextlib import redirect_stdout
-
-    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript",
-                                               "torch.fx.experimental.symbolic_shapes", "torch._export")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings(), redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for lg, lvl in zip(loggers, levels):
-            lg.setLevel(lvl)
-
-
-def _batch_dim() -> Any:
-    return torch.export.Dim("batch", min=1, max=65536)
+    require_onnx()
 
 
 # --- writers: (folded model, example batch, path, record) -> file at path ----------------------------
-
-def _write_onnx(model: nn.Module, example: torch.Tensor, path: Path, record: dict[str, Any]) -> None:
-    with _quiet():
-        program = torch.onnx.export(model, (example,), dynamo=True, opset_version=ONNX_OPSET,
-                                    input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                                    dynamic_shapes=({0: _batch_dim()},), verbose=False, external_data=False)
-    if program is None:  # pragma: no cover - dynamo=True always returns a program
-        raise ExportError("torch.onnx.export returned no program.")
-    meta = program.model.metadata_props
-    meta[RECORD_KEY] = json.dumps(record)
-    meta["classes"] = json.dumps(record.get("classes", []))
-    meta["preprocessing"] = json.dumps(record.get("preprocessing", {}))
-    meta["task"] = str(record.get("task", ""))
-    program.model.producer_name = "resnet-tune"
-    program.model.doc_string = f"{record.get('model', 'model')} exported by resnet-tune ({record.get('task')})"
-    with _quiet():
-        program.save(str(path), external_data=False)
-
 
 def _write_torchscript(model: nn.Module, example: torch.Tensor, path: Path, record: dict[str, Any]) -> None:
     with _quiet(), torch.no_grad():
@@ -255,21 +367,36 @@ def _write_exported_program(model: nn.Module, example: torch.Tensor, path: Path,
         torch.export.save(ep, str(path), extra_files={RECORD_FILE: json.dumps(record)})
 
 
+def _write_openvino(model: nn.Module, example: torch.Tensor, path: Path, record: dict[str, Any]) -> None:
+    """OpenVINO's format (``.xml`` graph + ``.bin`` weights, float32) converted from the ONNX export, with the
+    record in its runtime info."""
+    import openvino as ov
+
+    onnx_path = path.with_name(path.stem + ".from.onnx")
+    _write_onnx(model, example, onnx_path, record)
+    converted = ov.convert_model(str(onnx_path))
+    converted.set_rt_info(json.dumps(record), [RECORD_KEY])
+    ov.save_model(converted, str(path), compress_to_fp16=False)
+    onnx_path.unlink()
+
+
 _WRITERS: dict[str, Callable[[nn.Module, torch.Tensor, Path, dict[str, Any]], None]] = {
-    "onnx": _write_onnx, "torchscript": _write_torchscript, "exported-program": _write_exported_program}
+    "onnx": _write_onnx, "torchscript": _write_torchscript, "exported-program": _write_exported_program,
+    "openvino": _write_openvino}
 
 
 # --- runners: path -> callable(batch) -> output tensor, using the format's own runtime -----------------
 
 def _run_onnx(path: Path) -> Callable[[torch.Tensor], torch.Tensor]:
-    import onnxruntime as ort
+    from ..inference.engines import OnnxRuntimeEngine
 
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = max(1, min(4, torch.get_num_threads()))
-    opts.log_severity_level = 3
-    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    name = sess.get_inputs()[0].name
-    return lambda x: torch.from_numpy(np.asarray(sess.run(None, {name: x.numpy()})[0]))
+    return OnnxRuntimeEngine(path)
+
+
+def _run_openvino(path: Path) -> Callable[[torch.Tensor], torch.Tensor]:
+    from ..inference.engines import OpenVinoEngine
+
+    return OpenVinoEngine(path, "LATENCY", "fp32")
 
 
 def _run_torchscript(path: Path) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -286,7 +413,8 @@ def _run_exported_program(path: Path) -> Callable[[torch.Tensor], torch.Tensor]:
 
 
 _RUNNERS: dict[str, Callable[[Path], Callable[[torch.Tensor], torch.Tensor]]] = {
-    "onnx": _run_onnx, "torchscript": _run_torchscript, "exported-program": _run_exported_program}
+    "onnx": _run_onnx, "torchscript": _run_torchscript, "exported-program": _run_exported_program,
+    "openvino": _run_openvino}
 
 
 def _reference(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -346,6 +474,10 @@ def read_export_record(path: str | os.PathLike[str]) -> dict[str, Any]:
                 if name.endswith("/" + RECORD_FILE) or name == RECORD_FILE:
                     return json.loads(z.read(name))
         raise ExportError(f"{p} holds no {RECORD_FILE}; it was not exported by resnet-tune.")
+    if p.suffix.lower() == ".xml":
+        from ..inference.engines import read_model_record
+
+        return read_model_record(p)
     _require_onnx()
     import onnx
 

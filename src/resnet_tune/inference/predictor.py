@@ -8,23 +8,32 @@ where it pays, and CPU batches run in cache-sized chunks. ``Predictor(checkpoint
 checkpoint's task (each task registers its subclass); every predictor answers :meth:`predict_images`,
 :meth:`predict_files` and :meth:`explain` with the same JSON shapes as the CLI and the web service.
 
-The seam for other inference engines (ONNX Runtime, OpenVINO) is :meth:`Predictor.forward`: a batch of
-normalised images in, float outputs out; everything task-specific is built on it.
+Other inference engines plug in at :meth:`Predictor.forward`: a batch of normalised images in, float outputs
+out; everything task-specific is built on it. ``backend`` chooses the engine (:mod:`.engines`): ``torch`` (the
+prepared model above), ``onnxruntime``, ``openvino``, or ``auto``, which times the installed ones on this
+checkpoint at batch 1 and at the batch size the caller will use and takes the fastest for each (cached per
+checkpoint, backend versions and CPU). A predictor may also load an exported ``.onnx``/``.xml`` file (an int8
+model from ``resnet-tune export --int8``, say); Grad-CAM and pooled features need the checkpoint's PyTorch
+model.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import os
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
 import torch
 from PIL import Image
 
 from ..engine import checkpoint as ckpt
-from ..engine.hardware import Precision, default_channels_last, forward_chunked, resolve_device, resolve_precision
-from ..errors import CheckpointError, DataError
+from ..engine.hardware import Precision, default_channels_last, resolve_device, resolve_precision
+from ..errors import CheckpointError, ConfigError, DataError
+from . import engines as E
 from ..models import fold_batchnorm
 
 __all__ = ["Predictor"]
@@ -40,6 +49,12 @@ class Predictor:
         batch_size: images per forward pass for files and lists of images.
         fold_bn: fold batch-norm into the convolutions (same outputs up to rounding, faster).
         compile: ``torch.compile`` the prepared model.
+        backend: ``torch``, ``onnxruntime``, ``openvino`` (CPU engines on a float ONNX export of the checkpoint,
+            cached, or on an exported ``.onnx``/``.xml`` file given as ``checkpoint``) or ``auto`` (the fastest
+            installed engine for single images and for batches of ``auto_batch``, measured here and cached).
+        auto_batch: the batch size ``auto`` times besides 1 (default ``batch_size``; the web service passes its
+            largest micro-batch).
+        say: a function that receives ``auto``'s one-line account of its choice and timings.
     """
 
     #: the task of the checkpoints this predictor serves (set by each task's subclass)
@@ -59,7 +74,9 @@ class Predictor:
 
     def __new__(cls, checkpoint: str | os.PathLike[str] | None = None, *args: Any, **kwargs: Any) -> Predictor:
         if cls is Predictor:  # the predictor of the checkpoint's task
-            task = ckpt.read_record(checkpoint).get("task", "classification")  # type: ignore[arg-type]
+            record = (E.read_model_record(checkpoint) if E.is_exported_model(checkpoint)  # type: ignore[arg-type]
+                      else ckpt.read_record(checkpoint))  # type: ignore[arg-type]
+            task = record.get("task", "classification")
             sub = Predictor._by_task.get(task)
             if sub is None:
                 raise CheckpointError(f"{checkpoint} is a {task} checkpoint, and no predictor for that task is "
@@ -67,41 +84,194 @@ class Predictor:
             return super().__new__(sub)
         return super().__new__(cls)
 
+    #: whether checkpoints of this task may run on engines other than torch (single-output, fixed-size input)
+    exportable: ClassVar[bool] = True
+
     def __init__(self, checkpoint: str | os.PathLike[str], *, device: str = "auto", precision: str = "auto",
-                 batch_size: int = 32, fold_bn: bool = True, compile: bool = False) -> None:
+                 batch_size: int = 32, fold_bn: bool = True, compile: bool = False, backend: str = "torch",
+                 auto_batch: int | None = None, say: Any = None) -> None:
         self.device = resolve_device(device)
         self.precision: Precision = resolve_precision(precision, self.device)
         if self.device.type == "cuda" and precision == "auto":
             self.precision = Precision(torch.float16, False)  # inference: fp16 everywhere on GPUs
-        model, self.record = ckpt.load_checkpoint(checkpoint, self.device)
+        self.checkpoint = str(checkpoint)
+        self.batch_size = batch_size
+        self.exported = E.is_exported_model(checkpoint)
+        if backend != "auto":
+            E.require(backend)
+        if self.exported:
+            if backend == "torch":
+                raise ConfigError(f"{checkpoint} is an exported model, which runs on --backend onnxruntime or "
+                                  "openvino; for the torch backend pass the run folder or its checkpoint.")
+            if self.device.type != "cpu":
+                raise ConfigError(f"{checkpoint} is an exported model, which runs on the CPU; drop --device.")
+            self.record = E.read_model_record(checkpoint)
+            self.eager = self.model = None
+        else:
+            model, self.record = ckpt.load_checkpoint(checkpoint, self.device)
         if self.task and self.record.get("task", "classification") != self.task:
             raise CheckpointError(f"{checkpoint} is a {self.record.get('task', 'classification')} checkpoint, not a "
                                   f"{self.task} one; load it with resnet_tune.Predictor.")
-        self.checkpoint = str(checkpoint)
-        self.eager = model
-        if fold_bn:
-            model = fold_batchnorm(copy.deepcopy(model))
-        self.channels_last = default_channels_last(self.device)
-        if self.channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        if fold_bn and self.precision.amp_dtype is not None:
-            # weights stored in the compute dtype: autocast would otherwise cast every weight on every call
-            # (benchmarks/RESULTS.md, "Measurements the code cites": weights in the compute dtype)
-            model = model.to(self.precision.amp_dtype)
-        self.model = torch.compile(model) if compile else model
         self.classes: list[str] = list(self.record["classes"])
-        self.batch_size = batch_size
+        self.channels_last = default_channels_last(self.device)
+        if not self.exported:
+            self.eager = model
+            if fold_bn:
+                model = fold_batchnorm(copy.deepcopy(model))
+            if self.channels_last:
+                model = model.to(memory_format=torch.channels_last)
+            if fold_bn and self.precision.amp_dtype is not None:
+                # weights stored in the compute dtype: autocast would otherwise cast every weight on every call
+                # (benchmarks/RESULTS.md, "Measurements the code cites": weights in the compute dtype)
+                model = model.to(self.precision.amp_dtype)
+            self.model = torch.compile(model) if compile else model
+        #: the engine for single images and the one for batches, and what ``auto`` measured (seconds a call)
+        self.timings: dict[str, dict[int, float]] = {}
+        self.engine_single, self.engine_batch = self._engines(backend, auto_batch or batch_size, say)
+        self._feature_engine: E.Engine | None = None
 
     # ---- the engine seam
 
-    @torch.no_grad()
+    def _engines(self, backend: str, batch: int, say: Any) -> tuple[E.Engine, E.Engine]:
+        """The engines for batch 1 and for larger batches (the same one unless ``backend`` is ``auto``)."""
+        if backend != "torch" and (not self.exportable or self.device.type != "cpu"):
+            if backend == "auto":
+                return (self.torch_engine(),) * 2  # type: ignore[return-value]
+            why = (f"{self.task} checkpoints run on the torch backend only" if not self.exportable else
+                   f"the {backend} backend runs on the CPU")
+            raise ConfigError(f"{why}; use --backend torch (or auto).")
+        if backend == "torch":
+            return (self.torch_engine(),) * 2  # type: ignore[return-value]
+        if backend == "onnxruntime":
+            return (E.OnnxRuntimeEngine(self.onnx_file()),) * 2  # type: ignore[return-value]
+        if backend == "openvino":
+            path = self.onnx_file() if not self.exported else self.checkpoint
+            return (E.OpenVinoEngine(path, "LATENCY", self.precision.name),
+                    E.OpenVinoEngine(path, "THROUGHPUT", self.precision.name))
+        return self._auto(batch, say)
+
+    def torch_engine(self) -> E.Engine:
+        if self.model is None:
+            raise ConfigError(f"{self.checkpoint} is an exported model; the torch backend needs the checkpoint.")
+        return E.TorchEngine(self.model, self.device, self.precision, self.channels_last)
+
+    def onnx_file(self, features: bool = False) -> str:
+        """The ONNX file the ONNX Runtime and OpenVINO engines run: an exported file as given, else the checkpoint's
+        float model (or, with ``features``, its pooled features) exported once into the cache and verified against
+        the eager model like ``resnet-tune export``."""
+        if self.exported:
+            if features:
+                raise ConfigError(f"{self.checkpoint} is an exported model, which gives the classifier's outputs "
+                                  "only; pooled features need the run folder or its checkpoint.")
+            if Path(self.checkpoint).suffix.lower() != ".onnx":
+                raise ConfigError(f"{self.checkpoint} is an OpenVINO model; run it with --backend openvino.")
+            return self.checkpoint
+        from .onnx import write_onnx
+
+        source = ckpt.resolve_checkpoint(self.checkpoint)
+        path = E.cache_dir() / "onnx" / f"{E.file_digest(source)[:32]}{'-features' if features else ''}.onnx"
+        if path.is_file():
+            return str(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        eager = copy.deepcopy(self.eager).float().cpu().eval()
+        folded = fold_batchnorm(copy.deepcopy(eager)).eval()
+        if features:
+            eager, folded = _Pooled(eager), _Pooled(folded)
+        shape = self.input_shape()
+        x = torch.randn(2, *shape, generator=torch.Generator().manual_seed(0))
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            with torch.no_grad():
+                try:
+                    write_onnx(folded, x, tmp, dict(self.record))
+                except Exception as err:  # exporter internals raise many error types
+                    raise CheckpointError(f"{self.checkpoint} cannot be exported to ONNX for this backend "
+                                          f"({type(err).__name__}); use --backend torch.") from err
+                got, ref = E.OnnxRuntimeEngine(tmp)(x), eager(x).float()
+            if not torch.allclose(got, ref, rtol=1e-3, atol=1e-4):
+                raise CheckpointError(f"the ONNX model of {self.checkpoint} does not reproduce it (max abs diff "
+                                      f"{float((got - ref).abs().max()):.3g}); use --backend torch.")
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return str(path)
+
+    def feature_engine(self) -> E.Engine | None:
+        """The engine for pooled features when the batch engine is not torch (the same backend, on an export of the
+        features), else None (the PyTorch model computes them)."""
+        name = self.engine_batch.name
+        if name == "torch":
+            return None
+        if self._feature_engine is None:
+            path = self.onnx_file(features=True)
+            self._feature_engine = (E.OnnxRuntimeEngine(path) if name == "onnxruntime" else
+                                    E.OpenVinoEngine(path, "THROUGHPUT", self.precision.name))
+        return self._feature_engine
+
+    def input_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of one preprocessed image."""
+        size = (self.record.get("preprocessing") or {}).get("input_size", 224)
+        h, w = (size, size) if isinstance(size, int) else (int(size[-2]), int(size[-1]))
+        return int(self.record.get("in_chans") or 3), int(h), int(w)
+
+    def _auto(self, batch: int, say: Any) -> tuple[E.Engine, E.Engine]:
+        """``auto``: every installed engine timed at batch 1 and ``batch`` (cached), the fastest for each."""
+        from ..engine.hardware import machine_name
+
+        names = [n for n in E.BACKENDS if E.installed(n) and (n != "torch" or self.model is not None)]
+        if self.exported and Path(self.checkpoint).suffix.lower() == ".xml":
+            names = [n for n in names if n == "openvino"]  # OpenVINO's own format
+        key_src = self.checkpoint if self.exported else ckpt.resolve_checkpoint(self.checkpoint)
+        key = json.dumps({"model": E.file_digest(key_src), "versions": E.engine_versions(), "cpu": machine_name(),
+                          "batches": [1, batch], "precision": self.precision.name, "backends": names},
+                         sort_keys=True)
+        cache = E.cache_dir() / "auto" / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.json"
+        def ov_path() -> str:
+            return self.checkpoint if self.exported else self.onnx_file()
+
+        make: dict[str, Any] = {
+            "torch": self.torch_engine,
+            "onnxruntime": lambda: E.OnnxRuntimeEngine(self.onnx_file()),
+            "openvino:latency": lambda: E.OpenVinoEngine(ov_path(), "LATENCY", self.precision.name),
+            "openvino:throughput": lambda: E.OpenVinoEngine(ov_path(), "THROUGHPUT", self.precision.name)}
+        engines: dict[str, E.Engine] = {}
+        failed: list[str] = []
+        for n in [k for k in make if k.split(":")[0] in names]:
+            try:
+                engines[n] = make[n]()
+            except Exception as err:  # an engine that cannot run this model is left out of the choice
+                if n == "torch":
+                    raise
+                failed.append(f"{n} ({type(err).__name__}: {str(err).strip()[:120]})")
+        if not engines:
+            raise ConfigError(f"no inference engine could load {self.checkpoint}: {'; '.join(failed)}.")
+        if cache.is_file():
+            self.timings = {k: {int(b): t for b, t in v.items()} for k, v in json.loads(cache.read_text()).items()}
+        if set(self.timings) != set(engines):
+            gen = torch.Generator().manual_seed(0)
+            x1 = torch.randn(1, *self.input_shape(), generator=gen)
+            xb = torch.randn(batch, *self.input_shape(), generator=gen)
+            self.timings = {}
+            for n, engine in engines.items():
+                self.timings[n] = {1: E.time_engine(engine, x1)}
+                if batch > 1:
+                    self.timings[n][batch] = E.time_engine(engine, xb, warm=1, reps=3)
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            cache.write_text(json.dumps(self.timings))
+        best = E.choose_fastest(self.timings)
+        single, batched = engines[best[1]], engines[best.get(batch, best[1])]
+        if say is not None:
+            times = "; ".join(f"{n} {', '.join(f'batch {b}: {t * 1e3:.3g} ms' for b, t in v.items())}"
+                              for n, v in self.timings.items())
+            say(f"backend auto: {single.describe()} for single images, {batched.describe()} for batches of "
+                f"{batch} (measured on this machine: {times})"
+                + (f"; left out: {', '.join(failed)}" if failed else ""))
+        return single, batched
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Float outputs of the prepared model for a batch of normalised images (cache-sized chunks on a CPU)."""
-        x = x.to(self.device)
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with self.precision.autocast(self.device):
-            return forward_chunked(self.model, x).float()
+        """Float outputs for a batch of normalised images: the single-image engine for one image, else the
+        batch engine (for torch: cache-sized chunks on a CPU)."""
+        return (self.engine_single if x.shape[0] == 1 else self.engine_batch)(x)
 
     # ---- what each task provides
 
@@ -135,9 +305,15 @@ class Predictor:
         return int(size[0]) * int(size[1])
 
     def info(self) -> dict[str, Any]:
-        """What the service tells about the model besides the record."""
-        return {"device": str(self.device),
-                "precision": str(self.precision.amp_dtype or "float32").replace("torch.", "")}
+        """What the service tells about the model besides the record: where it runs and on which engines."""
+        out: dict[str, Any] = {"device": str(self.device),
+                               "precision": str(self.precision.amp_dtype or "float32").replace("torch.", ""),
+                               "backend": {"single": self.engine_single.describe(),
+                                           "batch": self.engine_batch.describe()}}
+        if self.timings:
+            out["backend"]["measured_ms"] = {n: {str(b): round(t * 1e3, 3) for b, t in v.items()}
+                                             for n, v in self.timings.items()}
+        return out
 
     # ---- files
 
@@ -178,3 +354,16 @@ class Predictor:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.checkpoint!r}, device={str(self.device)!r})"
+
+
+class _Pooled(torch.nn.Module):
+    """A classifier's pooled features as a module of its own (to export them)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from ..engine.features import pooled_features
+
+        return pooled_features(self.model, x)

@@ -63,17 +63,18 @@ _STATIC_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; c
                  ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml", ".png": "image/png"}
 
 
-def _load_predictor(checkpoint: str | os.PathLike[str], device: str) -> Predictor:
-    """The predictor of the checkpoint's task."""
+def _load_predictor(checkpoint: str | os.PathLike[str], device: str, backend: str, max_batch: int) -> Predictor:
+    """The predictor of the checkpoint's task; ``backend`` auto times the engines at batch 1 and ``max_batch``."""
     from ..tasks import Predictor as TaskPredictor  # every task's predictor registered
 
-    return TaskPredictor(checkpoint, device=device)
+    return TaskPredictor(checkpoint, device=device, backend=backend, auto_batch=max_batch,
+                         say=lambda msg: print(msg, flush=True))
 
 
 def create_app(checkpoint_or_predictor: Any, *,
                max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, max_files: int = DEFAULT_MAX_FILES,
                max_pixels: int = DEFAULT_MAX_PIXELS, token: str | None = None, batching: bool = True,
-               max_batch: int = 32, max_wait_ms: float = 2.0, device: str = "auto",
+               max_batch: int = 32, max_wait_ms: float = 2.0, device: str = "auto", backend: str = "torch",
                max_queue: int = DEFAULT_MAX_QUEUE, request_timeout: float = DEFAULT_REQUEST_TIMEOUT) -> FastAPI:
     """The FastAPI app serving a checkpoint (a run folder or ``.safetensors`` file) or a ready predictor of any
     task (see the module docstring).
@@ -93,7 +94,7 @@ def create_app(checkpoint_or_predictor: Any, *,
     if not (0 < request_timeout < float("inf")):
         raise ConfigError(f"request_timeout must be a positive number of seconds, got {request_timeout}.")
     predictor = checkpoint_or_predictor if isinstance(checkpoint_or_predictor, Predictor) else \
-        _load_predictor(checkpoint_or_predictor, device)
+        _load_predictor(checkpoint_or_predictor, device, backend, max_batch if batching else 1)
     state = ServerState(predictor, max_upload_bytes=max_upload_bytes, max_files=max_files, max_pixels=max_pixels,
                         token=token, batching=batching, max_batch=max_batch, max_wait_ms=max_wait_ms,
                         max_queue=max_queue, request_timeout=request_timeout)

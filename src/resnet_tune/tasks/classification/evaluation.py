@@ -15,23 +15,27 @@ __all__ = ["evaluate"]
 
 
 def evaluate(checkpoint: str | Path, data: str | Path | None = None, *, batch_size: int = 64, device: str = "auto",
-             output: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
+             output: str | Path | None = None, progress: bool = True, backend: str = "torch",
+             precision: str = "auto", split_of: str | Path | None = None) -> dict[str, Any]:
     """Accuracy, top-5, per-class precision/recall/F1, confusion matrix and worst images.
 
     ``data`` is a folder of class folders (or a split layout, whose test split is used, else val) or a CSV.
     Without it, the run's own validation split is used: the files listed in the run folder's ``val.csv`` when
     training (never re-drawn, so files added since cannot leak in), or the embedded digits' held-out split for
     a run on the embedded default. With ``output``, writes ``eval.json``, ``confusion.png`` and ``worst.png``.
+    ``checkpoint`` may be an exported model (run on ``backend`` onnxruntime or openvino); ``split_of`` names the
+    run whose own validation split to use (default: the checkpoint's).
     """
     from ...data.datasets import discover_eval
     from ...data.scan import scan
     from ...eval import metrics as M
     from .predictor import ClassificationPredictor
 
-    pred = ClassificationPredictor(checkpoint, device=device, batch_size=batch_size)
+    pred = ClassificationPredictor(checkpoint, device=device, batch_size=batch_size, backend=backend,
+                                   precision=precision)
     embedded: dict[str, Any] | None = None
     if data is None:
-        data, embedded = _own_validation_split(checkpoint)
+        data, embedded = _own_validation_split(split_of or checkpoint)
     if embedded is not None:
         probs, targets = _embedded_val_probs(pred, embedded)
         files, skipped = None, {}

@@ -43,7 +43,11 @@ class ClassificationPredictor(Predictor):
 
     @torch.no_grad()
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Pooled features (the classifier's input) of a batch of normalised images."""
+        """Pooled features (the classifier's input) of a batch of normalised images, on the batch engine's
+        backend."""
+        engine = self.feature_engine()
+        if engine is not None:
+            return engine(x)
         x = x.to(self.device)
         with self.precision.autocast(self.device):
             return pooled_features(self.model, x).float()
@@ -74,6 +78,10 @@ class ClassificationPredictor(Predictor):
     def explain(self, image: Image.Image, target: str | None = None) -> tuple[Image.Image, dict[str, Any]]:
         """The Grad-CAM overlay of the region the model sees, for ``target`` (default: the most likely class)."""
         from ...inference.gradcam import explain_image
+
+        if self.eager is None:
+            raise ConfigError(f"{self.checkpoint} is an exported model; Grad-CAM needs gradients, so it explains "
+                              "with the run folder or its checkpoint.")
 
         if target is not None and target not in self.classes:
             raise ConfigError(f"{self.noun} {target!r} is not one of the model's {self.nouns} "

@@ -15,7 +15,8 @@ __all__ = ["evaluate_multilabel", "format_multilabel"]
 
 def evaluate_multilabel(checkpoint: str | Path, data: str | Path | None = None, *, batch_size: int = 64,
                         device: str = "auto", precision: str = "auto", output: str | Path | None = None,
-                        progress: bool = True, label_sep: str | None = None) -> dict[str, Any]:
+                        progress: bool = True, label_sep: str | None = None, backend: str = "torch"
+                        ) -> dict[str, Any]:
     """mAP (macro and micro), per-label precision/recall/F1/AP, micro/macro F1, exact match and Hamming loss at the
     checkpoint's thresholds. ``data``: a labelled CSV (its test rows, else val rows, else all); default: the run's
     own validation split (``val_labels.csv`` in its folder). With ``output``: ``eval.json`` and the two figures."""
@@ -27,7 +28,8 @@ def evaluate_multilabel(checkpoint: str | Path, data: str | Path | None = None, 
     from .predictor import MultiLabelPredictor
     from .task import SPLIT_FILE
 
-    pred = MultiLabelPredictor(checkpoint, device=device, precision=precision, batch_size=batch_size)
+    pred = MultiLabelPredictor(checkpoint, device=device, precision=precision, batch_size=batch_size,
+                               backend=backend)
     if data is None:
         own = resolve_checkpoint(checkpoint).parent / SPLIT_FILE
         if not own.is_file():
