@@ -63,9 +63,10 @@ def throughput(fn: Callable[[], Any], repeats: int) -> tuple[float, float, float
     return statistics.median(times), max(times), min(times)
 
 
-def engines_for(name: str, size: int, tmp: Path, batch: int) -> tuple[Path, dict[str, Callable[[torch.Tensor], Any]],
-                                                                       float]:
-    """A random-weight checkpoint of ``name`` and every engine on it (name -> callable on a batch)."""
+def engines_for(name: str, size: int, tmp: Path) -> tuple[Path, Path | None, dict[str, tuple[str, Callable[[torch.Tensor],
+                                                                                                     Any]]], float]:
+    """A random-weight checkpoint of ``name``, its int8 ONNX, and every engine on them (label -> (group, callable
+    on a batch)); the groups are ``float`` and ``int8``."""
     torch.manual_seed(0)
     model = rt.create_model(name).eval()
     info = rt.model_info(name, (3, size, size))
@@ -75,66 +76,89 @@ def engines_for(name: str, size: int, tmp: Path, batch: int) -> tuple[Path, dict
     tv = getattr(torchvision.models, name)()
     tv.load_state_dict(model.state_dict())
     tv.eval()
-    out: dict[str, Callable[[torch.Tensor], Any]] = {"torchvision eager fp32": lambda x: tv(x)}
+    out: dict[str, tuple[str, Callable[[torch.Tensor], Any]]] = {"torchvision eager fp32": ("float", lambda x: tv(x))}
     ours = rt.Predictor(ck, device="cpu", backend="torch")
-    out[f"resnet-tune torch ({ours.precision.name}, folded BN)"] = ours.forward
+    out[f"resnet-tune torch ({ours.precision.name}, folded BN)"] = ("float", ours.forward)
+    int8 = None
     if E.installed("onnxruntime"):
         float_onnx = Path(ours.onnx_file())
-        out["ONNX Runtime fp32"] = E.OnnxRuntimeEngine(float_onnx)
+        out["ONNX Runtime fp32"] = ("float", E.OnnxRuntimeEngine(float_onnx))
         calib = [np.random.default_rng(i).standard_normal((16, 3, size, size)).astype(np.float32) for i in range(4)]
-        int8 = tmp / name / "int8.onnx"
+        int8 = tmp / name / "model.int8.onnx"
         quantise_file("onnx", float_onnx, int8, calib, record)
-        out["ONNX Runtime int8 (QDQ, per-channel)"] = E.OnnxRuntimeEngine(int8)
+        out["ONNX Runtime int8 (QDQ, per-channel)"] = ("int8", E.OnnxRuntimeEngine(int8))
         if E.installed("openvino"):
             for prec in ("fp32", "bf16"):
-                out[f"OpenVINO {prec} latency hint"] = E.OpenVinoEngine(float_onnx, "LATENCY", prec)
-                out[f"OpenVINO {prec} throughput hint"] = E.OpenVinoEngine(float_onnx, "THROUGHPUT", prec)
-            ov_int8 = tmp / name / "int8.xml"
+                out[f"OpenVINO {prec} latency hint"] = ("float", E.OpenVinoEngine(float_onnx, "LATENCY", prec))
+                out[f"OpenVINO {prec} throughput hint"] = ("float", E.OpenVinoEngine(float_onnx, "THROUGHPUT", prec))
+            for hint in ("LATENCY", "THROUGHPUT"):
+                out[f"OpenVINO on the int8 ONNX, {hint.lower()} hint"] = (
+                    "int8", E.OpenVinoEngine(int8, hint, ours.precision.name))
+            ov_int8 = tmp / name / "model.int8.xml"
             quantise_file("openvino", float_onnx, ov_int8, calib, record)
-            out["OpenVINO int8 latency hint"] = E.OpenVinoEngine(ov_int8, "LATENCY", "fp32")
-            out["OpenVINO int8 throughput hint"] = E.OpenVinoEngine(ov_int8, "THROUGHPUT", "fp32")
-    return ck, out, info.gflops
+            out["OpenVINO int8 (NNCF IR), latency hint"] = ("int8 IR", E.OpenVinoEngine(ov_int8, "LATENCY", "fp32"))
+            out["OpenVINO int8 (NNCF IR), throughput hint"] = ("int8 IR", E.OpenVinoEngine(ov_int8, "THROUGHPUT",
+                                                                                              "fp32"))
+    return ck, int8, out, info.gflops
 
 
-def bench_model(name: str, args: argparse.Namespace, tmp: Path, peak: float) -> dict[str, Any]:
-    ck, engines, gflop = engines_for(name, args.size, tmp, args.batch)
+def bench_model(name: str, args: argparse.Namespace, tmp: Path, peaks: dict[str, tuple[float, float]]
+                ) -> dict[str, Any]:
+    ck, int8, engines, gflop = engines_for(name, args.size, tmp)
     xb = torch.randn(args.batch, 3, args.size, args.size)
     x1 = xb[:1]
-    rows = []
+    todo: list[tuple[str, str, Callable[[torch.Tensor], Any], dict[str, Any]]] = [
+        (label, group, fn, {}) for label, (group, fn) in engines.items()]
+    # auto, as a user gets it: on the checkpoint (float engines) and on the int8 ONNX file
+    for group, source in (("float", ck), ("int8", int8)):
+        if source is not None:
+            said: list[str] = []
+            auto = rt.Predictor(source, device="cpu", backend="auto", auto_batch=args.batch, say=said.append)
+            label = f"**auto ({group})**: {auto.engine_single.describe()} / {auto.engine_batch.describe()}"
+            todo.append((label, group, auto.forward, {"auto": True, "said": said}))
+    # every engine once per round, rounds interleaved: a slow spell of the machine hits all engines alike
+    per: dict[str, list[tuple[float, float, float]]] = {label: [] for label, *_ in todo}
     with torch.inference_mode():
-        for label, fn in engines.items():
-            med1, p99 = latency(lambda: fn(x1), args.calls)
-            medb, slow, fast = throughput(lambda: fn(xb), args.repeats)
-            rows.append({"engine": label, "b1_ms": med1 * 1e3, "b1_p99_ms": p99 * 1e3, "batch_s": medb,
-                         "batch_ips": args.batch / medb, "batch_ips_range": (args.batch / slow, args.batch / fast)})
-            print(f"  {label}: batch 1 {med1 * 1e3:.2f} ms (p99 {p99 * 1e3:.2f}), batch {args.batch} "
-                  f"{args.batch / medb:.1f} img/s", flush=True)
-        said: list[str] = []
-        auto = rt.Predictor(ck, device="cpu", backend="auto", auto_batch=args.batch, say=said.append)
-        med1, p99 = latency(lambda: auto.forward(x1), args.calls)
-        medb, slow, fast = throughput(lambda: auto.forward(xb), args.repeats)
-    auto_row = {"engine": f"auto: {auto.engine_single.describe()} / {auto.engine_batch.describe()}",
-                "b1_ms": med1 * 1e3, "b1_p99_ms": p99 * 1e3, "batch_s": medb, "batch_ips": args.batch / medb,
-                "batch_ips_range": (args.batch / slow, args.batch / fast), "said": said}
-    best1 = min(r["b1_ms"] for r in rows)
-    bestb = max(r["batch_ips"] for r in rows)
-    return {"model": name, "gflop": gflop, "rows": rows, "auto": auto_row, "checkpoint": str(ck),
-            "auto_vs_best_b1": best1 / auto_row["b1_ms"], "auto_vs_best_batch": auto_row["batch_ips"] / bestb,
-            "peak": peak}
+        for r in range(args.rounds):
+            for label, _, fn, _ in todo:
+                med1, p99 = latency(lambda: fn(x1), args.calls)
+                medb, _, _ = throughput(lambda: fn(xb), args.repeats)
+                per[label].append((med1, p99, medb))
+                print(f"  round {r + 1} {label}: batch 1 {med1 * 1e3:.2f} ms (p99 {p99 * 1e3:.2f}), batch "
+                      f"{args.batch} {args.batch / medb:.1f} img/s", flush=True)
+    rows = []
+    for label, group, _, extra in todo:
+        runs = per[label]
+        b1 = [m for m, _, _ in runs]
+        bs = [args.batch / t for _, _, t in runs]
+        rows.append({"engine": label, "group": group, "b1_ms": 1e3 * statistics.median(b1),
+                     "b1_range": (1e3 * min(b1), 1e3 * max(b1)), "b1_p99_ms": 1e3 * max(p for _, p, _ in runs),
+                     "batch_ips": statistics.median(bs), "batch_ips_range": (min(bs), max(bs)), **extra})
+    plain = [r for r in rows if not r.get("auto")]
+    autos = [r for r in rows if r.get("auto")]
+    for a in autos:
+        group = [r for r in plain if r["group"] == a["group"]]
+        a["vs_best_b1"] = min(r["b1_ms"] for r in group) / a["b1_ms"]
+        a["vs_best_batch"] = a["batch_ips"] / max(r["batch_ips"] for r in group)
+    return {"model": name, "gflop": gflop, "rows": plain, "autos": autos, "checkpoint": str(ck), "peaks": peaks}
 
 
-def markdown(res: dict[str, Any], batch: int) -> str:
-    lines = [f"**{res['model']}** at 224 px ({res['gflop']:.2f} GFLOP an image)", "",
-             f"| engine | batch 1: median ms | p99 ms | batch {batch}: img/s (slowest-fastest window) | "
-             "of fp32 matmul peak |", "|---|---|---|---|---|"]
-    for r in [*res["rows"], res["auto"]]:
+def markdown(res: dict[str, Any], batch: int, rounds: int) -> str:
+    lines = [f"**{res['model']}** at 224 px ({res['gflop']:.2f} GFLOP an image); medians over {rounds} interleaved "
+             "rounds (range: the rounds' lowest-highest)", "",
+             f"| engine | batch 1: median ms (range) | p99 ms (worst round) | batch {batch}: img/s (range) | GFLOP/s "
+             "(% of the fp32 / bf16 matmul peak) |", "|---|---|---|---|---|"]
+    fp32, bf16 = res["peaks"]["fp32"][0], res["peaks"]["bf16"][0]
+    for r in [*res["rows"], *res["autos"]]:
         lo, hi = r["batch_ips_range"]
-        frac = r["batch_ips"] * res["gflop"] / res["peak"]
-        lines.append(f"| {r['engine']} | {r['b1_ms']:.2f} | {r['b1_p99_ms']:.2f} | {r['batch_ips']:.1f} "
-                     f"({lo:.1f}-{hi:.1f}) | {100 * frac:.0f}% |")
+        gf = r["batch_ips"] * res["gflop"]
+        lines.append(f"| {r['engine']} | {r['b1_ms']:.2f} ({r['b1_range'][0]:.2f}-{r['b1_range'][1]:.2f}) | "
+                     f"{r['b1_p99_ms']:.2f} | {r['batch_ips']:.1f} ({lo:.1f}-{hi:.1f}) | {gf:.0f} "
+                     f"({100 * gf / fp32:.0f}% / {100 * gf / bf16:.0f}%) |")
     lines.append("")
-    lines.append(f"auto against the fastest engine measured: batch 1 {100 * res['auto_vs_best_b1']:.1f}%, batch "
-                 f"{batch} {100 * res['auto_vs_best_batch']:.1f}% of its speed")
+    for a in res["autos"]:
+        lines.append(f"auto on the {a['group']} model against the fastest {a['group']} engine measured: batch 1 "
+                     f"{100 * a['vs_best_b1']:.1f}%, batch {batch} {100 * a['vs_best_batch']:.1f}% of its speed")
     return "\n".join(lines)
 
 
@@ -143,8 +167,9 @@ def main() -> int:
     ap.add_argument("--models", nargs="+", default=["resnet18", "resnet50"])
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--calls", type=int, default=50, help="single-image calls timed for the latency")
-    ap.add_argument("--repeats", type=int, default=5, help="batch windows timed for the throughput")
+    ap.add_argument("--calls", type=int, default=30, help="single-image calls timed for the latency, each round")
+    ap.add_argument("--repeats", type=int, default=3, help="batch windows timed for the throughput, each round")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds over all engines")
     ap.add_argument("--serve", action="store_true", help="also load the web service (auto vs torch)")
     ap.add_argument("--serve-requests", type=int, default=400)
     ap.add_argument("--accuracy-run", type=Path, help="a classification run to export to int8 (accuracy drop)")
@@ -160,9 +185,9 @@ def main() -> int:
     results: dict[str, Any] = {"models": []}
     for name in args.models:
         print(f"{name}:", flush=True)
-        res = bench_model(name, args, tmp, peaks["fp32"][0])
+        res = bench_model(name, args, tmp, peaks)
         results["models"].append(res)
-        print(markdown(res, args.batch), flush=True)
+        print(markdown(res, args.batch, args.rounds), flush=True)
     if args.serve:
         import serve_load
 

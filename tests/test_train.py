@@ -98,7 +98,7 @@ def test_folded_predictor_matches_eager(image_folder: Path, tmp_path: Path, monk
     assert hardware.inference_chunk(pred.device, 16, 16) == 3
     xb = torch.randn(10, 3, 16, 16)
     folded, calls = pred.model, []
-    pred.model = lambda c: (calls.append(len(c)), folded(c))[1]
+    pred.engine_batch.model = lambda c: (calls.append(len(c)), folded(c))[1]  # the torch engine's model
     torch.testing.assert_close(pred.logits(xb), pred.eager(xb), rtol=1e-4, atol=1e-4)
     assert calls == [3, 3, 3, 1]
     # the default precision (bf16 weights and autocast on CPUs with native bf16) stays close to eager fp32

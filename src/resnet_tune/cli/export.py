@@ -17,8 +17,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def register(add: Callable[..., Any]) -> None:
     """Add ``export``."""
-    from ..export import FORMATS
-    from ..export.exporter import CALIBRATION_IMAGES, MAX_DROP
+    from ..export import CALIBRATION_IMAGES, FORMATS, MAX_DROP
 
     p = add("export", cmd_export, "export a checkpoint to ONNX, OpenVINO, TorchScript or torch.export (verified; "
                                   "int8 with calibration)",
@@ -40,7 +39,7 @@ def register(add: Callable[..., Any]) -> None:
     p.add_argument("--calibration", metavar="DIR", help="images to calibrate the int8 ranges on (a few hundred like "
                                                         "the ones the model will see; searched recursively)")
     p.add_argument("--calibration-images", type=int, default=CALIBRATION_IMAGES,
-                   help=f"use at most this many calibration images (default {CALIBRATION_IMAGES})")
+                   help="use at most this many calibration images")
     p.add_argument("--max-drop", type=float, default=MAX_DROP,
-                   help=f"refuse the int8 model when its top-1 accuracy on the run's validation split is more than "
-                        f"this many points below the float model's (default {MAX_DROP:g})")
+                   help="refuse the int8 model when its top-1 accuracy on the run's validation split is more than "
+                        "this many points below the float model's")

@@ -96,8 +96,8 @@ def register(add: Callable[..., Any]) -> None:
                         "for the model (else 503 with Retry-After)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps, or auto (the best available)")
     p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime", "openvino"],
-                   help="inference engine; auto (the default) times the installed ones on this checkpoint at batch 1 "
-                        "and at --max-batch and answers with the fastest for each (cached; shown at GET /model); "
+                   help="inference engine; auto times the installed ones on this checkpoint at batch 1 and at "
+                        "--max-batch and answers with the fastest for each (cached; shown at GET /model); "
                         "Grad-CAM (/explain) always runs on torch. An exported .onnx/.xml file (an int8 model, say) "
                         "runs on onnxruntime or openvino")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],

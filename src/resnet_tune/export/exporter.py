@@ -37,17 +37,13 @@ from ..errors import MissingExtraError, ResnetTuneError
 from ..inference.onnx import INPUT_NAME, ONNX_OPSET, OUTPUT_NAME, RECORD_KEY, batch_dim as _batch_dim
 from ..inference.onnx import quiet_exporters as _quiet, require_onnx, write_onnx as _write_onnx
 from ..models import fold_batchnorm
-from . import FORMATS
+from . import CALIBRATION_IMAGES, FORMATS, MAX_DROP
 
 __all__ = ["FORMATS", "ExportError", "ExportReport", "MissingExtraError", "export", "export_model", "quantise_file",
            "read_export_record", "RTOL", "ATOL", "VERIFY_BATCHES"]
 
 _ALIASES = {"exported_program": "exported-program", "torch.export": "exported-program", "pt2": "exported-program",
             "jit": "torchscript", "script": "torchscript", "ov": "openvino", "ir": "openvino"}
-#: the largest top-1 drop (points) on the run's validation split an int8 export may have by default
-MAX_DROP = 1.0
-#: calibration images used at most (spread evenly over the folder's sorted files)
-CALIBRATION_IMAGES = 300
 #: the record's file name inside TorchScript / torch.export archives (ONNX: metadata_props[RECORD_KEY])
 RECORD_FILE = "resnet_tune.json"
 #: fp32 parity tolerance between the exported model and the eager (unfolded) model
@@ -86,7 +82,8 @@ class ExportReport:
                     "verified against", "its float model verified against", 1)
                     + f"; int8 calibrated on {q['calibration_images']} image(s), top-1 on the run's validation "
                       f"split {100 * q['int8_accuracy']:.2f}% against {100 * q['float_accuracy']:.2f}% in float "
-                      f"({q['drop_points']:+.2f} points lost, at most {q['max_drop_points']:g} allowed)")
+                      + (f"({q['drop_points']:.2f} points lost, at most {q['max_drop_points']:g} allowed)"
+                         if q["drop_points"] > 0 else f"(no loss: {-q['drop_points']:+.2f} points)"))
         return text
 
 
@@ -327,7 +324,7 @@ def _quantise_openvino(float_path: Path, out: Path, batches: list[np.ndarray], r
 
     model = ov.Core().read_model(str(float_path))
     with _quiet():
-        quantised = nncf.quantize(model, nncf.Dataset(batches), subset_size=sum(len(b) for b in batches))
+        quantised = nncf.quantize(model, nncf.Dataset(batches), subset_size=len(batches))  # items are batches
     quantised.set_rt_info(json.dumps(record), [RECORD_KEY])
     ov.save_model(quantised, str(out), compress_to_fp16=False)
 
