@@ -80,6 +80,7 @@ def test_head_epochs_run_the_backbone_once(image_folder: Path, tmp_path: Path, p
     count.images = 0
     plain = fit(output=str(tmp_path / "plain"), cache_views=0, **opts)
     assert count.images == 4 * n_train + 4 * n_val  # 24 = 3 full batches of 8 each epoch
+    assert len(plain.history) == 4 and plain.eval_report is not None  # from the best epoch's own validation
 
 
 def test_freeze_unfreeze_with_cache_resumes_exactly(image_folder: Path, tmp_path: Path, pretrained: Path,
