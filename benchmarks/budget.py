@@ -65,7 +65,8 @@ def run(work: Path, name: str, budget: str, extra: list[str]) -> dict:
 
 
 def table(work: Path) -> None:
-    print("| data | budget | model (chosen) | wall-clock (s) | actual / budget | epochs | first plan | accuracy (split) |")
+    print("| data | budget | model (chosen) | wall-clock (s) | actual / budget | epochs | first plan "
+          "| accuracy (split) |")
     print("|---|---|---|---|---|---|---|---|")
     for name in DATASETS:
         for path in sorted((work / name).glob("*/summary.json"), key=lambda p: parse_seconds(p.parent.name)):

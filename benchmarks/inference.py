@@ -39,32 +39,34 @@ from resnet_tune.export.exporter import export, quantise_file  # noqa: E402
 from resnet_tune.inference import engines as E  # noqa: E402
 
 
-def latency(fn: Callable[[], Any], calls: int) -> tuple[float, float]:
-    """Median and p99 seconds of single calls (after 3 warm-up calls)."""
-    for _ in range(3):
+def call_times(fn: Callable[[], Any], calls: int, warm: int) -> list[float]:
+    """Seconds of each of ``calls`` calls of ``fn`` after ``warm`` untimed ones, sorted."""
+    for _ in range(warm):
         fn()
     times = []
     for _ in range(calls):
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
-    times.sort()
+    return sorted(times)
+
+
+def latency(fn: Callable[[], Any], calls: int) -> tuple[float, float]:
+    """Median and p99 seconds of single calls (after 3 warm-up calls)."""
+    times = call_times(fn, calls, warm=3)
     return statistics.median(times), times[min(len(times) - 1, int(0.99 * len(times)))]
 
 
 def throughput(fn: Callable[[], Any], repeats: int) -> tuple[float, float, float]:
     """Median, slowest and fastest seconds of a batch call over ``repeats`` windows (after one warm-up)."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), max(times), min(times)
+    times = call_times(fn, repeats, warm=1)
+    return statistics.median(times), times[-1], times[0]
 
 
-def engines_for(name: str, size: int, tmp: Path) -> tuple[Path, Path | None, dict[str, tuple[str, Callable[[torch.Tensor],
-                                                                                                     Any]]], float]:
+Engines = dict[str, tuple[str, Callable[[torch.Tensor], Any]]]
+
+
+def engines_for(name: str, size: int, tmp: Path) -> tuple[Path, Path | None, Engines, float]:
     """A random-weight checkpoint of ``name``, its int8 ONNX, and every engine on them (label -> (group, callable
     on a batch)); the groups are ``float`` and ``int8``."""
     torch.manual_seed(0)
@@ -76,7 +78,7 @@ def engines_for(name: str, size: int, tmp: Path) -> tuple[Path, Path | None, dic
     tv = getattr(torchvision.models, name)()
     tv.load_state_dict(model.state_dict())
     tv.eval()
-    out: dict[str, tuple[str, Callable[[torch.Tensor], Any]]] = {"torchvision eager fp32": ("float", lambda x: tv(x))}
+    out: Engines = {"torchvision eager fp32": ("float", lambda x: tv(x))}
     ours = rt.Predictor(ck, device="cpu", backend="torch")
     out[f"resnet-tune torch ({ours.precision.name}, folded BN)"] = ("float", ours.forward)
     int8 = None

@@ -105,8 +105,9 @@ def test_a_backend_that_is_not_installed_names_its_install_command(checkpoints: 
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(E, "installed", lambda name: name == "torch")
     for name in OTHERS:
+        extra = "onnx" if name == "onnxruntime" else name
         with pytest.raises(MissingExtraError, match=rf"the {name} backend is not installed; install it with pip "
-                                                    rf"install 'resnet-tune\[{'onnx' if name == 'onnxruntime' else name}\]'"):
+                                                    rf"install 'resnet-tune\[{extra}\]'"):
             Predictor(checkpoints["resnet20"].parent, backend=name)
     pred = Predictor(checkpoints["resnet20"].parent, backend="auto", device="cpu")  # auto: what is installed
     assert pred.engine_single.name == "torch" and pred.timings == {"torch": pred.timings["torch"]}

@@ -68,8 +68,9 @@ def format_duration(seconds: float) -> str:
 
 class Clock:
     """The run's clock: :meth:`now` in seconds (monotonic). The trainer reports what it has just done through
-    :meth:`event` (``step``, ``eval``, ``save``, ``probe``: a timed step of a candidate model); the real clock ignores it, a test clock advances by an
-    injected cost per event, so a planned run can be tested without waiting and without wall-clock thresholds."""
+    :meth:`event` (``step``, ``eval``, ``save``, ``probe``: a timed step of a candidate model); the real clock
+    ignores it, a test clock advances by an injected cost per event, so a planned run can be tested without waiting
+    and without wall-clock thresholds."""
 
     def now(self) -> float:
         return time.monotonic()

@@ -252,10 +252,10 @@ class Trainer:
         channels_last = cfg.channels_last if cfg.channels_last is not None else default_channels_last(device)
 
         if cfg.budget is not None:  # --model auto may choose the network and input size from the time left
-            before = float(((self.state or {}).get("budget") or {}).get("spent_before", 0.0))
             budget = parse_duration(cfg.budget)
+            before = BudgetState.from_dict((self.state or {}).get("budget"), budget).spent_before
             task.budget_view = BudgetView(
-                left=lambda: budget - dist.all_reduce_max(before + self.clock.now() - self.started),
+                left=lambda: budget - self._spent_since(before),
                 agree=dist.all_reduce_max, budget=budget, device=device, precision=precision,
                 channels_last=channels_last, world=dist.world, clock=self.clock)
         data = task.build_data(device, channels_last, dist.rank, dist.world)
@@ -434,8 +434,8 @@ class Trainer:
                          f"{cfg.batch_size * dist.world * cfg.accum_steps} = batch_size {cfg.batch_size} x "
                          f"{dist.world} processes x accum_steps {cfg.accum_steps}")
         for plan in r.budget.plans if r.budget else []:
-            lines.append(f"# budget plan at epoch {plan['at_epoch']}{' on ' + plan['machine'] if plan['machine'] else ''}"
-                         f": {Plan(**plan).describe()}")
+            where = f" on {plan['machine']}" if plan["machine"] else ""
+            lines.append(f"# budget plan at epoch {plan['at_epoch']}{where}: {Plan(**plan).describe()}")
         if lines:
             with path.open("a") as f:
                 f.write("".join(line + "\n" for line in lines))
@@ -446,7 +446,11 @@ class Trainer:
         """Seconds of the budget spent so far (earlier sessions of a resumed run included), the same on every
         process (the slowest one's)."""
         assert r.budget is not None
-        return self.dist.all_reduce_max(r.budget.spent_before + self.clock.now() - self.started)
+        return self._spent_since(r.budget.spent_before)
+
+    def _spent_since(self, before: float) -> float:
+        """``before`` seconds of earlier sessions plus this one's so far, the slowest process's."""
+        return self.dist.all_reduce_max(before + self.clock.now() - self.started)
 
     def _eval_estimate(self, s: _Setup, r: _Run) -> float:
         """Seconds of a validation and save: measured after the first one; before it, from the step time (an

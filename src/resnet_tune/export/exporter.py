@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from ..errors import MissingExtraError, ResnetTuneError
-from ..inference.onnx import INPUT_NAME, ONNX_OPSET, OUTPUT_NAME, RECORD_KEY, batch_dim as _batch_dim
+from ..inference.onnx import ATOL, INPUT_NAME, ONNX_OPSET, OUTPUT_NAME, RECORD_KEY, RTOL, batch_dim as _batch_dim
 from ..inference.onnx import quiet_exporters as _quiet, require_onnx, write_onnx as _write_onnx
 from ..models import fold_batchnorm
 from . import CALIBRATION_IMAGES, FORMATS, MAX_DROP
@@ -46,8 +46,6 @@ _ALIASES = {"exported_program": "exported-program", "torch.export": "exported-pr
             "jit": "torchscript", "script": "torchscript", "ov": "openvino", "ir": "openvino"}
 #: the record's file name inside TorchScript / torch.export archives (ONNX: metadata_props[RECORD_KEY])
 RECORD_FILE = "resnet_tune.json"
-#: fp32 parity tolerance between the exported model and the eager (unfolded) model
-RTOL, ATOL = 1e-3, 1e-4
 #: batch sizes the exported file is verified with (two, to prove the batch dimension is dynamic)
 VERIFY_BATCHES = (1, 3)
 
@@ -150,7 +148,8 @@ def export(checkpoint: str | os.PathLike[str], format: str = "onnx",  # noqa: A0
     shape = input_shape(record, eager)
     record = dict(record, export={"format": fmt, "input_name": INPUT_NAME, "output_name": OUTPUT_NAME,
                                   "input_shape": ["batch", *shape[1:]], "dtype": "int8" if int8 else "float32",
-                                  "batchnorm_folded": True, "opset": ONNX_OPSET if fmt in ("onnx", "openvino") else None,
+                                  "batchnorm_folded": True,
+                                  "opset": ONNX_OPSET if fmt in ("onnx", "openvino") else None,
                                   "input": "normalised float images (N, C, H, W): resize, centre-crop, scale to "
                                            "[0, 1], then (x - mean) / std with the record's preprocessing",
                                   "tolerance": {"rtol": RTOL, "atol": ATOL}})
@@ -184,7 +183,7 @@ def export(checkpoint: str | os.PathLike[str], format: str = "onnx",  # noqa: A0
         report = verify(fmt, tmp, eager, shape)
         if int8:
             quantised = tmp_dir / dest.name
-            report.int8 = _quantise(fmt, tmp, quantised, record, ck, Path(calibration), calibration_images,  # type: ignore[arg-type]
+            report.int8 = _quantise(fmt, tmp, quantised, record, ck, Path(str(calibration)), calibration_images,
                                     max_drop, progress)
             tmp = quantised
         _publish(tmp, dest)

@@ -23,6 +23,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from ..engine.hardware import forward_chunked
 from ..errors import CheckpointError, ConfigError, MissingExtraError
 
 __all__ = ["BACKENDS", "INSTALL", "Engine", "OnnxRuntimeEngine", "OpenVinoEngine", "TorchEngine", "cache_dir",
@@ -138,8 +139,6 @@ class TorchEngine(Engine):
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        from ..engine.hardware import forward_chunked
-
         x = x.to(self.device)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)

@@ -17,13 +17,15 @@ from torch import nn
 
 from ..errors import MissingExtraError
 
-__all__ = ["INPUT_NAME", "ONNX_OPSET", "OUTPUT_NAME", "RECORD_KEY", "batch_dim", "quiet_exporters", "require_onnx",
-           "write_onnx"]
+__all__ = ["ATOL", "INPUT_NAME", "ONNX_OPSET", "OUTPUT_NAME", "RECORD_KEY", "RTOL", "batch_dim", "quiet_exporters",
+           "require_onnx", "write_onnx"]
 
 #: the record's key in ONNX metadata_props (and the file name stem inside other archives)
 RECORD_KEY = "resnet_tune"
 ONNX_OPSET = 18
 INPUT_NAME, OUTPUT_NAME = "input", "output"
+#: fp32 parity tolerance between an exported model and the eager (unfolded) model it was made from
+RTOL, ATOL = 1e-3, 1e-4
 
 
 def require_onnx(runtime_only: bool = False) -> None:

@@ -20,6 +20,7 @@ model.
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 import os
@@ -34,6 +35,7 @@ from ..engine import checkpoint as ckpt
 from ..engine.hardware import Precision, default_channels_last, resolve_device, resolve_precision
 from ..errors import CheckpointError, ConfigError, DataError
 from . import engines as E
+from .onnx import ATOL, RTOL
 from ..models import fold_batchnorm
 
 __all__ = ["Predictor"]
@@ -140,15 +142,30 @@ class Predictor:
             why = (f"{self.task} checkpoints run on the torch backend only" if not self.exportable else
                    f"the {backend} backend runs on the CPU")
             raise ConfigError(f"{why}; use --backend torch (or auto).")
-        if backend == "torch":
-            return (self.torch_engine(),) * 2  # type: ignore[return-value]
-        if backend == "onnxruntime":
-            return (E.OnnxRuntimeEngine(self.onnx_file()),) * 2  # type: ignore[return-value]
         if backend == "openvino":
-            path = self.onnx_file() if not self.exported else self.checkpoint
-            return (E.OpenVinoEngine(path, "LATENCY", self.precision.name),
-                    E.OpenVinoEngine(path, "THROUGHPUT", self.precision.name))
+            return self.make_engine("openvino:latency"), self.make_engine("openvino:throughput")
+        if backend != "auto":
+            return (self.make_engine(backend),) * 2  # type: ignore[return-value]
         return self._auto(batch, say)
+
+    #: the engines :meth:`make_engine` builds (OpenVINO once with each performance hint); ``auto`` times them all
+    ENGINE_KEYS: ClassVar[tuple[str, ...]] = ("torch", "onnxruntime", "openvino:latency", "openvino:throughput")
+
+    def make_engine(self, key: str) -> E.Engine:
+        """The engine ``key`` (one of :attr:`ENGINE_KEYS`) on this predictor's model: the prepared PyTorch model, or
+        the ONNX file of :meth:`onnx_file` (OpenVINO also runs an exported ``.xml`` as given)."""
+        if key == "torch":
+            return self.torch_engine()
+        if key == "onnxruntime":
+            return E.OnnxRuntimeEngine(self.onnx_file())
+        hint = key.split(":")[1]
+        path = self.checkpoint if self.exported else self.onnx_file()
+        return E.OpenVinoEngine(path, hint.upper(), self.precision.name)
+
+    @functools.cached_property
+    def digest(self) -> str:
+        """SHA-256 of the model file (the key of what is cached for it: its ONNX export, ``auto``'s timings)."""
+        return E.file_digest(self.checkpoint if self.exported else ckpt.resolve_checkpoint(self.checkpoint))
 
     def torch_engine(self) -> E.Engine:
         if self.model is None:
@@ -168,8 +185,7 @@ class Predictor:
             return self.checkpoint
         from .onnx import write_onnx
 
-        source = ckpt.resolve_checkpoint(self.checkpoint)
-        path = E.cache_dir() / "onnx" / f"{E.file_digest(source)[:32]}{'-features' if features else ''}.onnx"
+        path = E.cache_dir() / "onnx" / f"{self.digest[:32]}{'-features' if features else ''}.onnx"
         if path.is_file():
             return str(path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -188,7 +204,7 @@ class Predictor:
                     raise CheckpointError(f"{self.checkpoint} cannot be exported to ONNX for this backend "
                                           f"({type(err).__name__}); use --backend torch.") from err
                 got, ref = E.OnnxRuntimeEngine(tmp)(x), eager(x).float()
-            if not torch.allclose(got, ref, rtol=1e-3, atol=1e-4):
+            if not torch.allclose(got, ref, rtol=RTOL, atol=ATOL):
                 raise CheckpointError(f"the ONNX model of {self.checkpoint} does not reproduce it (max abs diff "
                                       f"{float((got - ref).abs().max()):.3g}); use --backend torch.")
             os.replace(tmp, path)
@@ -222,24 +238,15 @@ class Predictor:
         names = [n for n in E.BACKENDS if E.installed(n) and (n != "torch" or self.model is not None)]
         if self.exported and Path(self.checkpoint).suffix.lower() == ".xml":
             names = [n for n in names if n == "openvino"]  # OpenVINO's own format
-        key_src = self.checkpoint if self.exported else ckpt.resolve_checkpoint(self.checkpoint)
-        key = json.dumps({"model": E.file_digest(key_src), "versions": E.engine_versions(), "cpu": machine_name(),
+        key = json.dumps({"model": self.digest, "versions": E.engine_versions(), "cpu": machine_name(),
                           "batches": [1, batch], "precision": self.precision.name, "backends": names},
                          sort_keys=True)
         cache = E.cache_dir() / "auto" / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.json"
-        def ov_path() -> str:
-            return self.checkpoint if self.exported else self.onnx_file()
-
-        make: dict[str, Any] = {
-            "torch": self.torch_engine,
-            "onnxruntime": lambda: E.OnnxRuntimeEngine(self.onnx_file()),
-            "openvino:latency": lambda: E.OpenVinoEngine(ov_path(), "LATENCY", self.precision.name),
-            "openvino:throughput": lambda: E.OpenVinoEngine(ov_path(), "THROUGHPUT", self.precision.name)}
         engines: dict[str, E.Engine] = {}
         failed: list[str] = []
-        for n in [k for k in make if k.split(":")[0] in names]:
+        for n in [k for k in self.ENGINE_KEYS if k.split(":")[0] in names]:
             try:
-                engines[n] = make[n]()
+                engines[n] = self.make_engine(n)
             except Exception as err:  # an engine that cannot run this model is left out of the choice
                 if n == "torch":
                     raise
