@@ -4,7 +4,7 @@ Data: ``../shared/data/camvid`` (367 train / 101 val / 233 test road scenes at 4
 11 = Unlabelled, ignored in the loss and the metrics as usual). One run of ``resnet_tune.fit(task="segmentation")``:
 
 * backbone ResNet-18, from scratch or from ``--pretrained`` (e.g. the Imagenette classification
-  checkpoint of ``benchmarks/finetune.py --stage pretrain``: ``WORK/pretrain_imagenette_resnet18/best.safetensors``);
+  backbone of ``benchmarks/transfer.py --stage backbones``: ``WORK/backbones/resnet18_128/best.safetensors``);
 * head U-Net at output stride 32 (default) or DeepLabV3 at 16 (``--head deeplabv3``);
 * random 240x320 crops of the 360x480 images after scale jitter (0.75-1.5) and flips; median-frequency
   class weights (the thin classes, Pole, SignSymbol, Fence, Pedestrian, Bicyclist, are ~1% of the pixels);
@@ -19,7 +19,7 @@ shared (lower --epochs there). Usage::
 
     python benchmarks/camvid.py --work /tmp/camvid-bench
     python benchmarks/camvid.py --work /tmp/camvid-bench \
-        --pretrained /tmp/ft-bench/pretrain_imagenette_resnet18/best.safetensors
+        --pretrained /work/bench_runs/transfer/backbones/resnet18_128/best.safetensors
     python benchmarks/camvid.py --work /tmp/camvid-smoke --epochs 1 --limit 8      # a smoke test, seconds
 """
 

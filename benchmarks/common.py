@@ -129,6 +129,98 @@ def subset_csv(path: Path, train_dir: Path, per_class: int, val_per_class: int, 
     return path
 
 
+#: Target sets of the transfer and small-data benchmarks: (training folder, evaluation folder) under ``DATA``, or
+#: ``digits`` (written by :func:`digits_folder`). The training folder's held-out part is the validation split that
+#: selection looks at; the evaluation folder is the test split, reported once per final choice.
+TARGET_FOLDERS = {"eurosat": ("eurosat/train", "eurosat/val"), "cifar10": ("cifar10/train", "cifar10/test")}
+
+
+def target_csv(work: Path, target: str, per_class: int, val_per_class: int, seed: int = 0) -> Path:
+    """``per_class`` train and ``val_per_class`` val images a class of a target's training folder (drawn with
+    ``seed``) and its whole evaluation folder as ``test``, as a CSV of paths (written once, then reused)."""
+    if target == "digits":
+        return digits_folder(work, per_class, val_per_class, seed)
+    train_dir, test_dir = (DATA / p for p in TARGET_FOLDERS[target])
+    name = f"{target}_{per_class}.csv" if val_per_class == 10 else f"{target}_{per_class}_{val_per_class}.csv"
+    return subset_csv(work / name, train_dir, per_class, val_per_class, seed, test_dir)
+
+
+def digits_folder(work: Path, per_class: int, val_per_class: int, seed: int = 0, size: int = 32) -> Path:
+    """scikit-learn's handwritten digits (the embedded default's images, rendered at ``size`` px as the default
+    does) as PNG files under ``work/digits`` and a CSV: ``per_class`` train and ``val_per_class`` val images a
+    class drawn with ``seed``, every other image ``test``. Written once, then reused."""
+    from PIL import Image
+
+    from resnet_tune.data.default import load_digits_images
+
+    path = work / f"digits_{per_class}_{val_per_class}.csv"
+    if path.exists():
+        return path
+    (x_a, y_a), (x_b, y_b), classes = load_digits_images(size=size)
+    x, y = torch.cat([x_a, x_b]), torch.cat([y_a, y_b])
+    root = work / "digits"
+    rng = random.Random(seed)
+    rows = []
+    for c, name in enumerate(classes):
+        idx = [int(i) for i in torch.nonzero(y == c).flatten()]
+        rng.shuffle(idx)
+        for k, i in enumerate(idx):
+            f = root / name / f"{i:04d}.png"
+            if not f.exists():
+                f.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(x[i].permute(1, 2, 0).numpy()).save(f)
+            split = "train" if k < per_class else "val" if k < per_class + val_per_class else "test"
+            rows.append((str(f), name, split))
+    with path.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["path", "label", "split"])
+        w.writerows(rows)
+    return path
+
+
+def cli_run(code: Path, out: Path, args: list[str]) -> dict:
+    """One training run through the command line of the code in ``code`` (its ``src`` folder first on PYTHONPATH),
+    resumed when an earlier attempt was interrupted; its figures, cached in ``out/summary.json`` (a finished run is
+    not run again)."""
+    import subprocess
+    import sys
+
+    summary = out / "summary.json"
+    if summary.exists():
+        return json.loads(summary.read_text())
+    env = {**os.environ, "PYTHONPATH": str(Path(code).resolve()), "RESNET_TUNE_OFFLINE": "1"}
+    resume = (out / "last.state.pt").exists()
+    cmd = [sys.executable, "-m", "resnet_tune", "train", *(["--resume", str(out)] if resume else
+                                                            [*args, "--output", str(out)]), "--no-progress"]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
+    seconds = time.perf_counter() - t0
+    rows = read_metrics(out)
+    report = json.loads((out / "eval.json").read_text())
+    res = {"test_acc": report["accuracy"], "split": report.get("split"),
+           "best_val_acc": max(r["val_acc"] for r in rows),
+           "max_val_loss": max(r["val_loss"] for r in rows),
+           "max_train_loss": max(r["train_loss"] for r in rows), "seconds": seconds,
+           "epoch_train_seconds": [r["train_seconds"] for r in rows],
+           "command": " ".join(["resnet-tune train", *args]), "log": proc.stdout[-6000:]}
+    summary.write_text(json.dumps(res, indent=2))
+    return res
+
+
+def summaries(folder: Path) -> list[dict]:
+    """The ``summary.json`` of every finished seed (``seed*/``) of one arm's folder (:func:`cli_run`)."""
+    return [json.loads(p.read_text()) for p in sorted(Path(folder).glob("seed*/summary.json"))]
+
+
+def mean_sd(values: list[float], digits: int = 1) -> str:
+    """``mean% ± sd (n)`` of fractions, as the tables print them."""
+    pct = [100 * v for v in values]
+    sd = statistics.stdev(pct) if len(pct) > 1 else 0.0
+    return f"{statistics.mean(pct):.{digits}f}% ± {sd:.{digits}f} ({len(pct)})"
+
+
 def run_or_resume(out: Path, **options) -> float:
     """Train into ``out`` with the public ``fit`` unless it is finished; resume it if it was interrupted.
     Returns the wall seconds of the whole run (kept in ``out/timing.json`` across resumes)."""

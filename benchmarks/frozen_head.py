@@ -7,10 +7,10 @@ trainer's own figure) against a full forward pass over the same training images 
 model the trainer saved, in the trainer's precision and memory format), and the accuracy each reaches.
 
 The backbone: a checkpoint given with --pretrained (e.g. the Imagenette ResNet-18 that
-``benchmarks/finetune.py --stage pretrain`` trains), else a ResNet-18 trained on nothing (the timing holds,
+``benchmarks/transfer.py --stage backbones`` trains), else a ResNet-18 trained on nothing (the timing holds,
 the accuracies are then meaningless). Data: a CIFAR-10 subset (--per-class train and val images a class).
 
-    python benchmarks/frozen_head.py --work /tmp/fh --pretrained /tmp/ft-bench/pretrain_imagenette_resnet18/best.safetensors
+    python benchmarks/frozen_head.py --work /tmp/fh --pretrained /work/bench_runs/transfer/backbones/resnet18_128/best.safetensors
 """
 
 from __future__ import annotations

@@ -177,3 +177,19 @@ def test_write_report(tmp_path: Path) -> None:
 def test_write_report_minimal(tmp_path: Path) -> None:
     out = write_report(tmp_path, title="t", config={}, rows=[], eval_report=None, classes=[])
     assert out.read_text(encoding="utf-8").startswith("# t\n")
+
+
+def test_suggest_lr_valley_ignores_a_noisy_start() -> None:
+    # the shape of a fine-tuning range test of 60 steps at batch 32: flat and noisy until ~1e-3, a valley down to
+    # its minimum near 0.1, then a rise. A dip in the first steps makes the steepest descent of the smoothed
+    # curve the smallest lr (what --lr auto once picked: 1e-5, and the run did not learn)
+    lrs = np.logspace(-5, 0, 60)
+    rng = np.random.default_rng(0)
+    t = np.log10(lrs)
+    loss = 2.4 - 0.35 * np.exp(-((t + 1) / 0.7) ** 2) + rng.normal(0, 0.04, 60)
+    loss[1] = 2.1
+    assert suggest_lr(lrs, loss) < 1e-4  # the failure the valley rule avoids
+    valley = suggest_lr(lrs, loss, method="valley")
+    assert 1e-3 <= valley <= 0.1, valley
+    with pytest.raises(ValueError, match="method must be"):
+        suggest_lr(lrs, loss, method="fast")

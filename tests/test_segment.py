@@ -559,3 +559,13 @@ def test_camvid_smoke(tmp_path: Path) -> None:
                            limit=8, epochs=1, batch_size=4, img_size="120,160", head="unet", progress=False)
     assert res.eval_report["num_images"] == 8 and len(res.eval_report["per_class"]) == 11
     assert [r["class"] for r in res.eval_report["per_class"]][:2] == ["Sky", "Building"]
+
+
+def test_freeze_at_keeps_the_backbone_stem_and_first_stage(seg_data: Path, tmp_path: Path) -> None:
+    pre = _pretrained_backbone(tmp_path)
+    res = fit_segmentation(data=str(seg_data), output=str(tmp_path / "r"), quiet=True, pretrained=str(pre),
+                           strategy="full", freeze_at=2, **dict(FAST, epochs=1))
+    weights, src = load_file(str(res.run_dir / "last.safetensors")), load_file(str(pre))
+    frozen = [k for k in src if k.startswith(("conv1.", "bn1.", "layer1."))]
+    assert frozen and all(torch.equal(weights["backbone." + k], src[k]) for k in frozen)
+    assert not torch.equal(weights["backbone.layer2.0.conv1.weight"], src["layer2.0.conv1.weight"])

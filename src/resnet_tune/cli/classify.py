@@ -112,12 +112,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         from ..tasks.multilabel.evaluation import evaluate_multilabel, format_multilabel
 
         report = evaluate_multilabel(args.checkpoint, args.data, batch_size=args.batch_size, device=args.device,
-                                     output=out, backend=args.backend)
+                                     output=out, backend=args.backend, tta=args.tta)
         print(format_multilabel(report))
         print(f"details: {out}/eval.json, {out}/label_ap.png, {out}/error_cooccurrence.png")
         return 0
     report = evaluate(args.checkpoint, args.data, batch_size=args.batch_size, device=args.device, output=out,
-                      backend=args.backend)
+                      backend=args.backend, tta=args.tta)
     if args.data is None:
         print(f"evaluated on the run's own validation split ({report['data']})")
     print(format_report(report))
@@ -163,7 +163,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     files = list_images(args.images)
     pred = Predictor(args.checkpoint, device=args.device, batch_size=args.batch_size, backend=args.backend,
-                     say=_say_backend)
+                     say=_say_backend, tta=args.tta)
     if pred.task not in ("classification", "multilabel"):
         raise CheckpointError(f"{args.checkpoint} is a {pred.task} checkpoint; use resnet-tune segment predict.")
     results = pred.predict_files(files, top_k=args.top_k)
@@ -261,12 +261,16 @@ def register(add: Callable[..., argparse.ArgumentParser]) -> None:
     p.add_argument("--data", help="labelled images: class folders, a split layout (its test or val split) or a CSV "
                                   "(default: the run's own validation split, as recorded in its val.csv)")
     p.add_argument("--output", help="folder for eval.json and plots (default: beside the checkpoint)")
+    p.add_argument("--tta", action="store_true", help="flip test-time augmentation: average the outputs for each "
+                                                      "image and its mirror image (twice the cost)")
 
     p = add("predict", cmd_predict, "top-k classes for images")
     model_cmd(p)
     p.add_argument("images", nargs="+", metavar="IMAGES_OR_DIR", help="image files or folders (searched recursively)")
     p.add_argument("--top-k", type=int, default=5, help="classes to report per image")
     p.add_argument("--output", help="write the predictions to FILE.csv or FILE.json")
+    p.add_argument("--tta", action="store_true", help="flip test-time augmentation: average the outputs for each "
+                                                      "image and its mirror image (twice the cost)")
 
     p = add("embed", cmd_embed, "pooled features for similarity search")
     model_cmd(p)

@@ -214,6 +214,10 @@ class RunConfig:
     # optimisation
     strategy: str = option("auto", "auto = freeze_unfreeze with --pretrained, scratch without", choices=STRATEGIES)
     freeze_epochs: int = option(1, "epochs with a frozen body in freeze_unfreeze", range=(0, math.inf, ">= 0"))
+    freeze_at: int | None = option(None, "fine-tuning: keep the first N blocks of the pretrained body frozen for "
+                                         "the whole run (1 = the stem, 2 = the stem and the first stage, as "
+                                         "detectron2's FREEZE_AT): no backward pass, no optimiser state, BatchNorm "
+                                         "statistics kept (default: 0)", range=(0, math.inf, ">= 0"))
     lr_decay: float = option(0.5, "discriminative learning rate: each earlier stage gets this factor of the next "
                                   "one's lr", range=(1e-300, math.inf, "positive"))
     epochs: int | None = option(None, "number of epochs (default: 15 for classification, 30 for segmentation; "
@@ -224,7 +228,9 @@ class RunConfig:
     budget_partial: bool = option(False, "with --budget: when not even one epoch fits, train on the fraction of an "
                                          "epoch that does instead of stopping with the minimum budget")
     batch_size: int = option(64, "images per batch (per process)", range=(1, math.inf, "at least 1"))
-    lr: float | None = option(None, "peak learning rate (default: the task's rule, scaled to the global batch)")
+    lr: Any = option(None, "peak learning rate, or auto: a learning-rate range test on the training data picks it "
+                           "(the curve is saved as lr_find.png in the run folder) (default: the task's rule, scaled "
+                           "to the global batch)")
     optimizer: str = option("sgd", "optimiser", choices=OPTIMIZERS)
     momentum: float = option(0.9, "SGD momentum", range=(0.0, 1.0, "between 0 and 1"))
     nesterov: bool = option(True, "Nesterov momentum for SGD")
@@ -274,8 +280,12 @@ class RunConfig:
                               "use a batch size of 2 or more.")
         if not 0.0 < self.val_fraction < 1.0:
             raise ConfigError(f"val_fraction must be between 0 and 1, got {self.val_fraction}.")
-        if self.lr is not None and not self.lr > 0:
-            raise ConfigError(f"lr must be positive, got {self.lr}.")
+        if self.lr is not None:
+            auto = isinstance(self.lr, str) and self.lr.strip().lower() == "auto"
+            value = "auto" if auto else _number(self.lr, float)
+            if value is None or (not auto and not (math.isfinite(value) and value > 0)):
+                raise ConfigError(f"lr must be a positive number or auto, got {show(self.lr)}.")
+            object.__setattr__(self, "lr", value)
         if self.budget is not None:
             from .budget import parse_duration
 

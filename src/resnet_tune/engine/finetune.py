@@ -4,24 +4,98 @@
 ``freeze_unfreeze`` trains the head alone for ``freeze_epochs`` epochs, then everything with discriminative
 learning rates (:func:`resnet_tune.engine.optim.param_groups`); ``auto`` is ``freeze_unfreeze`` with pretrained
 weights and ``scratch`` without.
+
+``freeze_at`` (detectron2's ``MODEL.BACKBONE.FREEZE_AT``, counted over the body's blocks from the input: 1 = the
+stem, 2 = the stem and the first stage) keeps the first blocks of a pretrained body frozen for the whole run: they
+get no gradient (their backward pass is skipped), no optimiser state, and stay in eval mode (BatchNorm keeps the
+pretrained statistics).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
 
 from .config import has_weights
 
-__all__ = ["frozen_epochs", "resolve_strategy", "set_body_frozen", "train_mode"]
+__all__ = ["TransferChoice", "TransferFacts", "choose_transfer", "frozen_blocks", "frozen_epochs",
+           "resolve_freeze_at", "resolve_strategy", "set_body_frozen", "set_frozen_blocks", "train_mode",
+           "weights_input_size"]
 
 
-def resolve_strategy(cfg: Any) -> str:
-    """The strategy ``cfg.strategy`` names, with ``auto`` resolved from ``cfg.pretrained``."""
+@dataclass(frozen=True)
+class TransferFacts:
+    """What a run knows before fine-tuning starts: all that :func:`choose_transfer` may look at."""
+
+    n_train: int  # training images
+    n_classes: int
+    image_side: float | None  # the median shorter side of the training images (None: not known)
+    weights_size: int | None  # the input size the pretrained weights were trained at (None: not recorded)
+
+
+@dataclass(frozen=True)
+class TransferChoice:
+    """How to fine-tune: the strategy, the body blocks frozen for the whole run, the input size (None: the task's
+    default) and why, in a sentence for the log and the report."""
+
+    strategy: str
+    freeze_at: int
+    img_size: int | None
+    reason: str
+
+
+def choose_transfer(facts: TransferFacts) -> TransferChoice:
+    """The fine-tuning defaults for a run with pretrained weights, from what it knows (a pure function).
+
+    The input size is the one the weights were trained at: features are tied to the scale of what they saw, and
+    on the project's transfer suite (``benchmarks/transfer.py``, a ResNet-18 pretrained on Imagenette at 128 px)
+    fine-tuning at 128 px rather than at the images' own size gained 10 points of validation accuracy on 100
+    CIFAR-10 images a class (32 px) and tied on EuroSAT (64 px) and the digits (32 px), at 2.5-4x the cost.
+    The strategy is freeze-then-unfreeze with nothing frozen for the whole run (the suite's 3-seed comparison of
+    strategies is under way; ``benchmarks/RESULTS.md``)."""
+    size = facts.weights_size
+    why = []
+    if size is not None and facts.image_side is not None and round(facts.image_side) != size:
+        why.append(f"at {size} px, the size the weights were trained at (the images are about "
+                   f"{round(facts.image_side)} px)")
+    return TransferChoice("freeze_unfreeze", 0, size, "; ".join(why))
+
+
+def weights_input_size(meta: dict[str, Any] | None) -> int | None:
+    """The input side the weights' metadata records (``input_size``: an int or ``(C, H, W)``), or None."""
+    size = (meta or {}).get("input_size")
+    if isinstance(size, (list, tuple)) and size:
+        size = size[-1]
+    return int(size) if isinstance(size, int) and not isinstance(size, bool) and size > 0 else None
+
+
+def resolve_strategy(cfg: Any, choice: TransferChoice | None = None) -> str:
+    """The strategy ``cfg.strategy`` names, with ``auto`` resolved: the ``choice`` of :func:`choose_transfer`
+    when the run fine-tunes, freeze-then-unfreeze with weights and scratch without."""
     if cfg.strategy != "auto":
         return cfg.strategy
-    return "freeze_unfreeze" if has_weights(cfg.pretrained) else "scratch"
+    if not has_weights(cfg.pretrained):
+        return "scratch"
+    return choice.strategy if choice is not None else "freeze_unfreeze"
+
+
+def resolve_freeze_at(cfg: Any, strategy: str, model: nn.Module, pretrained: bool,
+                      choice: TransferChoice | None = None) -> int:
+    """How many body blocks stay frozen for the whole run: ``cfg.freeze_at`` (``None``: the ``choice`` of
+    :func:`choose_transfer`, else 0), and 0 from scratch (random weights are not worth keeping); more than the body
+    has is an error."""
+    from ..errors import ConfigError
+
+    n_body = len(model.body_and_head()[0])
+    want = cfg.freeze_at if cfg.freeze_at is not None else choice.freeze_at if choice is not None else 0
+    if want > n_body:
+        raise ConfigError(f"freeze_at={want} is more than the {n_body} blocks of this model's body (stem and "
+                          f"stages); use at most {n_body}, or --strategy linear_probe to train only the head.")
+    if strategy == "scratch" or not pretrained:
+        return 0
+    return want
 
 
 def frozen_epochs(strategy: str, cfg: Any) -> int:
@@ -33,23 +107,35 @@ def frozen_epochs(strategy: str, cfg: Any) -> int:
     return 0
 
 
-def set_body_frozen(model: nn.Module, frozen: bool) -> None:
-    """Freeze or unfreeze everything but the head; frozen BatchNorm layers keep their statistics."""
+def set_frozen_blocks(model: nn.Module, n: int) -> None:
+    """Freeze the first ``n`` blocks of the body (stem first) and let the rest of the body and the head train."""
     body, head = model.body_and_head()
-    for block in body:
+    for i, block in enumerate(body):
         for p in block.parameters():
-            p.requires_grad_(not frozen)
+            p.requires_grad_(i >= n)
     for p in head.parameters():
         p.requires_grad_(True)
-    model._body_frozen = frozen  # type: ignore[attr-defined]
+    model._frozen_blocks = n  # type: ignore[attr-defined]
+
+
+def set_body_frozen(model: nn.Module, frozen: bool, keep: int = 0) -> None:
+    """Freeze everything but the head (``frozen``), or only the first ``keep`` body blocks; frozen BatchNorm
+    layers keep their statistics (:func:`train_mode`)."""
+    set_frozen_blocks(model, len(model.body_and_head()[0]) if frozen else keep)
+
+
+def frozen_blocks(model: nn.Module) -> int:
+    """How many body blocks of ``model`` are frozen now (:func:`set_frozen_blocks`)."""
+    return getattr(model, "_frozen_blocks", 0)
 
 
 def train_mode(model: nn.Module) -> None:
-    """``model.train()``, except that a frozen body stays in eval mode: its BatchNorm layers keep their
-    statistics and stochastic depth is off, so its features are a fixed function of the image (what lets the
-    trainer cache them, :mod:`.features`)."""
+    """``model.train()``, except that frozen body blocks stay in eval mode: their BatchNorm layers keep their
+    statistics and stochastic depth is off, so their output is a fixed function of the image (what lets the
+    trainer cache a frozen body's features, :mod:`.features`)."""
     model.train()
-    if getattr(model, "_body_frozen", False):
+    n = frozen_blocks(model)
+    if n:
         body, _ = model.body_and_head()
-        for block in body:
+        for block in body[:n]:
             block.eval()

@@ -7,11 +7,13 @@ import torch
 from torch import nn
 
 
-def param_groups(model: nn.Module, lr: float, weight_decay: float, lr_decay: float = 1.0) -> list[dict]:
+def param_groups(model: nn.Module, lr: float, weight_decay: float, lr_decay: float = 1.0, frozen: int = 0
+                 ) -> list[dict]:
     """Groups from input to output with discriminative learning rates and no decay on BN/bias.
 
     The head gets ``lr``; each earlier stage gets ``lr_decay`` times the next one's (the stem the
-    smallest). Parameters with one dimension (BN affine, biases) get no weight decay.
+    smallest). Parameters with one dimension (BN affine, biases) get no weight decay. The first ``frozen`` blocks
+    of the body (frozen for the whole run, :func:`~resnet_tune.engine.finetune.set_frozen_blocks`) are left out.
     """
     if hasattr(model, "body_and_head"):
         body, head = model.body_and_head()
@@ -20,8 +22,10 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float, lr_decay: flo
         blocks = [model]
     n = len(blocks)
     groups = []
-    seen: set[int] = set()
+    seen: set[int] = {id(p) for block in blocks[:frozen] for p in block.parameters()} if frozen else set()
     for i, block in enumerate(blocks):
+        if i < frozen:
+            continue
         scale = lr_decay ** (n - 1 - i)
         decay, no_decay = [], []
         for p in block.parameters():

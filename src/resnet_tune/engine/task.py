@@ -26,6 +26,7 @@ from torch import nn
 from ..errors import ConfigError
 from .budget import BudgetView, Candidate
 from .config import NO_WEIGHTS, RunConfig
+from .finetune import TransferChoice
 from .hardware import Precision
 
 __all__ = ["EvalBatch", "Evaluation", "Task", "TaskData", "Weights", "require_usable"]
@@ -117,6 +118,9 @@ class Task:
         self.plan_notes: list[str] = []
         #: --budget: the time left and where the run computes, set by the trainer before :meth:`build_data`
         self.budget_view: BudgetView | None = None
+        #: how to fine-tune (:func:`~resnet_tune.engine.finetune.choose_transfer`), when the task chose it from the
+        #: data and the weights (None: the engine's defaults)
+        self.transfer: TransferChoice | None = None
 
     def setup(self, data: TaskData, device: torch.device, precision: Precision) -> None:
         """The trainer hands the task the run's data and where and how it computes, once they are known."""

@@ -29,7 +29,8 @@ from ..errors import ConfigError, DataError, ResnetTuneError, TrainingError
 from . import checkpoint as ckpt
 from . import distributed as D
 from .config import RunConfig, from_dict, save_yaml
-from .finetune import frozen_epochs, resolve_strategy, set_body_frozen, train_mode
+from .finetune import (frozen_epochs, resolve_freeze_at, resolve_strategy, set_body_frozen, set_frozen_blocks,
+                       train_mode)
 from .hardware import Precision, default_channels_last, resolve_device, resolve_precision, seed_everything, set_threads
 from .optim import EMA, lr_at, make_optimizer, param_groups, set_lr
 from .run import create_run_dir, tensorboard_writer, write_metrics
@@ -76,6 +77,7 @@ class _Setup:
     data: TaskData
     model: nn.Module
     strategy: str
+    freeze_at: int  # body blocks frozen for the whole run
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
     ema: EMA | None
@@ -154,6 +156,8 @@ class Trainer:
         self._last_val: Evaluation | None = None
         # the best epoch of this session and its validation (rank 0): the final report's figures when it stands
         self._best_val: tuple[int, Evaluation | None] | None = None
+        # --lr auto: the range test's curve (lrs, losses, suggestion), written into the run folder
+        self._lr_test: dict[str, Any] | None = None
 
     @property
     def cfg(self) -> RunConfig:
@@ -272,10 +276,17 @@ class Trainer:
             self.say(data.scan_summary)
 
         model, described = task.build_model(data, task.pretrained)
-        strategy = resolve_strategy(cfg)
+        strategy = resolve_strategy(cfg, task.transfer)
         if task.pretrained is None:
             self.notes.append(f"trained from scratch ({task.weights_reason})")
         self.say(f"model: {described}" + (f", strategy {strategy}" if task.pretrained is not None else ""))
+        freeze_at = resolve_freeze_at(cfg, strategy, model, task.pretrained is not None, task.transfer)
+        if cfg.freeze_at and not freeze_at:
+            self.notes.append(f"freeze_at={cfg.freeze_at} ignored: the model trains from scratch")
+        set_frozen_blocks(model, freeze_at)
+        if freeze_at:
+            self.say(f"frozen for the whole run: the first {freeze_at} of {len(model.body_and_head()[0])} body "
+                     "blocks (stem first; no backward pass, BatchNorm statistics kept)")
         model = model.to(device)
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
@@ -291,7 +302,12 @@ class Trainer:
                  + (", compiled" if cfg.compile else "")
                  + (f", {dist.world} processes ({dist.backend})" if dist.enabled else ""))
 
+        decay = cfg.lr_decay if strategy == "freeze_unfreeze" else 1.0
+        criterion = task.criterion(data, device)
         lr = cfg.lr if cfg.lr is not None else task.default_lr(strategy, dist.world)
+        if lr == "auto":
+            lr = self._auto_lr(model, data, criterion, device, precision, channels_last, strategy, decay, freeze_at)
+            self.cfg = cfg = cfg.replace(lr=lr)  # recorded in config.yaml: a resumed run keeps it
         if dist.enabled:
             global_batch = cfg.batch_size * dist.world * cfg.accum_steps
             msg = (f"global batch {global_batch} = batch size {cfg.batch_size} per process x {dist.world} "
@@ -299,8 +315,7 @@ class Trainer:
                    + (" (the default, scaled to the global batch)" if cfg.lr is None else ""))
             self.say(msg)
             self.notes.append(f"trained with {dist.world} processes: {msg}")
-        decay = cfg.lr_decay if strategy == "freeze_unfreeze" else 1.0
-        groups = param_groups(model, lr, cfg.weight_decay, decay)
+        groups = param_groups(model, lr, cfg.weight_decay, decay, frozen=freeze_at)
         optimizer = make_optimizer(cfg.optimizer, groups, lr, cfg.momentum, cfg.nesterov, cfg.weight_decay)
         if cfg.epochs is None:  # a budgeted run starts from the default until its first plan
             self.cfg = cfg = cfg.replace(epochs=task.default_epochs)
@@ -314,13 +329,47 @@ class Trainer:
                               f"epoch has {steps_per_epoch} steps, too few for the running averages to follow the "
                               "weights; --no-precise-bn turns this off)")
         setup = _Setup(device=device, precision=precision, channels_last=channels_last, data=data, model=model,
-                       strategy=strategy, optimizer=optimizer, scaler=gradient_scaler(precision, device),
+                       strategy=strategy, freeze_at=freeze_at, optimizer=optimizer,
+                       scaler=gradient_scaler(precision, device),
                        ema=EMA(model, cfg.ema_decay) if cfg.ema else None,
-                       criterion=task.criterion(data, device), steps_per_epoch=steps_per_epoch,
+                       criterion=criterion, steps_per_epoch=steps_per_epoch,
                        total_steps=total, warmup=warmup_steps(cfg.warmup_epochs, steps_per_epoch, total),
                        precise_bn=precise)
-        self.cfg = cfg.replace(precise_bn=precise)  # what the default chose is recorded (config.yaml)
+        # what the defaults chose is recorded (config.yaml), and a resumed run keeps it
+        self.cfg = cfg.replace(precise_bn=precise, strategy=strategy, freeze_at=freeze_at)
         return setup
+
+    def _auto_lr(self, model: nn.Module, data: TaskData, criterion: nn.Module, device: torch.device,
+                 precision: Precision, channels_last: bool, strategy: str, decay: float, freeze_at: int) -> float:
+        """``--lr auto``: a learning-rate range test (:data:`~.lr_find.AUTO_RANGE`) on a copy of the model, with
+        the run's parameter groups; the suggested rate (rank 0's, for every process), or the task's default when
+        the curve gives none. The random state is left as it was; the curve is saved in the run folder."""
+        from ..eval import suggest_lr
+        from .lr_find import AUTO_RANGE, range_test
+
+        cfg, dist = self.cfg, self.dist
+        fallback = self.task.default_lr(strategy, dist.world)
+        probe = copy.deepcopy(model)
+        if strategy == "linear_probe":  # the rate the head trains at on the frozen body
+            set_body_frozen(probe, True)
+        groups = param_groups(probe, 1.0, cfg.weight_decay, decay, frozen=freeze_at)
+        opt = make_optimizer(cfg.optimizer, groups, 1.0, cfg.momentum, cfg.nesterov, cfg.weight_decay)
+        t0 = time.perf_counter()
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            lrs, losses = range_test(self.task, probe, opt, data.train, criterion, device, precision, channels_last,
+                                     cfg.seed, **AUTO_RANGE)
+        del probe, opt
+        found = suggest_lr(lrs, losses, method="valley")
+        if dist.enabled:
+            found = dist.broadcast_object(found if dist.is_main else None)
+        lr = found if found is not None else fallback
+        self._lr_test = {"lrs": lrs, "losses": losses, "suggestion": found}
+        msg = (f"--lr auto: a range test of {len(lrs)} steps ({time.perf_counter() - t0:.1f}s) suggests {lr:.3g}"
+               if found is not None else
+               f"--lr auto: the range test's loss did not fall, so the default {lr:.3g} is used")
+        self.say(msg + " (curve: lr_find.png in the run folder)")
+        self.notes.append(msg)
+        return float(lr)
 
     def _forward_module(self, model: nn.Module) -> nn.Module:
         """What the training step calls: the model in DDP (only its trainable parameters), maybe compiled."""
@@ -401,6 +450,10 @@ class Trainer:
         self._run_dir_path = r.run_dir
         if dist.is_main:
             task.write_data_records(r.run_dir, s.data)
+            if self._lr_test is not None:
+                from .lr_find import write_lr_find
+
+                write_lr_find(self._lr_test, r.run_dir)
         if self.state is not None:
             task.check_resume(self.state, s.data)
             r.start_epoch, r.best, r.best_epoch, r.history = self._restore(s)
@@ -562,7 +615,7 @@ class Trainer:
         dist, task, model, data = self.dist, self.task, s.model, s.data
         frozen = epoch < r.n_frozen
         cached = frozen and r.views > 0
-        set_body_frozen(model, frozen)
+        set_body_frozen(model, frozen, keep=s.freeze_at)
         if not cached:
             r.cache = None
         mode = "head" if cached else "frozen" if frozen else "model"

@@ -57,6 +57,8 @@ class Predictor:
         auto_batch: the batch size ``auto`` times besides 1 (default ``batch_size``; the web service passes its
             largest micro-batch).
         say: a function that receives ``auto``'s one-line account of its choice and timings.
+        tta: flip test-time augmentation: the outputs are the mean of the image's and its mirror image's (twice
+            the cost; classification and multi-label).
     """
 
     #: the task of the checkpoints this predictor serves (set by each task's subclass)
@@ -91,7 +93,11 @@ class Predictor:
 
     def __init__(self, checkpoint: str | os.PathLike[str], *, device: str = "auto", precision: str = "auto",
                  batch_size: int = 32, fold_bn: bool = True, compile: bool = False, backend: str = "torch",
-                 auto_batch: int | None = None, say: Any = None) -> None:
+                 auto_batch: int | None = None, say: Any = None, tta: bool = False) -> None:
+        if tta and not self.batchable:
+            raise ConfigError(f"flip test-time augmentation (tta) is for classification; {self.task} "
+                              "predictions do not take it.")
+        self.tta = bool(tta)
         self.device = resolve_device(device)
         self.precision: Precision = resolve_precision(precision, self.device)
         if self.device.type == "cuda" and precision == "auto":
@@ -281,8 +287,12 @@ class Predictor:
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Float outputs for a batch of normalised images: the single-image engine for one image, else the
-        batch engine (for torch: cache-sized chunks on a CPU)."""
-        return (self.engine_single if x.shape[0] == 1 else self.engine_batch)(x)
+        batch engine (for torch: cache-sized chunks on a CPU). With ``tta``: the mean of the outputs for the
+        images and for their mirror images."""
+        engine = self.engine_single if x.shape[0] == 1 else self.engine_batch
+        if not self.tta:
+            return engine(x)
+        return (engine(x).float() + engine(x.flip(-1)).float()) / 2
 
     # ---- what each task provides
 

@@ -48,12 +48,18 @@ for _name, _layers, _groups, _bw, _params, _weights in [
     ))
 
 # --- timm variants (timm's names) --------------------------------------------------------------
-register_model(Preset(
-    "resnet50d", ResNetConfig(stem="deep", shortcut="avg"),
-    "ResNet-50-D (He et al. 2019, 'Bag of Tricks'): deep 3x3 stem, average-pool shortcut",
-    reference_params=25_576_264, reference="timm resnet50d", default_weights="timm:resnet50d.ra2_in1k",
-    tags=("imagenet", "timm"),
-))
+for _name, _block, _layers, _params, _weights in [
+    ("resnet18d", "basic", (2, 2, 2, 2), 11_708_744, "resnet18d.ra2_in1k"),
+    ("resnet26d", "bottleneck", (2, 2, 2, 2), 16_014_408, "resnet26d.bt_in1k"),
+    ("resnet34d", "basic", (3, 4, 6, 3), 21_816_904, "resnet34d.ra2_in1k"),
+    ("resnet50d", "bottleneck", (3, 4, 6, 3), 25_576_264, "resnet50d.ra2_in1k"),
+]:
+    register_model(Preset(
+        _name, ResNetConfig(block=_block, layers=_layers, stem="deep", shortcut="avg"),
+        f"ResNet-{_name[6:-1]}-D (He et al. 2019, 'Bag of Tricks'): deep 3x3 stem, average-pool shortcut "
+        f"(timm layout)", reference_params=_params, reference=f"timm {_name}", default_weights=f"timm:{_weights}",
+        tags=("imagenet", "timm"),
+    ))
 register_model(Preset(
     "seresnet50", ResNetConfig(se_ratio=1 / 16),
     "SE-ResNet-50 (Hu et al. 2018): squeeze-and-excitation in every bottleneck (timm layout)",

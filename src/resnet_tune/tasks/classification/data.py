@@ -11,6 +11,7 @@ import torch
 from ...data.loaders import EpochLoader, FileDataset, MemoryLoader, decode_to_memory
 from ...data.transforms import Preprocessing, eval_transform, train_transform
 from ...engine.budget import Candidate
+from ...engine.finetune import TransferFacts, choose_transfer, weights_input_size
 from ...engine.hardware import default_workers
 from ...engine.task import TaskData, require_usable
 from ...errors import ConfigError, DataError
@@ -77,6 +78,12 @@ def choose_model(task: Any, median_side: float | None, n_train: int, n_val: int,
     name, size = choose_model_and_size(cfg, median_side)
     task.resolve_batch_size(n_train, world)
     weights = task.load_pretrained(name)
+    if weights is not None:  # fine-tuning: the strategy and input size from the data and the weights
+        task.transfer = choose_transfer(TransferFacts(n_train, n_classes, median_side,
+                                                      weights_input_size(weights[1])))
+        if not cfg.img_size and task.transfer.img_size and task.transfer.img_size != size:
+            size = task.transfer.img_size
+            task.plan_notes.append(f"fine-tunes {task.transfer.reason}; --img-size overrides")
     if task.budget_view is None or (cfg.model and cfg.img_size):
         return name, size, weights
     small = median_side is not None and median_side <= 64

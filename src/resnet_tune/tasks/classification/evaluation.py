@@ -16,7 +16,7 @@ __all__ = ["evaluate"]
 
 def evaluate(checkpoint: str | Path, data: str | Path | None = None, *, batch_size: int = 64, device: str = "auto",
              output: str | Path | None = None, progress: bool = True, backend: str = "torch",
-             precision: str = "auto", split_of: str | Path | None = None) -> dict[str, Any]:
+             precision: str = "auto", split_of: str | Path | None = None, tta: bool = False) -> dict[str, Any]:
     """Accuracy, top-5, per-class precision/recall/F1, confusion matrix and worst images.
 
     ``data`` is a folder of class folders (or a split layout, whose test split is used, else val) or a CSV.
@@ -24,7 +24,8 @@ def evaluate(checkpoint: str | Path, data: str | Path | None = None, *, batch_si
     training (never re-drawn, so files added since cannot leak in), or the embedded digits' held-out split for
     a run on the embedded default. With ``output``, writes ``eval.json``, ``confusion.png`` and ``worst.png``.
     ``checkpoint`` may be an exported model (run on ``backend`` onnxruntime or openvino); ``split_of`` names the
-    run whose own validation split to use (default: the checkpoint's).
+    run whose own validation split to use (default: the checkpoint's). ``tta``: flip test-time augmentation (the
+    mean of each image's and its mirror image's outputs; recorded in the report).
     """
     from ...data.datasets import discover_eval
     from ...data.scan import scan
@@ -32,7 +33,7 @@ def evaluate(checkpoint: str | Path, data: str | Path | None = None, *, batch_si
     from .predictor import ClassificationPredictor
 
     pred = ClassificationPredictor(checkpoint, device=device, batch_size=batch_size, backend=backend,
-                                   precision=precision)
+                                   precision=precision, tta=tta)
     embedded: dict[str, Any] | None = None
     if data is None:
         data, embedded = _own_validation_split(split_of or checkpoint)
@@ -56,6 +57,7 @@ def evaluate(checkpoint: str | Path, data: str | Path | None = None, *, batch_si
     report["checkpoint"] = str(checkpoint)
     report["data"] = str(data)
     report["skipped"] = skipped
+    report["tta"] = "flip" if tta else None
     if output is not None:
         from ...eval import plots as P
 

@@ -15,11 +15,12 @@ __all__ = ["evaluate_multilabel", "format_multilabel"]
 
 def evaluate_multilabel(checkpoint: str | Path, data: str | Path | None = None, *, batch_size: int = 64,
                         device: str = "auto", precision: str = "auto", output: str | Path | None = None,
-                        progress: bool = True, label_sep: str | None = None, backend: str = "torch"
-                        ) -> dict[str, Any]:
+                        progress: bool = True, label_sep: str | None = None, backend: str = "torch",
+                        tta: bool = False) -> dict[str, Any]:
     """mAP (macro and micro), per-label precision/recall/F1/AP, micro/macro F1, exact match and Hamming loss at the
     checkpoint's thresholds. ``data``: a labelled CSV (its test rows, else val rows, else all); default: the run's
-    own validation split (``val_labels.csv`` in its folder). With ``output``: ``eval.json`` and the two figures."""
+    own validation split (``val_labels.csv`` in its folder). With ``output``: ``eval.json`` and the two figures.
+    ``tta``: flip test-time augmentation (the mean of each image's and its mirror image's outputs)."""
     from ...data.scan import scan
     from ...engine.checkpoint import resolve_checkpoint
     from ...eval import plots as P
@@ -29,7 +30,7 @@ def evaluate_multilabel(checkpoint: str | Path, data: str | Path | None = None, 
     from .task import SPLIT_FILE
 
     pred = MultiLabelPredictor(checkpoint, device=device, precision=precision, batch_size=batch_size,
-                               backend=backend)
+                               backend=backend, tta=tta)
     if data is None:
         own = resolve_checkpoint(checkpoint).parent / SPLIT_FILE
         if not own.is_file():
@@ -46,6 +47,7 @@ def evaluate_multilabel(checkpoint: str | Path, data: str | Path | None = None, 
     probs = torch.stack([rows[i] for i in keep]).numpy()
     targets = targets_of([good[i] for i in keep], len(pred.classes))
     report = multilabel_report(probs, targets, pred.classes, pred.thresholds.numpy())
+    report["tta"] = "flip" if tta else None
     report.update(checkpoint=str(checkpoint), data=str(data), skipped=dict(found.bad),
                   thresholds=pred.record.get("thresholds"))
     if output is not None:

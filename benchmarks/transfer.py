@@ -1,0 +1,192 @@
+"""Transfer suite (issue 13): which fine-tuning strategy wins, on backbones the project pretrains itself.
+
+ImageNet weights cannot be downloaded here, so the backbones are pretrained on Imagenette by the project's own CLI
+(``WORK/backbones/<name>``, made once and reused; resumable):
+
+* ``resnet18_128``: ``resnet-tune train --data ../shared/data/imagenette --model resnet18 --img-size 128
+  --epochs 16 --loader memory --pretrained none`` (about 40 minutes on 2 cores).
+
+Targets (CSVs of paths, no copies; :func:`common.target_csv`), each with a held-out validation split drawn from its
+training folder (what selection looks at) and an evaluation folder reported as ``test``:
+
+* ``cifar10_100``: 100 training and 100 validation images a class of CIFAR-10's training folder; test: all 10,000
+  of ``cifar10/test``. 32 px photos, near the backbone's domain but tiny.
+* ``eurosat``: 576 training and 64 validation images a class of ``eurosat/train``; test: the 1,600 of
+  ``eurosat/val``. 64 px satellite tiles: a domain shift.
+* ``digits``: the embedded default's handwritten digits (scikit-learn's 1,797) at 32 px: 100 training and 20
+  validation images a class, the other 597 as test. Far from photos.
+
+Arms (every one through ``resnet-tune train`` of the code under ``--code``, ``--model resnet18``, the same epochs
+per target; all but ``scratch`` with ``--pretrained`` the backbone):
+
+* ``linear_probe``, ``full``, ``freeze_unfreeze``: ``--strategy`` that one;
+* ``default``: no ``--strategy``/``--freeze-at``/``--lr`` (what a user gets without flags);
+* ``scratch``: ``--pretrained none``;
+* ``full_freeze2``: ``--strategy full --freeze-at 2`` (stem and first stage frozen, detectron2's default);
+* ``full_lr_auto``: ``--strategy full --lr auto`` (the learning-rate range test picks the rate).
+
+``--size`` chooses the input size: ``native`` (the images' own side), ``backbone`` (the pretraining size, 128) or
+a number; ``default`` arms leave it to the code unless ``--size`` is a number. Runs are resumable: a finished one
+(its ``summary.json``) is skipped, an interrupted one resumed. Usage::
+
+    python benchmarks/transfer.py --work /work/bench_runs/transfer --stage backbones
+    python benchmarks/transfer.py --work /work/bench_runs/transfer --arms full --size native backbone --seeds 0
+    python benchmarks/transfer.py --work /work/bench_runs/transfer --table
+    python benchmarks/transfer.py --work /work/bench_runs/transfer --stage speed   # step time by frozen blocks
+
+``--stage speed`` times the training step of ResNet-18 (bf16 autocast, channels-last, SGD, batch 64, as the trainer
+runs it) with 0, 1 and 2 body blocks frozen (``--freeze-at``) and with the whole body frozen, at 64 and 128 px, in
+interleaved rounds on an otherwise idle machine: what freezing the stem and first stage saves.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import DATA, cli_run, cpu_name, header, mean_sd, summaries, target_csv, timed  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+BACKBONES = {"resnet18_128": {"model": "resnet18", "img_size": 128, "epochs": 16}}
+#: name: (target set, training and validation images a class, epochs, the images' own side)
+TARGETS = {"cifar10_100": ("cifar10", 100, 100, 15, 32), "eurosat": ("eurosat", 576, 64, 5, 64),
+           "digits": ("digits", 100, 20, 10, 32)}
+ARMS = {"linear_probe": ["--strategy", "linear_probe"], "full": ["--strategy", "full"],
+        "freeze_unfreeze": ["--strategy", "freeze_unfreeze"], "default": [], "scratch": ["--pretrained", "none"],
+        "full_freeze2": ["--strategy", "full", "--freeze-at", "2"],
+        "full_lr_auto": ["--strategy", "full", "--lr", "auto"]}
+
+
+def backbone(work: Path, name: str, code: Path) -> Path:
+    """The pretrained backbone's weights, trained first when they are not there yet (resumable)."""
+    spec = BACKBONES[name]
+    out = work / "backbones" / name
+    if not (out / "eval.json").exists():
+        res = cli_run(code, out, ["--data", str(DATA / "imagenette"), "--model", spec["model"], "--img-size",
+                                  str(spec["img_size"]), "--epochs", str(spec["epochs"]), "--loader", "memory",
+                                  "--pretrained", "none"])
+        print(f"backbone {name}: Imagenette val {res['test_acc']:.4f} in {res['seconds'] / 60:.1f} min", flush=True)
+    return out / "best.safetensors"
+
+
+def size_of(size: str, target: str, backbone_name: str) -> str | None:
+    if size == "native":
+        return str(TARGETS[target][4])
+    if size == "backbone":
+        return str(BACKBONES[backbone_name]["img_size"])
+    return size
+
+
+def run_arm(work: Path, code: Path, backbone_name: str, target: str, arm: str, size: str, seed: int) -> dict:
+    base, per_class, val_per_class, epochs, _ = TARGETS[target]
+    data = target_csv(work, base, per_class, val_per_class)
+    out = work / backbone_name / target / f"{arm}@{size}" / f"seed{seed}"
+    args = ["--data", str(data), "--model", BACKBONES[backbone_name]["model"], "--epochs", str(epochs),
+            "--seed", str(seed), *ARMS[arm]]
+    if arm != "scratch":
+        args += ["--pretrained", str(backbone(work, backbone_name, code))]
+    if arm != "default" or size not in ("native", "backbone"):
+        args += ["--img-size", size_of(size, target, backbone_name)]
+    return cli_run(code, out, args)
+
+
+def epoch_seconds(res: dict) -> float:
+    """Median training seconds of the epochs that trained the whole network (a frozen first epoch left out)."""
+    secs = res["epoch_train_seconds"]
+    return statistics.median(secs[1:] if len(secs) > 2 else secs)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--work", type=Path, required=True, help="runs and backbones (outside the repository)")
+    ap.add_argument("--code", type=Path, default=ROOT / "src", help="the src folder of the code under test")
+    ap.add_argument("--stage", choices=["backbones", "runs", "speed"], default="runs")
+    ap.add_argument("--backbone", default="resnet18_128", choices=list(BACKBONES))
+    ap.add_argument("--targets", nargs="+", default=list(TARGETS), choices=list(TARGETS))
+    ap.add_argument("--arms", nargs="+", default=["linear_probe", "full", "freeze_unfreeze", "default", "scratch"],
+                    choices=list(ARMS))
+    ap.add_argument("--size", nargs="+", default=["native"], help="native, backbone or a number of pixels")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--table", action="store_true", help="print the table of every finished run and exit")
+    args = ap.parse_args()
+    if args.table:
+        return table(args.work)
+    if args.stage == "speed":
+        return step_speed()
+    print(f"CPU: {cpu_name()}; code: {args.code}", flush=True)
+    backbone(args.work, args.backbone, args.code)
+    if args.stage == "backbones":
+        return
+    for seed in args.seeds:  # seed-major: a partial campaign has every arm at its first seeds
+        for target in args.targets:
+            for size in args.size:
+                for arm in args.arms:
+                    res = run_arm(args.work, args.code, args.backbone, target, arm, size, seed)
+                    print(f"{target} {arm}@{size} seed {seed}: test {res['test_acc']:.4f} val "
+                          f"{res['best_val_acc']:.4f} {epoch_seconds(res):.1f}s an epoch, {res['seconds']:.0f}s",
+                          flush=True)
+
+
+def step_speed(rounds: int = 3, steps: int = 10, batch: int = 64) -> None:
+    """Seconds a training step with 0, 1, 2 and all body blocks frozen, median of interleaved rounds."""
+    import torch
+
+    import resnet_tune as rt
+    from resnet_tune.engine.finetune import set_frozen_blocks, train_mode
+    from resnet_tune.engine.optim import make_optimizer, param_groups
+
+    print(header(rounds) + f"; {steps} steps a window, batch {batch}, bf16 autocast, channels-last")
+    frozen = {"full (freeze_at 0)": 0, "freeze_at 1 (stem)": 1, "freeze_at 2 (stem + stage 1)": 2,
+              "linear probe (whole body)": 5}
+    for size in (64, 128):
+        x = torch.randn(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
+        y = torch.randint(0, 10, (batch,))
+        setups = {}
+        for name, k in frozen.items():
+            model = rt.create_model("resnet18", num_classes=10).to(memory_format=torch.channels_last)
+            set_frozen_blocks(model, k)
+            train_mode(model)
+            opt = make_optimizer("sgd", param_groups(model, 0.01, 5e-4, frozen=k), 0.01, 0.9, True, 5e-4)
+
+            def step(model=model, opt=opt) -> None:
+                for _ in range(steps):
+                    with torch.autocast("cpu", dtype=torch.bfloat16):
+                        loss = torch.nn.functional.cross_entropy(model(x), y)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+            setups[name] = step
+        times: dict[str, list[float]] = {n: [] for n in setups}
+        for _ in range(rounds):
+            for name, fn in setups.items():
+                times[name].append(timed(fn, repeats=1, warmup=1) / steps)
+        base = statistics.median(times["full (freeze_at 0)"])
+        print(f"\n{size} px | s a step (median of {rounds}) | img/s | vs full")
+        for name, t in times.items():
+            med = statistics.median(t)
+            print(f"{name} | {med:.3f} | {batch / med:.0f} | {base / med:.2f}x")
+
+
+def table(work: Path) -> None:
+    print("| backbone | target | arm@size | test accuracy (mean ± sd, n) | val (selection, mean ± sd) | s an epoch | "
+          "s a run |")
+    print("|---|---|---|---|---|---|---|")
+    for name in BACKBONES:
+        for target in TARGETS:
+            root = work / name / target
+            if not root.is_dir():
+                continue
+            for arm_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+                runs = summaries(arm_dir)
+                if runs:
+                    print(f"| {name} | {target} | {arm_dir.name} | {mean_sd([r['test_acc'] for r in runs])} | "
+                          f"{mean_sd([r['best_val_acc'] for r in runs])} | "
+                          f"{statistics.mean(epoch_seconds(r) for r in runs):.1f} | "
+                          f"{statistics.mean(r['seconds'] for r in runs):.0f} |")
+
+
+if __name__ == "__main__":
+    main()
