@@ -256,21 +256,23 @@ def register(add: Callable[..., argparse.ArgumentParser]) -> None:
                             "export of the checkpoint, or an exported .onnx/.xml file such as an int8 model), or auto "
                             "(times the installed ones on this checkpoint and takes the fastest; cached)")
 
+    def tta_flag(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--tta", action="store_true", help="flip test-time augmentation: average the outputs for "
+                                                          "each image and its mirror image (twice the cost)")
+
     p = add("evaluate", cmd_evaluate, "accuracy, per-class metrics, confusion matrix and worst images")
     model_cmd(p)
     p.add_argument("--data", help="labelled images: class folders, a split layout (its test or val split) or a CSV "
                                   "(default: the run's own validation split, as recorded in its val.csv)")
     p.add_argument("--output", help="folder for eval.json and plots (default: beside the checkpoint)")
-    p.add_argument("--tta", action="store_true", help="flip test-time augmentation: average the outputs for each "
-                                                      "image and its mirror image (twice the cost)")
+    tta_flag(p)
 
     p = add("predict", cmd_predict, "top-k classes for images")
     model_cmd(p)
     p.add_argument("images", nargs="+", metavar="IMAGES_OR_DIR", help="image files or folders (searched recursively)")
     p.add_argument("--top-k", type=int, default=5, help="classes to report per image")
     p.add_argument("--output", help="write the predictions to FILE.csv or FILE.json")
-    p.add_argument("--tta", action="store_true", help="flip test-time augmentation: average the outputs for each "
-                                                      "image and its mirror image (twice the cost)")
+    tta_flag(p)
 
     p = add("embed", cmd_embed, "pooled features for similarity search")
     model_cmd(p)

@@ -315,8 +315,7 @@ class Trainer:
                    + (" (the default, scaled to the global batch)" if cfg.lr is None else ""))
             self.say(msg)
             self.notes.append(f"trained with {dist.world} processes: {msg}")
-        groups = param_groups(model, lr, cfg.weight_decay, decay, frozen=freeze_at)
-        optimizer = make_optimizer(cfg.optimizer, groups, lr, cfg.momentum, cfg.nesterov, cfg.weight_decay)
+        optimizer = self._optimizer(model, lr, decay, freeze_at)
         if cfg.epochs is None:  # a budgeted run starts from the default until its first plan
             self.cfg = cfg = cfg.replace(epochs=task.default_epochs)
         steps_per_epoch = max(len(data.train) // cfg.accum_steps, 1)
@@ -339,6 +338,13 @@ class Trainer:
         self.cfg = cfg.replace(precise_bn=precise, strategy=strategy, freeze_at=freeze_at)
         return setup
 
+    def _optimizer(self, model: nn.Module, lr: float, decay: float, freeze_at: int) -> torch.optim.Optimizer:
+        """The run's optimiser over ``model``'s parameter groups (discriminative rates ``decay``, the first
+        ``freeze_at`` body blocks left out)."""
+        cfg = self.cfg
+        groups = param_groups(model, lr, cfg.weight_decay, decay, frozen=freeze_at)
+        return make_optimizer(cfg.optimizer, groups, lr, cfg.momentum, cfg.nesterov, cfg.weight_decay)
+
     def _auto_lr(self, model: nn.Module, data: TaskData, criterion: nn.Module, device: torch.device,
                  precision: Precision, channels_last: bool, strategy: str, decay: float, freeze_at: int) -> float:
         """``--lr auto``: a learning-rate range test (:data:`~.lr_find.AUTO_RANGE`) on a copy of the model, with
@@ -352,8 +358,7 @@ class Trainer:
         probe = copy.deepcopy(model)
         if strategy == "linear_probe":  # the rate the head trains at on the frozen body
             set_body_frozen(probe, True)
-        groups = param_groups(probe, 1.0, cfg.weight_decay, decay, frozen=freeze_at)
-        opt = make_optimizer(cfg.optimizer, groups, 1.0, cfg.momentum, cfg.nesterov, cfg.weight_decay)
+        opt = self._optimizer(probe, 1.0, decay, freeze_at)
         t0 = time.perf_counter()
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             lrs, losses = range_test(self.task, probe, opt, data.train, criterion, device, precision, channels_last,

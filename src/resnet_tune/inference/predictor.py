@@ -90,11 +90,14 @@ class Predictor:
 
     #: whether checkpoints of this task may run on engines other than torch (single-output, fixed-size input)
     exportable: ClassVar[bool] = True
+    #: whether :meth:`forward`'s outputs may average an image's and its mirror image's (``tta``): not for dense
+    #: outputs, whose mirror image would have to be flipped back
+    flip_tta: ClassVar[bool] = True
 
     def __init__(self, checkpoint: str | os.PathLike[str], *, device: str = "auto", precision: str = "auto",
                  batch_size: int = 32, fold_bn: bool = True, compile: bool = False, backend: str = "torch",
                  auto_batch: int | None = None, say: Any = None, tta: bool = False) -> None:
-        if tta and not self.batchable:
+        if tta and not self.flip_tta:
             raise ConfigError(f"flip test-time augmentation (tta) is for classification; {self.task} "
                               "predictions do not take it.")
         self.tta = bool(tta)

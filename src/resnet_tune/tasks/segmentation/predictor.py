@@ -106,6 +106,7 @@ class SegmentationPredictor(Predictor):
     task = "segmentation"
     batchable = False  # images keep their own size
     exportable = False  # images of any size, whole or in sliding windows: the torch backend only
+    flip_tta = False  # per-pixel outputs: a mirror image's mask would have to be flipped back
     service_description = "Segment images: class shares of the pixels and the colour-coded mask as an overlay."
     error_fields = {"classes": {}}
 
