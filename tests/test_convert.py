@@ -217,7 +217,8 @@ def test_from_torchvision_names_bad_keys() -> None:
 
 # --- timm -----------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", ["resnet18d", "resnet26d", "resnet34d", "resnet50d", "seresnet50"])
+@pytest.mark.parametrize("name", ["resnet18d", "resnet26d", "resnet34d", "resnet50d", "seresnet50", "resnetblur18",
+                                  "resnetblur50", "resnetblur50d"])
 def test_timm_parity(name: str, x: torch.Tensor, calib: torch.Tensor) -> None:
     timm = pytest.importorskip("timm")
     ref = randomize_torch_(timm.create_model(name, pretrained=False), calib, lambda m, t: m(t))

@@ -47,11 +47,14 @@ def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("ckpts")
     # a basic-block ImageNet preset, a bottleneck one with deep stem + average-pool shortcut, a CIFAR one with
     # parameter-free (option A) shortcuts
+    # parameter-free (option A) shortcuts; blur-pool downsampling (reflect padding, depthwise filter); Page's
+    # conv-pool stage entries
     return {"resnet18": _checkpoint(root, "resnet18", 64), "resnet50d": _checkpoint(root, "resnet50d", 64),
-            "resnet20": _checkpoint(root, "resnet20", 32)}
+            "resnet20": _checkpoint(root, "resnet20", 32), "resnetblur18": _checkpoint(root, "resnetblur18", 64),
+            "resnet9": _checkpoint(root, "resnet9", 32)}
 
 
-@pytest.mark.parametrize("preset", ["resnet18", "resnet50d", "resnet20"])
+@pytest.mark.parametrize("preset", ["resnet18", "resnet50d", "resnet20", "resnetblur18", "resnet9"])
 def test_round_trip_parity_metadata_and_dynamic_batch(checkpoints: dict[str, Path], preset: str) -> None:
     ck = checkpoints[preset]
     eager, record = ckpt.load_checkpoint(ck)

@@ -160,6 +160,38 @@ def test_unknown_names_fail_loudly() -> None:
         build_model({"layers": [1, 1], "widths": [8], "strides": [1, 2]})
 
 
+def test_anti_alias_blurs_every_downsampling_and_keeps_the_state_dict() -> None:
+    from resnet_tune.models.resnet import BlurPool2d
+
+    plain, blurred = rt.create_model("resnet18"), rt.create_model("resnet18", anti_alias=True)
+    assert plain.state_dict().keys() == blurred.state_dict().keys()  # the filter is not saved: weights interchange
+    blurs = [m for m in blurred.modules() if isinstance(m, BlurPool2d)]
+    assert len(blurs) == 4 and all(b.stride == 2 for b in blurs)  # the stem's pool and stages 2-4's first blocks
+    assert blurred.layer2[0].conv1.stride == (1, 1) and plain.layer2[0].conv1.stride == (2, 2)
+    blur = BlurPool2d(3)
+    flat = torch.full((1, 3, 8, 8), 0.7)
+    torch.testing.assert_close(blur(flat), torch.full((1, 3, 4, 4), 0.7))  # a low-pass filter: constants pass
+    stripes = torch.zeros(1, 3, 8, 8)
+    stripes[..., ::2] = 1.0  # the highest frequency: plain striding aliases it to all ones, the blur to its mean
+    assert stripes[..., ::2, ::2].min() == 1.0
+    torch.testing.assert_close(blur(stripes)[..., :, 1:-1], torch.full((1, 3, 4, 2), 0.5))
+    with pytest.raises(ValueError, match="anti_alias is for post-activation"):
+        rt.create_model("preact_resnet18", anti_alias=True)
+    with pytest.raises(ValueError, match="anti_alias is for post-activation"):
+        rt.create_model("resnet50", anti_alias=True, stride_in_1x1=True)
+
+
+def test_conv_pool_stages_make_page_resnet9() -> None:
+    model = rt.create_model("resnet9")
+    assert [f["stride"] for f in model.feature_info] == [2, 4, 8]
+    assert [len(getattr(model, n)) for n in model.stage_names] == [2, 1, 2]  # entry + (1, 0, 1) residual blocks
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    with pytest.raises(ValueError, match="at least one block"):
+        build_model({"layers": [1, 0], "widths": [8, 16], "strides": [1, 2]})
+    with pytest.raises(ValueError, match="conv_pool"):
+        rt.create_model("resnet9", block="bottleneck")
+
+
 def test_wrong_input_channels_or_rank_give_a_clear_error() -> None:
     model = rt.create_model("resnet18")
     with pytest.raises(ValueError, match="3-channel input but got 1 channels"):

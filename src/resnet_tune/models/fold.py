@@ -31,7 +31,7 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
             bname = "bn" + cname[4:]
             if bname in names and isinstance(names[bname], nn.BatchNorm2d) and not _is_preact(parent):
                 pairs.append((parent, cname, bname))
-    for parent, cname, bname in pairs:
+    for parent, cname, bname in dict.fromkeys(pairs):  # a named pair inside a Sequential is found by both rules
         conv, bn = getattr(parent, cname), getattr(parent, bname)
         if conv.out_channels != bn.num_features:
             continue

@@ -60,6 +60,19 @@ for _name, _block, _layers, _params, _weights in [
         f"(timm layout)", reference_params=_params, reference=f"timm {_name}", default_weights=f"timm:{_weights}",
         tags=("imagenet", "timm"),
     ))
+for _name, _block, _layers, _params, _weights, _d in [
+    ("resnetblur18", "basic", (2, 2, 2, 2), 11_689_512, None, False),
+    ("resnetblur50", "bottleneck", (3, 4, 6, 3), 25_557_032, "resnetblur50.bt_in1k", False),
+    ("resnetblur50d", "bottleneck", (3, 4, 6, 3), 25_576_264, None, True),
+]:
+    register_model(Preset(
+        _name, ResNetConfig(block=_block, layers=_layers, anti_alias=True,
+                            **(dict(stem="deep", shortcut="avg") if _d else {})),
+        f"ResNet-{_name[10:].rstrip('d')}{'-D' if _d else ''} with blur-pool anti-aliased downsampling (Zhang 2019): "
+        f"every stride-2 3x3 and the stem's max-pool followed by a 3x3 binomial blur (timm layout)",
+        reference_params=_params, reference=f"timm {_name}",
+        default_weights=f"timm:{_weights}" if _weights else None, tags=("imagenet", "timm"),
+    ))
 register_model(Preset(
     "seresnet50", ResNetConfig(se_ratio=1 / 16),
     "SE-ResNet-50 (Hu et al. 2018): squeeze-and-excitation in every bottleneck (timm layout)",
@@ -117,6 +130,18 @@ for _depth, _params in [(20, 269_722), (32, 464_154), (44, 658_586), (56, 853_01
         mean=CIFAR_MEAN, std=CIFAR_STD, reference_params=_params, reference="He et al. 2015, Table 6 (0.27M-1.7M); exact counts as akamaster/pytorch_resnet_cifar10",
         tags=("cifar",),
     ))
+
+register_model(Preset(
+    "resnet9",
+    ResNetConfig(block="basic", layers=(1, 0, 1), widths=(128, 256, 512), strides=(2, 2, 2), stem="cifar",
+                 stem_width=64, stage_entry="conv_pool", num_classes=10, input_size=(3, 32, 32)),
+    "ResNet-9 for 32 px images (Page 2018, the DAWNBench CIFAR-10 network): a 64-channel 3x3 stem, three stages "
+    "that each enter by conv-BN-ReLU and a 2x2 max-pool (128, 256, 512 channels), one basic residual block in "
+    "the first and the last; 6.6M parameters, 0.38 GMACs at 32x32 (this layout closes with average pooling "
+    "and a plain linear classifier where Page's used max pooling and logits scaled by 1/8)",
+    mean=CIFAR_MEAN, std=CIFAR_STD, reference_params=6_573_130,
+    reference="Page, 'How to train your ResNet' (2018); myrtle.ai cifar10-fast", tags=("cifar",),
+))
 
 # --- The network of the project's founding document, made correct ------------------------------
 register_model(Preset(

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 __all__ = [
     "BasicBlock",
+    "BlurPool2d",
     "Bottleneck",
     "PreActBasicBlock",
     "PreActBottleneck",
@@ -46,12 +47,12 @@ def _finite(v: Any) -> bool:
 
 # The type of every ResNetConfig field: (test, what it must be); tuple fields are given per item.
 _FIELD_TYPES: dict[str, tuple[Any, str]] = {
-    **{k: (lambda v: isinstance(v, str), "a string") for k in ("block", "stem", "shortcut")},
+    **{k: (lambda v: isinstance(v, str), "a string") for k in ("block", "stem", "shortcut", "stage_entry")},
     **{k: (_whole, "a whole number") for k in ("stem_width", "groups", "base_width", "num_classes")},
     **{k: (_finite, "a finite number") for k in ("bn_eps", "se_ratio", "drop_path_rate")},
     **{k: (lambda v: isinstance(v, bool), "true or false")
        for k in ("stem_bias", "stem_pool_zero_pad", "stride_in_1x1", "stride_in_last_block", "conv_bias",
-                 "zero_init_residual")},
+                 "zero_init_residual", "anti_alias")},
 }
 _TUPLE_TYPES: dict[str, tuple[Any, str]] = {
     **{k: (_whole, "whole numbers") for k in ("layers", "widths", "strides", "input_size")},
@@ -59,6 +60,7 @@ _TUPLE_TYPES: dict[str, tuple[Any, str]] = {
 }
 STEM_TYPES = ("default", "deep", "cifar", "preact")
 SHORTCUT_TYPES = ("conv", "avg", "pad", "subsample")
+STAGE_ENTRIES = ("block", "conv_pool")
 
 
 @dataclass(frozen=True)
@@ -68,7 +70,7 @@ class ResNetConfig:
     Args:
         block: ``basic`` (two 3x3), ``bottleneck`` (1x1-3x3-1x1, expansion 4), or their
             pre-activation forms ``preact_basic`` / ``preact_bottleneck`` (BN-ReLU before each conv).
-        layers: number of blocks in each stage.
+        layers: number of blocks in each stage (0 allowed with ``stage_entry="conv_pool"``).
         widths: base width of each stage (output channels are ``width * expansion``).
         strides: stride of each stage.
         stem: ``default`` (7x7/2 conv, BN, ReLU, 3x3/2 max-pool), ``deep`` (three 3x3 convs,
@@ -83,6 +85,10 @@ class ResNetConfig:
         shortcut: projection used when the shape changes: ``conv`` (1x1 conv + BN), ``avg``
             (2x2 average pool, then 1x1 conv + BN; the "D" variant), ``pad`` (option A of
             He et al. 2015: subsample and zero-pad channels, no parameters).
+        stage_entry: how a stage changes width and resolution: ``block`` (its first block strides and a projection
+            shortcut matches the shapes; every ResNet of He et al.), or ``conv_pool`` (a 3x3 conv-BN-ReLU to the
+            stage's width, then a 2x2 max-pool with the stride, before the stage's residual blocks: Page's 9-layer
+            ResNet for 32 px images, DAWNBench 2018).
         stride_in_1x1: put the stride in the first 1x1 conv of a bottleneck (original v1 and
             Keras) instead of the 3x3 (v1.5, torchvision).
         stride_in_last_block: downsample in the last block of a stage instead of the first (Keras V2).
@@ -91,6 +97,11 @@ class ResNetConfig:
         bn_eps: BatchNorm epsilon (1e-5 torchvision, 1.001e-5 Keras).
         se_ratio: squeeze-and-excitation reduction (0 = off; timm's ``seresnet`` uses 1/16).
         drop_path_rate: stochastic depth, rising linearly to this rate over the blocks.
+        anti_alias: anti-aliased downsampling (Zhang 2019, "Making Convolutional Networks Shift-Invariant
+            Again"; timm's ``aa_layer=BlurPool2d``): each strided 3x3 convolution runs at stride 1 and is followed,
+            after its BN and ReLU, by a fixed 3x3 binomial blur with the stride, and the stem's 3x3/2 max-pool
+            becomes a 3x3/1 max-pool and the blur. Adds no parameters (state dicts are unchanged); post-activation
+            blocks only.
         zero_init_residual: start each residual branch at zero (last BN gamma = 0), so every
             block starts as the identity (Goyal et al. 2017).
         replace_stride_with_dilation: per stage after the first, dilate instead of striding
@@ -110,6 +121,7 @@ class ResNetConfig:
     groups: int = 1
     base_width: int = 64
     shortcut: str = "conv"
+    stage_entry: str = "block"
     stride_in_1x1: bool = False
     stride_in_last_block: bool = False
     conv_bias: bool = False
@@ -117,6 +129,7 @@ class ResNetConfig:
     se_ratio: float = 0.0
     drop_path_rate: float = 0.0
     zero_init_residual: bool = False
+    anti_alias: bool = False
     replace_stride_with_dilation: tuple[bool, ...] = ()
     num_classes: int = 1000
     input_size: tuple[int, int, int] = (3, 224, 224)
@@ -147,8 +160,15 @@ class ResNetConfig:
         if n == 0 or len(self.widths) != n or len(self.strides) != n:
             bad(f"layers, widths and strides need one entry per stage (got {len(self.layers)}, "
                 f"{len(self.widths)}, {len(self.strides)})")
-        if any(d < 1 for d in self.layers) or any(w < 1 for w in self.widths):
-            bad("every stage needs at least one block and a positive width")
+        if self.stage_entry not in STAGE_ENTRIES:
+            bad(f"stage_entry={self.stage_entry!r}; choose one of {', '.join(STAGE_ENTRIES)}")
+        fewest = 0 if self.stage_entry == "conv_pool" else 1
+        if any(d < fewest for d in self.layers) or any(w < 1 for w in self.widths):
+            bad("every stage needs at least one block and a positive width" if fewest else
+                "block counts must be at least 0 and widths positive")
+        if self.stage_entry == "conv_pool" and (self.block != "basic" or self.replace_stride_with_dilation or
+                                                self.stride_in_last_block or self.anti_alias):
+            bad("stage_entry='conv_pool' takes basic blocks, without dilation, stride_in_last_block or anti_alias")
         if any(s not in (1, 2) for s in self.strides):
             bad(f"strides must be 1 or 2, got {self.strides}")
         if self.groups < 1 or self.base_width < 1:
@@ -163,6 +183,9 @@ class ResNetConfig:
             bad("pad shortcuts are for post-activation CIFAR networks")
         if self.num_classes < 0:
             bad("num_classes must be >= 0 (0 = no classifier)")
+        if self.anti_alias and (self.block.startswith("preact") or self.stem_pool_zero_pad or self.stride_in_1x1):
+            bad("anti_alias is for post-activation blocks with the stride in the 3x3 and the usual stem (as timm's "
+                "resnetblur models)")
 
     @property
     def expansion(self) -> int:
@@ -235,6 +258,47 @@ def _make_divisible(v: float, divisor: int = 8) -> int:
     return max(divisor, int(v + divisor / 2) // divisor * divisor)
 
 
+class BlurPool2d(nn.Module):
+    """A fixed 3x3 binomial blur ([1, 2, 1] / 4 in each direction, reflect padding), then the stride: anti-aliased
+    downsampling (Zhang 2019), timm's ``BlurPool2d`` with its defaults. The filter is a non-persistent buffer."""
+
+    def __init__(self, channels: int, stride: int = 2) -> None:
+        super().__init__()
+        self.channels = channels
+        self.stride = stride
+        taps = torch.tensor([1.0, 2.0, 1.0]) / 4
+        self.register_buffer("filt", (taps[:, None] * taps[None, :]).expand(channels, 1, 3, 3).clone(),
+                             persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.conv2d(F.pad(x, (1, 1, 1, 1), mode="reflect"), self.filt.to(x.dtype), stride=self.stride,
+                        groups=self.channels)
+
+    def extra_repr(self) -> str:
+        return f"channels={self.channels}, stride={self.stride}"
+
+
+def _anti_alias(channels: int, stride: int, dilation: int, first_dilation: int, enabled: bool
+                ) -> tuple[int, nn.Module | None]:
+    """(the 3x3 convolution's stride, the blur after it or None): timm's rule, blur wherever a block downsamples
+    or changes its dilation."""
+    if enabled and (stride == 2 or first_dilation != dilation):
+        return 1, BlurPool2d(channels, stride)
+    return stride, None
+
+
+class ConvPool(nn.Sequential):
+    """A stage's entry in Page's ResNet-9: 3x3 conv, BN, ReLU to the new width, then a 2x2 max-pool when it
+    strides."""
+
+    def __init__(self, cin: int, cout: int, stride: int, bias: bool = False, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.conv = _conv3x3(cin, cout, bias=bias)
+        self.bn = nn.BatchNorm2d(cout, eps=eps)
+        self.relu = nn.ReLU(inplace=True)
+        self.pool = nn.MaxPool2d(stride) if stride > 1 else nn.Identity()
+
+
 class PadShortcut(nn.Module):
     """Option A shortcut (He et al. 2015, CIFAR): subsample, then zero-pad the new channels."""
 
@@ -279,10 +343,11 @@ class BasicBlock(nn.Module):
     def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None,
                  groups: int = 1, base_width: int = 64, dilation: int = 1, first_dilation: int | None = None,
                  bias: bool = False, eps: float = 1e-5, se_ratio: float = 0.0, drop_path_rate: float = 0.0,
-                 stride_in_1x1: bool = False) -> None:
+                 stride_in_1x1: bool = False, anti_alias: bool = False) -> None:
         super().__init__()
         first_dilation = first_dilation or dilation
-        self.conv1 = _conv3x3(inplanes, planes, stride, dilation=first_dilation, bias=bias)
+        conv_stride, self.aa = _anti_alias(planes, stride, dilation, first_dilation, anti_alias)
+        self.conv1 = _conv3x3(inplanes, planes, conv_stride, dilation=first_dilation, bias=bias)
         self.bn1 = nn.BatchNorm2d(planes, eps=eps)
         self.relu = nn.ReLU(inplace=True)
         self.conv2 = _conv3x3(planes, planes, dilation=dilation, bias=bias)
@@ -298,6 +363,8 @@ class BasicBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         shortcut = x
         out = self.relu(self.bn1(self.conv1(x)))
+        if self.aa is not None:
+            out = self.aa(out)
         out = self.bn2(self.conv2(out))
         if self.se is not None:
             out = self.se(out)
@@ -320,11 +387,12 @@ class Bottleneck(nn.Module):
     def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None,
                  groups: int = 1, base_width: int = 64, dilation: int = 1, first_dilation: int | None = None,
                  bias: bool = False, eps: float = 1e-5, se_ratio: float = 0.0, drop_path_rate: float = 0.0,
-                 stride_in_1x1: bool = False) -> None:
+                 stride_in_1x1: bool = False, anti_alias: bool = False) -> None:
         super().__init__()
         first_dilation = first_dilation or dilation
         width = int(planes * (base_width / 64.0)) * groups
         s1, s3 = (stride, 1) if stride_in_1x1 else (1, stride)
+        s3, self.aa = _anti_alias(width, s3, dilation, first_dilation, anti_alias)
         self.conv1 = _conv1x1(inplanes, width, s1, bias=bias)
         self.bn1 = nn.BatchNorm2d(width, eps=eps)
         self.conv2 = _conv3x3(width, width, s3, groups, first_dilation, bias=bias)
@@ -344,6 +412,8 @@ class Bottleneck(nn.Module):
         shortcut = x
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
+        if self.aa is not None:
+            out = self.aa(out)
         out = self.bn3(self.conv3(out))
         if self.se is not None:
             out = self.se(out)
@@ -500,6 +570,8 @@ class ResNet(nn.Module):
             self.maxpool: nn.Module = nn.Identity()
         elif cfg.stem_pool_zero_pad:
             self.maxpool = nn.Sequential(nn.ZeroPad2d(1), nn.MaxPool2d(3, 2))
+        elif cfg.anti_alias:  # timm: max-pool at stride 1, then the blur downsamples
+            self.maxpool = nn.Sequential(nn.MaxPool2d(3, 1, 1), BlurPool2d(sw, 2))
         else:
             self.maxpool = nn.MaxPool2d(3, 2, 1)
         stem_stride = 1 if cfg.stem == "cifar" else 4
@@ -517,6 +589,9 @@ class ResNet(nn.Module):
                 stride = 1
             blocks: list[nn.Module] = []
             out_ch = width * block.expansion
+            if cfg.stage_entry == "conv_pool":
+                blocks.append(ConvPool(inplanes, out_ch, stride, cfg.conv_bias, eps))
+                inplanes, stride_so_far, stride = out_ch, stride_so_far * stride, 1
             for j in range(depth):
                 s = stride if (j == depth - 1 if cfg.stride_in_last_block else j == 0) else 1
                 ds = self._make_shortcut(inplanes, out_ch, s, preact, eps) if (s != 1 or inplanes != out_ch) else None
@@ -525,13 +600,14 @@ class ResNet(nn.Module):
                     inplanes, width, s, ds, groups=cfg.groups, base_width=cfg.base_width, dilation=dilation,
                     first_dilation=prev_dilation if j == 0 else dilation, bias=cfg.conv_bias, eps=eps,
                     se_ratio=cfg.se_ratio, drop_path_rate=dpr, stride_in_1x1=cfg.stride_in_1x1,
+                    **({"anti_alias": True} if cfg.anti_alias else {}),
                 ))
                 inplanes = out_ch
                 block_idx += 1
             name = f"layer{i + 1}"
             self.add_module(name, nn.Sequential(*blocks))
             self.stage_names.append(name)
-            stride_so_far *= stride
+            stride_so_far *= stride  # (1 where the stage's entry already pooled)
             self.feature_info.append({"name": name, "stride": stride_so_far, "channels": out_ch})
 
         self.num_features = inplanes
