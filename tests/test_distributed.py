@@ -302,7 +302,7 @@ def test_distributed_evaluation_equals_one_process_exactly(job: dict) -> None:
     those one process computes from the same weights with the same batches, to the last bit."""
     from resnet_tune.data.datasets import discover
     from resnet_tune.data.loaders import decode_to_memory
-    from resnet_tune.engine.hardware import Precision
+    from resnet_tune.engine.hardware import Precision, default_channels_last
     from resnet_tune.eval.metrics import classification_report
 
     _ok(job["two"])
@@ -311,14 +311,16 @@ def test_distributed_evaluation_equals_one_process_exactly(job: dict) -> None:
 
     splits = discover(str(job["root"] / "data"))
 
-    def one_process(checkpoint: Path, model_channels_last: bool) -> tuple[torch.Tensor, torch.Tensor, float, dict]:
+    layout = default_channels_last(torch.device("cpu"), deterministic=True)  # the trainer's, for --deterministic
+
+    def one_process(checkpoint: Path, as_trained: bool) -> tuple[torch.Tensor, torch.Tensor, float, dict]:
         model, rec = ckpt.load_checkpoint(checkpoint)
-        if model_channels_last:  # as the trainer holds it
+        if as_trained and layout:  # as the trainer holds it
             model = model.to(memory_format=torch.channels_last)
         pp = Preprocessing.from_dict(rec["preprocessing"])
         x, y = decode_to_memory(splits.val, pp)
-        # eval batch = 2 x batch size 4; channels_last batches, the trainer's default on a CPU
-        loader = MemoryLoader(x, y, 8, train=False, mean=pp.mean, std=pp.std, channels_last=True)
+        # eval batch = 2 x batch size 4, in the trainer's layout
+        loader = MemoryLoader(x, y, 8, train=False, mean=pp.mean, std=pp.std, channels_last=layout)
         task = ClassificationTask(TrainConfig())
         model.eval()
         parts = [task.eval_batch(model, x, y, Precision(None, False), torch.device("cpu")).part for x, y in loader]

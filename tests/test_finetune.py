@@ -129,8 +129,10 @@ def test_choose_transfer_is_a_pure_function_of_the_facts() -> None:
     assert same.img_size == 128 and same.reason == ""
     unknown = choose_transfer(TransferFacts(n_train=50, n_classes=2, image_side=None, weights_size=None))
     assert unknown.img_size is None
-    for choice in (small, same, unknown):
-        assert choice.strategy in ("full", "freeze_unfreeze", "linear_probe") and choice.freeze_at >= 0
+    for choice in (small, same, unknown):  # the suite's rule: a full fine-tune, nothing frozen, on any facts
+        assert choice.strategy == "full" and choice.freeze_at == 0 and "strategy full" in choice.strategy_reason
+    for n_train, n_classes in ((20, 2), (100_000, 1000)):  # tiny and large target sets alike
+        assert choose_transfer(TransferFacts(n_train, n_classes, 64, 224)).strategy == "full"
     assert choose_transfer(TransferFacts(1000, 10, 32, 128)) == small  # nothing but the facts counts
     assert weights_input_size({"input_size": (3, 224, 224)}) == 224 and weights_input_size({"input_size": 96}) == 96
     assert weights_input_size({}) is None and weights_input_size({"input_size": True}) is None
@@ -143,10 +145,12 @@ def test_fine_tuning_runs_at_the_size_the_weights_were_trained_at(image_folder: 
     ck = random_checkpoint(tmp_path, "resnet20", 40, ["a", "b"])  # its record: trained at 40 px
     res = fit(data=str(image_folder), output=str(tmp_path / "r"), model="resnet20", pretrained=str(ck),
               quiet=False, **{k: v for k, v in FAST.items() if k != "img_size"})
-    assert "fine-tunes at 40 px, the size the weights were trained at (the images are about 24 px)" in \
-        capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "fine-tunes at 40 px, the size the weights were trained at (the images are about 24 px)" in out
+    assert "note: strategy full: every layer trains from the first step" in out  # the default, and why
     saved = yaml.safe_load((res.run_dir / "config.yaml").read_text())
-    assert saved["img_size"] == 40 and saved["strategy"] == "freeze_unfreeze" and saved["freeze_at"] == 0
+    assert saved["img_size"] == 40 and saved["strategy"] == "full" and saved["freeze_at"] == 0
+    assert "strategy full: every layer trains" in (res.run_dir / "report.md").read_text()
     res = fit(data=str(image_folder), output=str(tmp_path / "s"), model="resnet20", pretrained=str(ck), quiet=True,
               **FAST)  # --img-size wins
     assert yaml.safe_load((res.run_dir / "config.yaml").read_text())["img_size"] == 16

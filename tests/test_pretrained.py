@@ -633,7 +633,7 @@ def test_train_downloads_the_default_models_weights_then_uses_the_cache(tmp_path
 
     data = _photo_folder(tmp_path / "photos")
     before = server.gets[tv_host]
-    out = _train(["--data", str(data), "--output", str(tmp_path / "run1")], capsys)
+    out = _train(["--data", str(data), "--output", str(tmp_path / "run1"), "--strategy", "freeze_unfreeze"], capsys)
     assert server.gets[tv_host] == before + 1
     assert "pretrained from torchvision:ResNet18_Weights.IMAGENET1K_V1 (resnet18's published weights" in out
     assert "warning" not in out

@@ -114,7 +114,9 @@ def test_folded_predictor_matches_eager(image_folder: Path, tmp_path: Path, monk
 @pytest.mark.parametrize("loader", ["memory", "workers"])
 def test_resume_after_interruption_is_bit_exact(image_folder: Path, tmp_path: Path, loader: str,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    opts = dict(FAST, epochs=3, deterministic=True, loader=loader, workers=0, ema=True)
+    # with EMA, Lookahead in mid-cycle at the interruption (3 steps an epoch, k=2) and progressive resizing
+    opts = dict(FAST, epochs=3, deterministic=True, loader=loader, workers=0, ema=True, lookahead=2,
+                progressive_resize=0.5)
     full = fit(data=str(image_folder), output=str(tmp_path / "full"), quiet=True, **opts)
 
     monkeypatch.setenv("RESNET_TUNE_DEBUG_INTERRUPT_AT", "3")  # Ctrl-C at the start of that epoch
@@ -143,6 +145,87 @@ def test_resume_keeps_schedule(image_folder: Path, tmp_path: Path, monkeypatch: 
     assert [r["lr"] for r in resumed.history] == pytest.approx([r["lr"] for r in full.history])
 
 
+def test_flat_cos_schedule_holds_the_peak_then_anneals() -> None:
+    from resnet_tune.engine.optim import lr_at
+
+    mults = [lr_at(t, 100, "flat_cos", warmup_steps=5) for t in range(101)]
+    assert mults[0] == pytest.approx(1 / 6) and mults[4] == pytest.approx(5 / 6)  # linear warm-up
+    assert mults[5:75] == [1.0] * 70  # flat at the peak until 75% of the steps
+    assert all(a > b for a, b in zip(mults[75:], mults[76:]))  # then strictly down
+    assert mults[100] == pytest.approx(1e-3)  # to the cosine's floor
+    assert lr_at(50, 100, "flat_cos", flat_frac=0.5) == 1.0 and lr_at(75, 100, "flat_cos", flat_frac=0.5) == \
+        pytest.approx(1e-3 + (1 - 1e-3) * 0.5)
+    with pytest.raises(ValueError, match="unknown schedule"):
+        lr_at(0, 10, "flat-cos")
+
+
+def test_progressive_resizing_trains_small_first_and_full_at_the_end(image_folder: Path, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch,
+                                                                    capsys: pytest.CaptureFixture) -> None:
+    from resnet_tune.engine.optim import scale_at, scaled_size
+    from resnet_tune.tasks.classification.task import ClassificationTask
+
+    assert [scale_at(e, 5, 0.5) for e in range(5)] == [0.5, 0.625, 0.75, 0.875, 1.0]  # full size from 75% on
+    assert [scaled_size(128, scale_at(e, 5, 0.5)) for e in range(5)] == [64, 80, 96, 112, 128]
+    assert scale_at(0, 1, 0.5) == 0.5 and scale_at(3, 4, 1.0) == 1.0 and scaled_size(20, 0.1) == 8
+    seen: list[tuple[int, ...]] = []
+    original = ClassificationTask.train_loss
+
+    def spy(self, fwd, x, y, criterion, generator):  # type: ignore[no-untyped-def]
+        seen.append(tuple(x.shape[-2:]))
+        return original(self, fwd, x, y, criterion, generator)
+
+    monkeypatch.setattr(ClassificationTask, "train_loss", spy)
+    res = fit(data=str(image_folder), output=str(tmp_path / "run"), **dict(FAST, epochs=4, img_size=32,
+                                                                         progressive_resize=0.5))
+    assert "progressive resizing: the epochs train at 16, 24, 24, 32 px" in capsys.readouterr().out
+    per_epoch = len(seen) // 4
+    assert {seen[0], seen[per_epoch], seen[-1]} == {(16, 16), (24, 24), (32, 32)}
+    assert res.history[-1]["val_acc"] >= 0  # validation ran at the full size (the model saw no other)
+    with pytest.raises(ConfigError, match="--progressive-resize with --budget"):
+        TrainConfig(budget="5m", progressive_resize=0.5)
+
+
+def test_segmentation_resizes_masks_by_nearest_neighbour() -> None:
+    from resnet_tune.tasks.segmentation.task import SegmentationTask
+    from resnet_tune.tasks.segmentation.config import SegmentationConfig
+
+    task = SegmentationTask(SegmentationConfig())
+    x = torch.rand(2, 3, 8, 8).contiguous(memory_format=torch.channels_last)
+    y = torch.zeros(2, 8, 8, dtype=torch.long)
+    y[:, 4:] = 3
+    y[:, :, :2] = 255  # the ignore index stays itself
+    sx, sy = task.resize_batch(x, y, (4, 4))
+    assert sx.shape == (2, 3, 4, 4) and sx.is_contiguous(memory_format=torch.channels_last)
+    assert sy.dtype == torch.long and set(sy.unique().tolist()) == {0, 3, 255}
+    assert (sy[:, 2:, 1:] == 3).all() and (sy[:, :, 0] == 255).all()
+
+
+def test_lookahead_pulls_back_to_the_slow_weights_every_k_steps() -> None:
+    from resnet_tune.engine.optim import Lookahead
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    start = {n: p.detach().clone() for n, p in model.named_parameters()}
+    la = Lookahead(model, k=3, alpha=0.5)
+    x = torch.randn(8, 3)
+    for step in range(3):
+        opt.zero_grad()
+        model(x).square().sum().backward()
+        opt.step()
+        fast = {n: p.detach().clone() for n, p in model.named_parameters()}
+        la.update(model)
+        if step < 2:  # between syncs the fast weights run free
+            assert all(torch.equal(p, fast[n]) for n, p in model.named_parameters())
+    for n, p in model.named_parameters():  # after k steps: halfway between where they started and where they ran
+        torch.testing.assert_close(p.detach(), start[n] + 0.5 * (fast[n] - start[n]))
+        torch.testing.assert_close(la.slow[n], p.detach())
+    copy = Lookahead(model, k=3)
+    copy.load_state_dict(la.state_dict())
+    assert copy.steps == 3 and all(torch.equal(copy.slow[n], la.slow[n]) for n in la.slow)
+
+
 def _pretrained_file(tmp_path: Path) -> Path:
     torch.manual_seed(1)
     model = rt.create_model("resnet20")
@@ -166,7 +249,7 @@ def test_freeze_then_unfreeze_trains_body_after_frozen_epochs(image_folder: Path
                                                               capsys: pytest.CaptureFixture) -> None:
     pre = _pretrained_file(tmp_path)
     res = fit(data=str(image_folder), output=str(tmp_path / "fu"), model="resnet20", pretrained=str(pre),
-              quiet=False, **dict(FAST, epochs=3))
+              quiet=False, strategy="freeze_unfreeze", **dict(FAST, epochs=3))
     epochs = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch ")]
     assert ["(frozen body)" in line for line in epochs] == [True, False, False]
     state = ckpt.load_state(res.run_dir / ckpt.STATE)

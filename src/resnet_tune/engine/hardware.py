@@ -76,10 +76,12 @@ def resolve_precision(name: str, device: torch.device) -> Precision:
     return Precision(None, False)
 
 
-def default_channels_last(device: torch.device) -> bool:
+def default_channels_last(device: torch.device, deterministic: bool = False) -> bool:
     """channels_last pays on CUDA tensor cores and in oneDNN's CPU convolutions at every input size measured
-    (benchmarks/RESULTS.md, "Measurements the code cites": channels-last)."""
-    return device.type in ("cuda", "cpu")
+    (benchmarks/RESULTS.md, "Measurements the code cites": channels-last). Not for a deterministic run on a CPU:
+    on an AMD EPYC without AVX-512, oneDNN's channels-last training convolutions with 2 threads gave different
+    weights from one run to the next (``--deterministic`` notwithstanding), the contiguous layout the same ones."""
+    return device.type == "cuda" or (device.type == "cpu" and not deterministic)
 
 
 # On a CPU, large inference batches run slower per image once their activations outgrow the caches

@@ -54,13 +54,16 @@ def make_optimizer(name: str, groups: list[dict], lr: float, momentum: float = 0
 
 
 def lr_at(step: int, total_steps: int, schedule: str, warmup_steps: int = 0, final_frac: float = 1e-3,
-          power: float = 0.9) -> float:
+          power: float = 0.9, flat_frac: float = 0.75) -> float:
     """Learning-rate multiplier (0..1) at ``step`` of ``total_steps``; a pure function, so resume is exact.
 
     ``onecycle``: linear warm-up from 4% over the first 25% of steps, then cosine to ``final_frac``
     (Smith & Topin 2018, as PyTorch's OneCycleLR with ``anneal_strategy='cos'``).
     ``cosine``: linear warm-up over ``warmup_steps`` then cosine to ``final_frac``.
     ``poly``: linear warm-up over ``warmup_steps``, then ``(1 - t / T) ** power`` (DeepLab, Chen et al. 2017).
+    ``flat_cos``: linear warm-up over ``warmup_steps``, flat at the peak until ``flat_frac`` of the steps, then
+    cosine to ``final_frac`` (fastai's ``fit_flat_cos``, whose ``pct_start`` is 0.75; the Imagenette leaderboard's
+    recipe).
     ``constant``: 1.
     """
     total_steps = max(total_steps, 1)
@@ -74,6 +77,14 @@ def lr_at(step: int, total_steps: int, schedule: str, warmup_steps: int = 0, fin
             return start + (1.0 - start) * t / warm
         p = (t - warm) / max(total_steps - warm, 1)
         return final_frac + (1.0 - final_frac) * 0.5 * (1.0 + math.cos(math.pi * p))
+    if schedule == "flat_cos":
+        if warmup_steps > 0 and t < warmup_steps:
+            return (t + 1) / (warmup_steps + 1)
+        flat = max(int(flat_frac * total_steps), warmup_steps)
+        if t < flat:
+            return 1.0
+        p = (t - flat) / max(total_steps - flat, 1)
+        return final_frac + (1.0 - final_frac) * 0.5 * (1.0 + math.cos(math.pi * p))
     if schedule in ("cosine", "poly"):
         if warmup_steps > 0 and t < warmup_steps:
             return (t + 1) / (warmup_steps + 1)
@@ -84,9 +95,50 @@ def lr_at(step: int, total_steps: int, schedule: str, warmup_steps: int = 0, fin
     raise ValueError(f"unknown schedule {schedule!r}")
 
 
+def scale_at(epoch: int, epochs: int, start: float, ramp: float = 0.75) -> float:
+    """Progressive resizing: the image-size factor of ``epoch`` (0-based) of ``epochs``: ``start`` at the first,
+    rising linearly to 1 at ``ramp`` of the epochs, 1 from there (FFCV's linear resolution ramp); a pure function,
+    so resume is exact."""
+    end = max(round(ramp * epochs), 1)
+    return 1.0 if start >= 1.0 or epoch >= end else start + (1.0 - start) * epoch / end
+
+
+def scaled_size(size: int, scale: float, multiple: int = 8) -> int:
+    """``size * scale`` rounded to a multiple of ``multiple`` pixels, at least ``multiple`` and at most ``size``."""
+    return size if scale >= 1.0 else min(size, max(multiple, round(size * scale / multiple) * multiple))
+
+
 def set_lr(optimizer: torch.optim.Optimizer, mult: float) -> None:
     for g in optimizer.param_groups:
         g["lr"] = g["base_lr"] * mult
+
+
+class Lookahead:
+    """Lookahead (Zhang et al. 2019, "Lookahead Optimizer: k steps forward, 1 step back"): every ``k`` optimiser
+    steps the slow copy of the weights moves ``alpha`` of the way to the fast weights, and the fast weights restart
+    from it. Applied after the inner optimiser's step (any optimiser); its state is saved for exact resume."""
+
+    def __init__(self, model: nn.Module, k: int = 5, alpha: float = 0.5) -> None:
+        self.k, self.alpha, self.steps = k, alpha, 0
+        self.slow = {n: p.detach().clone() for n, p in model.named_parameters()}
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        self.steps += 1
+        if self.steps % self.k:
+            return
+        for n, p in model.named_parameters():
+            slow = self.slow[n]
+            slow.lerp_(p.detach(), self.alpha)
+            p.copy_(slow)
+
+    def state_dict(self) -> dict:
+        return {"k": self.k, "alpha": self.alpha, "steps": self.steps, "slow": self.slow}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.k, self.alpha, self.steps = int(state["k"]), float(state["alpha"]), int(state["steps"])
+        for n, v in state["slow"].items():
+            self.slow[n].copy_(v)
 
 
 class EMA:

@@ -281,6 +281,15 @@ class Task:
         """A batch from the loader, on the device and ready for the model."""
         return x.to(device, non_blocking=True), y.to(device, non_blocking=True)
 
+    def resize_batch(self, x: torch.Tensor, y: torch.Tensor, size: tuple[int, int]
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A training batch at ``size`` (progressive resizing): the images resampled (bilinear, antialiased, in
+        their memory format); image-level targets unchanged. Tasks with dense targets resize those too."""
+        small = torch.nn.functional.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
+        if x.is_contiguous(memory_format=torch.channels_last):
+            small = small.contiguous(memory_format=torch.channels_last)
+        return small, y
+
     def train_loss(self, fwd: nn.Module, x: torch.Tensor, y: torch.Tensor, criterion: nn.Module,
                    generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """Forward and loss of one training batch (called under autocast); returns (loss, output)."""

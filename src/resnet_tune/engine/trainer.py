@@ -32,7 +32,7 @@ from .config import RunConfig, from_dict, save_yaml
 from .finetune import (frozen_epochs, resolve_freeze_at, resolve_strategy, set_body_frozen, set_frozen_blocks,
                        train_mode)
 from .hardware import Precision, default_channels_last, resolve_device, resolve_precision, seed_everything, set_threads
-from .optim import EMA, lr_at, make_optimizer, param_groups, set_lr
+from .optim import EMA, Lookahead, lr_at, make_optimizer, param_groups, scale_at, scaled_size, set_lr
 from .run import create_run_dir, tensorboard_writer, write_metrics
 from .budget import BudgetState, BudgetView, Clock, Plan, format_duration, minimum_budget, parse_duration, plan_steps
 from .budget import reserve_seconds
@@ -81,6 +81,7 @@ class _Setup:
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
     ema: EMA | None
+    lookahead: Lookahead | None
     criterion: nn.Module
     steps_per_epoch: int
     total_steps: int
@@ -253,7 +254,8 @@ class Trainer:
         device = dist.device if dist.enabled else resolve_device(cfg.device)
         precision = resolve_precision(cfg.precision, device)
         seed_everything(cfg.seed, cfg.deterministic)
-        channels_last = cfg.channels_last if cfg.channels_last is not None else default_channels_last(device)
+        channels_last = (cfg.channels_last if cfg.channels_last is not None else
+                         default_channels_last(device, cfg.deterministic))
 
         if cfg.budget is not None:  # --model auto may choose the network and input size from the time left
             budget = parse_duration(cfg.budget)
@@ -280,6 +282,9 @@ class Trainer:
         if task.pretrained is None:
             self.notes.append(f"trained from scratch ({task.weights_reason})")
         self.say(f"model: {described}" + (f", strategy {strategy}" if task.pretrained is not None else ""))
+        if cfg.strategy == "auto" and task.pretrained is not None and task.transfer is not None:
+            self.say(f"note: {task.transfer.strategy_reason}")
+            self.notes.append(task.transfer.strategy_reason)
         freeze_at = resolve_freeze_at(cfg, strategy, model, task.pretrained is not None, task.transfer)
         if cfg.freeze_at and not freeze_at:
             self.notes.append(f"freeze_at={cfg.freeze_at} ignored: the model trains from scratch")
@@ -331,12 +336,24 @@ class Trainer:
                        strategy=strategy, freeze_at=freeze_at, optimizer=optimizer,
                        scaler=gradient_scaler(precision, device),
                        ema=EMA(model, cfg.ema_decay) if cfg.ema else None,
+                       lookahead=Lookahead(model, cfg.lookahead) if cfg.lookahead else None,
                        criterion=criterion, steps_per_epoch=steps_per_epoch,
                        total_steps=total, warmup=warmup_steps(cfg.warmup_epochs, steps_per_epoch, total),
                        precise_bn=precise)
+        if cfg.progressive_resize < 1.0:
+            self.say(f"progressive resizing: {self._resize_plan(data)}")
         # what the defaults chose is recorded (config.yaml), and a resumed run keeps it
         self.cfg = cfg.replace(precise_bn=precise, strategy=strategy, freeze_at=freeze_at)
         return setup
+
+    def _resize_plan(self, data: TaskData) -> str:
+        """What progressive resizing does epoch by epoch, in pixels where the run has one square size."""
+        cfg = self.cfg
+        scales = [scale_at(e, cfg.epochs, cfg.progressive_resize) for e in range(cfg.epochs)]
+        size = data.preprocessing.get("input_size")
+        if isinstance(size, int):
+            return f"the epochs train at {', '.join(str(scaled_size(size, f)) for f in scales)} px"
+        return f"the epochs train at {', '.join(f'{f:.0%}' for f in scales)} of the crop size"
 
     def _optimizer(self, model: nn.Module, lr: float, decay: float, freeze_at: int) -> torch.optim.Optimizer:
         """The run's optimiser over ``model``'s parameter groups (discriminative rates ``decay``, the first
@@ -716,7 +733,9 @@ class Trainer:
             "classes": list(s.data.classes),
             "model": {k: v.detach().cpu() for k, v in ckpt.unwrap(s.model).state_dict().items()},
             "optimizer": s.optimizer.state_dict(), "scaler": s.scaler.state_dict(),
-            "ema": s.ema.state_dict() if s.ema else None, "guard": s.guard.state_dict(), "rng": ckpt.rng_state(),
+            "ema": s.ema.state_dict() if s.ema else None,
+            "lookahead": s.lookahead.state_dict() if s.lookahead else None, "guard": s.guard.state_dict(),
+            "rng": ckpt.rng_state(),
             "budget": self._budget_record(r),
             "best": r.best,
             "best_epoch": r.best_epoch, "history": r.history, "world": self.dist.world,
@@ -749,12 +768,15 @@ class Trainer:
         bar = self._progress(loader, len(loader), f"epoch {epoch + 1}/{cfg.epochs}")
         show = bar is not loader
         optimizer.zero_grad(set_to_none=True)
+        scale = 1.0 if features else scale_at(epoch, cfg.epochs, cfg.progressive_resize)
         for i, (x, y) in enumerate(bar):
             # dropout and drop-path draw from a seed of the micro-batch's place in the epoch: rank r's i-th batch
             # is micro-batch i * world + r of one process with `world` accumulation steps, and draws the same
             torch.manual_seed(((cfg.seed * 1_000_003 + epoch) * 1_000_033 + i * dist.world + dist.rank) % 2**63)
             x, y = (x.to(device, non_blocking=True), y.to(device, non_blocking=True)) if features else \
                 task.to_device(x, y, device, s.channels_last)
+            if scale < 1.0:
+                x, y = task.resize_batch(x, y, (scaled_size(x.shape[-2], scale), scaled_size(x.shape[-1], scale)))
             last_micro = (i + 1) % cfg.accum_steps == 0
             # accumulation: gradients are averaged across processes on the last micro-step only
             with (dist.no_sync(fwd) if dist.enabled and not last_micro else contextlib.nullcontext()):
@@ -779,6 +801,8 @@ class Trainer:
                         torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], cfg.grad_clip)
                     scaler.step(optimizer)
                     scaler.update()
+                    if s.lookahead is not None:
+                        s.lookahead.update(ckpt.unwrap(model))
                     if s.ema is not None:
                         s.ema.update(ckpt.unwrap(model))
                 else:
@@ -869,6 +893,8 @@ class Trainer:
             s.scaler.load_state_dict(st["scaler"])
         if s.ema is not None and st.get("ema"):
             s.ema.load_state_dict(st["ema"])
+        if s.lookahead is not None and st.get("lookahead"):
+            s.lookahead.load_state_dict(st["lookahead"])
         s.guard.load_state_dict(st.get("guard"))
         ckpt.set_rng_state(st["rng"])
         return int(st["epoch"]), float(st["best"]), int(st["best_epoch"]), list(st["history"])

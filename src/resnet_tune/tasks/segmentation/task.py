@@ -181,6 +181,13 @@ class SegmentationTask(Task):
             x = x.contiguous(memory_format=torch.channels_last)
         return x, y.to(device, non_blocking=True)
 
+    def resize_batch(self, x: torch.Tensor, y: torch.Tensor, size: tuple[int, int]
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images resampled as every task's; the masks by nearest neighbour (class ids stay ids)."""
+        x, _ = super().resize_batch(x, y, size)
+        mask = torch.nn.functional.interpolate(y[:, None].float(), size=size, mode="nearest")[:, 0]
+        return x, mask.to(y.dtype)
+
     def train_loss(self, fwd: nn.Module, x: torch.Tensor, y: torch.Tensor, criterion: nn.Module,
                    generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         out = fwd(x)  # in training mode a model with an auxiliary head answers {"out", "aux"}
