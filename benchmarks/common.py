@@ -103,10 +103,11 @@ def cifar_subset_csv(path: Path, per_class: int, val_per_class: int, seed: int =
     return subset_csv(path, DATA / "cifar10" / "train", per_class, val_per_class, seed)
 
 
-def subset_csv(path: Path, train_dir: Path, per_class: int, val_per_class: int, seed: int = 0,
+def subset_csv(path: Path, train_dir: Path, per_class: int | None, val_per_class: int, seed: int = 0,
                test_dir: Path | None = None) -> Path:
     """A CSV of path,label,split over the class folders of ``train_dir`` (no copies of the images): ``per_class``
-    training and the next ``val_per_class`` validation images a class, drawn with ``seed``, and every image of
+    training (None: all but the validation images) and the next ``val_per_class`` validation images a class, drawn
+    with ``seed``, and every image of
     ``test_dir``'s class folders as ``test`` when it is given. Written once; an existing file is reused, so runs
     that read it stay resumable."""
     if path.exists():
@@ -117,8 +118,9 @@ def subset_csv(path: Path, train_dir: Path, per_class: int, val_per_class: int, 
     for cls in sorted(p.name for p in root.iterdir() if p.is_dir()):
         files = sorted(str(p) for p in (root / cls).iterdir())
         rng.shuffle(files)
-        rows += [(f, cls, "train") for f in files[:per_class]]
-        rows += [(f, cls, "val") for f in files[per_class:per_class + val_per_class]]
+        n = len(files) - val_per_class if per_class is None else per_class
+        rows += [(f, cls, "train") for f in files[:n]]
+        rows += [(f, cls, "val") for f in files[n:n + val_per_class]]
         if test_dir is not None:
             rows += [(str(p), cls, "test") for p in sorted((Path(test_dir).resolve() / cls).iterdir())]
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -204,9 +206,40 @@ def cli_run(code: Path, out: Path, args: list[str]) -> dict:
            "max_val_loss": max(r["val_loss"] for r in rows),
            "max_train_loss": max(r["train_loss"] for r in rows), "seconds": seconds,
            "epoch_train_seconds": [r["train_seconds"] for r in rows],
-           "command": " ".join(["resnet-tune train", *args]), "log": proc.stdout[-6000:]}
+           "command": " ".join(["resnet-tune train", *args]), "log": proc.stdout[-6000:],
+           "device": next((line[8:] for line in proc.stdout.splitlines() if line.startswith("device: ")), None)}
     summary.write_text(json.dumps(res, indent=2))
     return res
+
+
+#: The benchmarks' ledger in the repository: one JSON file a finished run, ``results/<bench>/<key>/seed<N>.json``.
+#: Each session gets a new machine, so run folders do not outlive it; campaigns accumulate their seeds here.
+LEDGER = Path(__file__).resolve().parent / "results"
+
+
+def ledger_write(bench: str, key: str, seed: int, res: dict, **facts: object) -> Path:
+    """Keep a finished run's figures (not its log) with ``facts`` (what it ran on), the CPU, torch and the date; an
+    existing entry is never rewritten."""
+    import datetime
+
+    path = LEDGER / bench / key / f"seed{seed}.json"
+    if not path.exists():
+        entry = {k: v for k, v in res.items() if k != "log"}
+        entry.update(facts, cpu=cpu_name(), torch=torch.__version__, date=datetime.date.today().isoformat())
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(entry, indent=1) + "\n")
+    return path
+
+
+def ledger_read(bench: str) -> dict[str, list[dict]]:
+    """Every recorded run of a benchmark, by key (``a/b/c``), seeds in order (each entry's ``seed`` from its file
+    name)."""
+    root = LEDGER / bench
+    out: dict[str, list[dict]] = {}
+    for p in sorted(root.glob("**/seed*.json")):
+        entry = {**json.loads(p.read_text()), "seed": int(p.stem[4:])}
+        out.setdefault(p.parent.relative_to(root).as_posix(), []).append(entry)
+    return out
 
 
 def summaries(folder: Path) -> list[dict]:

@@ -34,6 +34,13 @@ a number; ``default`` arms leave it to the code unless ``--size`` is a number. R
     python benchmarks/transfer.py --work /work/bench_runs/transfer --table
     python benchmarks/transfer.py --work /work/bench_runs/transfer --stage speed   # step time by frozen blocks
 
+Every finished run's figures also go into the repository's ledger (``common.ledger_write``:
+``benchmarks/results/transfer/<backbone>/<target>/<arm>@<size>/seed<N>.json``, no log; the backbone's digest and
+accuracy, CPU, torch, date), and ``--table`` reads the ledger: the work folder lives on a machine that a later
+session does not get back, so the campaign's seeds accumulate in the ledger across sessions. A backbone retrained in
+a later session by the same command is a new draw of the backbone (its digest says which runs shared one); every arm
+of one seed shares one.
+
 ``--stage speed`` times the training step of ResNet-18 (bf16 autocast, channels-last, SGD, batch 64, as the trainer
 runs it) with 0, 1 and 2 body blocks frozen (``--freeze-at``) and with the whole body frozen, at 64 and 128 px, in
 interleaved rounds on an otherwise idle machine: what freezing the stem and first stage saves.
@@ -42,12 +49,14 @@ interleaved rounds on an otherwise idle machine: what freezing the stem and firs
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import statistics
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DATA, cli_run, cpu_name, header, mean_sd, summaries, target_csv, timed  # noqa: E402
+from common import DATA, cli_run, cpu_name, header, ledger_read, ledger_write, mean_sd, target_csv, timed  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 BACKBONES = {"resnet18_128": {"model": "resnet18", "img_size": 128, "epochs": 16}}
@@ -93,8 +102,19 @@ def run_arm(work: Path, code: Path, backbone_name: str, target: str, arm: str, s
     return cli_run(code, out, args)
 
 
+def backbone_facts(work: Path, name: str) -> dict:
+    """Which backbone a run fine-tuned: the first 16 hex digits of its weights' SHA-256 and its Imagenette
+    validation accuracy."""
+    out = work / "backbones" / name
+    digest = hashlib.sha256((out / "best.safetensors").read_bytes()).hexdigest()[:16]
+    return {"name": name, "sha256": digest, "val_acc": json.loads((out / "eval.json").read_text())["accuracy"]}
+
+
 def epoch_seconds(res: dict) -> float:
-    """Median training seconds of the epochs that trained the whole network (a frozen first epoch left out)."""
+    """Median training seconds of the epochs that trained the whole network (a frozen first epoch left out); a
+    ledger entry transcribed from an earlier table carries only that median."""
+    if "epoch_seconds" in res:
+        return res["epoch_seconds"]
     secs = res["epoch_train_seconds"]
     return statistics.median(secs[1:] if len(secs) > 2 else secs)
 
@@ -110,10 +130,10 @@ def main() -> None:
                     choices=list(ARMS))
     ap.add_argument("--size", nargs="+", default=["native"], help="native, backbone or a number of pixels")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--table", action="store_true", help="print the table of every finished run and exit")
+    ap.add_argument("--table", action="store_true", help="print the ledger's table of every finished run and exit")
     args = ap.parse_args()
     if args.table:
-        return table(args.work)
+        return table()
     if args.stage == "speed":
         return step_speed()
     print(f"CPU: {cpu_name()}; code: {args.code}", flush=True)
@@ -125,6 +145,8 @@ def main() -> None:
             for size in args.size:
                 for arm in args.arms:
                     res = run_arm(args.work, args.code, args.backbone, target, arm, size, seed)
+                    ledger_write("transfer", f"{args.backbone}/{target}/{arm}@{size}", seed, res,
+                                 backbone=backbone_facts(args.work, args.backbone))
                     print(f"{target} {arm}@{size} seed {seed}: test {res['test_acc']:.4f} val "
                           f"{res['best_val_acc']:.4f} {epoch_seconds(res):.1f}s an epoch, {res['seconds']:.0f}s",
                           flush=True)
@@ -170,23 +192,40 @@ def step_speed(rounds: int = 3, steps: int = 10, batch: int = 64) -> None:
             print(f"{name} | {med:.3f} | {batch / med:.0f} | {base / med:.2f}x")
 
 
-def table(work: Path) -> None:
+def table() -> None:
+    """The ledger as a table: every backbone, target and arm@size, mean ± sd over the recorded seeds."""
     print("| backbone | target | arm@size | test accuracy (mean ± sd, n) | val (selection, mean ± sd) | s an epoch | "
           "s a run |")
     print("|---|---|---|---|---|---|---|")
-    for name in BACKBONES:
-        for target in TARGETS:
-            root = work / name / target
-            if not root.is_dir():
-                continue
-            for arm_dir in sorted(p for p in root.iterdir() if p.is_dir()):
-                runs = summaries(arm_dir)
-                if runs:
-                    print(f"| {name} | {target} | {arm_dir.name} | {mean_sd([r['test_acc'] for r in runs])} | "
-                          f"{mean_sd([r['best_val_acc'] for r in runs])} | "
-                          f"{statistics.mean(epoch_seconds(r) for r in runs):.1f} | "
-                          f"{statistics.mean(r['seconds'] for r in runs):.0f} |")
+    for key, runs in ledger_read("transfer").items():
+        name, target, arm = key.split("/")
+        print(f"| {name} | {target} | {arm} | {mean_sd([r['test_acc'] for r in runs])} | "
+              f"{mean_sd([r['best_val_acc'] for r in runs])} | "
+              f"{statistics.mean(epoch_seconds(r) for r in runs):.1f} | "
+              f"{statistics.mean(r['seconds'] for r in runs):.0f} |")
+    print("\nPaired differences from `full` at the same size (seeds both ran; val = the held-out selection split):\n")
+    print("| backbone | target | arm@size | seeds | val diff (points, mean ± SE) | test diff (points, mean ± SE) |")
+    print("|---|---|---|---|---|---|")
+    runs = ledger_read("transfer")
+    for key, arm_runs in runs.items():
+        name, target, arm = key.split("/")
+        base = runs.get(f"{name}/{target}/full@{arm.split('@')[1]}")
+        if base is None or arm.startswith("full@"):
+            continue
+        by_seed = {r["seed"]: r for r in base}
+        pairs = [(r, by_seed[r["seed"]]) for r in arm_runs if r["seed"] in by_seed]
+        print(f"| {name} | {target} | {arm} | {len(pairs)} | {paired(pairs, 'best_val_acc')} | "
+              f"{paired(pairs, 'test_acc')} |")
 
+
+def paired(pairs: list[tuple[dict, dict]], key: str) -> str:
+    """Mean and standard error of the differences ``a - b`` in points."""
+    diffs = [100 * (a[key] - b[key]) for a, b in pairs]
+    if not diffs:
+        return "-"
+    if len(diffs) == 1:
+        return f"{diffs[0]:+.1f} (one seed)"
+    return f"{statistics.mean(diffs):+.1f} ± {statistics.stdev(diffs) / len(diffs) ** 0.5:.1f}"
 
 if __name__ == "__main__":
     main()

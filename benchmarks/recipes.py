@@ -1,0 +1,127 @@
+"""Recipes from random weights (issue 12): which ingredients buy accuracy per CPU-minute, chosen on held-out data.
+
+Selection never looks at the split that is reported. Each target's training folder is split once (seed 0) into
+90% training and 10% held out (``select`` CSVs); every ablation arm trains on the 90% and is judged by its best
+epoch on the 10%. Only a final recipe runs with ``--report``: the same 90/10 split plus the target's evaluation
+folder as the test split, evaluated once with the best checkpoint.
+
+Targets (CSVs of paths under ``WORK``, no copies of the images; :func:`common.subset_csv`):
+
+* ``imagenette``: ``../shared/data/imagenette/train`` (9,469 images; 947 held out), test = its ``val`` folder
+  (3,925); 128 px, 5 epochs (the fast.ai leaderboard's setting).
+* ``cifar10``: ``cifar10/train`` (50,000; 5,000 held out), test = ``cifar10/test``; 32 px.
+* ``eurosat`` (576 training and 64 held-out images a class, 10 epochs) and ``cifar10_100`` (100 and 100, 30
+  epochs): the generalisation checks, with the model and size the defaults choose for the images (no ``--model``,
+  no ``--img-size``: what ``resnet-tune train --data DIR`` does).
+
+Arms are flags added to the target's base command (``resnet-tune train --data CSV --pretrained none --loader memory
+--model M --img-size S --epochs E --seed N``); ``--epochs`` and ``--model`` override the target's. Arm names that
+are not listed run the options given with ``--flags`` (e.g. ``--arms resnet9 --flags '--model resnet9'``). Every
+finished run goes into the ledger
+(``benchmarks/results/recipes/<target>/<arm>@<model>-<epochs>ep[-report]/seed<N>.json``), so the campaign
+accumulates across sessions; runs resume. Usage::
+
+    python benchmarks/recipes.py --work /work/bench_runs/recipes --target imagenette --arms baseline flat_cos
+    python benchmarks/recipes.py --work /work/bench_runs/recipes --target cifar10 --model resnet9 --epochs 10 \\
+        --arms baseline lookahead --seeds 0
+    python benchmarks/recipes.py --work /work/bench_runs/recipes --target imagenette --arms final --report \\
+        --seeds 0 1 2
+    python benchmarks/recipes.py --table
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import DATA, cli_run, cpu_name, ledger_read, ledger_write, mean_sd, subset_csv  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+#: name: (training folder, evaluation folder, training images a class (None: all but the held-out), held out a
+#: class, model, size (None: the defaults'), epochs)
+TARGETS = {
+    "imagenette": ("imagenette/train", "imagenette/val", None, 95, "resnet18", 128, 5),
+    "cifar10": ("cifar10/train", "cifar10/test", None, 500, "resnet20", 32, 30),
+    "eurosat": ("eurosat/train", "eurosat/val", 576, 64, None, None, 10),
+    "cifar10_100": ("cifar10/train", "cifar10/test", 100, 100, None, None, 30),
+}
+#: arm: flags on top of the base command
+ARMS = {
+    "baseline": [],
+    "flat_cos": ["--schedule", "flat_cos"],
+    "progressive": ["--progressive-resize", "0.5"],
+    "lookahead": ["--lookahead", "5"],
+    "no_label_smoothing": ["--label-smoothing", "0"],
+    "ema": ["--ema"],
+    "adamw": ["--optimizer", "adamw"],
+    "mixup": ["--mixup", "0.2"],
+    "trivialaugment": ["--augment", "trivialaugment"],
+}
+
+
+def data_csv(work: Path, target: str, report: bool) -> Path:
+    train_dir, test_dir, per_class, held, *_ = TARGETS[target]
+    name = f"{target}_{'report' if report else 'select'}.csv"
+    return subset_csv(work / name, DATA / train_dir, per_class, held, seed=0,
+                      test_dir=DATA / test_dir if report else None)
+
+
+def run_arm(work: Path, code: Path, target: str, arm: str, model: str | None, epochs: int | None, seed: int,
+            report: bool, extra: list[str]) -> tuple[str, dict]:
+    *_, base_model, size, base_epochs = TARGETS[target]
+    model, epochs = model or base_model, epochs or base_epochs
+    key = f"{target}/{arm}@{model or 'default'}-{epochs}ep" + ("-report" if report else "")
+    args = ["--data", str(data_csv(work, target, report)), "--pretrained", "none", "--loader", "memory",
+            "--epochs", str(epochs), "--seed", str(seed), *ARMS.get(arm, []), *extra]
+    if model:
+        args += ["--model", model] + (["--img-size", str(size)] if size else [])
+    return key, cli_run(code, work / key / f"seed{seed}", args)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--work", type=Path, help="run folders (outside the repository)")
+    ap.add_argument("--code", type=Path, default=ROOT / "src", help="the src folder of the code under test")
+    ap.add_argument("--target", choices=list(TARGETS), default="imagenette")
+    ap.add_argument("--arms", nargs="+", default=["baseline"],
+                    help=f"arms ({', '.join(ARMS)}), or any name with --flags giving its options")
+    ap.add_argument("--flags", default="", help="extra options for every arm, e.g. '--model resnetblur18'")
+    ap.add_argument("--model", help="the model instead of the target's")
+    ap.add_argument("--epochs", type=int, help="epochs instead of the target's")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--report", action="store_true", help="a final recipe: also evaluate the test split once")
+    ap.add_argument("--table", action="store_true", help="print the ledger's table and exit")
+    args = ap.parse_args()
+    if args.table:
+        return table()
+    if args.work is None:
+        ap.error("--work is required to run")
+    named = [a for a in args.arms if a in ARMS]
+    if args.flags and named:
+        ap.error(f"--flags changes what an arm runs: give it a new name, not {', '.join(named)}")
+    print(f"CPU: {cpu_name()}; code: {args.code}", flush=True)
+    for seed in args.seeds:
+        for arm in args.arms:
+            key, res = run_arm(args.work, args.code, args.target, arm, args.model, args.epochs, seed, args.report,
+                               args.flags.split())
+            ledger_write("recipes", key, seed, res, flags=args.flags)
+            print(f"{key} seed {seed}: held-out {res['best_val_acc']:.4f}"
+                  + (f" test {res['test_acc']:.4f}" if args.report else "") + f" in {res['seconds'] / 60:.1f} min",
+                  flush=True)
+
+
+def table() -> None:
+    print("| target | arm@model-epochs | held-out accuracy (mean ± sd, n) | test (report runs only) | minutes a run |")
+    print("|---|---|---|---|---|")
+    for key, runs in ledger_read("recipes").items():
+        target, arm = key.split("/")
+        test = mean_sd([r["test_acc"] for r in runs]) if arm.endswith("-report") else "-"
+        print(f"| {target} | {arm} | {mean_sd([r['best_val_acc'] for r in runs])} | {test} | "
+              f"{statistics.mean(r['seconds'] for r in runs) / 60:.1f} |")
+
+
+if __name__ == "__main__":
+    main()
