@@ -77,18 +77,13 @@ def lr_at(step: int, total_steps: int, schedule: str, warmup_steps: int = 0, fin
             return start + (1.0 - start) * t / warm
         p = (t - warm) / max(total_steps - warm, 1)
         return final_frac + (1.0 - final_frac) * 0.5 * (1.0 + math.cos(math.pi * p))
-    if schedule == "flat_cos":
+    if schedule in ("cosine", "flat_cos", "poly"):
         if warmup_steps > 0 and t < warmup_steps:
             return (t + 1) / (warmup_steps + 1)
-        flat = max(int(flat_frac * total_steps), warmup_steps)
+        flat = max(int(flat_frac * total_steps), warmup_steps) if schedule == "flat_cos" else warmup_steps
         if t < flat:
             return 1.0
         p = (t - flat) / max(total_steps - flat, 1)
-        return final_frac + (1.0 - final_frac) * 0.5 * (1.0 + math.cos(math.pi * p))
-    if schedule in ("cosine", "poly"):
-        if warmup_steps > 0 and t < warmup_steps:
-            return (t + 1) / (warmup_steps + 1)
-        p = (t - warmup_steps) / max(total_steps - warmup_steps, 1)
         if schedule == "poly":
             return max(0.0, 1.0 - p) ** power
         return final_frac + (1.0 - final_frac) * 0.5 * (1.0 + math.cos(math.pi * p))
