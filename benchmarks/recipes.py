@@ -59,6 +59,9 @@ ARMS = {
     "adamw": ["--optimizer", "adamw"],
     "mixup": ["--mixup", "0.2"],
     "trivialaugment": ["--augment", "trivialaugment"],
+    "whiten": ["--whiten"],
+    "lamb": ["--optimizer", "lamb"],
+    "no_ls_flat_cos": ["--label-smoothing", "0", "--schedule", "flat_cos"],
 }
 
 

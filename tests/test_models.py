@@ -192,6 +192,43 @@ def test_conv_pool_stages_make_page_resnet9() -> None:
         rt.create_model("resnet9", block="bottleneck")
 
 
+def _correlated_images(n: int = 64, side: int = 16) -> torch.Tensor:
+    """Images whose channels and neighbouring pixels are strongly correlated, as in photographs."""
+    g = torch.Generator().manual_seed(0)
+    base = nn.functional.avg_pool2d(torch.randn(n, 1, side + 2, side + 2, generator=g), 3, 1)
+    return torch.cat([base, 0.8 * base, 0.5 * base], 1) + 0.1 * torch.randn(n, 3, side, side, generator=g)
+
+
+def _patch_outputs(conv: nn.Conv2d, images: torch.Tensor, channels: slice) -> torch.Tensor:
+    w = conv.weight[channels].reshape(conv.weight[channels].shape[0], -1)
+    patches = nn.functional.unfold(images, conv.kernel_size).transpose(1, 2).reshape(-1, w.shape[1])
+    return patches @ w.T
+
+
+def test_whitened_first_conv_decorrelates_patches() -> None:
+    from resnet_tune.models import first_conv, whiten_first_conv
+
+    images = _correlated_images()
+    # ResNet-9's stem has 64 filters >= 2 x 27 patch dimensions: all 27 directions, their negatives, 10 left random
+    model = rt.create_model("resnet9")
+    before = first_conv(model).weight.detach().clone()
+    got = whiten_first_conv(model, images, eps=1e-6)
+    conv = first_conv(model)
+    assert conv is model.conv1 and got["directions"] == 27 and got["variance_share"] == pytest.approx(1.0)
+    out = _patch_outputs(conv, images, slice(0, 27)).double()
+    torch.testing.assert_close(out.T @ out / len(out), torch.eye(27, dtype=torch.float64), atol=1e-3, rtol=0)
+    torch.testing.assert_close(conv.weight[27:54], -conv.weight[:27])
+    assert torch.equal(conv.weight[54:], before[54:])
+    # ResNet-20's has 16: the 8 directions of largest variance, decorrelated, keeping most of the variance
+    small = rt.create_model("resnet20")
+    got = whiten_first_conv(small, images, eps=1e-6)
+    assert got["directions"] == 8 and got["variance_share"] > 0.85  # the largest 8 of 27, not any 8
+    out = _patch_outputs(first_conv(small), images, slice(0, 8)).double()
+    torch.testing.assert_close(out.T @ out / len(out), torch.eye(8, dtype=torch.float64), atol=1e-3, rtol=0)
+    with pytest.raises(ValueError, match="takes 3 channels"):
+        whiten_first_conv(small, images[:, :1])
+
+
 def test_wrong_input_channels_or_rank_give_a_clear_error() -> None:
     model = rt.create_model("resnet18")
     with pytest.raises(ValueError, match="3-channel input but got 1 channels"):

@@ -226,6 +226,74 @@ def test_lookahead_pulls_back_to_the_slow_weights_every_k_steps() -> None:
     assert copy.steps == 3 and all(torch.equal(copy.slow[n], la.slow[n]) for n in la.slow)
 
 
+def test_lamb_matches_timm_and_resumes_exactly(image_folder: Path, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    timm_optim = pytest.importorskip("timm.optim")
+    from resnet_tune.engine.optim import make_optimizer, param_groups
+    from resnet_tune.tasks.classification.task import ClassificationTask
+
+    torch.manual_seed(0)
+    ours_model = rt.create_model("resnet20", num_classes=3)
+    ref_model = rt.create_model("resnet20", num_classes=3)
+    ref_model.load_state_dict(ours_model.state_dict())
+    # our parameter groups (no decay on BN and biases, discriminative lr) in both; timm without its own clipping
+    ours = make_optimizer("lamb", param_groups(ours_model, 5e-3, 0.02, lr_decay=0.5), 5e-3, weight_decay=0.02)
+    ref = timm_optim.Lamb(param_groups(ref_model, 5e-3, 0.02, lr_decay=0.5), lr=5e-3, weight_decay=0.02,
+                          max_grad_norm=None, foreach=False)
+    x, y = torch.randn(6, 3, 16, 16), torch.tensor([0, 1, 2, 0, 1, 2])
+    for _ in range(4):
+        for model, opt in ((ours_model, ours), (ref_model, ref)):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+    for (name, a), b in zip(ours_model.named_parameters(), ref_model.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+    moved = [g for g in ours.param_groups if g["weight_decay"]]
+    assert moved and all(ours.state[p]["step"] == 4 for g in moved for p in g["params"])
+    # through the trainer: an interrupted LAMB run resumes bit-exactly (its moments and step counts are saved)
+    opts = dict(FAST, epochs=3, deterministic=True, loader="memory", optimizer="lamb", weight_decay=0.02)
+    full = fit(data=str(image_folder), output=str(tmp_path / "full"), quiet=True, **opts)
+    monkeypatch.setenv("RESNET_TUNE_DEBUG_INTERRUPT_AT", "2")
+    with pytest.raises(KeyboardInterrupt):
+        fit(data=str(image_folder), output=str(tmp_path / "part"), quiet=True, **opts)
+    monkeypatch.delenv("RESNET_TUNE_DEBUG_INTERRUPT_AT")
+    fit(resume=tmp_path / "part", quiet=True)
+    a, b = _weights(full.run_dir / "last.safetensors"), _weights(tmp_path / "part" / "last.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # LAMB's own default peak rate from scratch (not SGD's batch-scaled one), the head at the full rate
+    groups = ckpt.load_state(full.run_dir / ckpt.STATE)["optimizer"]["param_groups"]
+    assert max(g["base_lr"] for g in groups) == pytest.approx(ClassificationTask.lamb_lr[0])
+
+
+def test_whiten_sets_the_first_conv_from_training_patches_once(image_folder: Path, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import resnet_tune.models as models
+
+    calls: list[tuple[int, ...]] = []
+    real = models.whiten_first_conv
+
+    def spy(model, images, **kw):  # type: ignore[no-untyped-def]
+        calls.append(tuple(images.shape))
+        got = real(model, images, **kw)
+        first = models.first_conv(model).weight
+        torch.testing.assert_close(first[8:16], -first[:8])  # resnet20's 16 filters: 8 whitening pairs
+        return got
+
+    monkeypatch.setattr(models, "whiten_first_conv", spy)
+    opts = dict(FAST, epochs=3, loader="memory", whiten=True)
+    monkeypatch.setenv("RESNET_TUNE_DEBUG_INTERRUPT_AT", "2")
+    with pytest.raises(KeyboardInterrupt):
+        fit(data=str(image_folder), output=str(tmp_path / "run"), quiet=True, **opts)
+    monkeypatch.delenv("RESNET_TUNE_DEBUG_INTERRUPT_AT")
+    assert len(calls) == 1 and calls[0][1:] == (3, 16, 16) and calls[0][0] >= 8  # training images, as the model sees
+    resumed = fit(resume=tmp_path / "run", quiet=True)  # the resumed run loads its weights: no second whitening
+    assert len(calls) == 1 and len(resumed.history) == 3
+    assert not any(n.startswith("whitened first convolution") for n in resumed.notes)
+    first = fit(data=str(image_folder), output=str(tmp_path / "once"), quiet=True, **dict(opts, epochs=1))
+    assert any(n.startswith("whitened first convolution: 8 patch directions from") for n in first.notes)
+    assert len(calls) == 2
+
+
 def _pretrained_file(tmp_path: Path) -> Path:
     torch.manual_seed(1)
     model = rt.create_model("resnet20")

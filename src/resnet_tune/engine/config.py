@@ -28,7 +28,7 @@ __all__ = ["LOADERS", "NO_WEIGHTS", "OPTIMIZERS", "PRECISIONS", "RunConfig", "SC
            "check_options", "from_dict", "has_weights", "load_yaml", "option", "option_help", "save_yaml", "show"]
 
 STRATEGIES = ("auto", "scratch", "full", "linear_probe", "freeze_unfreeze")
-OPTIMIZERS = ("sgd", "adamw")
+OPTIMIZERS = ("sgd", "adamw", "lamb")
 SCHEDULES = ("onecycle", "cosine", "flat_cos", "poly", "constant")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 LOADERS = ("auto", "memory", "workers")
@@ -211,6 +211,8 @@ class RunConfig:
                                           "from scratch if it has none or they cannot be fetched), none, "
                                           "torchvision:<WEIGHTS>, timm:<name>, keras:<name>, hf:<repo>, a URL or a "
                                           "file")
+    whiten: bool = option(False, "from scratch: set the first convolution's filters to whiten the patches of the "
+                                 "training images (airbench's whitening layer; opposite-sign pairs, the rest random)")
     # optimisation
     strategy: str = option("auto", "auto = with pretrained weights the task's choice (classification: full, "
                                    "segmentation: freeze_unfreeze), scratch without", choices=STRATEGIES)

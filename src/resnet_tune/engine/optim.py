@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -50,7 +52,54 @@ def make_optimizer(name: str, groups: list[dict], lr: float, momentum: float = 0
                                weight_decay=weight_decay)
     if name == "adamw":
         return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
+    if name == "lamb":
+        return Lamb(groups, lr=lr, weight_decay=weight_decay)
     raise ValueError(f"unknown optimizer {name!r}")
+
+
+class Lamb(torch.optim.Optimizer):
+    """LAMB (You et al. 2019, "Large Batch Optimization for Deep Learning"): Adam's bias-corrected moments, the
+    weight decay added to the update, and each tensor's step rescaled by the trust ratio ``||w|| / ||update||``, so
+    every layer moves by about ``lr`` of its own norm whatever its gradients' scale. Tensors without weight decay
+    (BatchNorm, biases: :func:`param_groups`) take the plain Adam step, as in NVIDIA's and timm's LAMB
+    (timm's ``Lamb`` with ``max_grad_norm=None``: the trainer's ``--grad-clip`` clips instead)."""
+
+    def __init__(self, params: Any, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-6,
+                 weight_decay: float = 0.01) -> None:
+        if not lr >= 0 or not eps >= 0 or not weight_decay >= 0 or not all(0 <= b < 1 for b in betas):
+            raise ValueError(f"Lamb: invalid lr={lr}, betas={betas}, eps={eps} or weight_decay={weight_decay}")
+        super().__init__(params, {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay})
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if not state:
+                    state["step"] = torch.zeros((), dtype=torch.float32)
+                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["step"] += 1
+                t = float(state["step"])
+                m, v = state["exp_avg"], state["exp_avg_sq"]
+                m.lerp_(p.grad, 1 - beta1)
+                v.mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
+                denom = (v.sqrt() / math.sqrt(1 - beta2 ** t)).add_(group["eps"])
+                update = (m / (1 - beta1 ** t)).div_(denom)
+                if group["weight_decay"] != 0:
+                    update.add_(p, alpha=group["weight_decay"])
+                    w_norm, u_norm = p.norm(), update.norm()
+                    trust = torch.where((w_norm > 0) & (u_norm > 0), w_norm / u_norm, torch.ones_like(w_norm))
+                    update.mul_(trust)
+                p.add_(update, alpha=-group["lr"])
+        return loss
 
 
 def lr_at(step: int, total_steps: int, schedule: str, warmup_steps: int = 0, final_frac: float = 1e-3,

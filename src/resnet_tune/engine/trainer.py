@@ -278,6 +278,10 @@ class Trainer:
             self.say(data.scan_summary)
 
         model, described = task.build_model(data, task.pretrained)
+        if cfg.whiten and task.pretrained is None and self.state is None:  # a resumed run loads its weights
+            self._whiten(model, data, device, channels_last)
+        elif cfg.whiten and task.pretrained is not None:
+            self.notes.append("--whiten ignored: the first convolution starts from the pretrained weights")
         strategy = resolve_strategy(cfg, task.transfer)
         if task.pretrained is None:
             self.notes.append(f"trained from scratch ({task.weights_reason})")
@@ -345,6 +349,29 @@ class Trainer:
         # what the defaults chose is recorded (config.yaml), and a resumed run keeps it
         self.cfg = cfg.replace(precise_bn=precise, strategy=strategy, freeze_at=freeze_at)
         return setup
+
+    def _whiten(self, model: nn.Module, data: TaskData, device: torch.device, channels_last: bool) -> None:
+        """``--whiten``: the first convolution set from the patches of the first training batches (about as many
+        pixels as airbench's 5,000 CIFAR images), the random state left as it was. Several processes: DDP gives
+        every process rank 0's weights when it wraps the model."""
+        from ..models import whiten_first_conv
+
+        seen, pixels = [], 0
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            if hasattr(data.train, "set_epoch"):
+                data.train.set_epoch(0)
+            for batch in data.train:
+                x, _ = self.task.to_device(batch[0], batch[1], torch.device("cpu"), False)
+                seen.append(x.float())
+                pixels += x.shape[0] * x.shape[-2] * x.shape[-1]
+                if pixels >= 5000 * 32 * 32:
+                    break
+            got = whiten_first_conv(model, torch.cat(seen), generator=torch.Generator().manual_seed(self.cfg.seed))
+        n = sum(len(x) for x in seen)
+        msg = (f"whitened first convolution: {got['directions']:.0f} patch directions from {n} training images "
+               f"({got['variance_share']:.1%} of the patch variance)")
+        self.say(msg)
+        self.notes.append(msg)
 
     def _resize_plan(self, data: TaskData) -> str:
         """What progressive resizing does epoch by epoch, in pixels where the run has one square size."""

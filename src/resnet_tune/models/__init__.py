@@ -4,6 +4,7 @@ converters, downloads), segmentation networks on a ResNet backbone, and batch-no
 from . import presets as _presets  # noqa: F401  (registers the presets)
 from .factory import build_from_record, build_model, builder, create_model
 from .fold import fold_batchnorm
+from .init import first_conv, whiten_first_conv
 from .pretrained import load_weights
 from .registry import (IMAGENET_MEAN, IMAGENET_STD, ModelInfo, Preset, UnknownModelError, get_config, get_preset,
                        list_models, mean_std_for, model_info, register_model)
@@ -15,6 +16,6 @@ __all__ = [
     "BasicBlock", "Bottleneck", "IMAGENET_MEAN", "IMAGENET_STD", "ModelInfo", "PreActBasicBlock", "PreActBottleneck",
     "Preset", "ResNet", "ResNetConfig", "Segmenter", "StageOutput", "UnknownModelError", "build_from_record",
     "build_model", "build_segmenter", "builder", "count_macs", "count_params", "create_model", "create_segmenter",
-    "fold_batchnorm", "get_config", "get_preset", "list_models", "load_weights", "mean_std_for", "model_info",
-    "register_model",
+    "first_conv", "fold_batchnorm", "get_config", "get_preset", "list_models", "load_weights", "mean_std_for",
+    "model_info", "register_model", "whiten_first_conv",
 ]
