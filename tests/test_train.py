@@ -302,6 +302,33 @@ def _pretrained_file(tmp_path: Path) -> Path:
     return path
 
 
+def test_resume_of_a_fine_tune_needs_no_pretrained_file(image_folder: Path, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    # the weights a run started from may be gone (a temporary file, a cleared download cache, offline): the resumed
+    # run takes its weights and normalisation from its own state and ends bit-identical to an uninterrupted one
+    from resnet_tune.data.transforms import Preprocessing
+
+    torch.manual_seed(1)
+    model = rt.create_model("resnet20", num_classes=5)
+    own = Preprocessing.for_size(16, (0.3, 0.4, 0.5), (0.2, 0.25, 0.3))  # a normalisation only the weights know
+    pre = ckpt.save_checkpoint(tmp_path / "pre.safetensors", model,
+                               ckpt.model_record(model, classes=list("abcde"), preprocessing=own.to_dict()))
+    opts = dict(FAST, epochs=3, deterministic=True, loader="memory", model="resnet20", pretrained=str(pre))
+    full = fit(data=str(image_folder), output=str(tmp_path / "full"), quiet=True, **opts)
+    monkeypatch.setenv("RESNET_TUNE_DEBUG_INTERRUPT_AT", "2")
+    with pytest.raises(KeyboardInterrupt):
+        fit(data=str(image_folder), output=str(tmp_path / "part"), quiet=True, **opts)
+    monkeypatch.delenv("RESNET_TUNE_DEBUG_INTERRUPT_AT")
+    pre.unlink()
+    resumed = fit(resume=tmp_path / "part", quiet=True)
+    assert len(resumed.history) == 3
+    a, b = _weights(full.run_dir / "last.safetensors"), _weights(tmp_path / "part" / "last.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    record = ckpt.read_record(tmp_path / "part" / "last.safetensors")
+    assert record["pretrained"] == str(pre) and record["strategy"] == "full"
+    assert record["preprocessing"]["mean"] == [0.3, 0.4, 0.5] and record["preprocessing"]["std"] == [0.2, 0.25, 0.3]
+
+
 def test_linear_probe_keeps_body_and_bn_statistics(image_folder: Path, tmp_path: Path) -> None:
     pre = _pretrained_file(tmp_path)
     res = fit(data=str(image_folder), output=str(tmp_path / "lp"), model="resnet20", pretrained=str(pre),

@@ -25,7 +25,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from .budget import BudgetView, Candidate
-from .config import NO_WEIGHTS, RunConfig
+from .config import NO_WEIGHTS, RunConfig, has_weights
 from .finetune import TransferChoice
 from .hardware import Precision
 
@@ -111,6 +111,9 @@ class Task:
         self.precision = Precision(None, False)
         #: the weights :meth:`load_pretrained` read (None: from scratch), and its one warning, if any
         self.pretrained: Weights | None = None
+        #: a resumed run: the normalisation it trained with (``mean``, ``std``); its weights come from the saved
+        #: state, so :meth:`load_pretrained` does not read (or download) the pretrained weights again
+        self.resumed_meta: dict[str, Any] | None = None
         self.weights_warning: str | None = None
         #: why these weights (or none), in a few words for the log
         self.weights_reason = ""
@@ -146,6 +149,10 @@ class Task:
         source, or ``none``: what ``config.yaml`` records) and :attr:`pretrained` the weights."""
         source = self.cfg.pretrained
         self.weights_warning = None
+        if self.resumed_meta is not None and has_weights(source):  # no state dict: the saved state replaces it
+            self.weights_reason = f"resumed; it started from {source}"
+            self.pretrained = ({}, dict(self.resumed_meta))
+            return self.pretrained
         if source == "auto":
             source, weights = self._published_weights(model_name)
             self.weights_reason = (f"{model_name}'s published weights, --pretrained auto" if weights is not None else

@@ -264,6 +264,8 @@ class Trainer:
                 left=lambda: budget - self._spent_since(before),
                 agree=dist.all_reduce_max, budget=budget, device=device, precision=precision,
                 channels_last=channels_last, world=dist.world, clock=self.clock)
+        if self.state is not None:
+            task.resumed_meta = self._saved_normalisation()
         data = task.build_data(device, channels_last, dist.rank, dist.world)
         cfg = self.cfg  # the task resolved what it chooses from the data (weights, batch size)
         task.setup(data, device, precision)
@@ -277,7 +279,10 @@ class Trainer:
         if data.scan_summary:
             self.say(data.scan_summary)
 
-        model, described = task.build_model(data, task.pretrained)
+        resumed_weights = task.pretrained is not None and not task.pretrained[0]
+        model, described = task.build_model(data, None if resumed_weights else task.pretrained)
+        if resumed_weights:
+            described = f"{task.run_name(data)}, weights from the saved state (it started from {cfg.pretrained})"
         if cfg.whiten and task.pretrained is None and self.state is None:  # a resumed run loads its weights
             self._whiten(model, data, device, channels_last)
         elif cfg.whiten and task.pretrained is not None:
@@ -349,6 +354,15 @@ class Trainer:
         # what the defaults chose is recorded (config.yaml), and a resumed run keeps it
         self.cfg = cfg.replace(precise_bn=precise, strategy=strategy, freeze_at=freeze_at)
         return setup
+
+    def _saved_normalisation(self) -> dict[str, Any] | None:
+        """A resumed run's mean and std (from its last checkpoint's record), so that it normalises as before
+        without reading its pretrained weights again; None when the record does not say."""
+        try:
+            pp = ckpt.read_record(self.resume_dir / ckpt.LAST).get("preprocessing") or {}
+        except (ResnetTuneError, OSError, ValueError):
+            return None
+        return {"mean": pp["mean"], "std": pp["std"]} if pp.get("mean") and pp.get("std") else None
 
     def _whiten(self, model: nn.Module, data: TaskData, device: torch.device, channels_last: bool) -> None:
         """``--whiten``: the first convolution set from the patches of the first training batches (about as many
