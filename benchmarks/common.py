@@ -247,6 +247,22 @@ def summaries(folder: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted(Path(folder).glob("seed*/summary.json"))]
 
 
+def pair_by_seed(runs: list[dict], base: list[dict]) -> list[tuple[dict, dict]]:
+    """The ledger entries of ``runs`` paired with those of ``base`` that ran the same seed."""
+    by_seed = {r["seed"]: r for r in base}
+    return [(r, by_seed[r["seed"]]) for r in runs if r.get("seed") in by_seed]
+
+
+def paired(pairs: list[tuple[dict, dict]], key: str) -> str:
+    """Mean and standard error of the differences ``a - b`` of ``key`` in points (accuracies as fractions)."""
+    diffs = [100 * (a[key] - b[key]) for a, b in pairs]
+    if not diffs:
+        return "-"
+    if len(diffs) == 1:
+        return f"{diffs[0]:+.1f} (one seed)"
+    return f"{statistics.mean(diffs):+.1f} ± {statistics.stdev(diffs) / len(diffs) ** 0.5:.1f}"
+
+
 def mean_sd(values: list[float], digits: int = 1) -> str:
     """``mean% ± sd (n)`` of fractions, as the tables print them."""
     pct = [100 * v for v in values]

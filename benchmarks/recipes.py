@@ -37,7 +37,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DATA, cli_run, cpu_name, ledger_read, ledger_write, mean_sd, subset_csv  # noqa: E402
+from common import (DATA, cli_run, cpu_name, ledger_read, ledger_write, mean_sd, pair_by_seed, paired,  # noqa: E402
+                    subset_csv)
 
 ROOT = Path(__file__).resolve().parents[1]
 #: name: (training folder, evaluation folder, training images a class (None: all but the held-out), held out a
@@ -117,13 +118,18 @@ def main() -> None:
 
 
 def table() -> None:
-    print("| target | arm@model-epochs | held-out accuracy (mean ± sd, n) | test (report runs only) | minutes a run |")
-    print("|---|---|---|---|---|")
-    for key, runs in ledger_read("recipes").items():
+    print("| target | arm@model-epochs | held-out accuracy (mean ± sd, n) | paired diff from baseline (points, mean ± "
+          "SE, seeds) | test (report runs only) | minutes a run |")
+    print("|---|---|---|---|---|---|")
+    runs = ledger_read("recipes")
+    for key, arm_runs in runs.items():
         target, arm = key.split("/")
-        test = mean_sd([r["test_acc"] for r in runs]) if arm.endswith("-report") else "-"
-        print(f"| {target} | {arm} | {mean_sd([r['best_val_acc'] for r in runs])} | {test} | "
-              f"{statistics.mean(r['seconds'] for r in runs) / 60:.1f} |")
+        test = mean_sd([r["test_acc"] for r in arm_runs]) if arm.endswith("-report") else "-"
+        base = runs.get(f"{target}/baseline@{arm.split('@')[1]}")
+        pairs = pair_by_seed(arm_runs, base) if base and not arm.startswith("baseline@") else []
+        diff = f"{paired(pairs, 'best_val_acc')}, {len(pairs)}" if pairs else "-"
+        print(f"| {target} | {arm} | {mean_sd([r['best_val_acc'] for r in arm_runs])} | {diff} | {test} | "
+              f"{statistics.mean(r['seconds'] for r in arm_runs) / 60:.1f} |")
 
 
 if __name__ == "__main__":

@@ -56,7 +56,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DATA, cli_run, cpu_name, header, ledger_read, ledger_write, mean_sd, target_csv, timed  # noqa: E402
+from common import (DATA, cli_run, cpu_name, header, ledger_read, ledger_write, mean_sd, pair_by_seed,  # noqa: E402
+                    paired, target_csv, timed)
 
 ROOT = Path(__file__).resolve().parents[1]
 BACKBONES = {"resnet18_128": {"model": "resnet18", "img_size": 128, "epochs": 16}}
@@ -212,20 +213,10 @@ def table() -> None:
         base = runs.get(f"{name}/{target}/full@{arm.split('@')[1]}")
         if base is None or arm.startswith("full@"):
             continue
-        by_seed = {r["seed"]: r for r in base}
-        pairs = [(r, by_seed[r["seed"]]) for r in arm_runs if r["seed"] in by_seed]
+        pairs = pair_by_seed(arm_runs, base)
         print(f"| {name} | {target} | {arm} | {len(pairs)} | {paired(pairs, 'best_val_acc')} | "
               f"{paired(pairs, 'test_acc')} |")
 
-
-def paired(pairs: list[tuple[dict, dict]], key: str) -> str:
-    """Mean and standard error of the differences ``a - b`` in points."""
-    diffs = [100 * (a[key] - b[key]) for a, b in pairs]
-    if not diffs:
-        return "-"
-    if len(diffs) == 1:
-        return f"{diffs[0]:+.1f} (one seed)"
-    return f"{statistics.mean(diffs):+.1f} ± {statistics.stdev(diffs) / len(diffs) ** 0.5:.1f}"
 
 if __name__ == "__main__":
     main()
