@@ -372,6 +372,35 @@ def test_default_job_is_embedded_digits(tmp_path: Path) -> None:
     assert res.history[0]["val_acc"] > 0.2  # one epoch already learns something
 
 
+def test_small_images_from_scratch_train_longer_by_default(image_folder: Path, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture) -> None:
+    from resnet_tune.engine import defaults
+
+    # the rule: enough epochs to see MIN_SCRATCH_IMAGES images, at most 4x the usual; large sets keep the usual
+    assert defaults.scratch_epochs(15, 1000)[0] == 60  # 128 epochs would be needed: capped
+    assert defaults.scratch_epochs(15, 5760)[0] == 23 and defaults.scratch_epochs(15, 45000) == (15, None)
+    assert "5,760 training images from scratch" in defaults.scratch_epochs(15, 5760)[1]
+    # end to end on a tiny folder (24 training images, 16 px), with the threshold scaled down so that it runs fast
+    monkeypatch.setattr(defaults, "MIN_SCRATCH_IMAGES", 24 * 20)
+    opts = {k: v for k, v in FAST.items() if k != "epochs"}
+    res = fit(data=str(image_folder), output=str(tmp_path / "s"), quiet=False, **opts)
+    assert len(res.history) == 20 and "note: 20 epochs, not the usual 15" in capsys.readouterr().out
+    assert any(n.startswith("20 epochs, not the usual 15") for n in res.notes)
+    assert "epochs: 20" in (res.run_dir / "config.yaml").read_text()  # recorded: a resume keeps it
+    # the user's --epochs, a budget, fine-tuning and larger images keep what they say / the usual epochs
+    assert len(fit(data=str(image_folder), output=str(tmp_path / "e"), quiet=True, **FAST).history) == 2
+    tuned = fit(data=str(image_folder), output=str(tmp_path / "f"), quiet=True, pretrained=str(_pretrained_file(
+        tmp_path)), model="resnet20", **dict(opts, img_size=8))
+    assert len(tuned.history) == 15 and "epochs: 15" in (tuned.run_dir / "config.yaml").read_text()
+    from resnet_tune.engine.task import TaskData
+    from resnet_tune.tasks.classification.task import ClassificationTask
+
+    task = ClassificationTask(TrainConfig(data=str(image_folder)))
+    photos = TaskData([], None, None, None, 24, "", "resnet18", {}, extra={"input_size": 128})
+    assert task.choose_epochs(photos) == (15, None)
+
+
 def test_yaml_config_and_flags_win(image_folder: Path, tmp_path: Path) -> None:
     cfg = tmp_path / "c.yaml"
     cfg.write_text(f"data: {image_folder}\nepochs: 5\nbatch-size: 8\nimg_size: 16\nprecision: fp32\n")

@@ -224,7 +224,8 @@ class RunConfig:
     lr_decay: float = option(0.5, "discriminative learning rate: each earlier stage gets this factor of the next "
                                   "one's lr", range=(1e-300, math.inf, "positive"))
     epochs: int | None = option(None, "number of epochs (default: 15 for classification, 30 for segmentation; "
-                                      "planned from --budget when it is given)", range=(1, math.inf, "at least 1"))
+                                      "from scratch on small images, enough to see about 128,000 images, at most "
+                                      "60; planned from --budget when it is given)", range=(1, math.inf, "at least 1"))
     budget: str | None = option(None, "time for the whole run, e.g. 10m, 90s or 1h30m (scan, decoding, training, "
                                       "validation, checkpoints and report): the trainer measures its speed and plans "
                                       "the epochs to fit; instead of --epochs")

@@ -254,6 +254,11 @@ class Task:
     #: LAMB's: each layer moves by about this fraction of its norm a step, whatever the batch
     lamb_lr: ClassVar[tuple[float, float]] = (5e-3, 1e-3)
 
+    def choose_epochs(self, data: TaskData) -> tuple[int, str | None]:
+        """The epochs of a run given neither ``epochs`` nor ``budget`` (after :meth:`build_data` and the weights),
+        and the sentence that says why when they are not :attr:`default_epochs`."""
+        return self.default_epochs, None
+
     def default_lr(self, strategy: str, world: int) -> float:
         """The peak learning rate when ``cfg.lr`` is not given (:attr:`sgd_lr`, :attr:`adamw_lr`, :attr:`lamb_lr`),
         for the strategy and the global batch (batch_size per process x processes x accum_steps)."""

@@ -331,7 +331,11 @@ class Trainer:
             self.notes.append(f"trained with {dist.world} processes: {msg}")
         optimizer = self._optimizer(model, lr, decay, freeze_at)
         if cfg.epochs is None:  # a budgeted run starts from the default until its first plan
-            self.cfg = cfg = cfg.replace(epochs=task.default_epochs)
+            epochs, why = (task.default_epochs, None) if cfg.budget is not None else task.choose_epochs(data)
+            if why:
+                self.say(f"note: {why}")
+                self.notes.append(why)
+            self.cfg = cfg = cfg.replace(epochs=epochs)  # recorded in config.yaml: a resumed run keeps it
         steps_per_epoch = max(len(data.train) // cfg.accum_steps, 1)
         total = steps_per_epoch * cfg.epochs
         precise = use_precise_bn(cfg.precise_bn, steps_per_epoch)

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...engine.task import Evaluation, TaskData, require_usable
+from ...engine.task import Evaluation, Task, TaskData, require_usable
 from ..classification.data import choose_model, image_loaders, scratch_hint
 from ..classification.task import ClassificationTask, combine_batches, mix_batch
 from .config import MultiLabelConfig
@@ -82,6 +82,9 @@ class MultiLabelTask(ClassificationTask):
     best_metric = "val_map"
 
     cfg: MultiLabelConfig
+    #: the usual epochs: the longer runs of single-label training from scratch on small images were not measured on
+    #: several labels an image
+    choose_epochs = Task.choose_epochs
 
     # ---- set-up
 
