@@ -12,7 +12,7 @@ __all__ = ["MAX_EPOCHS_FACTOR", "MIN_SCRATCH_IMAGES", "scratch_epochs"]
 #: a run from scratch without ``--epochs`` or ``--budget`` sees at least this many training images in all (about
 #: 2,000 steps of 64): on small sets the usual 15 epochs stop far from convergence (benchmarks/RESULTS.md, "Session
 #: of 2026-12-03 (sixth)": EuroSAT's 5,760 images gained about 5 held-out points from 10 to 20 epochs, 100 CIFAR-10
-#: images a class about 2 from 30 to 60)
+#: images a class about 3.5 from 30 to 60, paired by seed)
 MIN_SCRATCH_IMAGES = 128_000
 #: ... but at most this many times the task's usual epochs, so that a tiny set does not train for hundreds
 MAX_EPOCHS_FACTOR = 4
