@@ -386,7 +386,7 @@ class Trainer:
                     break
             got = whiten_first_conv(model, torch.cat(seen), generator=torch.Generator().manual_seed(self.cfg.seed))
         n = sum(len(x) for x in seen)
-        msg = (f"whitened first convolution: {got['directions']:.0f} patch directions from {n} training images "
+        msg = (f"whitened first convolution: {got['directions']} patch directions from {n} training images "
                f"({got['variance_share']:.1%} of the patch variance)")
         self.say(msg)
         self.notes.append(msg)

@@ -20,7 +20,7 @@ def first_conv(model: nn.Module) -> nn.Conv2d:
 
 @torch.no_grad()
 def whiten_first_conv(model: nn.Module, images: torch.Tensor, eps: float = 5e-4, max_patches: int = 500_000,
-                      generator: torch.Generator | None = None) -> dict[str, float]:
+                      generator: torch.Generator | None = None) -> dict[str, int | float]:
     """Set the first convolution's filters to the principal directions of the ``images``' patches, each scaled by
     one over the square root of its variance (plus ``eps``), in pairs of opposite sign so that a following ReLU keeps
     both halves (airbench's whitening layer). ``images``: a batch as the model sees it (normalised, N x C x H x W).
@@ -51,8 +51,8 @@ def whiten_first_conv(model: nn.Module, images: torch.Tensor, eps: float = 5e-4,
     values, vectors = eigenvalues[d - keep:], eigenvectors[:, d - keep:]  # the directions of largest variance
     filters = (vectors.T / torch.sqrt(values.clamp(min=0) + eps)[:, None]).reshape(keep, conv.in_channels, kh, kw)
     weight = conv.weight
-    weight[:2 * keep] = torch.cat([filters, -filters]).to(weight.dtype).to(weight.device)
+    weight[:2 * keep] = torch.cat([filters, -filters]).to(device=weight.device, dtype=weight.dtype)
     if conv.bias is not None:
         conv.bias.zero_()
     total = float(eigenvalues.clamp(min=0).sum())
-    return {"directions": float(keep), "variance_share": float(values.clamp(min=0).sum()) / total if total else 1.0}
+    return {"directions": keep, "variance_share": float(values.clamp(min=0).sum()) / total if total else 1.0}
