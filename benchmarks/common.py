@@ -247,10 +247,24 @@ def summaries(folder: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted(Path(folder).glob("seed*/summary.json"))]
 
 
-def pair_by_seed(runs: list[dict], base: list[dict]) -> list[tuple[dict, dict]]:
-    """The ledger entries of ``runs`` paired with those of ``base`` that ran the same seed."""
+def pair_by_seed(runs: list[dict], base: list[dict], same: str | None = None) -> list[tuple[dict, dict]]:
+    """The ledger entries of ``runs`` paired with those of ``base`` that ran the same seed (and, with ``same``, have
+    the same value under that key: e.g. ``"backbone"``, so that a seed rerun on a retrained backbone is not paired
+    with the old one's)."""
     by_seed = {r["seed"]: r for r in base}
-    return [(r, by_seed[r["seed"]]) for r in runs if r.get("seed") in by_seed]
+    return [(r, by_seed[r["seed"]]) for r in runs if r.get("seed") in by_seed
+            and (same is None or r.get(same) == by_seed[r["seed"]].get(same))]
+
+
+def per_cpu(runs: list[dict], value, digits: int = 1) -> str:
+    """``value(run)`` averaged per CPU model (ledger entries from different sessions ran on different machines,
+    whose times do not compare): ``"9.7 (Intel Xeon) / 14.0 (AMD EPYC)"``, the latest machine first."""
+    groups: dict[str, list[float]] = {}
+    for r in sorted(runs, key=lambda r: r.get("date", ""), reverse=True):
+        cpu = " ".join(w for w in str(r.get("cpu", "?")).replace("(R)", "").split() if w != "Processor")
+        groups.setdefault(cpu, []).append(value(r))
+    return " / ".join(f"{statistics.mean(v):.{digits}f}" + (f" ({cpu})" if len(groups) > 1 else "")
+                      for cpu, v in groups.items())
 
 
 def paired(pairs: list[tuple[dict, dict]], key: str) -> str:

@@ -1,4 +1,5 @@
-"""The GPU benchmark script runs end to end on a CPU for a few steps (it is run for real on a lent GPU)."""
+"""Benchmark scripts: the GPU script runs end to end on a CPU for a few steps (it is run for real on a lent GPU);
+the ledger helpers pair runs and keep machines apart."""
 
 from __future__ import annotations
 
@@ -30,3 +31,24 @@ def test_gpu_script_runs_a_few_steps_on_the_cpu(tmp_path: Path) -> None:
     expected = resolve_precision("auto", torch.device("cpu")).name
     assert figures["inference"][1][0].startswith(f"resnet-tune Predictor ({expected}, folded BN")
     assert "| resnet-tune fit() defaults |" in proc.stdout and "Inference, batch 2" in proc.stdout
+
+
+def test_ledger_pairs_only_runs_of_one_backbone_draw_and_keeps_machines_apart() -> None:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from common import pair_by_seed, paired, per_cpu
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    old, new = {"sha256": None}, {"sha256": "7d71"}
+    base = [{"seed": 0, "acc": 0.50, "backbone": old}, {"seed": 1, "acc": 0.55, "backbone": new}]
+    arm = [{"seed": 0, "acc": 0.60, "backbone": new},  # seed 0 rerun on a retrained backbone: not comparable
+           {"seed": 1, "acc": 0.57, "backbone": new}, {"seed": 2, "acc": 0.9, "backbone": new}]
+    assert [a["seed"] for a, _ in pair_by_seed(arm, base)] == [0, 1]
+    pairs = pair_by_seed(arm, base, same="backbone")
+    assert [(a["seed"], b["seed"]) for a, b in pairs] == [(1, 1)]
+    assert paired(pairs, "acc") == "+2.0 (one seed)"
+    runs = [{"cpu": "AMD EPYC", "date": "2026-12-03", "s": 14.0},
+            {"cpu": "Intel(R) Xeon(R) Processor", "date": "2026-12-04", "s": 7.0},
+            {"cpu": "Intel(R) Xeon(R) Processor", "date": "2026-12-04", "s": 8.0}]
+    assert per_cpu(runs, lambda r: r["s"]) == "7.5 (Intel Xeon) / 14.0 (AMD EPYC)"
+    assert per_cpu(runs[1:], lambda r: r["s"], 0) == "8"
