@@ -22,7 +22,8 @@ Arms (every one through ``resnet-tune train`` of the code under ``--code``, ``--
 per target; all but ``scratch`` with ``--pretrained`` the backbone):
 
 * ``linear_probe``, ``full``, ``freeze_unfreeze``: ``--strategy`` that one;
-* ``default``: no ``--strategy``/``--freeze-at``/``--lr`` (what a user gets without flags);
+* ``default``: no ``--strategy``/``--freeze-at``/``--lr`` (what a user gets without flags; since the first
+  session's figures the same as ``full`` at ``--size backbone``, which the table reports as the default);
 * ``scratch``: ``--pretrained none``;
 * ``full_freeze2``: ``--strategy full --freeze-at 2`` (stem and first stage frozen, detectron2's default);
 * ``full_lr_auto``: ``--strategy full --lr auto`` (the learning-rate range test picks the rate).
@@ -206,15 +207,15 @@ def table() -> None:
         print(f"| {name} | {target} | {arm} | {mean_sd([r['test_acc'] for r in runs])} | "
               f"{mean_sd([r['best_val_acc'] for r in runs])} | "
               f"{per_cpu(runs, epoch_seconds)} | {per_cpu(runs, lambda r: r['seconds'], 0)} |")
-    print("\nPaired differences from `full` at the same size (seeds both ran on the same backbone draw; val = the "
-          "held-out selection split):\n")
+    print("\nPaired differences from `full@backbone` (the default: a full fine-tune at the weights' size; seeds both "
+          "ran on the same backbone draw; val = the held-out selection split):\n")
     print("| backbone | target | arm@size | seeds | val diff (points, mean ± SE) | test diff (points, mean ± SE) |")
     print("|---|---|---|---|---|---|")
     runs = ledger_read("transfer")
     for key, arm_runs in runs.items():
         name, target, arm = key.split("/")
-        base = runs.get(f"{name}/{target}/full@{arm.split('@')[1]}")
-        if base is None or arm.startswith("full@"):
+        base = runs.get(f"{name}/{target}/full@backbone")
+        if base is None or arm == "full@backbone":
             continue
         pairs = pair_by_seed(arm_runs, base, same="backbone")
         print(f"| {name} | {target} | {arm} | {len(pairs)} | {paired(pairs, 'best_val_acc')} | "
