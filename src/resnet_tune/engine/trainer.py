@@ -827,6 +827,9 @@ class Trainer:
             with (dist.no_sync(fwd) if dist.enabled and not last_micro else contextlib.nullcontext()):
                 with precision.autocast(device):
                     loss, out = task.train_loss(fwd, x, y, s.criterion, g)
+                scaler.scale(loss / cfg.accum_steps).backward()
+                # read the loss only once the backward pass is queued: on a GPU, reading it before would leave the
+                # device idle while the backward kernels are launched. No optimiser step has used it yet.
                 loss_value = loss.detach().float().item()
                 if not math.isfinite(loss_value):
                     raise TrainingError(
@@ -834,7 +837,6 @@ class Trainer:
                         f"rate (now {optimizer.param_groups[-1]['lr']:.3g}) or use --precision fp32. No "
                         "checkpoint was written for this epoch; the last good one is untouched.")
                 step_loss += loss_value / cfg.accum_steps
-                scaler.scale(loss / cfg.accum_steps).backward()
             if last_micro:
                 judged = dist.all_reduce_sum([step_loss])[0] / dist.world if dist.enabled else step_loss
                 step_loss = 0.0
