@@ -26,7 +26,11 @@ per target; all but ``scratch`` with ``--pretrained`` the backbone):
   session's figures the same as ``full`` at ``--size backbone``, which the table reports as the default);
 * ``scratch``: ``--pretrained none``;
 * ``full_freeze2``: ``--strategy full --freeze-at 2`` (stem and first stage frozen, detectron2's default);
-* ``full_lr_auto``: ``--strategy full --lr auto`` (the learning-rate range test picks the rate).
+* ``full_lr_auto``: ``--strategy full --lr auto`` (the learning-rate range test picks the rate);
+* the settings of a full fine-tune, one at a time: ``full_lr_decay`` (per-stage learning-rate decay 0.5, no head
+  warm-up: ``--strategy freeze_unfreeze --freeze-epochs 0``), ``head_warmup`` (one head-only epoch, no decay:
+  ``--strategy freeze_unfreeze --lr-decay 1``), ``full_bn_frozen`` (``--freeze-bn-stats``), ``full_wd0``
+  (``--weight-decay 0``), ``full_aug_none`` and ``full_aug_ta`` (``--augment none|trivialaugment``).
 
 ``--size`` chooses the input size: ``native`` (the images' own side), ``backbone`` (the pretraining size, 128) or
 a number; ``default`` arms leave it to the code unless ``--size`` is a number. Runs are resumable: a finished one
@@ -71,7 +75,14 @@ TARGETS = {"cifar10_100": ("cifar10", 100, 100, 15, 32), "eurosat": ("eurosat", 
 ARMS = {"linear_probe": ["--strategy", "linear_probe"], "full": ["--strategy", "full"],
         "freeze_unfreeze": ["--strategy", "freeze_unfreeze"], "default": [], "scratch": ["--pretrained", "none"],
         "full_freeze2": ["--strategy", "full", "--freeze-at", "2"],
-        "full_lr_auto": ["--strategy", "full", "--lr", "auto"]}
+        "full_lr_auto": ["--strategy", "full", "--lr", "auto"],
+        # the settings of a fine-tune, one at a time against ``full`` (and freeze_unfreeze taken apart)
+        "full_lr_decay": ["--strategy", "freeze_unfreeze", "--freeze-epochs", "0"],
+        "head_warmup": ["--strategy", "freeze_unfreeze", "--lr-decay", "1"],
+        "full_bn_frozen": ["--strategy", "full", "--freeze-bn-stats"],
+        "full_wd0": ["--strategy", "full", "--weight-decay", "0"],
+        "full_aug_none": ["--strategy", "full", "--augment", "none"],
+        "full_aug_ta": ["--strategy", "full", "--augment", "trivialaugment"]}
 
 
 def backbone(work: Path, name: str, code: Path) -> Path:

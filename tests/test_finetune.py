@@ -14,7 +14,7 @@ import resnet_tune as rt
 from resnet_tune import fit
 from resnet_tune.cli import main
 from resnet_tune.engine import checkpoint as ckpt
-from resnet_tune.engine.finetune import set_body_frozen, set_frozen_blocks, train_mode
+from resnet_tune.engine.finetune import set_bn_stats_frozen, set_body_frozen, set_frozen_blocks, train_mode
 from resnet_tune.engine.optim import param_groups
 from resnet_tune.errors import ConfigError
 from resnet_tune.tasks.classification import TrainConfig
@@ -90,6 +90,43 @@ def test_freeze_at_errors_and_scratch(image_folder: Path, tmp_path: Path) -> Non
     res = fit(data=str(image_folder), model="resnet20", pretrained="none", freeze_at=2, output=str(tmp_path / "s"),
               quiet=True, **dict(FAST, epochs=1))
     assert any("freeze_at=2 ignored" in n for n in res.notes)
+
+
+def test_freeze_bn_stats_keeps_every_running_statistic_and_trains_scale_and_shift(image_folder: Path,
+                                                                                  tmp_path: Path) -> None:
+    model = rt.create_model("resnet18", num_classes=4)
+    set_bn_stats_frozen(model, True)
+    train_mode(model)
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bns and not any(m.training for m in bns) and model.conv1.training and model.fc.training
+    model(torch.randn(2, 3, 32, 32)).sum().backward()
+    assert all(m.weight.grad is not None and m.bias.grad is not None for m in bns)
+
+    pre = _pretrained(tmp_path)
+    res = fit(data=str(image_folder), output=str(tmp_path / "r"), model="resnet20", pretrained=str(pre),
+              strategy="full", freeze_bn_stats=True, quiet=True, **FAST)
+    before, after = load_file(str(pre)), load_file(str(res.run_dir / "last.safetensors"))
+    stats = [k for k in before if k.endswith(("running_mean", "running_var"))]
+    assert len(stats) == 2 * 19  # every BatchNorm of ResNet-20 (stem, 9 blocks x 2)
+    for k in stats:
+        assert torch.equal(before[k], after[k]), f"{k} changed though the statistics are frozen"
+    assert not torch.equal(before["layer1.0.bn1.weight"], after["layer1.0.bn1.weight"])
+    assert not torch.equal(before["layer1.0.conv1.weight"], after["layer1.0.conv1.weight"])
+    assert yaml.safe_load((res.run_dir / "config.yaml").read_text())["freeze_bn_stats"] is True
+
+    plain = fit(data=str(image_folder), output=str(tmp_path / "p"), model="resnet20", pretrained=str(pre),
+                strategy="full", quiet=True, **FAST)  # without the option the statistics follow the target
+    assert not torch.equal(before["layer1.0.bn1.running_mean"],
+                           load_file(str(plain.run_dir / "last.safetensors"))["layer1.0.bn1.running_mean"])
+
+
+def test_freeze_bn_stats_from_scratch_and_with_precise_bn(image_folder: Path, tmp_path: Path) -> None:
+    res = fit(data=str(image_folder), model="resnet20", pretrained="none", freeze_bn_stats=True,
+              output=str(tmp_path / "s"), quiet=True, **dict(FAST, epochs=1))
+    assert any("freeze_bn_stats ignored" in n for n in res.notes)
+    with pytest.raises(ConfigError, match="--precise-bn recomputes the BatchNorm statistics"):
+        fit(data=str(image_folder), model="resnet20", pretrained=str(_pretrained(tmp_path)), strategy="full",
+            freeze_bn_stats=True, precise_bn=True, output=str(tmp_path / "x"), quiet=True, **FAST)
 
 
 def test_lr_auto_runs_the_range_test_and_uses_its_rate(image_folder: Path, tmp_path: Path,

@@ -143,13 +143,34 @@ def frozen_blocks(model: nn.Module) -> int:
     return getattr(model, "_frozen_blocks", 0)
 
 
+#: the BatchNorm layers whose statistics :func:`set_bn_stats_frozen` keeps
+BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+
+
+def set_bn_stats_frozen(model: nn.Module, frozen: bool) -> None:
+    """Keep every BatchNorm layer's running statistics as they are (eval mode under :func:`train_mode`) while their
+    scale and shift still train: mmdetection's ``norm_eval``, for fine-tuning on a target whose batch statistics
+    should not replace the pretrained ones."""
+    model._bn_stats_frozen = bool(frozen)  # type: ignore[attr-defined]
+
+
+def bn_stats_frozen(model: nn.Module) -> bool:
+    """Whether :func:`set_bn_stats_frozen` froze the BatchNorm statistics of ``model``."""
+    return bool(getattr(model, "_bn_stats_frozen", False))
+
+
 def train_mode(model: nn.Module) -> None:
     """``model.train()``, except that frozen body blocks stay in eval mode: their BatchNorm layers keep their
     statistics and stochastic depth is off, so their output is a fixed function of the image (what lets the
-    trainer cache a frozen body's features, :mod:`.features`)."""
+    trainer cache a frozen body's features, :mod:`.features`); with :func:`set_bn_stats_frozen`, every BatchNorm
+    layer stays in eval mode too."""
     model.train()
     n = frozen_blocks(model)
     if n:
         body, _ = model.body_and_head()
         for block in body[:n]:
             block.eval()
+    if bn_stats_frozen(model):
+        for m in model.modules():
+            if isinstance(m, BATCH_NORMS):
+                m.eval()

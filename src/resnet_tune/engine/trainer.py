@@ -29,8 +29,8 @@ from ..errors import ConfigError, DataError, ResnetTuneError, TrainingError
 from . import checkpoint as ckpt
 from . import distributed as D
 from .config import RunConfig, from_dict, save_yaml
-from .finetune import (frozen_epochs, resolve_freeze_at, resolve_strategy, set_body_frozen, set_frozen_blocks,
-                       train_mode)
+from .finetune import (frozen_epochs, resolve_freeze_at, resolve_strategy, set_bn_stats_frozen, set_body_frozen,
+                       set_frozen_blocks, train_mode)
 from .hardware import Precision, default_channels_last, resolve_device, resolve_precision, seed_everything, set_threads
 from .optim import EMA, Lookahead, lr_at, make_optimizer, param_groups, scale_at, scaled_size, set_lr
 from .run import create_run_dir, tensorboard_writer, write_metrics
@@ -298,6 +298,16 @@ class Trainer:
         if cfg.freeze_at and not freeze_at:
             self.notes.append(f"freeze_at={cfg.freeze_at} ignored: the model trains from scratch")
         set_frozen_blocks(model, freeze_at)
+        bn_frozen = cfg.freeze_bn_stats and task.pretrained is not None
+        if cfg.freeze_bn_stats and not bn_frozen:
+            self.notes.append("freeze_bn_stats ignored: the model trains from scratch (random BatchNorm statistics "
+                              "are not worth keeping)")
+        if bn_frozen and cfg.precise_bn:
+            raise ConfigError("--precise-bn recomputes the BatchNorm statistics that --freeze-bn-stats keeps; use "
+                              "one of the two.")
+        set_bn_stats_frozen(model, bn_frozen)
+        if bn_frozen:
+            self.say("BatchNorm statistics kept as pretrained (--freeze-bn-stats); their scale and shift train")
         if freeze_at:
             self.say(f"frozen for the whole run: the first {freeze_at} of {len(model.body_and_head()[0])} body "
                      "blocks (stem first; no backward pass, BatchNorm statistics kept)")
@@ -338,7 +348,7 @@ class Trainer:
             self.cfg = cfg = cfg.replace(epochs=epochs)  # recorded in config.yaml: a resumed run keeps it
         steps_per_epoch = max(len(data.train) // cfg.accum_steps, 1)
         total = steps_per_epoch * cfg.epochs
-        precise = use_precise_bn(cfg.precise_bn, steps_per_epoch)
+        precise = use_precise_bn(cfg.precise_bn, steps_per_epoch) and not bn_frozen
         if precise and cfg.precise_bn is None:
             self.say(f"note: BatchNorm statistics are recomputed before each validation ({steps_per_epoch} steps an "
                      "epoch)")
