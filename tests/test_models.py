@@ -190,6 +190,12 @@ def test_conv_pool_stages_make_page_resnet9() -> None:
         build_model({"layers": [1, 0], "widths": [8, 16], "strides": [1, 2]})
     with pytest.raises(ValueError, match="conv_pool"):
         rt.create_model("resnet9", block="bottleneck")
+    # the same layout at airbench94's widths: 64, 256, 256 channels, about 2.5x fewer multiply-adds
+    narrow = rt.create_model("resnet9_narrow")
+    assert [f["channels"] for f in narrow.feature_info] == [64, 256, 256]
+    assert [len(getattr(narrow, n)) for n in narrow.stage_names] == [2, 1, 2]
+    ratio = rt.model_info("resnet9").gmacs / rt.model_info("resnet9_narrow").gmacs
+    assert 2.3 < ratio < 2.7 and narrow(torch.randn(2, 3, 32, 32)).shape == (2, 10)
 
 
 def _correlated_images(n: int = 64, side: int = 16) -> torch.Tensor:
