@@ -17,6 +17,7 @@ from resnet_tune.engine import checkpoint as ckpt
 from resnet_tune.engine.finetune import set_bn_stats_frozen, set_body_frozen, set_frozen_blocks, train_mode
 from resnet_tune.engine.optim import param_groups
 from resnet_tune.errors import ConfigError
+from resnet_tune.models.segmentation import create_segmenter
 from resnet_tune.tasks.classification import TrainConfig
 
 FAST = dict(epochs=2, batch_size=8, img_size=16, progress=False, precision="fp32")
@@ -101,6 +102,14 @@ def test_freeze_bn_stats_keeps_every_running_statistic_and_trains_scale_and_shif
     assert bns and not any(m.training for m in bns) and model.conv1.training and model.fc.training
     model(torch.randn(2, 3, 32, 32)).sum().backward()
     assert all(m.weight.grad is not None and m.bias.grad is not None for m in bns)
+    # a segmenter: the pretrained backbone's statistics stay, the new decoder's (never trained) adapt
+    seg = create_segmenter("resnet18", 3, head="deeplabv3", aux=True)
+    set_bn_stats_frozen(seg, True)
+    train_mode(seg)
+    body_bns = [m for m in seg.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    head_bns = [m for m in (*seg.classifier.modules(), *seg.aux_classifier.modules())
+                if isinstance(m, torch.nn.BatchNorm2d)]
+    assert body_bns and head_bns and not any(m.training for m in body_bns) and all(m.training for m in head_bns)
 
     pre = _pretrained(tmp_path)
     res = fit(data=str(image_folder), output=str(tmp_path / "r"), model="resnet20", pretrained=str(pre),

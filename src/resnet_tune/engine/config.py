@@ -221,9 +221,9 @@ class RunConfig:
                                          "the whole run (1 = the stem, 2 = the stem and the first stage, as "
                                          "detectron2's FREEZE_AT): no backward pass, no optimiser state, BatchNorm "
                                          "statistics kept (default: 0)", range=(0, math.inf, ">= 0"))
-    freeze_bn_stats: bool = option(False, "fine-tuning: keep every BatchNorm layer's pretrained running "
-                                          "statistics (eval mode, as mmdetection's norm_eval) while its scale "
-                                          "and shift still train")
+    freeze_bn_stats: bool = option(False, "fine-tuning: keep the running statistics of the pretrained body's "
+                                          "BatchNorm layers (eval mode, as mmdetection's norm_eval) while their "
+                                          "scale and shift still train; a new head's adapt")
     lr_decay: float = option(0.5, "discriminative learning rate: each earlier stage gets this factor of the next "
                                   "one's lr", range=(1e-300, math.inf, "positive"))
     epochs: int | None = option(None, "number of epochs (default: 15 for classification, 30 for segmentation; "

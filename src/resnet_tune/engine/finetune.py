@@ -20,6 +20,7 @@ from typing import Any
 from torch import nn
 
 from .config import has_weights
+from .stability import BATCHNORMS
 
 __all__ = ["TransferChoice", "TransferFacts", "choose_transfer", "frozen_blocks", "frozen_epochs",
            "resolve_freeze_at", "resolve_strategy", "set_body_frozen", "set_frozen_blocks", "train_mode",
@@ -143,14 +144,11 @@ def frozen_blocks(model: nn.Module) -> int:
     return getattr(model, "_frozen_blocks", 0)
 
 
-#: the BatchNorm layers whose statistics :func:`set_bn_stats_frozen` keeps
-BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
-
-
 def set_bn_stats_frozen(model: nn.Module, frozen: bool) -> None:
-    """Keep every BatchNorm layer's running statistics as they are (eval mode under :func:`train_mode`) while their
-    scale and shift still train: mmdetection's ``norm_eval``, for fine-tuning on a target whose batch statistics
-    should not replace the pretrained ones."""
+    """Keep the running statistics of the BatchNorm layers of the pretrained body as they are (eval mode under
+    :func:`train_mode`) while their scale and shift still train: mmdetection's ``norm_eval``, for fine-tuning on a
+    target whose batch statistics should not replace the pretrained ones. A new head's BatchNorm layers (a
+    segmentation decoder's) were never trained and keep adapting."""
     model._bn_stats_frozen = bool(frozen)  # type: ignore[attr-defined]
 
 
@@ -163,7 +161,7 @@ def train_mode(model: nn.Module) -> None:
     """``model.train()``, except that frozen body blocks stay in eval mode: their BatchNorm layers keep their
     statistics and stochastic depth is off, so their output is a fixed function of the image (what lets the
     trainer cache a frozen body's features, :mod:`.features`); with :func:`set_bn_stats_frozen`, every BatchNorm
-    layer stays in eval mode too."""
+    layer of the body stays in eval mode too."""
     model.train()
     n = frozen_blocks(model)
     if n:
@@ -171,6 +169,8 @@ def train_mode(model: nn.Module) -> None:
         for block in body[:n]:
             block.eval()
     if bn_stats_frozen(model):
-        for m in model.modules():
-            if isinstance(m, BATCH_NORMS):
-                m.eval()
+        body, _ = model.body_and_head()
+        for block in body:
+            for m in block.modules():
+                if isinstance(m, BATCHNORMS):
+                    m.eval()
