@@ -63,6 +63,7 @@ ARMS = {
     "whiten": ["--whiten"],
     "lamb": ["--optimizer", "lamb"],
     "no_ls_flat_cos": ["--label-smoothing", "0", "--schedule", "flat_cos"],
+    "cutout": ["--cutout", "0.25"],
 }
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file, save_file
 
 import resnet_tune as rt
@@ -363,6 +364,34 @@ def test_options_run_mixup_cutmix_ema_balance_accum(image_folder: Path, tmp_path
     res2 = fit(data=str(image_folder), output=str(tmp_path / "s"), quiet=True, balance="sampler", early_stop=1,
                **dict(FAST, epochs=4))
     assert len(res2.history) <= 4
+
+
+def test_cutout_erases_one_square_an_image_and_redraws_the_same_from_the_same_seed(image_folder: Path,
+                                                                                   tmp_path: Path) -> None:
+    from resnet_tune.tasks.classification.task import cutout_batch
+
+    x = torch.randn(64, 3, 32, 32) + 10.0  # no value is zero before
+    out = cutout_batch(x, 0.25, torch.Generator().manual_seed(3))
+    erased = (out == 0).all(1)  # the same pixels in every channel
+    assert torch.equal((out == 0).any(1), erased)
+    assert torch.equal(out[~erased[:, None].expand_as(out)], x[~erased[:, None].expand_as(x)])  # the rest unchanged
+    counts = erased.flatten(1).sum(1)
+    assert counts.max() == 64 and counts.min() >= 16  # an 8x8 square, cut by the border at most to a quarter
+    for img in erased[counts == 64]:  # a whole square: 8 consecutive rows and columns
+        rows, cols = img.any(1).nonzero().flatten(), img.any(0).nonzero().flatten()
+        assert len(rows) == len(cols) == 8 and rows[-1] - rows[0] == 7 and cols[-1] - cols[0] == 7
+    assert torch.equal(out, cutout_batch(x, 0.25, torch.Generator().manual_seed(3)))
+    assert not torch.equal(out, cutout_batch(x, 0.25, torch.Generator().manual_seed(4)))
+    assert torch.equal(cutout_batch(x.to(memory_format=torch.channels_last), 0.25, torch.Generator().manual_seed(3)),
+                       out)
+    res = fit(data=str(image_folder), output=str(tmp_path / "c"), quiet=True, cutout=0.25, **FAST)
+    assert yaml.safe_load((res.run_dir / "config.yaml").read_text())["cutout"] == 0.25
+    assert all(np.isfinite(r["train_loss"]) for r in res.history)
+    with pytest.raises(ConfigError, match="cutout must be in"):
+        TrainConfig(cutout=1.5)
+    from resnet_tune.tasks.classification.task import ClassificationTask
+
+    assert "cutout erases part of each image" in ClassificationTask(TrainConfig(cutout=0.25)).feature_cache_refusal()
 
 
 def test_default_job_is_embedded_digits(tmp_path: Path) -> None:

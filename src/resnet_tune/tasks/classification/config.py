@@ -30,6 +30,9 @@ class ClassificationConfig(RunConfig):
     augment: str = option("default", "extra augmentation on top of crop + flip", choices=AUGMENTS)
     mixup: float = option(0.0, "mixup alpha (0 = off)", range=(0.0, math.inf, ">= 0 (0 turns mixup off)"))
     cutmix: float = option(0.0, "cutmix alpha (0 = off)", range=(0.0, math.inf, ">= 0 (0 turns cutmix off)"))
+    cutout: float = option(0.0, "cutout: erase a square of this fraction of the image side in each training image, "
+                                "e.g. 0.25 (8 px of 32; DeVries & Taylor 2017) (0 = off)",
+                           range=(0.0, 1.0, "in [0, 1] (0 turns cutout off)"))
     balance: str = option("none", "imbalanced data: class-weighted loss or a balanced sampler", choices=BALANCE)
     drop_path_rate: float = option(0.0, "stochastic depth rate", range=(0.0, 0.999999, "at least 0 and below 1"))
     cache_views: int = option(1, "frozen-body epochs train the head on cached backbone features of this many "

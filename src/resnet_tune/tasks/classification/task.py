@@ -17,7 +17,7 @@ from ...engine.task import EvalBatch, Evaluation, Task, TaskData
 from .config import ClassificationConfig
 from .data import build_data, class_weights
 
-__all__ = ["ClassificationTask", "combine_batches", "mix_batch"]
+__all__ = ["ClassificationTask", "combine_batches", "cutout_batch", "mix_batch"]
 
 
 def mix_batch(x: torch.Tensor, y: torch.Tensor, mixup: float, cutmix: float, g: torch.Generator
@@ -38,6 +38,20 @@ def mix_batch(x: torch.Tensor, y: torch.Tensor, mixup: float, cutmix: float, g: 
     else:
         x = lam * x + (1 - lam) * x[perm]
     return x, y, y[perm], lam
+
+
+def cutout_batch(x: torch.Tensor, size: float, g: torch.Generator) -> torch.Tensor:
+    """Cutout (DeVries & Taylor 2017): in each image, a square of side ``size`` times the shorter image side,
+    centred at a uniformly drawn pixel (so the border may cut it), set to zero, the normalised images' mean.
+    One vectorised step on the batch's device; the centres come from ``g`` (an exact resume redraws them)."""
+    n, _, h, w = x.shape
+    side = max(1, round(size * min(h, w)))
+    top = torch.randint(0, h, (n,), generator=g).to(x.device) - side // 2
+    left = torch.randint(0, w, (n,), generator=g).to(x.device) - side // 2
+    ys, xs = torch.arange(h, device=x.device), torch.arange(w, device=x.device)
+    rows = (ys[None] >= top[:, None]) & (ys[None] < top[:, None] + side)
+    cols = (xs[None] >= left[:, None]) & (xs[None] < left[:, None] + side)
+    return x.masked_fill((rows[:, :, None] & cols[:, None, :])[:, None], 0)
 
 
 def combine_batches(batches: list[tuple[torch.Tensor, torch.Tensor, float]]
@@ -108,6 +122,8 @@ class ClassificationTask(Task):
     def feature_cache_refusal(self) -> str | None:
         if self.cfg.mixup > 0 or self.cfg.cutmix > 0:
             return "mixup and cutmix mix images, which cached features cannot"
+        if self.cfg.cutout > 0:
+            return "cutout erases part of each image, which cached features cannot"
         return None
 
     # ---- steps
@@ -115,6 +131,8 @@ class ClassificationTask(Task):
     def train_loss(self, fwd: nn.Module, x: torch.Tensor, y: torch.Tensor, criterion: nn.Module,
                    generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         cfg = self.cfg
+        if cfg.cutout > 0:
+            x = cutout_batch(x, cfg.cutout, generator)
         if cfg.mixup > 0 or cfg.cutmix > 0:
             x, ya, yb, lam = mix_batch(x, y, cfg.mixup, cfg.cutmix, generator)
             out = fwd(x)
