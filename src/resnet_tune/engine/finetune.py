@@ -163,14 +163,12 @@ def train_mode(model: nn.Module) -> None:
     trainer cache a frozen body's features, :mod:`.features`); with :func:`set_bn_stats_frozen`, every BatchNorm
     layer of the body stays in eval mode too."""
     model.train()
-    n = frozen_blocks(model)
-    if n:
+    n, keep_bn = frozen_blocks(model), bn_stats_frozen(model)
+    if n or keep_bn:
         body, _ = model.body_and_head()
         for block in body[:n]:
             block.eval()
-    if bn_stats_frozen(model):
-        body, _ = model.body_and_head()
-        for block in body:
+        for block in body[n:] if keep_bn else []:  # the frozen blocks are in eval mode already
             for m in block.modules():
                 if isinstance(m, BATCHNORMS):
                     m.eval()

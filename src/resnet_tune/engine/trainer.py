@@ -838,8 +838,8 @@ class Trainer:
                 with precision.autocast(device):
                     loss, out = task.train_loss(fwd, x, y, s.criterion, g)
                 scaler.scale(loss / cfg.accum_steps).backward()
-                # read the loss only once the backward pass is queued: on a GPU, reading it before would leave the
-                # device idle while the backward kernels are launched. No optimiser step has used it yet.
+                # the loss is read once the backward pass is queued, so a GPU is not idle while its kernels are
+                # launched (no measurable change on an H200: RESULTS.md, "GPU"); no optimiser step has used it yet
                 loss_value = loss.detach().float().item()
                 if not math.isfinite(loss_value):
                     raise TrainingError(
