@@ -527,6 +527,43 @@ def test_batched_crop_flip_equals_padding_then_cropping_each_image(h: int, w: in
     assert torch.equal(norm, (expected.float() / 255.0 - m) / s)
 
 
+@pytest.mark.parametrize("translate,reach", [(None, 4), (2, 2), (0, 0)])
+def test_translate_sets_how_far_the_training_crop_moves(translate: int | None, reach: int) -> None:
+    """Every training image of the in-memory loader is its stored image moved by at most ``reach`` pixels each
+    way (reflect-padded), flipped or not, and the full reach is used; a reach the image cannot have is refused."""
+    import torch
+
+    from resnet_tune.data.loaders import MemoryLoader
+    from resnet_tune.errors import ConfigError
+
+    n, side = 64, 32
+    x = torch.randint(0, 256, (n, 3, side, side), dtype=torch.uint8)
+    loader = MemoryLoader(x, torch.arange(n), n, train=True, mean=(0.0,) * 3, std=(1 / 255,) * 3,
+                          translate=translate)
+    batch, labels = next(iter(loader))
+    big = 4  # every shift up to the default's reach is tried, so a wrong reach is found
+    padded = torch.nn.functional.pad(x.float(), (big,) * 4, mode="reflect")
+    shifts = []
+    for img, i in zip(batch, labels):
+        found = [(dy, dx) for dy in range(-big, big + 1) for dx in range(-big, big + 1)
+                 for view in (img, img.flip(2))
+                 if torch.allclose(view, padded[i, :, big + dy:big + dy + side, big + dx:big + dx + side],
+                                   atol=1e-3)]
+        assert found, "a training image is not a shifted (and maybe flipped) copy of its stored image"
+        shifts.append(min(max(abs(dy), abs(dx)) for dy, dx in found))
+    assert max(shifts) == reach
+    # DataLoader workers translate small images by the same reach
+    from torchvision.transforms import v2
+
+    from resnet_tune.data.transforms import Preprocessing, train_transform
+
+    crops = [t for t in train_transform(Preprocessing.for_size(side, (0.5,) * 3, (0.25,) * 3),
+                                        translate=translate).transforms if isinstance(t, v2.RandomCrop)]
+    assert len(crops) == 1 and list(crops[0].padding or [0] * 4) == [reach] * 4
+    with pytest.raises(ConfigError, match="--translate 32 must be at least 0 and smaller than the 32 px input"):
+        MemoryLoader(x, torch.arange(n), 8, train=True, mean=(0.0,) * 3, std=(1.0,) * 3, translate=32)
+
+
 # ------------------------------------------------------------------------- links, duplicates, empty classes
 def _true_class(path: str, root: Path) -> str:
     """The class folder a file really lives in (links resolved)."""

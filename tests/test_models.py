@@ -8,6 +8,7 @@ import torchvision
 from torch import nn
 
 import resnet_tune as rt
+from resnet_tune.errors import ConfigError
 from resnet_tune.models import ResNetConfig, UnknownModelError, build_model, count_params, get_preset, model_info
 
 ALL = rt.list_models()
@@ -196,6 +197,53 @@ def test_conv_pool_stages_make_page_resnet9() -> None:
     assert [len(getattr(narrow, n)) for n in narrow.stage_names] == [2, 1, 2]
     ratio = rt.model_info("resnet9").gmacs / rt.model_info("resnet9_narrow").gmacs
     assert 2.3 < ratio < 2.7 and narrow(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_max_pool_and_scaled_logits_classifier_as_page_resnet9() -> None:
+    from resnet_tune.models.resnet import ScaledLinear
+
+    plain = rt.create_model("resnet9_narrow").eval()
+    page = rt.create_model("resnet9_narrow", global_pool="max", logit_scale=0.125).eval()
+    assert page.state_dict().keys() == plain.state_dict().keys()  # no new parameters: the same checkpoints load
+    page.load_state_dict(plain.state_dict())
+    x = torch.randn(3, 3, 32, 32)
+    feats = page.forward_features(x)
+    assert torch.allclose(page.forward_head(feats, pre_logits=True), feats.amax((2, 3)))
+    want = (feats.amax((2, 3)) @ page.fc.weight.T + page.fc.bias) * 0.125
+    assert torch.allclose(page(x), want, atol=1e-6)
+    assert torch.allclose(plain(x), plain.fc(feats.mean((2, 3))), atol=1e-6)
+    # the scale lives in the classifier module: a head trained on cached features and a new head keep it
+    assert isinstance(page.get_classifier(), ScaledLinear) and type(plain.get_classifier()) is nn.Linear
+    page.reset_classifier(4)
+    assert isinstance(page.fc, ScaledLinear) and page.fc.scale == 0.125 and page(x).shape == (3, 4)
+    traced = torch.jit.trace(page, x)
+    assert torch.allclose(traced(x), page(x))
+    with pytest.raises(ValueError, match="global_pool='gem'; choose one of avg, max"):
+        rt.create_model("resnet18", global_pool="gem")
+    with pytest.raises(ValueError, match="logit_scale must be positive"):
+        rt.create_model("resnet18", logit_scale=0)
+
+
+def test_model_kwargs_read_command_line_words_and_yaml_and_refuse_in_one_sentence() -> None:
+    from resnet_tune.models import model_kwargs
+
+    assert model_kwargs(["global_pool=max", "logit_scale=0.125", "anti_alias=true", "layers=[1, 0, 1]"]) == \
+        {"global_pool": "max", "logit_scale": 0.125, "anti_alias": True, "layers": [1, 0, 1]}
+    assert model_kwargs({"zero-init-residual": True}) == {"zero_init_residual": True}
+    assert model_kwargs("global_pool=max,logit_scale=0.5") == {"global_pool": "max", "logit_scale": 0.5}
+    assert model_kwargs(None) == {}
+    for value, message in [(["global_pool"], "takes KEY=VALUE pairs"),
+                           (["globalpool=max"], "'globalpool' is not an architecture option \\(did you mean "
+                                                "'global_pool'\\?\\)"),
+                           (["num_classes=3"], "cannot set num_classes: the number of classes comes from the data"),
+                           (["drop_path_rate=0.1"], "--drop-path-rate"),
+                           (7, "must be a mapping")]:
+        with pytest.raises(ConfigError, match=message):
+            model_kwargs(value)
+    with pytest.raises(ConfigError, match="do not fit resnet50: stage_entry='conv_pool' takes basic blocks"):
+        model_kwargs(["stage_entry=conv_pool"], "resnet50")
+    with pytest.raises(ConfigError, match="do not fit resnet18: logit_scale='x' must be a finite number"):
+        model_kwargs({"logit_scale": "x"}, "resnet18")
 
 
 def _correlated_images(n: int = 64, side: int = 16) -> torch.Tensor:

@@ -394,6 +394,27 @@ def test_cutout_erases_one_square_an_image_and_redraws_the_same_from_the_same_se
     assert "cutout erases part of each image" in ClassificationTask(TrainConfig(cutout=0.25)).feature_cache_refusal()
 
 
+def test_model_kwargs_from_the_command_line_reach_the_model_the_checkpoint_and_the_predictor(
+        image_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "k"
+    main(["train", "--data", str(image_folder), "--model", "resnet9_narrow", "--img-size", "16", "--epochs", "1",
+          "--batch-size", "8", "--pretrained", "none", "--no-progress", "--output", str(out),
+          "--model-kwargs", "global_pool=max", "logit_scale=0.125", "--translate", "2"])
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["model_kwargs"] == {"global_pool": "max", "logit_scale": 0.125} and saved["translate"] == 2
+    rec = ckpt.read_record(out)
+    assert rec["model_config"]["global_pool"] == "max" and rec["model_config"]["logit_scale"] == 0.125
+    model = rt.Predictor(out, device="cpu").eager  # rebuilt from the checkpoint's record
+    assert isinstance(model.avgpool, torch.nn.AdaptiveMaxPool2d) and model.fc.scale == 0.125
+    capsys.readouterr()
+    assert main(["train", "--data", str(image_folder), "--model", "resnet9_narrow", "--no-progress", "--output",
+                 str(tmp_path / "bad"), "--model-kwargs", "global_pol=max"]) == 2
+    assert "'global_pol' is not an architecture option (did you mean 'global_pool'?)" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+    with pytest.raises(ConfigError, match="do not fit resnet20: stage_entry='conv_pool' takes basic blocks"):
+        TrainConfig(model="resnet20", model_kwargs=["stage_entry=conv_pool", "block=bottleneck"])
+
+
 def test_default_job_is_embedded_digits(tmp_path: Path) -> None:
     res = fit(output=str(tmp_path / "d"), epochs=1, quiet=True, progress=False)
     rec = ckpt.read_record(res.run_dir)

@@ -30,7 +30,7 @@ def add_config_options(p: argparse.ArgumentParser, cls: type, also: type | None 
     ``also``: a second config class the same command can build (e.g. multi-label for ``train``): its own fields
     get flags too, their help starting with ``also_tag``, and a shared field accepts either class's choices (the
     chosen class checks its own when the config is made)."""
-    from ..engine.config import option_help
+    from ..engine.config import option_help, option_nargs
 
     names = {f.name for f in dataclasses.fields(cls)}
     fields = [(cls, f) for f in dataclasses.fields(cls)]
@@ -61,7 +61,7 @@ def add_config_options(p: argparse.ArgumentParser, cls: type, also: type | None 
         else:
             allowed = tuple(a for a in allowed if a is not None) if allowed else None
             p.add_argument(flag, type=base, default=argparse.SUPPRESS, choices=allowed, help=text,
-                           metavar=f.name.upper() if allowed is None else None)
+                           metavar=f.name.upper() if allowed is None else None, nargs=option_nargs(owner, f.name))
 
 
 def config_values(args: argparse.Namespace, cls: type) -> dict[str, Any]:

@@ -71,14 +71,18 @@ def eval_transform(pp: Preprocessing):
                        v2.Normalize(list(pp.mean), list(pp.std))])
 
 
-def train_transform(pp: Preprocessing, augment: str = "default"):
-    """PIL image -> augmented, normalised float tensor (for DataLoader workers)."""
+def train_transform(pp: Preprocessing, augment: str = "default", translate: int | None = None):
+    """PIL image -> augmented, normalised float tensor (for DataLoader workers). Small images (``SMALL`` px or
+    less) are randomly translated by up to ``translate`` px (reflect padding; default an eighth of the side), larger
+    ones get a random resized crop."""
     from torchvision.transforms import v2
+
+    from .loaders import crop_padding
 
     size = pp.input_size
     if size <= SMALL:
         geo = [v2.ToImage(), v2.Resize(pp.resize, interpolation=_interp(pp.interpolation), antialias=True),
-               v2.CenterCrop(size), v2.RandomCrop(size, padding=max(size // 8, 1), padding_mode="reflect")]
+               v2.CenterCrop(size), v2.RandomCrop(size, padding=crop_padding(size, translate), padding_mode="reflect")]
     else:
         geo = [v2.ToImage(), v2.RandomResizedCrop(size, scale=(0.25, 1.0), interpolation=_interp(pp.interpolation),
                                                   antialias=True)]

@@ -25,7 +25,8 @@ from typing import Any
 from ..errors import ConfigError
 
 __all__ = ["LOADERS", "NO_WEIGHTS", "OPTIMIZERS", "PRECISIONS", "RunConfig", "SCHEDULES", "STRATEGIES",
-           "check_options", "from_dict", "has_weights", "load_yaml", "option", "option_help", "save_yaml", "show"]
+           "check_options", "from_dict", "has_weights", "load_yaml", "option", "option_help", "option_nargs",
+           "save_yaml", "show"]
 
 STRATEGIES = ("auto", "scratch", "full", "linear_probe", "freeze_unfreeze")
 OPTIMIZERS = ("sgd", "adamw", "lamb")
@@ -35,11 +36,14 @@ LOADERS = ("auto", "memory", "workers")
 
 
 def option(default: Any, help: str | None = None, *, choices: tuple | None = None,  # noqa: A002
-           range: tuple[float, float, str] | None = None) -> Any:  # noqa: A002
+           range: tuple[float, float, str] | None = None, nargs: str | None = None) -> Any:  # noqa: A002
     """A config field with its command-line help, allowed values and allowed range (``(low, high, "what it must
     be")``, checked when the option is set). A subclass that only changes the default writes
-    ``option(new_default)`` and keeps the help, choices and range of the class it overrides."""
+    ``option(new_default)`` and keeps the help, choices and range of the class it overrides. ``nargs``: the flag
+    takes several words (argparse's ``nargs``; the option then receives a list of texts)."""
     metadata: dict[str, Any] = {}
+    if nargs is not None:
+        metadata["nargs"] = nargs
     if help is not None:
         metadata["help"] = help
     if choices is not None:
@@ -61,6 +65,11 @@ def _meta(cls: type, name: str, key: str) -> Any:
 def option_help(cls: type, name: str) -> tuple[str, tuple | None]:
     """The help text and choices of option ``name`` of config class ``cls``."""
     return _meta(cls, name, "help") or name.replace("_", " "), _meta(cls, name, "choices")
+
+
+def option_nargs(cls: type, name: str) -> str | None:
+    """How many command-line words option ``name`` of ``cls`` takes (argparse's ``nargs``; None: one)."""
+    return _meta(cls, name, "nargs")
 
 
 # --------------------------------------------------------------------------------------- checking values

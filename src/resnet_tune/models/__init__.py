@@ -2,7 +2,7 @@
 converters, downloads), segmentation networks on a ResNet backbone, and batch-norm folding."""
 
 from . import presets as _presets  # noqa: F401  (registers the presets)
-from .factory import build_from_record, build_model, builder, create_model
+from .factory import build_from_record, build_model, builder, create_model, model_kwargs
 from .fold import fold_batchnorm
 from .init import first_conv, whiten_first_conv
 from .pretrained import load_weights
@@ -17,5 +17,5 @@ __all__ = [
     "Preset", "ResNet", "ResNetConfig", "Segmenter", "StageOutput", "UnknownModelError", "build_from_record",
     "build_model", "build_segmenter", "builder", "count_macs", "count_params", "create_model", "create_segmenter",
     "first_conv", "fold_batchnorm", "get_config", "get_preset", "list_models", "load_weights", "mean_std_for",
-    "model_info", "register_model", "whiten_first_conv",
+    "model_info", "model_kwargs", "register_model", "whiten_first_conv",
 ]

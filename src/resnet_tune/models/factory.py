@@ -11,7 +11,68 @@ from ..errors import CheckpointError, ConfigError
 from .registry import get_preset
 from .resnet import ResNet, ResNetConfig
 
-__all__ = ["build_from_record", "build_model", "builder", "create_model"]
+__all__ = ["build_from_record", "build_model", "builder", "create_model", "model_kwargs"]
+
+#: ResNetConfig fields ``model_kwargs`` leaves to others: the data sets the classifier and the input, and stochastic
+#: depth has its own option
+_NOT_KWARGS = {"num_classes": "the number of classes comes from the data",
+               "input_size": "the input size is --img-size",
+               "drop_path_rate": "stochastic depth is --drop-path-rate"}
+
+
+def model_kwargs(value: Any, model: str | None = None) -> dict[str, Any]:
+    """Architecture options for :func:`create_model` from what a user wrote (timm's ``--model-kwargs``): a mapping
+    (YAML), or ``KEY=VALUE`` texts (the command line; each value read as YAML, so ``true``, ``0.125`` and
+    ``[1, 0, 1]`` are a bool, a number and a list). The names are :class:`ResNetConfig` fields; with ``model`` the
+    result is checked against that preset's architecture too. Raises :class:`~resnet_tune.errors.ConfigError` in
+    one sentence for an unknown name or a value the architecture refuses."""
+    import yaml
+
+    if value is None:
+        return {}
+    if isinstance(value, str):
+        value = value.replace(",", " ").split()
+    if isinstance(value, Mapping):
+        items = list(value.items())
+    elif isinstance(value, (list, tuple)):
+        items = []
+        for word in value:
+            key, eq, text = str(word).partition("=")
+            if not eq or not key.strip():
+                raise ConfigError(f"model_kwargs takes KEY=VALUE pairs (e.g. global_pool=max), got {word!r}.")
+            try:
+                parsed = yaml.safe_load(text) if text.strip() else ""
+            except yaml.YAMLError:
+                parsed = text
+            items.append((key.strip(), parsed))
+    else:
+        raise ConfigError(f"model_kwargs must be a mapping of architecture options or KEY=VALUE pairs, got a "
+                          f"{type(value).__name__}.")
+    fields = {f.name for f in ResNetConfig.__dataclass_fields__.values()}
+    out: dict[str, Any] = {}
+    for key, val in items:
+        key = str(key).replace("-", "_")
+        if key in _NOT_KWARGS:
+            raise ConfigError(f"model_kwargs cannot set {key}: {_NOT_KWARGS[key]}.")
+        if key not in fields:
+            import difflib
+
+            close = difflib.get_close_matches(key, sorted(fields - set(_NOT_KWARGS)), n=1)
+            raise ConfigError(f"model_kwargs: {key!r} is not an architecture option"
+                              + (f" (did you mean {close[0]!r}?)" if close else "")
+                              + "; the options are the fields of ResNetConfig.")
+        out[key] = list(val) if isinstance(val, tuple) else val
+    if model is not None and out:
+        try:
+            base = get_preset(model).config
+        except Exception:  # noqa: BLE001 - an unknown model name is reported by the option that names it
+            return out
+        try:
+            base.replace(**out)
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"model_kwargs do not fit {model}: {str(err).removeprefix('invalid ResNet config: ')}."
+                              ) from None
+    return out
 
 
 def build_model(config: ResNetConfig | dict[str, Any], *, num_classes: int | None = None, in_chans: int = 3,

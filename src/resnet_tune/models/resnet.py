@@ -47,9 +47,10 @@ def _finite(v: Any) -> bool:
 
 # The type of every ResNetConfig field: (test, what it must be); tuple fields are given per item.
 _FIELD_TYPES: dict[str, tuple[Any, str]] = {
-    **{k: (lambda v: isinstance(v, str), "a string") for k in ("block", "stem", "shortcut", "stage_entry")},
+    **{k: (lambda v: isinstance(v, str), "a string")
+       for k in ("block", "stem", "shortcut", "stage_entry", "global_pool")},
     **{k: (_whole, "a whole number") for k in ("stem_width", "groups", "base_width", "num_classes")},
-    **{k: (_finite, "a finite number") for k in ("bn_eps", "se_ratio", "drop_path_rate")},
+    **{k: (_finite, "a finite number") for k in ("bn_eps", "se_ratio", "drop_path_rate", "logit_scale")},
     **{k: (lambda v: isinstance(v, bool), "true or false")
        for k in ("stem_bias", "stem_pool_zero_pad", "stride_in_1x1", "stride_in_last_block", "conv_bias",
                  "zero_init_residual", "anti_alias")},
@@ -61,6 +62,7 @@ _TUPLE_TYPES: dict[str, tuple[Any, str]] = {
 STEM_TYPES = ("default", "deep", "cifar", "preact")
 SHORTCUT_TYPES = ("conv", "avg", "pad", "subsample")
 STAGE_ENTRIES = ("block", "conv_pool")
+GLOBAL_POOLS = ("avg", "max")
 
 
 @dataclass(frozen=True)
@@ -106,6 +108,10 @@ class ResNetConfig:
             block starts as the identity (Goyal et al. 2017).
         replace_stride_with_dilation: per stage after the first, dilate instead of striding
             (for segmentation at output stride 8 or 16).
+        global_pool: how the last feature map becomes one vector (timm's name): ``avg`` (every ResNet of He et
+            al.) or ``max`` (Page's ResNet-9).
+        logit_scale: a constant the classifier's outputs are multiplied by (Page's ResNet-9: 0.125); part of the
+            classifier module ``fc``, so a head trained on cached features and the exported model include it.
         num_classes: default classifier size of this preset.
         input_size: default input (C, H, W) of this preset.
     """
@@ -131,6 +137,8 @@ class ResNetConfig:
     zero_init_residual: bool = False
     anti_alias: bool = False
     replace_stride_with_dilation: tuple[bool, ...] = ()
+    global_pool: str = "avg"
+    logit_scale: float = 1.0
     num_classes: int = 1000
     input_size: tuple[int, int, int] = (3, 224, 224)
 
@@ -183,6 +191,10 @@ class ResNetConfig:
             bad("pad shortcuts are for post-activation CIFAR networks")
         if self.num_classes < 0:
             bad("num_classes must be >= 0 (0 = no classifier)")
+        if self.global_pool not in GLOBAL_POOLS:
+            bad(f"global_pool={self.global_pool!r}; choose one of {', '.join(GLOBAL_POOLS)}")
+        if not self.logit_scale > 0:
+            bad(f"logit_scale must be positive, got {self.logit_scale}")
         if self.anti_alias and (self.block.startswith("preact") or self.stem_pool_zero_pad or self.stride_in_1x1):
             bad("anti_alias is for post-activation blocks with the stride in the 3x3 and the usual stem (as timm's "
                 "resnetblur models)")
@@ -612,8 +624,10 @@ class ResNet(nn.Module):
 
         self.num_features = inplanes
         self.norm: nn.Module = nn.BatchNorm2d(inplanes, eps=eps) if preact else nn.Identity()
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.fc: nn.Module = nn.Linear(inplanes, cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
+        # (named as torchvision's, whichever pooling it is)
+        self.avgpool = nn.AdaptiveAvgPool2d(1) if cfg.global_pool == "avg" else nn.AdaptiveMaxPool2d(1)
+        self.fc: nn.Module = classifier(inplanes, cfg.num_classes, cfg.logit_scale) if cfg.num_classes > 0 \
+            else nn.Identity()
         self.num_classes = cfg.num_classes
         self._init_weights()
 
@@ -715,7 +729,7 @@ class ResNet(nn.Module):
         self.num_classes = num_classes
         self.cfg = self.cfg.replace(num_classes=num_classes)
         if num_classes > 0:
-            fc = nn.Linear(self.num_features, num_classes, device=ref.device, dtype=ref.dtype)
+            fc = classifier(self.num_features, num_classes, self.cfg.logit_scale, device=ref.device, dtype=ref.dtype)
             bound = 1 / math.sqrt(self.num_features)
             nn.init.uniform_(fc.weight, -bound, bound)
             nn.init.uniform_(fc.bias, -bound, bound)
@@ -730,6 +744,28 @@ class ResNet(nn.Module):
         if not isinstance(self.norm, nn.Identity):
             body[-1] = nn.ModuleList([body[-1], self.norm])
         return body, self.fc
+
+
+class ScaledLinear(nn.Linear):
+    """A linear classifier whose outputs are multiplied by a constant ``scale`` (Page's ResNet-9: 0.125, which keeps
+    the first logits small). Its parameters and state-dict keys are a plain ``nn.Linear``'s."""
+
+    def __init__(self, in_features: int, out_features: int, scale: float, **kwargs: Any) -> None:
+        super().__init__(in_features, out_features, **kwargs)
+        self.scale = float(scale)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(x, self.weight, self.bias) * self.scale
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, scale={self.scale}"
+
+
+def classifier(in_features: int, num_classes: int, scale: float = 1.0, **kwargs: Any) -> nn.Linear:
+    """The classifier of a ResNet: ``nn.Linear``, or :class:`ScaledLinear` when ``scale`` is not 1."""
+    if scale == 1.0:
+        return nn.Linear(in_features, num_classes, **kwargs)
+    return ScaledLinear(in_features, num_classes, scale, **kwargs)
 
 
 def count_params(model: nn.Module) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 from ...engine.config import RunConfig, option
 
@@ -28,6 +29,10 @@ class ClassificationConfig(RunConfig):
     img_size: int | None = option(None, "input size in pixels (default: the model's, or 32 for small images)",
                                   range=(8, math.inf, "at least 8 pixels"))
     augment: str = option("default", "extra augmentation on top of crop + flip", choices=AUGMENTS)
+    translate: int | None = option(None, "how far the training crop moves each way, in pixels (reflect padding; "
+                                         "the in-memory loader at any size, DataLoader workers at 64 px or less; "
+                                         "default: an eighth of the side, 4 px at 32; airbench uses 2; 0 = none)",
+                                   range=(0, math.inf, "at least 0"))
     mixup: float = option(0.0, "mixup alpha (0 = off)", range=(0.0, math.inf, ">= 0 (0 turns mixup off)"))
     cutmix: float = option(0.0, "cutmix alpha (0 = off)", range=(0.0, math.inf, ">= 0 (0 turns cutmix off)"))
     cutout: float = option(0.0, "cutout: erase a square of this fraction of the image side in each training image, "
@@ -35,6 +40,10 @@ class ClassificationConfig(RunConfig):
                            range=(0.0, 1.0, "in [0, 1] (0 turns cutout off)"))
     balance: str = option("none", "imbalanced data: class-weighted loss or a balanced sampler", choices=BALANCE)
     drop_path_rate: float = option(0.0, "stochastic depth rate", range=(0.0, 0.999999, "at least 0 and below 1"))
+    model_kwargs: Any = option(None, "architecture options of the model as KEY=VALUE pairs, fields of "
+                                     "ResNetConfig (e.g. global_pool=max logit_scale=0.125 anti_alias=true; a "
+                                     "mapping in YAML; timm's --model-kwargs); recorded in every checkpoint",
+                               nargs="+")
     cache_views: int = option(1, "frozen-body epochs train the head on cached backbone features of this many "
                                  "augmented views of the training set (0 = run the backbone every epoch)",
                               range=(0, math.inf, ">= 0 (0 turns the feature cache off)"))
@@ -47,6 +56,12 @@ class ClassificationConfig(RunConfig):
     batch_size: int | None = option(None, "images per batch per process (default: 64, halved down to 16 while an "
                                           "epoch would have fewer than 16 steps)",
                                     range=(1, math.inf, "at least 1"))
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        from ...models import model_kwargs
+
+        object.__setattr__(self, "model_kwargs", model_kwargs(self.model_kwargs, self.model) or None)
 
 #: The name this configuration had before segmentation got its own (``resnet_tune.fit(TrainConfig(...))``).
 TrainConfig = ClassificationConfig

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...engine.hardware import Precision, forward_chunked
+from ...errors import ConfigError
 from ...engine.task import EvalBatch, Evaluation, Task, TaskData
 from .config import ClassificationConfig
 from .data import build_data, class_weights
@@ -99,8 +100,13 @@ class ClassificationTask(Task):
         from ...models import create_model
 
         cfg, name = self.cfg, data.model_name
-        overrides = {"drop_path_rate": cfg.drop_path_rate} if cfg.drop_path_rate else {}
-        model = create_model(name, num_classes=len(data.classes), **overrides)
+        overrides = {**(cfg.model_kwargs or {}), **({"drop_path_rate": cfg.drop_path_rate} if cfg.drop_path_rate
+                                                    else {})}
+        try:
+            model = create_model(name, num_classes=len(data.classes), **overrides)
+        except (TypeError, ValueError) as err:  # options checked against a model chosen after the config was made
+            raise ConfigError(f"--model-kwargs do not fit {name}: "
+                              f"{str(err).removeprefix('invalid ResNet config: ')}.") from None
         if pretrained is None:
             return model, f"{name}, training from scratch ({self.weights_reason})"
         from ...models.pretrained import load_pretrained
@@ -128,17 +134,26 @@ class ClassificationTask(Task):
 
     # ---- steps
 
-    def train_loss(self, fwd: nn.Module, x: torch.Tensor, y: torch.Tensor, criterion: nn.Module,
-                   generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def augment_batch(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, float]:
+        """The batch-level training augmentations, in order: cutout, then mixup or cutmix. Returns the images, the
+        targets, the mixed-in targets (``None`` when nothing was mixed) and the weight of the first targets; every
+        draw comes from ``generator`` (an exact resume repeats it). Tasks that share classification's inputs (the
+        multi-label one) reuse it and combine the targets their own way."""
         cfg = self.cfg
         if cfg.cutout > 0:
             x = cutout_batch(x, cfg.cutout, generator)
         if cfg.mixup > 0 or cfg.cutmix > 0:
-            x, ya, yb, lam = mix_batch(x, y, cfg.mixup, cfg.cutmix, generator)
-            out = fwd(x)
-            return lam * criterion(out, ya) + (1 - lam) * criterion(out, yb), out
+            return mix_batch(x, y, cfg.mixup, cfg.cutmix, generator)
+        return x, y, None, 1.0
+
+    def train_loss(self, fwd: nn.Module, x: torch.Tensor, y: torch.Tensor, criterion: nn.Module,
+                   generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        x, ya, yb, lam = self.augment_batch(x, y, generator)
         out = fwd(x)
-        return criterion(out, y), out
+        if yb is None:
+            return criterion(out, ya), out
+        return lam * criterion(out, ya) + (1 - lam) * criterion(out, yb), out
 
     def train_counts(self, out: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"correct": (out.detach().argmax(1) == y).sum()}

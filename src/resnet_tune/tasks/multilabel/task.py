@@ -18,7 +18,7 @@ from torch import nn
 
 from ...engine.task import Evaluation, Task, TaskData, require_usable
 from ..classification.data import choose_model, image_loaders, scratch_hint
-from ..classification.task import ClassificationTask, combine_batches, cutout_batch, mix_batch
+from ..classification.task import ClassificationTask, combine_batches
 from .config import MultiLabelConfig
 
 __all__ = ["MultiLabelTask", "SPLIT_FILE", "SmoothedBCE", "multilabel_markdown", "pos_weights"]
@@ -136,12 +136,9 @@ class MultiLabelTask(ClassificationTask):
 
     def train_loss(self, fwd: nn.Module, x: torch.Tensor, y: torch.Tensor, criterion: nn.Module,
                    generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        cfg = self.cfg
-        if cfg.cutout > 0:
-            x = cutout_batch(x, cfg.cutout, generator)
-        if cfg.mixup > 0 or cfg.cutmix > 0:  # label sets mix like the images: lam * y_a + (1 - lam) * y_b
-            x, ya, yb, lam = mix_batch(x, y, cfg.mixup, cfg.cutmix, generator)
-            y = lam * ya + (1 - lam) * yb
+        x, y, yb, lam = self.augment_batch(x, y, generator)
+        if yb is not None:  # label sets mix like the images: lam * y_a + (1 - lam) * y_b
+            y = lam * y + (1 - lam) * yb
         out = fwd(x)
         return criterion(out, y), out
 
