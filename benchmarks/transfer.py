@@ -21,7 +21,8 @@ training folder (what selection looks at) and an evaluation folder reported as `
 Arms (every one through ``resnet-tune train`` of the code under ``--code``, ``--model resnet18``, the same epochs
 per target; all but ``scratch`` with ``--pretrained`` the backbone):
 
-* ``linear_probe``, ``full``, ``freeze_unfreeze``: ``--strategy`` that one;
+* ``linear_probe``, ``full``, ``freeze_unfreeze``: ``--strategy`` that one (``full`` with ``--freeze-at 0``, which
+  a fine-tune with ``--budget`` would otherwise not have);
 * ``default``: no ``--strategy``/``--freeze-at``/``--lr`` (what a user gets without flags; since the first
   session's figures the same as ``full`` at ``--size backbone``, which the table reports as the default);
 * ``scratch``: ``--pretrained none``;
@@ -33,11 +34,14 @@ per target; all but ``scratch`` with ``--pretrained`` the backbone):
   (``--weight-decay 0``), ``full_aug_none`` and ``full_aug_ta`` (``--augment none|trivialaugment``).
 
 ``--size`` chooses the input size: ``native`` (the images' own side), ``backbone`` (the pretraining size, 128) or
-a number; ``default`` arms leave it to the code unless ``--size`` is a number. Runs are resumable: a finished one
-(its ``summary.json``) is skipped, an interrupted one resumed. Usage::
+a number; ``default`` arms leave it to the code unless ``--size`` is a number. ``--budget`` gives every arm its
+target's wall-clock budget (``BUDGETS``) instead of the fixed epochs (the arm is then recorded as
+``arm@size+budget`` and compared with ``full@size+budget``). Runs are resumable: a finished one (its
+``summary.json``) is skipped, an interrupted one resumed. Usage::
 
     python benchmarks/transfer.py --work /work/bench_runs/transfer --stage backbones
     python benchmarks/transfer.py --work /work/bench_runs/transfer --arms full --size native backbone --seeds 0
+    python benchmarks/transfer.py --work /work/bench_runs/transfer --budget --arms full full_freeze2 --seeds 1 2 3
     python benchmarks/transfer.py --work /work/bench_runs/transfer --table
     python benchmarks/transfer.py --work /work/bench_runs/transfer --stage speed   # step time by frozen blocks
 
@@ -72,7 +76,10 @@ BACKBONES = {"resnet18_128": {"model": "resnet18", "img_size": 128, "epochs": 16
 #: name: (target set, training and validation images a class, epochs, the images' own side)
 TARGETS = {"cifar10_100": ("cifar10", 100, 100, 15, 32), "eurosat": ("eurosat", 576, 64, 5, 64),
            "digits": ("digits", 100, 20, 10, 32)}
-ARMS = {"linear_probe": ["--strategy", "linear_probe"], "full": ["--strategy", "full"],
+#: ``--budget``: each target's wall-clock budget, about what ``full@backbone`` takes for the epochs above on a 2-core
+#: Xeon with AMX (180, 247 and 96 s), so the full fine-tune gets about its usual epochs and a cheaper strategy more
+BUDGETS = {"cifar10_100": "3m", "eurosat": "4m", "digits": "90s"}
+ARMS = {"linear_probe": ["--strategy", "linear_probe"], "full": ["--strategy", "full", "--freeze-at", "0"],
         "freeze_unfreeze": ["--strategy", "freeze_unfreeze"], "default": [], "scratch": ["--pretrained", "none"],
         "full_freeze2": ["--strategy", "full", "--freeze-at", "2"],
         "full_lr_auto": ["--strategy", "full", "--lr", "auto"],
@@ -105,12 +112,19 @@ def size_of(size: str, target: str, backbone_name: str) -> str | None:
     return size
 
 
-def run_arm(work: Path, code: Path, backbone_name: str, target: str, arm: str, size: str, seed: int) -> dict:
+def label(arm: str, size: str, budget: bool) -> str:
+    """An arm's name in the work folder and the ledger: ``arm@size``, with ``+budget`` for the ``--budget`` runs."""
+    return f"{arm}@{size}" + ("+budget" if budget else "")
+
+
+def run_arm(work: Path, code: Path, backbone_name: str, target: str, arm: str, size: str, seed: int,
+            budget: bool = False) -> dict:
     base, per_class, val_per_class, epochs, _ = TARGETS[target]
     data = target_csv(work, base, per_class, val_per_class)
-    out = work / backbone_name / target / f"{arm}@{size}" / f"seed{seed}"
-    args = ["--data", str(data), "--model", BACKBONES[backbone_name]["model"], "--epochs", str(epochs),
-            "--seed", str(seed), *ARMS[arm]]
+    out = work / backbone_name / target / label(arm, size, budget) / f"seed{seed}"
+    length = ["--budget", BUDGETS[target]] if budget else ["--epochs", str(epochs)]
+    args = ["--data", str(data), "--model", BACKBONES[backbone_name]["model"], *length, "--seed", str(seed),
+            *ARMS[arm]]
     if arm != "scratch":
         args += ["--pretrained", str(backbone(work, backbone_name, code))]
     if arm != "default" or size not in ("native", "backbone"):
@@ -135,6 +149,12 @@ def epoch_seconds(res: dict) -> float:
     return statistics.median(secs[1:] if len(secs) > 2 else secs)
 
 
+def epochs_run(runs: list[dict]) -> str:
+    """Mean epochs the runs trained (a budget's shorter last epoch counts as one); ``-`` for transcribed entries."""
+    counts = [len(r["epoch_train_seconds"]) for r in runs if "epoch_train_seconds" in r]
+    return f"{statistics.mean(counts):.1f}" if counts else "-"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--work", type=Path, required=True, help="runs and backbones (outside the repository)")
@@ -146,6 +166,8 @@ def main() -> None:
                     choices=list(ARMS))
     ap.add_argument("--size", nargs="+", default=["native"], help="native, backbone or a number of pixels")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--budget", action="store_true",
+                    help="every arm at its target's wall-clock budget (BUDGETS) instead of the same epochs")
     ap.add_argument("--table", action="store_true", help="print the ledger's table of every finished run and exit")
     args = ap.parse_args()
     if args.table:
@@ -160,12 +182,13 @@ def main() -> None:
         for target in args.targets:
             for size in args.size:
                 for arm in args.arms:
-                    res = run_arm(args.work, args.code, args.backbone, target, arm, size, seed)
-                    ledger_write("transfer", f"{args.backbone}/{target}/{arm}@{size}", seed, res,
+                    res = run_arm(args.work, args.code, args.backbone, target, arm, size, seed, args.budget)
+                    name = label(arm, size, args.budget)
+                    ledger_write("transfer", f"{args.backbone}/{target}/{name}", seed, res,
                                  backbone=backbone_facts(args.work, args.backbone))
-                    print(f"{target} {arm}@{size} seed {seed}: test {res['test_acc']:.4f} val "
-                          f"{res['best_val_acc']:.4f} {epoch_seconds(res):.1f}s an epoch, {res['seconds']:.0f}s",
-                          flush=True)
+                    print(f"{target} {name} seed {seed}: test {res['test_acc']:.4f} val "
+                          f"{res['best_val_acc']:.4f} {epoch_seconds(res):.1f}s an epoch, "
+                          f"{len(res['epoch_train_seconds'])} epochs, {res['seconds']:.0f}s", flush=True)
 
 
 def step_speed(rounds: int = 3, steps: int = 10, batch: int = 64) -> None:
@@ -211,22 +234,25 @@ def step_speed(rounds: int = 3, steps: int = 10, batch: int = 64) -> None:
 def table() -> None:
     """The ledger as a table: every backbone, target and arm@size, mean ± sd over the recorded seeds."""
     print("| backbone | target | arm@size | test accuracy (mean ± sd, n) | val (selection, mean ± sd) | s an epoch | "
-          "s a run |")
-    print("|---|---|---|---|---|---|---|")
+          "epochs | s a run |")
+    print("|---|---|---|---|---|---|---|---|")
     for key, runs in ledger_read("transfer").items():
         name, target, arm = key.split("/")
         print(f"| {name} | {target} | {arm} | {mean_sd([r['test_acc'] for r in runs])} | "
               f"{mean_sd([r['best_val_acc'] for r in runs])} | "
-              f"{per_cpu(runs, epoch_seconds)} | {per_cpu(runs, lambda r: r['seconds'], 0)} |")
+              f"{per_cpu(runs, epoch_seconds)} | {epochs_run(runs)} | "
+              f"{per_cpu(runs, lambda r: r['seconds'], 0)} |")
     print("\nPaired differences from `full@backbone` (the default: a full fine-tune at the weights' size; seeds both "
-          "ran on the same backbone draw; val = the held-out selection split):\n")
+          "ran on the same backbone draw; val = the held-out selection split; a `+budget` arm against "
+          "`full@backbone+budget`):\n")
     print("| backbone | target | arm@size | seeds | val diff (points, mean ± SE) | test diff (points, mean ± SE) |")
     print("|---|---|---|---|---|---|")
     runs = ledger_read("transfer")
     for key, arm_runs in runs.items():
         name, target, arm = key.split("/")
-        base = runs.get(f"{name}/{target}/full@backbone")
-        if base is None or arm == "full@backbone":
+        ref = "full@backbone" + ("+budget" if arm.endswith("+budget") else "")
+        base = runs.get(f"{name}/{target}/{ref}")
+        if base is None or arm == ref:
             continue
         pairs = pair_by_seed(arm_runs, base, same="backbone")
         print(f"| {name} | {target} | {arm} | {len(pairs)} | {paired(pairs, 'best_val_acc')} | "

@@ -210,6 +210,21 @@ def test_model_auto_follows_the_budget_and_says_why(folder, tmp_path):
     assert _chosen(res.run_dir) == ("resnet32", 32) and not any("--model auto" in n for n in res.notes)
 
 
+def test_a_fine_tune_on_a_budget_keeps_the_stem_and_first_stage_frozen_and_says_why(folder, tmp_path):
+    from conftest import random_checkpoint
+
+    ck = random_checkpoint(tmp_path, "resnet20", 24, ["a", "b", "c"])
+    opts = dict(data=str(folder), model="resnet20", pretrained=str(ck), budget="2m", started=0.0, **FAST)
+    res = fit(output=str(tmp_path / "b"), clock=FakeClock(), **opts)
+    assert yaml.safe_load((res.run_dir / "config.yaml").read_text())["freeze_at"] == 2
+    assert any("with --budget the stem and first stage stay frozen (--freeze-at 2)" in n for n in res.notes)
+    # what the user sets wins, and another strategy than the chosen one is left unfrozen
+    for i, (extra, want) in enumerate((({"freeze_at": 0}, 0), ({"strategy": "freeze_unfreeze"}, 0),
+                                        ({"freeze_at": 1}, 1))):
+        res = fit(output=str(tmp_path / f"o{i}"), clock=FakeClock(), **opts, **extra)
+        assert yaml.safe_load((res.run_dir / "config.yaml").read_text())["freeze_at"] == want
+
+
 def test_model_auto_trains_photos_from_scratch_at_a_smaller_size_on_a_short_budget(tmp_path):
     photos = make_folder(tmp_path / "photos", per_class=12, size=150)
     res = fit(data=str(photos), budget="1m", pretrained="none", output=str(tmp_path / "r"),

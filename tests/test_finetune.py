@@ -180,6 +180,12 @@ def test_choose_transfer_is_a_pure_function_of_the_facts() -> None:
     for n_train, n_classes in ((20, 2), (100_000, 1000)):  # tiny and large target sets alike
         assert choose_transfer(TransferFacts(n_train, n_classes, 64, 224)).strategy == "full"
     assert choose_transfer(TransferFacts(1000, 10, 32, 128)) == small  # nothing but the facts counts
+    # a wall-clock budget: the same strategy and size, with the stem and first stage frozen, and the reason said
+    timed = choose_transfer(TransferFacts(1000, 10, 32, 128, budget=True))
+    assert (timed.strategy, timed.freeze_at, timed.img_size) == ("full", 2, 128)
+    assert "with --budget the stem and first stage stay frozen (--freeze-at 2)" in timed.strategy_reason
+    for n_train, n_classes, side in ((20, 2, 32), (100_000, 1000, 224)):
+        assert choose_transfer(TransferFacts(n_train, n_classes, side, 224, budget=True)).freeze_at == 2
     assert weights_input_size({"input_size": (3, 224, 224)}) == 224 and weights_input_size({"input_size": 96}) == 96
     assert weights_input_size({}) is None and weights_input_size({"input_size": True}) is None
 

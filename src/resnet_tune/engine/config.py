@@ -229,7 +229,8 @@ class RunConfig:
     freeze_at: int | None = option(None, "fine-tuning: keep the first N blocks of the pretrained body frozen for "
                                          "the whole run (1 = the stem, 2 = the stem and the first stage, as "
                                          "detectron2's FREEZE_AT): no backward pass, no optimiser state, BatchNorm "
-                                         "statistics kept (default: 0)", range=(0, math.inf, ">= 0"))
+                                         "statistics kept (default: 0; 2 for a full fine-tune with --budget, "
+                                         "where the time saved buys epochs)", range=(0, math.inf, ">= 0"))
     freeze_bn_stats: bool = option(False, "fine-tuning: keep the running statistics of the pretrained body's "
                                           "BatchNorm layers (eval mode, as mmdetection's norm_eval) while their "
                                           "scale and shift still train; a new head's adapt")

@@ -35,6 +35,7 @@ class TransferFacts:
     n_classes: int
     image_side: float | None  # the median shorter side of the training images (None: not known)
     weights_size: int | None  # the input size the pretrained weights were trained at (None: not recorded)
+    budget: bool = False  # the run's length is a wall-clock budget (--budget), not a number of epochs
 
 
 @dataclass(frozen=True)
@@ -60,14 +61,21 @@ def choose_transfer(facts: TransferFacts) -> TransferChoice:
     images) freeze-then-unfreeze, a linear probe, a frozen stem and first stage (``freeze_at`` 2: faster epochs,
     about a point lower on two targets) and ``--lr auto`` (no gain, a much larger spread) each lost to it or tied.
     Fit leave-one-out, the rule any two targets give (``full``) is the best choice or tied with it on the third,
-    so it does not depend on the facts: no measured target set favoured another strategy. Figures:
-    ``benchmarks/RESULTS.md``, "Measurements the code cites", *fine-tuning defaults*.
+    so it does not depend on the image or class counts: no measured target set favoured another strategy.
+
+    What does depend on the run is what a frozen stem and first stage cost. At the same number of epochs they cost
+    accuracy (above); at the same wall-clock budget their skipped backward pass buys more epochs, and on the suite
+    (3 seeds a target) that won or tied on every target, also leave-one-out. So a run with ``--budget`` keeps them
+    frozen (``freeze_at`` 2) and a run with ``--epochs`` trains them. Figures: ``benchmarks/RESULTS.md``,
+    "Measurements the code cites", *fine-tuning defaults*.
     """
     size = facts.weights_size
     why = ""
     if size is not None and facts.image_side is not None and round(facts.image_side) != size:
         why = (f"at {size} px, the size the weights were trained at (the images are about "
                f"{round(facts.image_side)} px)")
+    if facts.budget:
+        return TransferChoice("full", 2, size, why, STRATEGY_REASON + BUDGET_FREEZE_REASON)
     return TransferChoice("full", 0, size, why, STRATEGY_REASON)
 
 
@@ -75,6 +83,10 @@ def choose_transfer(facts: TransferFacts) -> TransferChoice:
 STRATEGY_REASON = ("strategy full: every layer trains from the first step (on the project's transfer suite it beat "
                    "freeze-then-unfreeze by 5-6 points of held-out accuracy on all three targets, 3 seeds each; "
                    "--strategy freeze_unfreeze for that)")
+#: what a fine-tuning run with ``--budget`` adds about its frozen stem and first stage
+BUDGET_FREEZE_REASON = ("; with --budget the stem and first stage stay frozen (--freeze-at 2): skipping their "
+                        "backward pass buys more epochs in the same time, which on the suite won or tied on every "
+                        "target, 3 seeds each (--freeze-at 0 trains them)")
 
 
 def weights_input_size(meta: dict[str, Any] | None) -> int | None:
@@ -99,12 +111,13 @@ def resolve_strategy(cfg: Any, choice: TransferChoice | None = None) -> str:
 def resolve_freeze_at(cfg: Any, strategy: str, model: nn.Module, pretrained: bool,
                       choice: TransferChoice | None = None) -> int:
     """How many body blocks stay frozen for the whole run: ``cfg.freeze_at`` (``None``: the ``choice`` of
-    :func:`choose_transfer`, else 0), and 0 from scratch (random weights are not worth keeping); more than the body
-    has is an error."""
+    :func:`choose_transfer` when the run uses the strategy it chose, else 0), and 0 from scratch (random weights are
+    not worth keeping); more than the body has is an error."""
     from ..errors import ConfigError
 
     n_body = len(model.body_and_head()[0])
-    want = cfg.freeze_at if cfg.freeze_at is not None else choice.freeze_at if choice is not None else 0
+    chosen = choice.freeze_at if choice is not None and strategy == choice.strategy else 0
+    want = cfg.freeze_at if cfg.freeze_at is not None else chosen
     if want > n_body:
         raise ConfigError(f"freeze_at={want} is more than the {n_body} blocks of this model's body (stem and "
                           f"stages); use at most {n_body}, or --strategy linear_probe to train only the head.")
