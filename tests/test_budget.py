@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from resnet_tune import fit
@@ -223,6 +224,21 @@ def test_a_fine_tune_on_a_budget_keeps_the_stem_and_first_stage_frozen_and_says_
                                         ({"freeze_at": 1}, 1))):
         res = fit(output=str(tmp_path / f"o{i}"), clock=FakeClock(), **opts, **extra)
         assert yaml.safe_load((res.run_dir / "config.yaml").read_text())["freeze_at"] == want
+
+
+def test_a_linear_probe_on_a_budget_never_unfreezes_the_body_however_many_epochs_the_plan_gives(folder, tmp_path):
+    from safetensors.torch import load_file
+
+    from conftest import random_checkpoint
+
+    ck = random_checkpoint(tmp_path, "resnet20", 24, ["a", "b", "c"])
+    res = fit(data=str(folder), model="resnet20", pretrained=str(ck), strategy="linear_probe", budget="1m",
+              output=str(tmp_path / "p"), clock=FakeClock(step=0.1, eval_=0.1, save=0.1), started=0.0, **FAST)
+    assert len(res.history) > 15  # more epochs than the run started with (the default, before its first plan)
+    start, end = load_file(str(ck)), load_file(str(res.run_dir / "last.safetensors"))
+    body = [k for k in end if not k.startswith("fc.")]
+    assert body and all(torch.equal(end[k], start[k]) for k in body)  # weights and BN statistics untouched
+    assert any(not torch.equal(end[k], start[k]) for k in end if k.startswith("fc."))
 
 
 def test_model_auto_trains_photos_from_scratch_at_a_smaller_size_on_a_short_budget(tmp_path):

@@ -14,6 +14,7 @@ pretrained statistics).
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +23,7 @@ from torch import nn
 from .config import has_weights
 from .stability import BATCHNORMS
 
-__all__ = ["TransferChoice", "TransferFacts", "choose_transfer", "frozen_blocks", "frozen_epochs",
+__all__ = ["ALL_EPOCHS", "TransferChoice", "TransferFacts", "choose_transfer", "frozen_blocks", "frozen_epochs",
            "resolve_freeze_at", "resolve_strategy", "set_body_frozen", "set_frozen_blocks", "train_mode",
            "weights_input_size"]
 
@@ -126,10 +127,16 @@ def resolve_freeze_at(cfg: Any, strategy: str, model: nn.Module, pretrained: boo
     return want
 
 
+#: :func:`frozen_epochs` of a linear probe: every epoch, however many a ``--budget`` plan later gives the run
+ALL_EPOCHS = sys.maxsize
+
+
 def frozen_epochs(strategy: str, cfg: Any) -> int:
-    """How many epochs (from the first) train with a frozen body."""
+    """How many epochs (from the first) train with a frozen body: all of them for a linear probe (not the epochs
+    known now: a budgeted run re-plans its epochs as it goes, and a probe must never unfreeze), the
+    ``freeze_epochs`` of freeze-then-unfreeze, none otherwise."""
     if strategy == "linear_probe":
-        return cfg.epochs
+        return ALL_EPOCHS
     if strategy == "freeze_unfreeze":
         return min(cfg.freeze_epochs, cfg.epochs)
     return 0
