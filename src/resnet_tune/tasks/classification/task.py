@@ -13,7 +13,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...engine.hardware import Precision, forward_chunked
-from ...errors import ConfigError
 from ...engine.task import EvalBatch, Evaluation, Task, TaskData
 from .config import ClassificationConfig
 from .data import build_data, class_weights
@@ -97,16 +96,13 @@ class ClassificationTask(Task):
 
     def build_model(self, data: TaskData, pretrained: tuple[dict[str, torch.Tensor], dict[str, Any]] | None
                     ) -> tuple[nn.Module, str]:
-        from ...models import create_model
+        from ...models import create_model, model_kwargs
 
         cfg, name = self.cfg, data.model_name
-        overrides = {**(cfg.model_kwargs or {}), **({"drop_path_rate": cfg.drop_path_rate} if cfg.drop_path_rate
-                                                    else {})}
-        try:
-            model = create_model(name, num_classes=len(data.classes), **overrides)
-        except (TypeError, ValueError) as err:  # options checked against a model chosen after the config was made
-            raise ConfigError(f"--model-kwargs do not fit {name}: "
-                              f"{str(err).removeprefix('invalid ResNet config: ')}.") from None
+        # checked again against the model chosen now (--model auto decides after the config was made)
+        overrides = {**model_kwargs(cfg.model_kwargs, name),
+                     **({"drop_path_rate": cfg.drop_path_rate} if cfg.drop_path_rate else {})}
+        model = create_model(name, num_classes=len(data.classes), **overrides)
         if pretrained is None:
             return model, f"{name}, training from scratch ({self.weights_reason})"
         from ...models.pretrained import load_pretrained
