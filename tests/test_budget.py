@@ -241,6 +241,40 @@ def test_a_linear_probe_on_a_budget_never_unfreezes_the_body_however_many_epochs
     assert any(not torch.equal(end[k], start[k]) for k in end if k.startswith("fc."))
 
 
+def test_a_budgeted_linear_probe_keeps_time_for_its_final_pass_through_the_whole_network(tmp_path):
+    """Its validations run the head on cached features (nearly free), its final evaluation of the test split runs
+    the whole network: the plan keeps the time that costs, measured on the cache's validation pass (it once used
+    the cached validation's time and ran 16 s past a 3-minute budget)."""
+    from conftest import random_checkpoint
+
+    for split, n in (("train", 30), ("val", 10), ("test", 10)):
+        make_folder(tmp_path / "d" / split, per_class=n)
+    ck = random_checkpoint(tmp_path, "resnet20", 24, ["blue", "green", "red"])
+    clock = FakeClock(step=0.1, eval_=5.0, save=0.1)  # a whole-network validation: 5 s (none runs here)
+    clock.costs.update(eval_features=0.05, features=10.0, features_val=20.0, final_eval=20.0)
+    res = fit(data=str(tmp_path / "d"), model="resnet20", pretrained=str(ck), strategy="linear_probe", budget="2m",
+              output=str(tmp_path / "p"), clock=clock, started=0.0, **FAST)
+    assert len(res.history) > 15 and (res.run_dir / "eval.json").exists()
+    assert 0.9 * 120 < clock.t <= 120 - 5  # filled, with the 5 s for the report left
+
+
+def test_after_unfreezing_the_budget_times_whole_network_validations_again(folder, tmp_path):
+    """Freeze-then-unfreeze validates on cached features first: those cheap validations must not plan the
+    whole-network epochs that follow."""
+    from conftest import random_checkpoint
+
+    ck = random_checkpoint(tmp_path, "resnet20", 24, ["blue", "green", "red"])
+    clock = FakeClock(step=0.5, eval_=6.0, save=0.5)
+    clock.costs.update(eval_features=0.05)
+    res = fit(data=str(folder), model="resnet20", pretrained=str(ck), strategy="freeze_unfreeze", freeze_epochs=2,
+              budget="3m", output=str(tmp_path / "f"), clock=clock, started=0.0, **FAST)
+    assert len(res.history) > 3 and clock.t <= 180 - 5
+    # plans made after a whole-network validation (6 s + a 0.5 s save) count its time, not the cached ones' mean
+    later = [p for p in _plans(res.run_dir) if int(p.split("at epoch ")[1].split()[0]) >= 3]
+    assert later and all("6.5 s a validation and save" in p for p in later)
+    assert "fine-tunes at 24 px, the size the weights were trained at; --img-size overrides" in res.notes
+
+
 def test_model_auto_trains_photos_from_scratch_at_a_smaller_size_on_a_short_budget(tmp_path):
     photos = make_folder(tmp_path / "photos", per_class=12, size=150)
     res = fit(data=str(photos), budget="1m", pretrained="none", output=str(tmp_path / "r"),

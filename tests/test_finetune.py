@@ -172,9 +172,9 @@ def test_choose_transfer_is_a_pure_function_of_the_facts() -> None:
     assert small.img_size == 128 and "at 128 px, the size the weights were trained at" in small.reason
     assert "about 32 px" in small.reason
     same = choose_transfer(TransferFacts(n_train=1000, n_classes=10, image_side=128, weights_size=128))
-    assert same.img_size == 128 and same.reason == ""
+    assert same.img_size == 128 and same.reason == "at 128 px, the size the weights were trained at"
     unknown = choose_transfer(TransferFacts(n_train=50, n_classes=2, image_side=None, weights_size=None))
-    assert unknown.img_size is None
+    assert unknown.img_size is None and unknown.reason == ""
     for choice in (small, same, unknown):  # the suite's rule: a full fine-tune, nothing frozen, on any facts
         assert choice.strategy == "full" and choice.freeze_at == 0 and "strategy full" in choice.strategy_reason
     for n_train, n_classes in ((20, 2), (100_000, 1000)):  # tiny and large target sets alike

@@ -68,7 +68,9 @@ def format_duration(seconds: float) -> str:
 
 class Clock:
     """The run's clock: :meth:`now` in seconds (monotonic). The trainer reports what it has just done through
-    :meth:`event` (``step``, ``eval``, ``save``, ``probe``: a timed step of a candidate model); the real clock
+    :meth:`event` (``step``, ``eval`` (the whole network on the validation set), ``eval_features`` (the head on
+    cached features), ``save``, ``probe`` (a timed step of a candidate model), ``features`` and ``features_val``
+    (building the feature cache), ``final_eval`` (the best checkpoint on the reported split)); the real clock
     ignores it, a test clock advances by an injected cost per event, so a planned run can be tested without waiting
     and without wall-clock thresholds."""
 

@@ -42,8 +42,8 @@ class TransferFacts:
 @dataclass(frozen=True)
 class TransferChoice:
     """How to fine-tune: the strategy, the body blocks frozen for the whole run, the input size (None: the task's
-    default) and why, in a sentence each for the log and the report (``reason``: the size, empty when the images
-    are already at it; ``strategy_reason``: the strategy)."""
+    default) and why, in a sentence each for the log and the report (``reason``: the size, empty when it is None;
+    ``strategy_reason``: the strategy)."""
 
     strategy: str
     freeze_at: int
@@ -71,10 +71,9 @@ def choose_transfer(facts: TransferFacts) -> TransferChoice:
     "Measurements the code cites", *fine-tuning defaults*.
     """
     size = facts.weights_size
-    why = ""
+    why = "" if size is None else f"at {size} px, the size the weights were trained at"
     if size is not None and facts.image_side is not None and round(facts.image_side) != size:
-        why = (f"at {size} px, the size the weights were trained at (the images are about "
-               f"{round(facts.image_side)} px)")
+        why += f" (the images are about {round(facts.image_side)} px)"
     if facts.budget:
         return TransferChoice("full", 2, size, why, STRATEGY_REASON + BUDGET_FREEZE_REASON)
     return TransferChoice("full", 0, size, why, STRATEGY_REASON)

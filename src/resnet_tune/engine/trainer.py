@@ -597,6 +597,8 @@ class Trainer:
         split when it is not the last epoch's), the report, and a margin (:func:`.budget.reserve_seconds`)."""
         assert r.budget is not None
         final = self._eval_estimate(s, r)
+        if r.cache is not None:  # validations run the head on cached features; the final one runs the whole network
+            final = r.cache.val_seconds
         if s.data.test is not None:
             final *= max(1.0, len(s.data.test) / max(len(s.data.val), 1))
         elif r.best_epoch < 0 or (self._best_val is not None and self._best_val[0] == r.best_epoch):
@@ -706,13 +708,14 @@ class Trainer:
             from .features import build_cache
 
             r.cache = build_cache(model, data.train, data.val, r.views, data.num_train, s.precision, s.device, dist,
-                                  self._progress, data.target_shape)
+                                  self._progress, data.target_shape, clock=self.clock)
             self.say(f"cached the frozen backbone's features: {data.num_train} training images x {r.views} "
                      f"view(s) and the validation set in {r.cache.seconds:.1f}s; the head trains on them")
         assert r.fwd is not None
         step_fwd = r.fwd if dist.enabled or not cached else task.head(model)
         if r.budget is not None and mode != r.budget_mode:
-            r.step_s, r.speeds, r.budget_mode = None, [], mode  # head-only and whole-network steps differ: time again
+            # head-only and whole-network steps (and validations) differ: time them again
+            r.step_s, r.speeds, r.evals, r.eval_s, r.budget_mode = None, [], [], None, mode
         train_row, seen = self.train_one_epoch(step_fwd, model, r.cache.train if cached else data.train, s, epoch,
                                                features=cached, run=r)
         train_time = dist.all_reduce_max(time.perf_counter() - t0)
@@ -740,7 +743,7 @@ class Trainer:
             self._best_val = (epoch + 1, self._last_val)
         else:
             r.bad_after += 1
-        self.clock.event("eval")
+        self.clock.event("eval_features" if cached else "eval")
         if dist.is_main:
             self._save(s, r, eval_model, row, improved, task.evaluation_record(val))
         self.clock.event("save")
@@ -1041,6 +1044,7 @@ class Trainer:
         else:
             model, rec = self._best_model(best_path, s.device)
             evaluation = self.evaluate(model, loader, s)
+            self.clock.event("final_eval")
             if not self.dist.is_main:
                 return RunResult(run_dir, best, best_epoch, history, best_path, None, self.notes)
         assert evaluation is not None
