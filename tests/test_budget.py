@@ -226,6 +226,22 @@ def test_a_fine_tune_on_a_budget_keeps_the_stem_and_first_stage_frozen_and_says_
         assert yaml.safe_load((res.run_dir / "config.yaml").read_text())["freeze_at"] == want
 
 
+def test_a_fine_tune_of_small_images_on_a_budget_trains_between_their_size_and_the_weights(folder, tmp_path):
+    from conftest import random_checkpoint
+
+    ck = random_checkpoint(tmp_path, "resnet20", 96, ["a", "b", "c"])  # weights trained at 96 px; images: 24 px
+    res = fit(data=str(folder), model="resnet20", pretrained=str(ck), budget="2m", output=str(tmp_path / "b"),
+              clock=FakeClock(), started=0.0, **FAST)
+    saved = yaml.safe_load((res.run_dir / "config.yaml").read_text())
+    assert (saved["img_size"], saved["freeze_at"], saved["strategy"]) == (64, 2, "full")
+    assert ("fine-tunes at 64 px, between the images' 24 px and the 96 px the weights were trained at (their "
+            "geometric mean): with --budget a smaller input buys more epochs; --img-size overrides") in res.notes
+    # without a budget: the weights' size
+    res = fit(data=str(folder), model="resnet20", pretrained=str(ck), epochs=1, output=str(tmp_path / "e"),
+              **FAST)
+    assert yaml.safe_load((res.run_dir / "config.yaml").read_text())["img_size"] == 96
+
+
 def test_a_linear_probe_on_a_budget_never_unfreezes_the_body_however_many_epochs_the_plan_gives(folder, tmp_path):
     from safetensors.torch import load_file
 

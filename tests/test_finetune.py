@@ -166,7 +166,7 @@ def test_lr_option_values() -> None:
 
 
 def test_choose_transfer_is_a_pure_function_of_the_facts() -> None:
-    from resnet_tune.engine.finetune import TransferFacts, choose_transfer, weights_input_size
+    from resnet_tune.engine.finetune import TransferFacts, budget_input_size, choose_transfer, weights_input_size
 
     small = choose_transfer(TransferFacts(n_train=1000, n_classes=10, image_side=32, weights_size=128))
     assert small.img_size == 128 and "at 128 px, the size the weights were trained at" in small.reason
@@ -180,12 +180,25 @@ def test_choose_transfer_is_a_pure_function_of_the_facts() -> None:
     for n_train, n_classes in ((20, 2), (100_000, 1000)):  # tiny and large target sets alike
         assert choose_transfer(TransferFacts(n_train, n_classes, 64, 224)).strategy == "full"
     assert choose_transfer(TransferFacts(1000, 10, 32, 128)) == small  # nothing but the facts counts
-    # a wall-clock budget: the same strategy and size, with the stem and first stage frozen, and the reason said
-    timed = choose_transfer(TransferFacts(1000, 10, 32, 128, budget=True))
-    assert (timed.strategy, timed.freeze_at, timed.img_size) == ("full", 2, 128)
-    assert "with --budget the stem and first stage stay frozen (--freeze-at 2)" in timed.strategy_reason
-    for n_train, n_classes, side in ((20, 2, 32), (100_000, 1000, 224)):
-        assert choose_transfer(TransferFacts(n_train, n_classes, side, 224, budget=True)).freeze_at == 2
+    # a wall-clock budget: images at the weights' size or larger keep it, with the stem and first stage frozen
+    for n_train, n_classes, side in ((20, 2, 224), (100_000, 1000, 500)):
+        timed = choose_transfer(TransferFacts(n_train, n_classes, side, 224, budget=True))
+        assert (timed.strategy, timed.freeze_at, timed.img_size) == ("full", 2, 224)
+        assert "with --budget the stem and first stage stay frozen (--freeze-at 2)" in timed.strategy_reason
+    # ... smaller images train between their size and the weights', frozen the same way, whatever the counts
+    for n_train, n_classes in ((20, 2), (1000, 10), (100_000, 1000)):
+        timed = choose_transfer(TransferFacts(n_train, n_classes, 32, 128, budget=True))
+        assert (timed.strategy, timed.freeze_at, timed.img_size) == ("full", 2, 64)
+        assert timed.reason == ("at 64 px, between the images' 32 px and the 128 px the weights were trained at "
+                                "(their geometric mean): with --budget a smaller input buys more epochs")
+        assert "with --budget the stem and first stage stay frozen (--freeze-at 2)" in timed.strategy_reason
+    assert choose_transfer(TransferFacts(1000, 10, 64, 128, budget=True)).img_size == 96
+    assert choose_transfer(TransferFacts(1000, 10, None, 128, budget=True)).img_size == 128  # side unknown
+    assert choose_transfer(TransferFacts(1000, 10, 32, None, budget=True)).img_size is None  # weights' size unknown
+    # the size between: a geometric mean on multiples of 32, never above the weights' size nor below 32
+    assert [budget_input_size(side, w) for side, w in ((32, 128), (64, 128), (32, 224), (64, 224), (100, 224),
+                                                       (200, 224), (300, 224), (8, 32), (24, 96))] == \
+        [64, 96, 96, 128, 160, 224, 224, 32, 64]
     assert weights_input_size({"input_size": (3, 224, 224)}) == 224 and weights_input_size({"input_size": 96}) == 96
     assert weights_input_size({}) is None and weights_input_size({"input_size": True}) is None
 
