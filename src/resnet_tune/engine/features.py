@@ -19,13 +19,13 @@ matrix multiply per batch instead of a forward pass through the backbone.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Any, Iterator
 
 import torch
 from torch import nn
 
+from .budget import Clock
 from .hardware import Precision
 
 # The cache stays out of the way of the data: at most this fraction of the machine's memory.
@@ -161,15 +161,14 @@ class FeatureCache:
 
 def build_cache(model: nn.Module, train_loader: Any, val_loader: Any, views: int, num_images: int,
                 precision: Precision, device: torch.device, dist: Any, progress: Any,
-                target_shape: tuple[int, ...] = (), clock: Any = None) -> FeatureCache:
-    """The cache, timed by ``clock`` (a :class:`~resnet_tune.engine.budget.Clock`; the monotonic time when None),
-    which hears ``features`` after the training views and ``features_val`` after the validation set."""
-    now = clock.now if clock is not None else time.monotonic
-    event = clock.event if clock is not None else (lambda kind: None)
-    t0 = now()
+                target_shape: tuple[int, ...] = (), clock: Clock | None = None) -> FeatureCache:
+    """The cache, timed by the run's ``clock`` (the monotonic one when None), which hears ``features`` after the
+    training views and ``features_val`` after the validation set."""
+    clock = clock or Clock()
+    t0 = clock.now()
     table = extract_table(model, train_loader, views, num_images, precision, device, dist, progress, target_shape)
-    event("features")
-    t1 = now()
+    clock.event("features")
+    t1 = clock.now()
     val = extract_eval(model, val_loader, precision, device, progress)
-    event("features_val")
-    return FeatureCache(CachedTrainLoader(table, train_loader), val, now() - t0, views, now() - t1)
+    clock.event("features_val")
+    return FeatureCache(CachedTrainLoader(table, train_loader), val, clock.now() - t0, views, clock.now() - t1)

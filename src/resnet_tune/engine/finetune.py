@@ -85,10 +85,11 @@ def choose_transfer(facts: TransferFacts) -> TransferChoice:
         why += f" (the images are about {round(side)} px)"
     if not facts.budget:
         return TransferChoice("full", 0, size, why, STRATEGY_REASON)
-    if size is not None and side is not None and budget_input_size(side, size) < size:
-        size = budget_input_size(side, size)
-        why = (f"at {size} px, between the images' {round(side)} px and the {facts.weights_size} px the weights were "
-               "trained at (their geometric mean): with --budget a smaller input buys more epochs")
+    between = budget_input_size(side, size) if size is not None and side is not None else size
+    if between != size:
+        why = (f"at {between} px, between the images' {round(side)} px and the {size} px the weights were trained at "
+               "(their geometric mean): with --budget a smaller input buys more epochs")
+        size = between
     return TransferChoice("full", 2, size, why, STRATEGY_REASON + BUDGET_FREEZE_REASON)
 
 

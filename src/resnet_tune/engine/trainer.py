@@ -596,9 +596,8 @@ class Trainer:
         """Seconds kept for the end: the final evaluation (the test split, or the best checkpoint on the validation
         split when it is not the last epoch's), the report, and a margin (:func:`.budget.reserve_seconds`)."""
         assert r.budget is not None
-        final = self._eval_estimate(s, r)
-        if r.cache is not None:  # validations run the head on cached features; the final one runs the whole network
-            final = r.cache.val_seconds
+        # validations on cached features run only the head; the final evaluation runs the whole network
+        final = r.cache.val_seconds if r.cache is not None else self._eval_estimate(s, r)
         if s.data.test is not None:
             final *= max(1.0, len(s.data.test) / max(len(s.data.val), 1))
         elif r.best_epoch < 0 or (self._best_val is not None and self._best_val[0] == r.best_epoch):
