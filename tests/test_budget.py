@@ -233,7 +233,8 @@ def test_a_fine_tune_of_small_images_on_a_budget_trains_between_their_size_and_t
     res = fit(data=str(folder), model="resnet20", pretrained=str(ck), budget="2m", output=str(tmp_path / "b"),
               clock=FakeClock(), started=0.0, **FAST)
     saved = yaml.safe_load((res.run_dir / "config.yaml").read_text())
-    assert (saved["img_size"], saved["freeze_at"], saved["strategy"]) == (64, 2, "full")
+    assert (saved["img_size"], saved["freeze_at"], saved["strategy"]) == (64, 0, "full")
+    assert any("with --budget below the weights' size nothing is frozen" in n for n in res.notes)
     assert ("fine-tunes at 64 px, between the images' 24 px and the 96 px the weights were trained at (their "
             "geometric mean): with --budget a smaller input buys more epochs; --img-size overrides") in res.notes
     # without a budget: the weights' size

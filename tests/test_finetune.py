@@ -185,13 +185,18 @@ def test_choose_transfer_is_a_pure_function_of_the_facts() -> None:
         timed = choose_transfer(TransferFacts(n_train, n_classes, side, 224, budget=True))
         assert (timed.strategy, timed.freeze_at, timed.img_size) == ("full", 2, 224)
         assert "with --budget the stem and first stage stay frozen (--freeze-at 2)" in timed.strategy_reason
-    # ... smaller images train between their size and the weights', frozen the same way, whatever the counts
+    # ... smaller images train between their size and the weights', every layer trained, whatever the counts
     for n_train, n_classes in ((20, 2), (1000, 10), (100_000, 1000)):
         timed = choose_transfer(TransferFacts(n_train, n_classes, 32, 128, budget=True))
-        assert (timed.strategy, timed.freeze_at, timed.img_size) == ("full", 2, 64)
+        assert (timed.strategy, timed.freeze_at, timed.img_size) == ("full", 0, 64)
         assert timed.reason == ("at 64 px, between the images' 32 px and the 128 px the weights were trained at "
                                 "(their geometric mean): with --budget a smaller input buys more epochs")
-        assert "with --budget the stem and first stage stay frozen (--freeze-at 2)" in timed.strategy_reason
+        assert "with --budget below the weights' size nothing is frozen" in timed.strategy_reason
+        assert "stay frozen" not in timed.strategy_reason
+    # the branch follows the size, not the side: 200 px images on 224 px weights train at 224, frozen
+    assert choose_transfer(TransferFacts(1000, 10, 200, 224, budget=True)).freeze_at == 2
+    mid = choose_transfer(TransferFacts(1000, 10, 100, 224, budget=True))
+    assert (mid.freeze_at, mid.img_size) == (0, 160)
     assert choose_transfer(TransferFacts(1000, 10, 64, 128, budget=True)).img_size == 96
     assert choose_transfer(TransferFacts(1000, 10, None, 128, budget=True)).img_size == 128  # side unknown
     assert choose_transfer(TransferFacts(1000, 10, 32, None, budget=True)).img_size is None  # weights' size unknown
