@@ -237,6 +237,13 @@ def test_a_fine_tune_of_small_images_on_a_budget_trains_between_their_size_and_t
     assert any("with --budget below the weights' size nothing is frozen" in n for n in res.notes)
     assert ("fine-tunes at 64 px, between the images' 24 px and the 96 px the weights were trained at (their "
             "geometric mean): with --budget a smaller input buys more epochs; --img-size overrides") in res.notes
+    # --img-size decides the branch: at the weights' size the stem and first stage stay frozen, below it not
+    for size, frozen in ((96, 2), (32, 0)):
+        res = fit(data=str(folder), model="resnet20", pretrained=str(ck), budget="2m", img_size=size,
+                  output=str(tmp_path / f"s{size}"), clock=FakeClock(), started=0.0, **FAST)
+        saved = yaml.safe_load((res.run_dir / "config.yaml").read_text())
+        assert (saved["img_size"], saved["freeze_at"]) == (size, frozen)
+        assert not any(n.startswith("fine-tunes at") for n in res.notes)
     # without a budget: the weights' size
     res = fit(data=str(folder), model="resnet20", pretrained=str(ck), epochs=1, output=str(tmp_path / "e"),
               **FAST)

@@ -197,6 +197,14 @@ def test_choose_transfer_is_a_pure_function_of_the_facts() -> None:
     assert choose_transfer(TransferFacts(1000, 10, 200, 224, budget=True)).freeze_at == 2
     mid = choose_transfer(TransferFacts(1000, 10, 100, 224, budget=True))
     assert (mid.freeze_at, mid.img_size) == (0, 160)
+    # a size the user set (--img-size) decides it the same way, and is the one the choice reports
+    for set_size, frozen in ((128, 2), (160, 2), (96, 0), (32, 0)):
+        user = choose_transfer(TransferFacts(1000, 10, 32, 128, budget=True, img_size=set_size))
+        assert (user.freeze_at, user.img_size) == (frozen, set_size)
+        assert user.reason == f"at {set_size} px, the size --img-size set"
+    assert choose_transfer(TransferFacts(1000, 10, 32, 128, img_size=96)).freeze_at == 0  # no budget: never frozen
+    assert choose_transfer(TransferFacts(1000, 10, None, 128, budget=True)).freeze_at == 2  # side unknown
+    assert choose_transfer(TransferFacts(1000, 10, 32, None, budget=True)).freeze_at == 2  # weights' size unknown
     assert choose_transfer(TransferFacts(1000, 10, 64, 128, budget=True)).img_size == 96
     assert choose_transfer(TransferFacts(1000, 10, None, 128, budget=True)).img_size == 128  # side unknown
     assert choose_transfer(TransferFacts(1000, 10, 32, None, budget=True)).img_size is None  # weights' size unknown

@@ -79,8 +79,8 @@ def choose_model(task: Any, median_side: float | None, n_train: int, n_val: int,
     task.resolve_batch_size(n_train, world)
     weights = task.load_pretrained(name)
     if weights is not None:  # fine-tuning: the strategy and input size from the data and the weights
-        task.transfer = choose_transfer(TransferFacts(n_train, n_classes, median_side,
-                                                      weights_input_size(weights[1]), cfg.budget is not None))
+        task.transfer = choose_transfer(TransferFacts(n_train, n_classes, median_side, weights_input_size(weights[1]),
+                                                      cfg.budget is not None, cfg.img_size or None))
         if not cfg.img_size and task.transfer.img_size and task.transfer.img_size != size:
             size = task.transfer.img_size
             task.plan_notes.append(f"fine-tunes {task.transfer.reason}; --img-size overrides")
