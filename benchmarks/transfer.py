@@ -44,6 +44,8 @@ target's wall-clock budget (``BUDGETS``) instead of the fixed epochs (the arm is
     python benchmarks/transfer.py --work /work/bench_runs/transfer --budget --arms full full_freeze2 --seeds 1 2 3
     python benchmarks/transfer.py --work /work/bench_runs/transfer --table
     python benchmarks/transfer.py --work /work/bench_runs/transfer --stage speed   # step time by frozen blocks
+    python benchmarks/transfer.py --work /work/bench_runs/transfer --stage heldout --targets eurosat \
+        --pair full_freeze2@96+budget full@96+budget --seeds 1 2 3 4 5
 
 Every finished run's figures also go into the repository's ledger (``common.ledger_write``:
 ``benchmarks/results/transfer/<backbone>/<target>/<arm>@<size>/seed<N>.json``, no log; the backbone's digest and
@@ -55,6 +57,10 @@ of one seed shares one.
 ``--stage speed`` times the training step of ResNet-18 (bf16 autocast, channels-last, SGD, batch 64, as the trainer
 runs it) with 0, 1 and 2 body blocks frozen (``--freeze-at``) and with the whole body frozen, at 64 and 128 px, in
 interleaved rounds on an otherwise idle machine: what freezing the stem and first stage saves.
+
+``--stage heldout`` re-scores two finished arms' best checkpoints on the held-out images and reports their paired
+difference with its error over the seeds and over the images: the held-out splits are small, and the seeds' error
+alone leaves out that every seed is scored on the same images.
 """
 
 from __future__ import annotations
@@ -159,7 +165,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--work", type=Path, required=True, help="runs and backbones (outside the repository)")
     ap.add_argument("--code", type=Path, default=ROOT / "src", help="the src folder of the code under test")
-    ap.add_argument("--stage", choices=["backbones", "runs", "speed"], default="runs")
+    ap.add_argument("--stage", choices=["backbones", "runs", "speed", "heldout"], default="runs",
+                    help="heldout: re-score the best checkpoints of the two --pair arms on the held-out images")
+    ap.add_argument("--pair", nargs=2, metavar=("ARM_A", "ARM_B"),
+                    help="--stage heldout: two finished arms by their folder name, e.g. full@64+budget")
     ap.add_argument("--backbone", default="resnet18_128", choices=list(BACKBONES))
     ap.add_argument("--targets", nargs="+", default=list(TARGETS), choices=list(TARGETS))
     ap.add_argument("--arms", nargs="+", default=["linear_probe", "full", "freeze_unfreeze", "default", "scratch"],
@@ -174,6 +183,10 @@ def main() -> None:
         return table()
     if args.stage == "speed":
         return step_speed()
+    if args.stage == "heldout":
+        if not args.pair:
+            ap.error("--stage heldout needs --pair ARM_A ARM_B")
+        return heldout_pair(args.work, args.backbone, args.targets, *args.pair, args.seeds)
     print(f"CPU: {cpu_name()}; code: {args.code}", flush=True)
     backbone(args.work, args.backbone, args.code)
     if args.stage == "backbones":
@@ -189,6 +202,45 @@ def main() -> None:
                     print(f"{target} {name} seed {seed}: test {res['test_acc']:.4f} val "
                           f"{res['best_val_acc']:.4f} {epoch_seconds(res):.1f}s an epoch, "
                           f"{len(res['epoch_train_seconds'])} epochs, {res['seconds']:.0f}s", flush=True)
+
+
+def heldout_pair(work: Path, backbone_name: str, targets: list[str], arm_a: str, arm_b: str, seeds: list[int],
+                 resamples: int = 2000) -> None:
+    """Two arms' best checkpoints re-scored on each target's held-out images (the run folders' ``val.csv``), paired
+    by seed: the mean difference in points, its SE over the seeds, and its SE over the images (a bootstrap of the
+    mean over the seeds, images resampled: every seed is scored on the same few hundred images, which the seeds'
+    SE leaves out), with the share of images the two arms answer differently."""
+    import csv
+    import random
+
+    from resnet_tune.tasks.registry import Predictor
+
+    def correct(run: Path) -> list[int]:
+        with (run / "val.csv").open(newline="") as f:
+            rows = list(csv.DictReader(f))
+        out = Predictor(run, device="cpu").predict_files([r["path"] for r in rows], top_k=1)
+        return [int(o["top"][0]["class"] == r["label"]) for o, r in zip(out, rows)]
+
+    print(f"CPU: {cpu_name()}; {arm_a} minus {arm_b}, best checkpoints on the held-out images")
+    for target in targets:
+        runs = [(work / backbone_name / target / arm_a / f"seed{s}", work / backbone_name / target / arm_b / f"seed{s}")
+                for s in seeds]
+        runs = [(a, b) for a, b in runs if (a / "eval.json").exists() and (b / "eval.json").exists()]
+        if len(runs) < 2:
+            print(f"{target}: fewer than two seeds with both arms finished")
+            continue
+        scored = [(correct(a), correct(b)) for a, b in runs]
+        n = len(scored[0][0])
+        diffs = [100 * (sum(a) - sum(b)) / n for a, b in scored]
+        rng = random.Random(0)
+        boot = []
+        for _ in range(resamples):
+            idx = [rng.randrange(n) for _ in range(n)]
+            boot.append(statistics.mean(100 * sum(a[i] - b[i] for i in idx) / n for a, b in scored))
+        apart = statistics.mean(sum(x != y for x, y in zip(a, b)) / n for a, b in scored)
+        print(f"{target}: {len(runs)} seeds, {n} images: {statistics.mean(diffs):+.2f} points, SE over seeds "
+              f"{statistics.stdev(diffs) / len(diffs) ** 0.5:.2f}, SE over images {statistics.stdev(boot):.2f}, "
+              f"answered differently {100 * apart:.1f}%", flush=True)
 
 
 def step_speed(rounds: int = 3, steps: int = 10, batch: int = 64) -> None:
