@@ -285,6 +285,8 @@ def step_speed(rounds: int = 3, steps: int = 10, batch: int = 64) -> None:
 
 def table() -> None:
     """The ledger as a table: every backbone, target and arm@size, mean ± sd over the recorded seeds."""
+    from resnet_tune.engine.finetune import budget_input_size
+
     print("| backbone | target | arm@size | test accuracy (mean ± sd, n) | val (selection, mean ± sd) | s an epoch | "
           "epochs | s a run |")
     print("|---|---|---|---|---|---|---|---|")
@@ -294,15 +296,18 @@ def table() -> None:
               f"{mean_sd([r['best_val_acc'] for r in runs])} | "
               f"{per_cpu(runs, epoch_seconds)} | {epochs_run(runs)} | "
               f"{per_cpu(runs, lambda r: r['seconds'], 0)} |")
-    print("\nPaired differences from `full@backbone` (the default: a full fine-tune at the weights' size; seeds both "
-          "ran on the same backbone draw; val = the held-out selection split; a `+budget` arm against "
-          "`full@backbone+budget`):\n")
+    print("\nPaired differences from the default (a full fine-tune, nothing frozen: `full@backbone`, at the weights' "
+          "size; a `+budget` arm against `full@S+budget`, S the size between the images' and the weights' that a "
+          "budgeted default trains at; seeds both ran on the same backbone draw; val = the held-out selection "
+          "split):\n")
     print("| backbone | target | arm@size | seeds | val diff (points, mean ± SE) | test diff (points, mean ± SE) |")
     print("|---|---|---|---|---|---|")
     runs = ledger_read("transfer")
     for key, arm_runs in runs.items():
         name, target, arm = key.split("/")
-        ref = "full@backbone" + ("+budget" if arm.endswith("+budget") else "")
+        ref = "full@backbone"
+        if arm.endswith("+budget"):
+            ref = f"full@{budget_input_size(TARGETS[target][4], BACKBONES[name]['img_size'])}+budget"
         base = runs.get(f"{name}/{target}/{ref}")
         if base is None or arm == ref:
             continue
