@@ -203,11 +203,11 @@ def test_choose_transfer_is_a_pure_function_of_the_facts() -> None:
         assert (user.freeze_at, user.img_size) == (frozen, set_size)
         assert user.reason == f"at {set_size} px, the size --img-size set"
     assert choose_transfer(TransferFacts(1000, 10, 32, 128, img_size=96)).freeze_at == 0  # no budget: never frozen
-    assert choose_transfer(TransferFacts(1000, 10, None, 128, budget=True)).freeze_at == 2  # side unknown
-    assert choose_transfer(TransferFacts(1000, 10, 32, None, budget=True)).freeze_at == 2  # weights' size unknown
     assert choose_transfer(TransferFacts(1000, 10, 64, 128, budget=True)).img_size == 96
-    assert choose_transfer(TransferFacts(1000, 10, None, 128, budget=True)).img_size == 128  # side unknown
-    assert choose_transfer(TransferFacts(1000, 10, 32, None, budget=True)).img_size is None  # weights' size unknown
+    unknown_side = choose_transfer(TransferFacts(1000, 10, None, 128, budget=True))
+    assert (unknown_side.img_size, unknown_side.freeze_at) == (128, 2)
+    unknown_weights = choose_transfer(TransferFacts(1000, 10, 32, None, budget=True))
+    assert (unknown_weights.img_size, unknown_weights.freeze_at) == (None, 2)
     # the size between: a geometric mean on multiples of 32, never above the weights' size nor below 32
     assert [budget_input_size(side, w) for side, w in ((32, 128), (64, 128), (32, 224), (64, 224), (100, 224),
                                                        (200, 224), (300, 224), (8, 32), (24, 96))] == \

@@ -90,18 +90,21 @@ def choose_transfer(facts: TransferFacts) -> TransferChoice:
     why = "" if size is None else f"at {size} px, the size the weights were trained at"
     if size is not None and side is not None and round(side) != size:
         why += f" (the images are about {round(side)} px)"
+    between = budget_input_size(side, size) if facts.budget and size is not None and side is not None else size
     train = facts.img_size
     if train is not None:
         why = f"at {train} px, the size --img-size set"
-    if not facts.budget:
-        return TransferChoice("full", 0, size if train is None else train, why, STRATEGY_REASON)
-    if train is None and size is not None and side is not None and budget_input_size(side, size) != size:
-        train = budget_input_size(side, size)
+    elif between != size:
+        train = between
         why = (f"at {train} px, between the images' {round(side)} px and the {size} px the weights were trained at "
                "(their geometric mean): with --budget a smaller input buys more epochs")
+    else:
+        train = size
+    if not facts.budget:
+        return TransferChoice("full", 0, train, why, STRATEGY_REASON)
     if train is not None and size is not None and train < size:
         return TransferChoice("full", 0, train, why, STRATEGY_REASON + BUDGET_SMALL_REASON)
-    return TransferChoice("full", 2, size if train is None else train, why, STRATEGY_REASON + BUDGET_FREEZE_REASON)
+    return TransferChoice("full", 2, train, why, STRATEGY_REASON + BUDGET_FREEZE_REASON)
 
 
 def budget_input_size(image_side: float, weights_size: int) -> int:
