@@ -667,3 +667,35 @@ def test_segmentation_pairs_from_a_relative_path(tmp_path: Path, monkeypatch: py
     splits = discover_pairs("seg", val_fraction=0.34)
     assert len(splits.all_pairs()) == 3 and all(p.mask for p in splits.all_pairs())
 
+
+
+def test_alternating_flips_show_each_image_both_ways_every_two_epochs() -> None:
+    """``flip="alternate"`` (airbench): a coin an image drawn once from the seed, followed in even epochs and
+    reversed in odd ones; random flips draw a coin every epoch. Unknown modes are refused."""
+    import torch
+
+    from resnet_tune.data.loaders import MemoryLoader
+
+    n, side = 256, 8
+    x = torch.randint(0, 256, (n, 3, side, side), dtype=torch.uint8)
+
+    def flipped(flip: str, epoch: int, seed: int = 0) -> torch.Tensor:
+        loader = MemoryLoader(x, torch.arange(n), 32, train=True, mean=(0.0,) * 3, std=(1 / 255,) * 3,
+                              translate=0, flip=flip, seed=seed)
+        loader.set_epoch(epoch)
+        out = torch.zeros(n, dtype=torch.bool)
+        for batch, idx in loader:
+            for img, i in zip(batch, idx):
+                mirror = torch.allclose(img, x[i].flip(-1).float(), atol=1e-3)
+                assert mirror or torch.allclose(img, x[i].float(), atol=1e-3)
+                out[i] = mirror
+        return out
+
+    alt = [flipped("alternate", e) for e in range(3)]
+    assert 0.35 < alt[0].float().mean() < 0.65
+    assert torch.equal(alt[1], ~alt[0]) and torch.equal(alt[2], alt[0])
+    assert not torch.equal(flipped("alternate", 0, seed=1), alt[0])  # the coins come from the seed
+    rnd = [flipped("random", e) for e in range(2)]
+    assert 0.35 < (rnd[0] ^ rnd[1]).float().mean() < 0.65  # a fresh coin each epoch
+    with pytest.raises(ValueError, match="flip='sometimes'; choose one of random, alternate"):
+        MemoryLoader(x, torch.arange(n), 32, train=True, mean=(0.0,) * 3, std=(1.0,) * 3, flip="sometimes")

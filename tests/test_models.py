@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torchvision
@@ -348,3 +350,30 @@ def test_precomputed_model_table_matches_the_registry() -> None:
     from resnet_tune.models.table import TABLE, model_table
 
     assert json.loads(TABLE.read_text()) == model_table(), "stale: run python -m resnet_tune.models.table"
+
+
+def test_conv_pool_bn_pools_before_the_norm_and_folds_only_neighbours() -> None:
+    """``stage_entry="conv_pool_bn"`` (Page's final ResNet-9, airbench): conv, max-pool, then BN-ReLU, with the
+    state dict of ``conv_pool``. BN folding must not fold such a BN into the conv across the max-pool: with a
+    negative BN scale max-pool and BN do not commute, so a wrong fold changes the outputs."""
+    from resnet_tune.models import fold_batchnorm
+
+    torch.manual_seed(0)
+    model = rt.create_model("resnet9_narrow", stage_entry="conv_pool_bn")
+    entry = model.layer1[0]
+    assert [n for n, _ in entry.named_children()] == ["conv", "pool", "bn", "relu"]
+    assert model.state_dict().keys() == rt.create_model("resnet9_narrow").state_dict().keys()
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.weight.data.uniform_(-1.5, 1.5)
+            m.bias.data.normal_()
+            m.running_mean.normal_()
+            m.running_var.uniform_(0.5, 2.0)
+    model.eval()
+    x = torch.randn(3, 3, 32, 32)
+    want = model(x)
+    folded = fold_batchnorm(copy.deepcopy(model))
+    torch.testing.assert_close(folded(x), want, rtol=1e-4, atol=1e-4)
+    assert isinstance(folded.layer1[0].bn, nn.BatchNorm2d)  # kept: it follows the pool
+    assert isinstance(folded.conv1, nn.Conv2d) and isinstance(folded.bn1, nn.Identity)  # the stem's pair is folded
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in folded.modules()) == 3  # one a stage entry

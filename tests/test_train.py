@@ -658,3 +658,10 @@ def test_deprecated_import_paths_still_work_with_a_warning(tmp_path: Path) -> No
 
         with pytest.raises(DataError):  # it reaches the segmentation engine
             fit_segmentation(data=str(tmp_path / "missing"), quiet=True)
+
+
+def test_alternating_flips_need_the_in_memory_loader(image_folder: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="--flip alternate needs the in-memory loader"):
+        fit(data=str(image_folder), output=str(tmp_path / "o"), quiet=True, loader="workers", workers=0,
+            flip="alternate", **FAST)
+    assert not (tmp_path / "o").exists() or not list((tmp_path / "o").rglob("*.safetensors"))

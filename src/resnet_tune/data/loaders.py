@@ -84,6 +84,10 @@ def decode_to_memory(samples: Sequence[tuple[str, int]], pp: Preprocessing, work
     return x, y
 
 
+#: how training images are mirrored: a coin each time, or each image every other epoch (airbench)
+FLIPS = ("random", "alternate")
+
+
 def draw_crop_flip(n: int, pad: int, generator: torch.Generator, flip: bool = True
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Random crop offsets (dy, dx) in ``[0, 2 * pad]`` and flip flags for ``n`` images."""
@@ -205,7 +209,9 @@ class MemoryLoader:
                  mean: Sequence[float], std: Sequence[float], seed: int = 0, dtype: torch.dtype = torch.float32,
                  weights: torch.Tensor | None = None, rank: int = 0, world: int = 1,
                  channels_last: bool = False, augment: bool = True, accum_steps: int = 1,
-                 translate: int | None = None) -> None:
+                 translate: int | None = None, flip: str = "random") -> None:
+        if flip not in FLIPS:
+            raise ValueError(f"flip={flip!r}; choose one of {', '.join(FLIPS)}")
         # stored channels_last: a batch's crop and flip is then one gather of whole pixels (see crop_flip)
         self.images, self.labels = images.contiguous(memory_format=torch.channels_last), labels
         self.batch_size = batch_size
@@ -220,6 +226,7 @@ class MemoryLoader:
         self.accum_steps = max(int(accum_steps), 1)
         self.epoch = 0
         self.pad = crop_padding(images.shape[-1], translate)
+        self.flip = flip
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -280,6 +287,8 @@ class MemoryLoader:
         aug = None
         if self.train and self.augment:
             aug = self._augment_draws(pos)
+            if self.flip == "alternate":
+                aug = (aug[0], aug[1], self._alternate(idx[:len(aug[0])], self.epoch))
         for b in range(len(self)):
             sl = slice(b * self.batch_size, (b + 1) * self.batch_size)
             sel = idx[sl]
@@ -299,6 +308,14 @@ class MemoryLoader:
         x = x.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
         return normalize_batch(x, self.mean, self.std), self.labels[sel.to(self.labels.device)]
 
+    def _alternate(self, index: torch.Tensor, epoch: int) -> torch.Tensor:
+        """Alternating flips (airbench, Jordan 2024): each image has a coin drawn once from the seed; it is flipped
+        where the coin says in even epochs and the other way in odd ones, so every two epochs show each image both
+        ways (random flips leave a quarter of the images unmirrored, or only mirrored, two epochs running)."""
+        g = torch.Generator(device=self.images.device).manual_seed(self.seed * 7_919 + 31_337)
+        coin = torch.rand(len(self.labels), generator=g, device=self.images.device) < 0.5
+        return coin[index.to(coin.device)] ^ bool(epoch % 2)
+
     def view_len(self) -> int:
         return len(eval_batch_ids(len(self.labels), self.batch_size, self.rank, self.world))
 
@@ -311,6 +328,8 @@ class MemoryLoader:
         if self.train and self.augment:
             g = torch.Generator(device=self.images.device).manual_seed(self.seed * 7_919 + 104_729 * (view + 1))
             aug = draw_crop_flip(n, self.pad, g)
+            if self.flip == "alternate":
+                aug = (aug[0], aug[1], self._alternate(torch.arange(n, device=self.images.device), view))
         idx = eval_shard(n, self.batch_size, self.rank, self.world).to(self.images.device)
         for b in range(0, len(idx), self.batch_size):
             sel = idx[b:b + self.batch_size]
@@ -368,6 +387,14 @@ class EpochLoader:
         return DataLoader(ds, batch_size=self.batch_size, shuffle=False, num_workers=self.workers,
                           pin_memory=self.device.type == "cuda", drop_last=drop_last, generator=g,
                           persistent_workers=False)
+
+    def _alternate(self, index: torch.Tensor, epoch: int) -> torch.Tensor:
+        """Alternating flips (airbench, Jordan 2024): each image has a coin drawn once from the seed; it is flipped
+        where the coin says in even epochs and the other way in odd ones, so every two epochs show each image both
+        ways (random flips leave a quarter of the images unmirrored, or only mirrored, two epochs running)."""
+        g = torch.Generator(device=self.images.device).manual_seed(self.seed * 7_919 + 31_337)
+        coin = torch.rand(len(self.labels), generator=g, device=self.images.device) < 0.5
+        return coin[index.to(coin.device)] ^ bool(epoch % 2)
 
     def view_len(self) -> int:
         return len(eval_batch_ids(len(self.dataset), self.batch_size, self.rank, self.world))

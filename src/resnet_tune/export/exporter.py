@@ -146,14 +146,16 @@ def export(checkpoint: str | os.PathLike[str], format: str = "onnx",  # noqa: A0
     eager, record = load_checkpoint(ck, "cpu")
     eager = eager.float().eval()
     shape = input_shape(record, eager)
+    folded = fold_batchnorm(copy.deepcopy(eager)).eval()
     record = dict(record, export={"format": fmt, "input_name": INPUT_NAME, "output_name": OUTPUT_NAME,
                                   "input_shape": ["batch", *shape[1:]], "dtype": "int8" if int8 else "float32",
-                                  "batchnorm_folded": True,
+                                  # (a BN after a max-pool, as in conv_pool_bn stage entries, stays a BN)
+                                  "batchnorm_folded": not any(isinstance(m, nn.BatchNorm2d)
+                                                              for m in folded.modules()),
                                   "opset": ONNX_OPSET if fmt in ("onnx", "openvino") else None,
                                   "input": "normalised float images (N, C, H, W): resize, centre-crop, scale to "
                                            "[0, 1], then (x - mean) / std with the record's preprocessing",
                                   "tolerance": {"rtol": RTOL, "atol": ATOL}})
-    folded = fold_batchnorm(copy.deepcopy(eager)).eval()
     for p in folded.parameters():
         p.requires_grad_(False)
 

@@ -61,7 +61,7 @@ _TUPLE_TYPES: dict[str, tuple[Any, str]] = {
 }
 STEM_TYPES = ("default", "deep", "cifar", "preact")
 SHORTCUT_TYPES = ("conv", "avg", "pad", "subsample")
-STAGE_ENTRIES = ("block", "conv_pool")
+STAGE_ENTRIES = ("block", "conv_pool", "conv_pool_bn")
 GLOBAL_POOLS = ("avg", "max")
 
 
@@ -90,7 +90,9 @@ class ResNetConfig:
         stage_entry: how a stage changes width and resolution: ``block`` (its first block strides and a projection
             shortcut matches the shapes; every ResNet of He et al.), or ``conv_pool`` (a 3x3 conv-BN-ReLU to the
             stage's width, then a 2x2 max-pool with the stride, before the stage's residual blocks: Page's 9-layer
-            ResNet for 32 px images, DAWNBench 2018).
+            ResNet for 32 px images, DAWNBench 2018), or ``conv_pool_bn`` (the same layers with the max-pool
+            between the conv and its BN-ReLU, as Page's final version and airbench: BN and ReLU run on a quarter of
+            the pixels; the same parameters and state dict, not the same function).
         stride_in_1x1: put the stride in the first 1x1 conv of a bottleneck (original v1 and
             Keras) instead of the 3x3 (v1.5, torchvision).
         stride_in_last_block: downsample in the last block of a stage instead of the first (Keras V2).
@@ -170,13 +172,14 @@ class ResNetConfig:
                 f"{len(self.widths)}, {len(self.strides)})")
         if self.stage_entry not in STAGE_ENTRIES:
             bad(f"stage_entry={self.stage_entry!r}; choose one of {', '.join(STAGE_ENTRIES)}")
-        fewest = 0 if self.stage_entry == "conv_pool" else 1
+        fewest = 0 if self.stage_entry != "block" else 1
         if any(d < fewest for d in self.layers) or any(w < 1 for w in self.widths):
             bad("every stage needs at least one block and a positive width" if fewest else
                 "block counts must be at least 0 and widths positive")
-        if self.stage_entry == "conv_pool" and (self.block != "basic" or self.replace_stride_with_dilation or
-                                                self.stride_in_last_block or self.anti_alias):
-            bad("stage_entry='conv_pool' takes basic blocks, without dilation, stride_in_last_block or anti_alias")
+        if self.stage_entry != "block" and (self.block != "basic" or self.replace_stride_with_dilation or
+                                            self.stride_in_last_block or self.anti_alias):
+            bad(f"stage_entry={self.stage_entry!r} takes basic blocks, without dilation, stride_in_last_block or "
+                "anti_alias")
         if any(s not in (1, 2) for s in self.strides):
             bad(f"strides must be 1 or 2, got {self.strides}")
         if self.groups < 1 or self.base_width < 1:
@@ -301,14 +304,19 @@ def _anti_alias(channels: int, stride: int, dilation: int, first_dilation: int, 
 
 class ConvPool(nn.Sequential):
     """A stage's entry in Page's ResNet-9: 3x3 conv, BN, ReLU to the new width, then a 2x2 max-pool when it
-    strides."""
+    strides; with ``pool_first`` the max-pool comes right after the conv (the BN then normalises the pooled map)."""
 
-    def __init__(self, cin: int, cout: int, stride: int, bias: bool = False, eps: float = 1e-5) -> None:
+    def __init__(self, cin: int, cout: int, stride: int, bias: bool = False, eps: float = 1e-5,
+                 pool_first: bool = False) -> None:
         super().__init__()
         self.conv = _conv3x3(cin, cout, bias=bias)
+        pool = nn.MaxPool2d(stride) if stride > 1 else nn.Identity()
+        if pool_first:
+            self.pool = pool
         self.bn = nn.BatchNorm2d(cout, eps=eps)
         self.relu = nn.ReLU(inplace=True)
-        self.pool = nn.MaxPool2d(stride) if stride > 1 else nn.Identity()
+        if not pool_first:
+            self.pool = pool
 
 
 class PadShortcut(nn.Module):
@@ -601,8 +609,9 @@ class ResNet(nn.Module):
                 stride = 1
             blocks: list[nn.Module] = []
             out_ch = width * block.expansion
-            if cfg.stage_entry == "conv_pool":
-                blocks.append(ConvPool(inplanes, out_ch, stride, cfg.conv_bias, eps))
+            if cfg.stage_entry != "block":
+                blocks.append(ConvPool(inplanes, out_ch, stride, cfg.conv_bias, eps,
+                                       pool_first=cfg.stage_entry == "conv_pool_bn"))
                 inplanes, stride_so_far, stride = out_ch, stride_so_far * stride, 1
             for j in range(depth):
                 s = stride if (j == depth - 1 if cfg.stride_in_last_block else j == 0) else 1

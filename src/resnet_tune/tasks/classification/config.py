@@ -7,6 +7,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from ...data.loaders import FLIPS
 from ...engine.config import RunConfig, option
 
 __all__ = ["AUGMENTS", "BALANCE", "ClassificationConfig", "TrainConfig"]
@@ -33,6 +34,9 @@ class ClassificationConfig(RunConfig):
                                          "the in-memory loader at any size, DataLoader workers at 64 px or less; "
                                          "default: an eighth of the side, 4 px at 32; airbench uses 2; 0 = none)",
                                    range=(0, math.inf, "at least 0"))
+    flip: str = option("random", "training flips: random (a coin for each image every epoch) or alternate (airbench: "
+                                 "a coin for each image once, then flipped one way in even epochs and the other in "
+                                 "odd ones; the in-memory loader)", choices=FLIPS)
     mixup: float = option(0.0, "mixup alpha (0 = off)", range=(0.0, math.inf, ">= 0 (0 turns mixup off)"))
     cutmix: float = option(0.0, "cutmix alpha (0 = off)", range=(0.0, math.inf, ">= 0 (0 turns cutmix off)"))
     cutout: float = option(0.0, "cutout: erase a square of this fraction of the image side in each training image, "

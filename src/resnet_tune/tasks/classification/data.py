@@ -198,7 +198,7 @@ def image_loaders(cfg: Any, parts: dict[str, list[tuple[str, Any]] | None], targ
     if use_memory:
         t0 = time.perf_counter()
         common = dict(mean=pp.mean, std=pp.std, rank=rank, world=world, channels_last=channels_last,
-                      accum_steps=cfg.accum_steps, translate=cfg.translate)
+                      accum_steps=cfg.accum_steps, translate=cfg.translate, flip=cfg.flip)
         for k, samples in parts.items():
             if not samples:
                 continue
@@ -207,6 +207,9 @@ def image_loaders(cfg: Any, parts: dict[str, list[tuple[str, Any]] | None], targ
             loaders[k] = MemoryLoader(x.to(device), targets[k].to(device), cfg.batch_size * (1 if train else 2),
                                       train=train, seed=cfg.seed, weights=weights if train else None, **common)
         return loaders, True, f"; decoded into memory in {time.perf_counter() - t0:.1f}s"
+    if cfg.flip != "random":
+        raise ConfigError(f"--flip {cfg.flip} needs the in-memory loader (--loader memory): DataLoader workers flip "
+                          "each image by its own coin.")
     workers = cfg.workers if cfg.workers is not None else default_workers(device)
     for k, samples in parts.items():
         if not samples:
@@ -233,7 +236,7 @@ def _digits(task: Any, device: torch.device, channels_last: bool, rank: int, wor
             f"10 classes, at {size}x{size}")
     weights = balance_weights(yt, len(classes)) if cfg.balance == "sampler" else None
     common = dict(mean=pp.mean, std=pp.std, rank=rank, world=world, channels_last=channels_last,
-                  accum_steps=cfg.accum_steps, translate=cfg.translate)
+                  accum_steps=cfg.accum_steps, translate=cfg.translate, flip=cfg.flip)
     train = MemoryLoader(xt.to(device), yt.to(device), cfg.batch_size, train=True, seed=cfg.seed, weights=weights,
                          **common)
     val = MemoryLoader(xv.to(device), yv.to(device), cfg.batch_size * 2, train=False, **common)
@@ -263,7 +266,7 @@ def _synthetic(task: Any, device: torch.device, channels_last: bool, rank: int, 
     pp = Preprocessing.for_size(size, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
     nv = max(2, n // 8)
     common = dict(mean=pp.mean, std=pp.std, rank=rank, world=world, channels_last=channels_last,
-                  accum_steps=cfg.accum_steps, translate=cfg.translate)
+                  accum_steps=cfg.accum_steps, translate=cfg.translate, flip=cfg.flip)
     train = MemoryLoader(x.to(device), y.to(device), cfg.batch_size, train=True, seed=cfg.seed, **common)
     val = MemoryLoader(x[:nv].to(device), y[:nv].to(device), cfg.batch_size * 2, train=False, **common)
     return TaskData([str(i) for i in range(10)], train, val, None, n,
