@@ -52,3 +52,15 @@ def test_ledger_pairs_only_runs_of_one_backbone_draw_and_keeps_machines_apart() 
             {"cpu": "Intel(R) Xeon(R) Processor", "date": "2026-12-04", "s": 8.0}]
     assert per_cpu(runs, lambda r: r["s"]) == "7.5 (Intel Xeon) / 14.0 (AMD EPYC)"
     assert per_cpu(runs[1:], lambda r: r["s"], 0) == "8"
+
+
+def test_recipes_time_to_milestones_counts_every_epoch_until_the_first_that_reaches_it() -> None:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from recipes import minutes_to
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    rows = [{"val_acc": 0.85, "seconds": 60.0}, {"val_acc": 0.91, "seconds": 66.0},
+            {"val_acc": 0.89, "seconds": 60.0}, {"val_acc": 0.931, "seconds": 54.0}]
+    assert minutes_to(rows) == {"0.90": 2.1, "0.93": 4.0, "0.94": None}
+    assert minutes_to([]) == {"0.90": None, "0.93": None, "0.94": None}
