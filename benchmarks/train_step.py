@@ -38,7 +38,7 @@ except ImportError:  # a commit before the one-engine redesign (for before/after
 
 
 def plain_loop(model_name: str, size: int, batch: int, repeats: int, steps: int, amp: bool, channels_last: bool,
-               compile_: bool, timm: bool = False) -> float:
+               compile_: bool, timm: bool = False, model_kwargs: dict | None = None) -> float:
     import torchvision
 
     torch.manual_seed(0)
@@ -46,10 +46,10 @@ def plain_loop(model_name: str, size: int, batch: int, repeats: int, steps: int,
         import timm as timm_lib
 
         model = timm_lib.create_model(model_name, num_classes=10)
-    elif hasattr(torchvision.models, model_name):
+    elif hasattr(torchvision.models, model_name) and not model_kwargs:
         model = getattr(torchvision.models, model_name)(num_classes=10)
-    else:  # CIFAR presets have no torchvision twin: the same module, trained the plain way
-        model = rt.create_model(model_name, num_classes=10)
+    else:  # CIFAR presets (and architecture options) have no torchvision twin: the same module, the plain loop
+        model = rt.create_model(model_name, num_classes=10, **(model_kwargs or {}))
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     step_model = torch.compile(model) if compile_ else model
@@ -70,13 +70,15 @@ def plain_loop(model_name: str, size: int, batch: int, repeats: int, steps: int,
     return batch * steps / timed(window, repeats=repeats, warmup=1)
 
 
-def ours(model_name: str, size: int, batch: int, repeats: int, steps: int, compile_: bool = False) -> float:
+def ours(model_name: str, size: int, batch: int, repeats: int, steps: int, compile_: bool = False,
+         model_kwargs: list[str] | None = None) -> float:
     """The trainer's own training img/s: epochs of ``steps`` batches, the median over ``repeats`` epochs after
     a first (warm-up, compile) one: the same windows as the plain loops."""
     work = Path(tempfile.mkdtemp())
     try:
         res = fit(data=f"synthetic:{batch * steps}", model=model_name, img_size=size, batch_size=batch,
-                  epochs=repeats + 1, output=str(work / "run"), progress=False, quiet=True, compile=compile_)
+                  epochs=repeats + 1, output=str(work / "run"), progress=False, quiet=True, compile=compile_,
+                  **({"model_kwargs": model_kwargs} if model_kwargs else {}))
         return statistics.median(r["images_per_s"] for r in res.history[1:])
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -92,21 +94,29 @@ def main() -> int:
     ap.add_argument("--compile", action="store_true",
                     help="also time torchvision + bf16 + channels_last + compile, and fit(compile=True)")
     ap.add_argument("--ours-only", action="store_true", help="print only fit()'s img/s (before/after series)")
+    ap.add_argument("--model-kwargs", nargs="+", default=[],
+                    help="architecture options as KEY=VALUE (resnet-tune's --model-kwargs), for every loop")
     args = ap.parse_args()
+    kwargs = None
+    if args.model_kwargs:
+        from resnet_tune.models import model_kwargs  # (not in commits before --model-kwargs: before/after series)
+
+        kwargs = model_kwargs(args.model_kwargs, args.model)
     if args.ours_only:
-        print(f"{ours(args.model, args.size, args.batch, args.repeats, args.steps):.2f}")
+        print(f"{ours(args.model, args.size, args.batch, args.repeats, args.steps, False, args.model_kwargs):.2f}")
         return 0
 
-    gflop = 3 * rt.model_info(args.model, (3, args.size, args.size)).gflops
+    gflop = 3 * rt.model_info(args.model, (3, args.size, args.size)).gflops  # (pooling order: the same FLOPs)
     peaks = measured_peaks()
     peak_fp32, peak_bf16 = peaks["fp32"], peaks["bf16"]
     print(header(args.repeats))
-    print(f"{peaks_line(peaks)}; {args.model} training step {gflop:.2f} GFLOP/image at {args.size}")
+    print(f"{peaks_line(peaks)}; {args.model} {kwargs or ''} training step {gflop:.2f} GFLOP/image at {args.size}, "
+          f"batch {args.batch}")
     rows = []
 
     def loop(amp: bool, channels_last: bool, compile_: bool = False, timm: bool = False) -> float:
         return plain_loop(args.model, args.size, args.batch, args.repeats, args.steps, amp, channels_last, compile_,
-                          timm)
+                          timm, kwargs)
 
     base = loop(False, False)
     rows.append(("torchvision plain loop, fp32", base, peak_fp32))
@@ -116,17 +126,18 @@ def main() -> int:
     try:
         import timm  # noqa: F401
 
-        if timm.is_model(args.model):
+        if timm.is_model(args.model) and not kwargs:
             rows.append(("timm bf16 autocast + channels_last", loop(True, True, timm=True), peak_bf16))
     except ImportError:
         pass
     if args.compile:
         rows.append(("torchvision bf16 + channels_last + compile", loop(True, True, compile_=True), peak_bf16))
-    rows.append(("resnet-tune fit() defaults", ours(args.model, args.size, args.batch, args.repeats, args.steps),
-                 peak_bf16))
+    rows.append(("resnet-tune fit() defaults",
+                 ours(args.model, args.size, args.batch, args.repeats, args.steps, False, args.model_kwargs), peak_bf16))
     if args.compile:
         rows.append(("resnet-tune fit(compile=True)",
-                     ours(args.model, args.size, args.batch, args.repeats, args.steps, True), peak_bf16))
+                     ours(args.model, args.size, args.batch, args.repeats, args.steps, True, args.model_kwargs),
+                     peak_bf16))
     print("\n| loop | img/s | GFLOP/s | of matmul peak | of conv peak | vs plain fp32 |\n|---|---|---|---|---|---|")
     for name, v, peak in rows:
         print(f"| {name} | {v:.1f} | {v * gflop:.0f} | {100 * v * gflop / peak[0]:.0f}% | "

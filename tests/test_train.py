@@ -665,3 +665,36 @@ def test_alternating_flips_need_the_in_memory_loader(image_folder: Path, tmp_pat
         fit(data=str(image_folder), output=str(tmp_path / "o"), quiet=True, loader="workers", workers=0,
             flip="alternate", **FAST)
     assert not (tmp_path / "o").exists() or not list((tmp_path / "o").rglob("*.safetensors"))
+
+
+@pytest.mark.parametrize("name", ["sgd", "adamw"])
+def test_optimizers_take_the_fused_kernels_and_make_the_same_steps_as_torchs_loop(name: str) -> None:
+    """SGD and AdamW run torch's fused kernels on a CPU (torch's default there is a Python loop over the tensors):
+    the same parameters as that loop after a few steps, in our groups (no decay on BN and biases, discriminative
+    rates); parameters without fused kernels (here on the meta device) take the foreach path."""
+    from resnet_tune.engine.optim import make_optimizer, param_groups
+
+    torch.manual_seed(0)
+    ours_model = rt.create_model("resnet20", num_classes=3)
+    ref_model = rt.create_model("resnet20", num_classes=3)
+    ref_model.load_state_dict(ours_model.state_dict())
+    ours = make_optimizer(name, param_groups(ours_model, 0.05, 5e-4, lr_decay=0.5), 0.05, weight_decay=5e-4)
+    assert all(g["fused"] for g in ours.param_groups)
+    cls = torch.optim.SGD if name == "sgd" else torch.optim.AdamW
+    extra = {"momentum": 0.9, "nesterov": True} if name == "sgd" else {}
+    ref = cls(param_groups(ref_model, 0.05, 5e-4, lr_decay=0.5), lr=0.05, weight_decay=5e-4, foreach=False, **extra)
+    x, y = torch.randn(6, 3, 16, 16), torch.tensor([0, 1, 2, 0, 1, 2])
+    for _ in range(4):
+        for model, opt in ((ours_model, ours), (ref_model, ref)):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+    torch.manual_seed(0)
+    start = rt.create_model("resnet20", num_classes=3)  # the same draw as both models' start
+    assert not torch.equal(ours_model.fc.weight, start.fc.weight)  # the steps moved the weights
+    tol = {"rtol": 1e-5, "atol": 1e-6} if name == "sgd" else {"rtol": 1e-4, "atol": 1e-5}  # (Adam divides by sqrt(v))
+    for a, b in zip(ours_model.parameters(), ref_model.parameters()):
+        torch.testing.assert_close(a, b, **tol)
+    meta = torch.nn.Linear(2, 2, device="meta")
+    assert all(g["foreach"] and not g["fused"] for g in make_optimizer(name, [{"params": list(meta.parameters())}],
+                                                                      0.1).param_groups)
