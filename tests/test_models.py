@@ -204,8 +204,10 @@ def test_conv_pool_stages_make_page_resnet9() -> None:
 def test_max_pool_and_scaled_logits_classifier_as_page_resnet9() -> None:
     from resnet_tune.models.resnet import ScaledLinear
 
-    plain = rt.create_model("resnet9_narrow").eval()
-    page = rt.create_model("resnet9_narrow", global_pool="max", logit_scale=0.125).eval()
+    plain = rt.create_model("resnet9", stage_entry="conv_pool_bn").eval()  # (resnet9: avg pool, plain logits)
+    page = rt.create_model("resnet9", stage_entry="conv_pool_bn", global_pool="max", logit_scale=0.125).eval()
+    narrow = rt.create_model("resnet9_narrow").cfg  # the fast preset is Page's final layout
+    assert (narrow.stage_entry, narrow.global_pool, narrow.logit_scale) == ("conv_pool_bn", "max", 0.125)
     assert page.state_dict().keys() == plain.state_dict().keys()  # no new parameters: the same checkpoints load
     page.load_state_dict(plain.state_dict())
     x = torch.randn(3, 3, 32, 32)

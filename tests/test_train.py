@@ -397,7 +397,7 @@ def test_cutout_erases_one_square_an_image_and_redraws_the_same_from_the_same_se
 def test_model_kwargs_from_the_command_line_reach_the_model_the_checkpoint_and_the_predictor(
         image_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "k"
-    main(["train", "--data", str(image_folder), "--model", "resnet9_narrow", "--img-size", "16", "--epochs", "1",
+    main(["train", "--data", str(image_folder), "--model", "resnet9", "--img-size", "16", "--epochs", "1",
           "--batch-size", "8", "--pretrained", "none", "--no-progress", "--output", str(out),
           "--model-kwargs", "global_pool=max", "logit_scale=0.125", "--translate", "2"])
     saved = yaml.safe_load((out / "config.yaml").read_text())
