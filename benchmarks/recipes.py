@@ -141,9 +141,14 @@ def main() -> None:
     ap.add_argument("--tta", action="store_true", help="with --report: also the test split with flip test-time "
                     "augmentation (resnet-tune evaluate --tta), reported beside the plain figure")
     ap.add_argument("--table", action="store_true", help="print the ledger's table and exit")
+    ap.add_argument("--pair", nargs=2, metavar=("ARM_A", "ARM_B"),
+                    help="print ARM_A against ARM_B (ledger keys under --target, e.g. r9n@resnet9_narrow-10ep "
+                         "default_prev@default-10ep): each one's held-out accuracy, and A - B paired by seed")
     args = ap.parse_args()
     if args.table:
         return table()
+    if args.pair:
+        return pair(args.target, *args.pair)
     if args.work is None:
         ap.error("--work is required to run")
     named = [a for a in args.arms if a in ARMS]
@@ -178,6 +183,17 @@ def table() -> None:
         print(f"| {target} | {arm} | {mean_sd([r['best_val_acc'] for r in arm_runs])} | {diff} | {test} | "
               f"{mean_sd(tta) if tta else '-'} | {statistics.mean(r['seconds'] for r in arm_runs) / 60:.1f} | "
               f"{milestones(arm_runs)} |")
+
+
+def pair(target: str, a: str, b: str) -> None:
+    runs = ledger_read("recipes")
+    missing = [k for k in (a, b) if f"{target}/{k}" not in runs]
+    if missing:
+        raise SystemExit(f"not in the ledger under {target}: {', '.join(missing)}")
+    ra, rb = runs[f"{target}/{a}"], runs[f"{target}/{b}"]
+    pairs = pair_by_seed(ra, rb)
+    print(f"{target}: {a} {mean_sd([r['best_val_acc'] for r in ra])}; {b} {mean_sd([r['best_val_acc'] for r in rb])}; "
+          f"{a} - {b} held-out {paired(pairs, 'best_val_acc')} points over seeds {[x['seed'] for x, _ in pairs]}")
 
 
 def milestones(arm_runs: list[dict]) -> str:

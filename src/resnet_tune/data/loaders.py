@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 from torch.utils.data import Dataset
 
+from .options import FLIPS
 from .transforms import Preprocessing, geometry_transform, normalize_batch
 
 
@@ -82,10 +83,6 @@ def decode_to_memory(samples: Sequence[tuple[str, int]], pp: Preprocessing, work
     x = pixels.permute(0, 3, 1, 2)
     y = torch.tensor([s[1] for s in samples], dtype=torch.long)
     return x, y
-
-
-#: how training images are mirrored: a coin each time, or each image every other epoch (airbench)
-FLIPS = ("random", "alternate")
 
 
 def draw_crop_flip(n: int, pad: int, generator: torch.Generator, flip: bool = True

@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from ...data.loaders import FLIPS
+from ...data.options import FLIPS
 from ...engine.config import RunConfig, option
 
 __all__ = ["AUGMENTS", "BALANCE", "ClassificationConfig", "TrainConfig"]
