@@ -227,6 +227,16 @@ def test_lookahead_pulls_back_to_the_slow_weights_every_k_steps() -> None:
     assert copy.steps == 3 and all(torch.equal(copy.slow[n], la.slow[n]) for n in la.slow)
 
 
+def _same_steps(*pairs: tuple[torch.nn.Module, torch.optim.Optimizer], steps: int = 4) -> None:
+    """``steps`` optimiser steps of each (model, optimizer) pair on the same small batch."""
+    x, y = torch.randn(6, 3, 16, 16), torch.tensor([0, 1, 2, 0, 1, 2])
+    for _ in range(steps):
+        for model, opt in pairs:
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+
+
 def test_lamb_matches_timm_and_resumes_exactly(image_folder: Path, tmp_path: Path,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     timm_optim = pytest.importorskip("timm.optim")
@@ -241,12 +251,7 @@ def test_lamb_matches_timm_and_resumes_exactly(image_folder: Path, tmp_path: Pat
     ours = make_optimizer("lamb", param_groups(ours_model, 5e-3, 0.02, lr_decay=0.5), 5e-3, weight_decay=0.02)
     ref = timm_optim.Lamb(param_groups(ref_model, 5e-3, 0.02, lr_decay=0.5), lr=5e-3, weight_decay=0.02,
                           max_grad_norm=None, foreach=False)
-    x, y = torch.randn(6, 3, 16, 16), torch.tensor([0, 1, 2, 0, 1, 2])
-    for _ in range(4):
-        for model, opt in ((ours_model, ours), (ref_model, ref)):
-            opt.zero_grad()
-            torch.nn.functional.cross_entropy(model(x), y).backward()
-            opt.step()
+    _same_steps((ours_model, ours), (ref_model, ref))
     for (name, a), b in zip(ours_model.named_parameters(), ref_model.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
     moved = [g for g in ours.param_groups if g["weight_decay"]]
@@ -683,12 +688,7 @@ def test_optimizers_take_the_fused_kernels_and_make_the_same_steps_as_torchs_loo
     cls = torch.optim.SGD if name == "sgd" else torch.optim.AdamW
     extra = {"momentum": 0.9, "nesterov": True} if name == "sgd" else {}
     ref = cls(param_groups(ref_model, 0.05, 5e-4, lr_decay=0.5), lr=0.05, weight_decay=5e-4, foreach=False, **extra)
-    x, y = torch.randn(6, 3, 16, 16), torch.tensor([0, 1, 2, 0, 1, 2])
-    for _ in range(4):
-        for model, opt in ((ours_model, ours), (ref_model, ref)):
-            opt.zero_grad()
-            torch.nn.functional.cross_entropy(model(x), y).backward()
-            opt.step()
+    _same_steps((ours_model, ours), (ref_model, ref))
     torch.manual_seed(0)
     start = rt.create_model("resnet20", num_classes=3)  # the same draw as both models' start
     assert not torch.equal(ours_model.fc.weight, start.fc.weight)  # the steps moved the weights

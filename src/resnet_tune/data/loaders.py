@@ -385,14 +385,6 @@ class EpochLoader:
                           pin_memory=self.device.type == "cuda", drop_last=drop_last, generator=g,
                           persistent_workers=False)
 
-    def _alternate(self, index: torch.Tensor, epoch: int) -> torch.Tensor:
-        """Alternating flips (airbench, Jordan 2024): each image has a coin drawn once from the seed; it is flipped
-        where the coin says in even epochs and the other way in odd ones, so every two epochs show each image both
-        ways (random flips leave a quarter of the images unmirrored, or only mirrored, two epochs running)."""
-        g = torch.Generator(device=self.images.device).manual_seed(self.seed * 7_919 + 31_337)
-        coin = torch.rand(len(self.labels), generator=g, device=self.images.device) < 0.5
-        return coin[index.to(coin.device)] ^ bool(epoch % 2)
-
     def view_len(self) -> int:
         return len(eval_batch_ids(len(self.dataset), self.batch_size, self.rank, self.world))
 
