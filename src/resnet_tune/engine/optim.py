@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -61,11 +62,23 @@ def make_optimizer(name: str, groups: list[dict], lr: float, momentum: float = 0
 
 
 def _fastest(cls: type, groups: list[dict], **kw: Any) -> torch.optim.Optimizer:
-    """``cls`` with torch's fused kernels where the parameters' device and dtype have them (CPU and CUDA, floating
-    point; torch checks only at the first step, so it is decided here), else with the foreach path."""
+    """``cls`` with torch's fused kernels where the parameters' device and dtype have them, else with the foreach
+    path. Which devices have them depends on the torch version (CPU since about 2.4; torch checks only at the first
+    step), so one step on a one-element parameter of each device type decides (:func:`_has_fused`)."""
     params = [p for g in groups for p in g["params"]]
-    fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
+    fused = bool(params) and all(p.is_floating_point() and _has_fused(cls, p.device.type) for p in params)
     return cls(groups, **({"fused": True} if fused else {"foreach": True}), **kw)
+
+
+@functools.cache
+def _has_fused(cls: type, device_type: str) -> bool:
+    try:
+        p = torch.nn.Parameter(torch.zeros(1, device=device_type))
+        p.grad = torch.zeros(1, device=device_type)
+        cls([p], lr=0.1, fused=True).step()
+        return True
+    except (RuntimeError, ValueError, TypeError, NotImplementedError):
+        return False
 
 
 class Lamb(torch.optim.Optimizer):
