@@ -46,10 +46,13 @@ def images_per_second(model: str, size: int, batch: int) -> float:
     return res.history[-1]["images_per_s"]
 
 
-def run(work: Path, dataset: str, model: str, epochs: int | None, minutes: float | None) -> dict:
+def run(work: Path, dataset: str, model: str, epochs: int | None, minutes: float | None,
+        batch: int | None = None) -> dict:
     data, size, n_train, opts = SETS[dataset]
+    tag = f"-b{batch}" if batch and batch != opts["batch_size"] else ""
+    opts = dict(opts, batch_size=batch or opts["batch_size"])
     if epochs is None:  # a time budget: the epochs are planned once and kept, so that a rerun resumes
-        plan = work / f"{dataset}-{model}-{minutes:g}min-plan.json"
+        plan = work / f"{dataset}-{model}{tag}-{minutes:g}min-plan.json"
         if plan.exists():
             epochs = json.loads(plan.read_text())["epochs"]
         else:
@@ -58,11 +61,11 @@ def run(work: Path, dataset: str, model: str, epochs: int | None, minutes: float
             epochs = max(1, int(0.85 * minutes * 60 * ips / n_train))
             print(f"{model} on {dataset}: {ips:.0f} img/s in training -> {epochs} epochs fit {minutes} min", flush=True)
             plan.write_text(json.dumps({"epochs": epochs}))
-    out = work / f"{dataset}-{model}-{epochs}ep"
+    out = work / f"{dataset}-{model}{tag}-{epochs}ep"
     seconds = run_or_resume(out, data=str(data), model=model, img_size=size, epochs=epochs, loader="memory", **opts)
     report = json.loads((out / "eval.json").read_text())
     per_epoch = [r["seconds"] for r in read_metrics(out)]
-    result = {"dataset": dataset, "model": model, "img_size": size, "epochs": epochs,
+    result = {"dataset": dataset, "model": model, "img_size": size, "epochs": epochs, "batch_size": opts["batch_size"],
               "accuracy": report["accuracy"], "split": report["split"], "wall_seconds": seconds,
               "seconds_per_epoch": sum(per_epoch) / len(per_epoch), "run": str(out)}
     print(f"{dataset} {model} {epochs} epochs: {report['split']} accuracy {report['accuracy']:.4f}, "
@@ -77,22 +80,28 @@ def main() -> int:
     ap.add_argument("--models", nargs="+", default=["resnet20"])
     ap.add_argument("--minutes", type=float, default=8.0, help="time budget a run (cifar10, imagenette-budget)")
     ap.add_argument("--epochs", type=int, help="fixed epochs instead of a budget (imagenette: default 5)")
+    ap.add_argument("--batch", type=int, help="batch size instead of the set's (cifar10 128, imagenette 64)")
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     print(header(1))
     dataset = "cifar10" if args.task == "cifar10" else "imagenette"
     t0 = time.perf_counter()
     epochs = 5 if args.task == "imagenette" and args.epochs is None else args.epochs
-    results = [run(args.work, dataset, m, epochs if args.task != "imagenette-budget" else None, args.minutes)
-               for m in args.models]
+    results = [run(args.work, dataset, m, epochs if args.task != "imagenette-budget" else None, args.minutes,
+                   args.batch) for m in args.models]
     out = args.work / f"{args.task}.json"
     old = json.loads(out.read_text()) if out.exists() else []
-    keep = [r for r in old if (r["model"], r["epochs"]) not in {(n["model"], n["epochs"]) for n in results}]
+
+    def key(r: dict) -> tuple:
+        return r["model"], r["epochs"], r.get("batch_size")
+
+    keep = [r for r in old if key(r) not in {key(n) for n in results}]
     out.write_text(json.dumps(keep + results, indent=2))
-    print(f"\n| data | model | size | epochs | accuracy ({results[0]['split']}) | s/epoch | wall min |\n"
-          "|---|---|---|---|---|---|---|")
+    print(f"\n| data | model | size | batch | epochs | accuracy ({results[0]['split']}) | s/epoch | wall min |\n"
+          "|---|---|---|---|---|---|---|---|")
     for r in results:
-        print(f"| {r['dataset']} | {r['model']} | {r['img_size']} | {r['epochs']} | {100 * r['accuracy']:.2f}% | "
+        print(f"| {r['dataset']} | {r['model']} | {r['img_size']} | {r['batch_size']} | {r['epochs']} | "
+              f"{100 * r['accuracy']:.2f}% | "
               f"{r['seconds_per_epoch']:.0f} | {r['wall_seconds'] / 60:.1f} |")
     print(f"(all runs {(time.perf_counter() - t0) / 60:.1f} min; command: {' '.join(sys.argv)})")
     return 0

@@ -177,8 +177,10 @@ def test_budget_candidates_keep_what_the_user_set():
                       Candidate("resnet34", 224, need)]
     tuned = budget_candidates(cfg, "resnet18", 224, small=False, finetune=True)
     assert [(c.model, c.size) for c in tuned] == [("resnet18", 224), ("resnet34", 224), ("resnet50", 224)]
-    small = budget_candidates(cfg, "resnet20", 32, small=True, finetune=False)
-    assert [c.model for c in small] == ["resnet20", "resnet32", "resnet56"] and {c.size for c in small} == {32}
+    small = budget_candidates(cfg, "resnet9_narrow", 32, small=True, finetune=False)
+    assert small == [Candidate("resnet20", 32), Candidate("resnet9_narrow", 32, STEP_UP_EPOCHS["scratch_small"])]
+    chosen_small = budget_candidates(cfg.replace(model="resnet56"), "resnet56", 32, small=True, finetune=False)
+    assert chosen_small == [Candidate("resnet56", 32)]
     fixed_model = budget_candidates(cfg.replace(model="resnet50"), "resnet50", 224, small=False, finetune=False)
     assert [(c.model, c.size) for c in fixed_model] == [("resnet50", 128), ("resnet50", 160), ("resnet50", 224)]
     fixed_size = budget_candidates(cfg.replace(img_size=96), "resnet18", 96, small=False, finetune=False)
@@ -192,17 +194,20 @@ def _chosen(run: Path) -> tuple[str, int]:
 
 
 def test_model_auto_follows_the_budget_and_says_why(folder, tmp_path):
-    # 24 px images: the CIFAR ResNets; a candidate's timed step costs `probe` seconds on the injected clock
-    fast = FakeClock(step=5.0, probe=1e-4)  # 8 images in 0.1 ms: resnet56 affords thousands of epochs
+    # 24 px images: the small-image networks; a candidate's timed step costs `probe` seconds on the injected clock
+    fast = FakeClock(step=5.0, probe=1e-4)  # 8 images in 0.1 ms: resnet9_narrow affords thousands of epochs
     res = fit(data=str(folder), budget="2m", output=str(tmp_path / "deep"), clock=fast, started=0.0, **FAST)
-    assert _chosen(res.run_dir) == ("resnet56", 32)
+    assert _chosen(res.run_dir) == ("resnet9_narrow", 32)
     note = next(n for n in res.notes if n.startswith("--model auto chose"))
-    assert "resnet56 at 32 px" in note and "affords about" in note
+    assert "resnet9_narrow at 32 px" in note and "affords about" in note
+    assert yaml.safe_load((res.run_dir / "config.yaml").read_text())["whiten"] is True  # and its recipe
     slow = FakeClock(step=5.0, probe=1.0)  # 8 images in a second: a 2-minute budget affords resnet20 only
     res = fit(data=str(folder), budget="2m", output=str(tmp_path / "shallow"), clock=slow, started=0.0, **FAST)
     assert _chosen(res.run_dir) == ("resnet20", 32)
+    assert yaml.safe_load((res.run_dir / "config.yaml").read_text())["whiten"] is False
     note = next(n for n in res.notes if n.startswith("--model auto chose"))
-    assert "resnet32 at 32 px would get about" in note and f"fewer than the {STEP_UP_EPOCHS['scratch_small']}" in note
+    assert ("resnet9_narrow at 32 px would get about" in note
+            and f"fewer than the {STEP_UP_EPOCHS['scratch_small']}" in note)
     # the three timed steps (one warm-up) are part of the budget
     assert slow.costs["probe"] * 3 <= slow.t <= 120
     # what the user set is kept

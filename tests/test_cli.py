@@ -179,7 +179,7 @@ def test_run_folder_is_named_after_the_chosen_model(tmp_path: Path, monkeypatch:
     code, out, err = run_cli("train", "--data", "data", "--epochs", "1", "--batch-size", "4", "--no-progress")
     assert code == 0, err
     runs = [p.name for p in (tmp_path / "runs").iterdir()]
-    assert len(runs) == 1 and runs[0].startswith("resnet20-"), runs  # chosen from the 16 px images, not "auto"
+    assert len(runs) == 1 and runs[0].startswith("resnet9_narrow-"), runs  # chosen from the 16 px images, not "auto"
 
 
 def test_evaluate_without_data_uses_the_runs_recorded_validation_split(work: Path, tmp_path: Path) -> None:
@@ -228,8 +228,9 @@ def test_readme_small_image_rule_is_the_code() -> None:
     from resnet_tune.tasks.classification.data import choose_model_and_size
 
     readme = " ".join((ROOT / "README.md").read_text().split())
-    assert "train at 32 px with a CIFAR ResNet" in readme
+    assert "train at 32 px with a ResNet made for 32 px images, `resnet9_narrow`" in readme
     for side in (28.0, 32.0, 64.0):
-        assert choose_model_and_size(TrainConfig(data="d"), side) == ("resnet20", 32)
-    assert choose_model_and_size(TrainConfig(data="d", img_size=64), 64.0) == ("resnet20", 64)
+        assert choose_model_and_size(TrainConfig(data="d"), side) == ("resnet9_narrow", 32)
+    assert choose_model_and_size(TrainConfig(data="d", img_size=64), 64.0) == ("resnet9_narrow", 64)
+    assert choose_model_and_size(TrainConfig(), None) == ("resnet9_narrow", 32)  # the embedded digits
     assert choose_model_and_size(TrainConfig(data="d"), 160.0) == ("resnet18", 224)

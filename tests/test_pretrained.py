@@ -668,9 +668,9 @@ def test_pretrained_none_and_the_main_job_never_touch_the_network(tmp_path, netw
     out = _train(["--data", str(data), "--pretrained", "none", "--output", str(tmp_path / "run")], capsys)
     assert network_attempts == [] and "warning" not in out
     assert "training from scratch (--pretrained none)" in out
-    out = _train(["--output", str(tmp_path / "main")], capsys)  # the embedded digits, CIFAR ResNet-20
+    out = _train(["--output", str(tmp_path / "main")], capsys)  # the embedded digits, resnet9_narrow
     assert network_attempts == [] and "warning" not in out
-    assert "training from scratch (resnet20 has no published weights)" in out
+    assert "training from scratch (resnet9_narrow has no published weights)" in out
     assert "pretrained: none" in (tmp_path / "main" / "config.yaml").read_text()
 
 

@@ -69,7 +69,7 @@ def test_cli_train_evaluate_predict_embed(image_folder: Path, tmp_path: Path, ca
     emb = tmp_path / "emb.npy"
     assert main(["embed", str(run), str(image_folder / "blue"), "--output", str(emb)]) == 0
     feats = np.load(emb)
-    assert feats.shape == (10, 64)
+    assert feats.shape == (10, 256)  # resnet9_narrow's features (the default for these 16 px images)
     assert len((tmp_path / "emb.files.txt").read_text().splitlines()) == 10
 
 
@@ -88,7 +88,8 @@ def test_folded_predictor_matches_eager(image_folder: Path, tmp_path: Path, monk
     from resnet_tune.engine import hardware
     from resnet_tune import Predictor
 
-    res = fit(data=str(image_folder), output=str(tmp_path / "r"), **FAST, quiet=True)
+    # resnet20: every BatchNorm follows its convolution (resnet9_narrow's stage entries pool between the two)
+    res = fit(data=str(image_folder), output=str(tmp_path / "r"), model="resnet20", **FAST, quiet=True)
     pred = Predictor(res.run_dir, precision="fp32")
     x = torch.randn(4, 3, 16, 16)
     torch.testing.assert_close(pred.logits(x), pred.eager(x), rtol=1e-4, atol=1e-4)
@@ -286,7 +287,7 @@ def test_whiten_sets_the_first_conv_from_training_patches_once(image_folder: Pat
         return got
 
     monkeypatch.setattr(models, "whiten_first_conv", spy)
-    opts = dict(FAST, epochs=3, loader="memory", whiten=True)
+    opts = dict(FAST, epochs=3, loader="memory", whiten=True, model="resnet20")
     monkeypatch.setenv("RESNET_TUNE_DEBUG_INTERRUPT_AT", "2")
     with pytest.raises(KeyboardInterrupt):
         fit(data=str(image_folder), output=str(tmp_path / "run"), quiet=True, **opts)
@@ -298,6 +299,41 @@ def test_whiten_sets_the_first_conv_from_training_patches_once(image_folder: Pat
     first = fit(data=str(image_folder), output=str(tmp_path / "once"), quiet=True, **dict(opts, epochs=1))
     assert any(n.startswith("whitened first convolution: 8 patch directions from") for n in first.notes)
     assert len(calls) == 2
+
+
+def test_small_image_recipe_fills_only_what_the_user_left_unset(image_folder: Path, tmp_path: Path) -> None:
+    """The 32 px ResNet-9s from scratch at up to 64 px take their measured recipe (whitening, weight decay 1e-3,
+    translate 2) for the options left unset, say so once and record it; set options and other networks keep theirs."""
+    from types import SimpleNamespace
+
+    from resnet_tune.tasks.classification.data import OTHER_DEFAULTS, SMALL_RECIPE, apply_recipe
+
+    def chosen(cfg: TrainConfig, name: str, size: int, pretrained: object = None) -> tuple[TrainConfig, list[str]]:
+        task = SimpleNamespace(cfg=cfg, pretrained=pretrained, plan_notes=[])
+        apply_recipe(task, name, size)
+        return task.cfg, task.plan_notes
+
+    cfg, notes = chosen(TrainConfig(data="d"), "resnet9_narrow", 32)
+    assert (cfg.whiten, cfg.weight_decay, cfg.translate) == (True, 1e-3, 2) == tuple(SMALL_RECIPE.values())
+    assert len(notes) == 1 and "--no-whiten" in notes[0] and "weight decay 0.001" in notes[0]
+    cfg, notes = chosen(TrainConfig(data="d", whiten=False, translate=4), "resnet9", 64)
+    assert (cfg.whiten, cfg.weight_decay, cfg.translate) == (False, 1e-3, 4)
+    assert "--no-whiten" not in notes[0] and "--translate" not in notes[0] and "--weight-decay" in notes[0]
+    for name, size, weights in (("resnet20", 32, None), ("resnet9_narrow", 96, None), ("resnet9", 32, ({}, {}))):
+        cfg, notes = chosen(TrainConfig(data="d"), name, size, weights)
+        assert (cfg.whiten, cfg.weight_decay, cfg.translate, notes) == (*OTHER_DEFAULTS.values(), None, [])
+    cfg, _ = chosen(TrainConfig(data="d", weight_decay=0.0, whiten=True), "resnet18", 224)
+    assert (cfg.whiten, cfg.weight_decay) == (True, 0.0)
+
+    # end to end: the default network for small images, its recipe in config.yaml and in the optimiser
+    res = fit(data=str(image_folder), output=str(tmp_path / "run"), quiet=True, **dict(FAST, epochs=1))
+    saved = yaml.safe_load((res.run_dir / "config.yaml").read_text())
+    assert (saved["model"], saved["whiten"], saved["weight_decay"], saved["translate"]) == ("resnet9_narrow", True,
+                                                                                           1e-3, 2)
+    assert any("trains with its measured recipe" in n for n in res.notes)
+    assert any(n.startswith("whitened first convolution") for n in res.notes)
+    groups = ckpt.load_state(res.run_dir / ckpt.STATE)["optimizer"]["param_groups"]
+    assert {g["weight_decay"] for g in groups} == {0.0, 1e-3}
 
 
 def _pretrained_file(tmp_path: Path) -> Path:
@@ -423,7 +459,7 @@ def test_model_kwargs_from_the_command_line_reach_the_model_the_checkpoint_and_t
 def test_default_job_is_embedded_digits(tmp_path: Path) -> None:
     res = fit(output=str(tmp_path / "d"), epochs=1, quiet=True, progress=False)
     rec = ckpt.read_record(res.run_dir)
-    assert rec["classes"] == [str(i) for i in range(10)] and rec["model"] == "resnet20"
+    assert rec["classes"] == [str(i) for i in range(10)] and rec["model"] == "resnet9_narrow"
     assert res.history[0]["val_acc"] > 0.2  # one epoch already learns something
 
 
@@ -479,7 +515,7 @@ def test_bad_config_keys_and_values(tmp_path: Path, capsys: pytest.CaptureFixtur
         TrainConfig(strategy="linear_probe", pretrained="none")
     # pretrained=auto (the default) is decided once the model is known: a model without published weights
     with pytest.raises(ConfigError, match=r"freezes a pretrained backbone, but the run has no pretrained weights "
-                                          r"\(resnet20 has no published weights\)"):
+                                          r"\(resnet9_narrow has no published weights\)"):
         fit(data=str(make_folder(tmp_path / "few", per_class=3)), strategy="linear_probe", epochs=1, quiet=True,
             output=str(tmp_path / "lp"))
 

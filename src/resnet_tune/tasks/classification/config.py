@@ -25,14 +25,22 @@ class ClassificationConfig(RunConfig):
     loader: str = option("auto", "memory: decode once into RAM and crop/flip in batches; workers: DataLoader "
                                  "workers with RandomResizedCrop; auto: memory up to 64 px (160 px on a CPU) if it "
                                  "fits in 2 GiB")
-    model: str | None = option(None, "architecture (`resnet-tune models` lists them; default: resnet20 for small "
-                                     "images, else resnet18)")
+    model: str | None = option(None, "architecture (`resnet-tune models` lists them; default: resnet9_narrow for "
+                                     "small images, else resnet18)")
+    whiten: bool | None = option(None, "from scratch: set the first convolution's filters to whiten the patches of "
+                                       "the training images (airbench's whitening layer; opposite-sign pairs, the "
+                                       "rest random) (default: on for resnet9/resnet9_narrow from scratch at up to "
+                                       "64 px, their measured recipe; off otherwise)")
+    weight_decay: float | None = option(None, "weight decay, never applied to BatchNorm and biases (default: 1e-3 "
+                                              "for resnet9/resnet9_narrow from scratch at up to 64 px, else 5e-4)",
+                                        range=(0.0, math.inf, ">= 0"))
     img_size: int | None = option(None, "input size in pixels (default: the model's, or 32 for small images)",
                                   range=(8, math.inf, "at least 8 pixels"))
     augment: str = option("default", "extra augmentation on top of crop + flip", choices=AUGMENTS)
     translate: int | None = option(None, "how far the training crop moves each way, in pixels (reflect padding; "
                                          "the in-memory loader at any size, DataLoader workers at 64 px or less; "
-                                         "default: an eighth of the side, 4 px at 32; airbench uses 2; 0 = none)",
+                                         "default: 2 for resnet9/resnet9_narrow from scratch at up to 64 px, as "
+                                         "airbench, else an eighth of the side, 4 px at 32; 0 = none)",
                                    range=(0, math.inf, "at least 0"))
     flip: str = option("random", "training flips: random (a coin for each image every epoch) or alternate (airbench: "
                                  "a coin for each image once, then flipped one way in even epochs and the other in "

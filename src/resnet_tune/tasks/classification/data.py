@@ -17,7 +17,8 @@ from ...engine.task import TaskData, require_usable
 from ...errors import ConfigError, DataError
 from ...models import get_config, mean_std_for
 
-__all__ = ["FEW_PER_CLASS", "SCRATCH_SIZES", "budget_candidates", "balance_weights", "build_data",
+__all__ = ["FEW_PER_CLASS", "OTHER_DEFAULTS", "RECIPE_MODELS", "SCRATCH_SIZES", "SMALL_MODEL", "SMALL_RECIPE",
+           "apply_recipe", "budget_candidates", "balance_weights", "build_data",
            "choose_model", "choose_model_and_size", "class_weights", "image_loaders", "memory_by_default",
            "scratch_hint"]
 
@@ -29,16 +30,31 @@ FEW_PER_CLASS = 100
 #: network won every measured case (README "Which ResNet for my data?": ResNet-20 over ResNet-56 at 9 against 4
 #: epochs, ResNet-18 over ResNet-34/50), and epochs buy more than pixels early on (fast.ai's Imagenette
 #: leaderboard at 128 px: 85.8% at 5 epochs, 91.6% at 20); depth and size pay once the cheaper run has converged.
-STEP_UP_EPOCHS = {"scratch_photos": 30, "scratch_small": 40, "finetune": 5}
+#: Small images: ``resnet9_narrow`` at E epochs matched ``resnet20`` at 2E on EuroSAT (93.3% at 10 against 20
+#: epochs) and beat it on 100 CIFAR-10 images a class (61.0% at 30 against 59.8% at 60), for 1.4x (Intel Xeon with
+#: AMX) to 2.1x (AMD EPYC) resnet20's time an image (benchmarks/RESULTS.md, "CIFAR-10 on a CPU, second round"): it
+#: is chosen once the budget affords it 10 epochs.
+STEP_UP_EPOCHS = {"scratch_photos": 30, "scratch_small": 10, "finetune": 5}
 #: input sizes tried for photos trained from scratch, smallest first (at the weights' size when fine-tuning)
 SCRATCH_SIZES = (128, 160, 224)
-_DEEPER = {"resnet20": ("resnet32", "resnet56"), "resnet18": ("resnet34", "resnet50")}
+_DEEPER = {"resnet18": ("resnet34", "resnet50")}
+#: the default network for small images (at most 64 px a side) and the cheaper one a short --budget falls back to
+SMALL_MODEL, SMALL_FALLBACK = "resnet9_narrow", "resnet20"
+#: networks with a measured recipe from scratch at up to 64 px, and the recipe: the values that options left unset
+#: take (benchmarks/RESULTS.md, "CIFAR-10 on a CPU, second round": on CIFAR-10's held-out 10%, whitening +0.8 and
+#: translate 2 +1.2 points at 5 epochs; weight decay 1e-3 +0.2; with them the network beat the previous default by
+#: 4-5 points on EuroSAT and on 100 CIFAR-10 images a class, 3 seeds)
+RECIPE_MODELS = ("resnet9", "resnet9_narrow")
+SMALL_RECIPE = {"whiten": True, "weight_decay": 1e-3, "translate": 2}
+#: what those options are everywhere else
+OTHER_DEFAULTS = {"whiten": False, "weight_decay": 5e-4}
 
 
 def choose_model_and_size(cfg: Any, median_side: float | None) -> tuple[str, int]:
-    """The model and input size when the user did not say: small images get a CIFAR ResNet at 32 px."""
+    """The model and input size when the user did not say: small images (and the embedded digits) get Page's
+    ResNet-9 for 32 px images (:data:`SMALL_MODEL`) at 32 px, photos ResNet-18 at its 224 px."""
     small = median_side is not None and median_side <= 64
-    name = cfg.model or ("resnet20" if small or cfg.data is None else "resnet18")
+    name = cfg.model or (SMALL_MODEL if small or cfg.data is None else "resnet18")
     if cfg.img_size:
         return name, cfg.img_size
     if cfg.data is None:
@@ -57,6 +73,8 @@ def budget_candidates(cfg: Any, name: str, size: int, small: bool, finetune: boo
     stays at the weights' size and may go deeper."""
     kind = "finetune" if finetune else "scratch_small" if small else "scratch_photos"
     need = STEP_UP_EPOCHS[kind]
+    if kind == "scratch_small" and not cfg.model and name == SMALL_MODEL:
+        return [Candidate(SMALL_FALLBACK, size), Candidate(name, size, need)]
     sizes = [size]
     if kind == "scratch_photos" and not cfg.img_size:
         sizes = [z for z in SCRATCH_SIZES if z < size] + [size]
@@ -73,7 +91,15 @@ def choose_model(task: Any, median_side: float | None, n_train: int, n_val: int,
     :func:`choose_model_and_size` and :meth:`~resnet_tune.engine.task.Task.load_pretrained`, or with ``--budget``
     the candidate of :func:`budget_candidates` that the time left affords
     (:meth:`~resnet_tune.engine.task.Task.choose_within_budget`). Fine-tuning candidates are only tried when the
-    first one's published weights could be read. Also resolves the batch size (the timed steps use it)."""
+    first one's published weights could be read. Also resolves the batch size (the timed steps use it) and the
+    options that follow the chosen network (:func:`apply_recipe`)."""
+    name, size, weights = _choose(task, median_side, n_train, n_val, n_classes, world)
+    apply_recipe(task, name, size)
+    return name, size, weights
+
+
+def _choose(task: Any, median_side: float | None, n_train: int, n_val: int, n_classes: int, world: int
+            ) -> tuple[str, int, Any]:
     cfg = task.cfg
     name, size = choose_model_and_size(cfg, median_side)
     task.resolve_batch_size(n_train, world)
@@ -101,6 +127,25 @@ def choose_model(task: Any, median_side: float | None, n_train: int, n_val: int,
             return name, size, weights
         weights = other
     return chosen.model, chosen.size, weights
+
+
+def apply_recipe(task: Any, name: str, size: int) -> None:
+    """Fill the options the user left unset (None) whose best value depends on the network: :data:`SMALL_RECIPE`
+    for a network of :data:`RECIPE_MODELS` trained from scratch at up to 64 px, else :data:`OTHER_DEFAULTS`
+    (``translate`` then stays unset: an eighth of the side). ``task.cfg`` gets the values (``config.yaml`` records
+    them, a resumed run keeps them) and the recipe one plan note."""
+    cfg = task.cfg
+    use = name in RECIPE_MODELS and size <= 64 and task.pretrained is None
+    unset = {k: v for k, v in (SMALL_RECIPE if use else OTHER_DEFAULTS).items() if getattr(cfg, k) is None}
+    if not unset:
+        return
+    task.cfg = cfg.replace(**unset)
+    if use:
+        said = {"whiten": "a whitened first convolution (--no-whiten)",
+                "weight_decay": f"weight decay {unset.get('weight_decay')} (--weight-decay)",
+                "translate": f"crops moved up to {unset.get('translate')} px (--translate)"}
+        task.plan_notes.append(f"{name} from scratch at {size} px trains with its measured recipe: "
+                               + ", ".join(said[k] for k in unset) + "; the options in brackets override")
 
 
 def memory_by_default(device: torch.device, size: int, nbytes: int) -> bool:
@@ -227,7 +272,8 @@ def _digits(task: Any, device: torch.device, channels_last: bool, rank: int, wor
     from ...data import default as dflt
 
     name, size = choose_model_and_size(task.cfg, None)
-    task.load_pretrained(name)  # the default CIFAR ResNet has no published weights: from scratch, offline
+    task.load_pretrained(name)  # the default small-image ResNet has no published weights: from scratch, offline
+    apply_recipe(task, name, size)
     (xt, yt), (xv, yv), classes = dflt.load_digits_images(size, task.cfg.val_fraction, task.cfg.seed)
     task.resolve_batch_size(len(yt), world)
     cfg = task.cfg
@@ -258,6 +304,7 @@ def _synthetic(task: Any, device: torch.device, channels_last: bool, rank: int, 
     if cfg.pretrained == "auto":
         task.cfg = cfg = cfg.replace(pretrained="none")
     task.load_pretrained(name)
+    apply_recipe(task, name, size)
     task.resolve_batch_size(n, world)
     cfg = task.cfg
     g = torch.Generator().manual_seed(cfg.seed)
