@@ -31,12 +31,14 @@ class FakeClock(Clock):
         self.t = start
         self.costs = {"step": step, "eval": eval_, "save": save, "probe": probe}
         self.steps = 0
+        self.counts: dict[str, int] = {}
         self.slow_after, self.slow_step = slow_after, slow_step
 
     def now(self) -> float:
         return self.t
 
     def event(self, kind: str) -> None:
+        self.counts[kind] = self.counts.get(kind, 0) + 1
         if kind == "step":
             self.steps += 1
             if self.slow_after is not None and self.steps > self.slow_after:
@@ -199,8 +201,9 @@ def test_model_auto_follows_the_budget_and_says_why(folder, tmp_path):
     res = fit(data=str(folder), budget="2m", output=str(tmp_path / "deep"), clock=fast, started=0.0, **FAST)
     assert _chosen(res.run_dir) == ("resnet9_narrow", 32)
     note = next(n for n in res.notes if n.startswith("--model auto chose"))
-    assert "resnet9_narrow at 32 px" in note and "affords about" in note
+    assert "resnet9_narrow at 32 px" in note and "affords about" in note and "(its step timed here" in note
     assert yaml.safe_load((res.run_dir / "config.yaml").read_text())["whiten"] is True  # and its recipe
+    assert fast.counts["probe"] == 6  # both networks' steps were timed (3 each): their FLOPs mislead
     slow = FakeClock(step=5.0, probe=1.0)  # 8 images in a second: a 2-minute budget affords resnet20 only
     res = fit(data=str(folder), budget="2m", output=str(tmp_path / "shallow"), clock=slow, started=0.0, **FAST)
     assert _chosen(res.run_dir) == ("resnet20", 32)
@@ -208,8 +211,9 @@ def test_model_auto_follows_the_budget_and_says_why(folder, tmp_path):
     note = next(n for n in res.notes if n.startswith("--model auto chose"))
     assert ("resnet9_narrow at 32 px would get about" in note
             and f"fewer than the {STEP_UP_EPOCHS['scratch_small']}" in note)
-    # the three timed steps (one warm-up) are part of the budget
-    assert slow.costs["probe"] * 3 <= slow.t <= 120
+    # the three timed steps (one warm-up) are part of the budget; resnet9_narrow's 3 steps would have cost more than
+    # 1% of it by its FLOPs, so its cost is estimated instead of timed
+    assert slow.costs["probe"] * 3 <= slow.t <= 120 and slow.counts["probe"] == 3
     # what the user set is kept
     res = fit(data=str(folder), budget="2m", model="resnet32", output=str(tmp_path / "set"),
               clock=FakeClock(step=5.0, probe=1e-4), started=0.0, **FAST)

@@ -25,9 +25,9 @@ import torch
 
 from ..errors import ConfigError
 
-__all__ = ["BudgetState", "BudgetView", "Candidate", "Clock", "Plan", "choose_candidate", "format_duration",
-           "image_seconds", "minimum_budget", "model_gflops", "parse_duration", "plan_epochs", "plan_steps",
-           "reserve_seconds"]
+__all__ = ["TIME_CANDIDATE_SHARE", "BudgetState", "BudgetView", "Candidate", "Clock", "Plan", "choose_candidate",
+           "format_duration", "image_seconds", "minimum_budget", "model_gflops", "parse_duration", "plan_epochs",
+           "plan_steps", "reserve_seconds"]
 
 _UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0}
 _DURATION = re.compile(r"^\s*(?:(\d+(?:\.\d+)?)\s*h)?\s*(?:(\d+(?:\.\d+)?)\s*m(?:in)?)?\s*(?:(\d+(?:\.\d+)?)\s*s)?\s*$",
@@ -193,6 +193,11 @@ def model_gflops(model: str, size: int) -> float:
     from ..models import model_info
 
     return model_info(model, input_size=(3, size, size)).gflops
+
+
+#: ``--model auto`` with ``--budget`` times a candidate network's step too (instead of scaling the first one's by
+#: FLOPs) when, by the FLOP estimate, its three timed steps cost less than this share of the time left
+TIME_CANDIDATE_SHARE = 0.01
 
 
 def image_seconds(model: str, size: int, batch: int, view: BudgetView, num_classes: int, steps: int = 2) -> float:

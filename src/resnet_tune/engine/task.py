@@ -196,9 +196,10 @@ class Task:
                              ) -> Candidate:
         """``--model auto`` with ``--budget``: the candidate (network and input size, cheapest first) that the time
         left affords (:func:`.budget.choose_candidate`). The first candidate's training step is timed on this
-        machine (:func:`.budget.image_seconds`, at the run's batch size); the others' cost follows from it in
-        proportion to their FLOPs. The choice and why go into :attr:`plan_notes`."""
-        from .budget import choose_candidate, format_duration, image_seconds, model_gflops
+        machine (:func:`.budget.image_seconds`, at the run's batch size); another network is timed as well where its
+        three timed steps cost less than :data:`.budget.TIME_CANDIDATE_SHARE` of the time left, and the rest's cost
+        follows from the first's in proportion to their FLOPs. The choice and why go into :attr:`plan_notes`."""
+        from .budget import TIME_CANDIDATE_SHARE, choose_candidate, format_duration, image_seconds, model_gflops
 
         view = self.budget_view
         if view is None or len(candidates) == 1:
@@ -207,13 +208,21 @@ class Task:
         batch = max(2, min(self.cfg.batch_size or 64, n_train))
         s0 = image_seconds(first.model, first.size, batch, view, num_classes)
         base = model_gflops(first.model, first.size)
-        costs = [s0 * model_gflops(c.model, c.size) / base for c in candidates]
+        costs, timed = [s0], [True]
+        for c in candidates[1:]:
+            estimate = s0 * model_gflops(c.model, c.size) / base
+            # another network is timed too where that is cheap (3 steps): FLOPs mislead across layouts
+            # (resnet9_narrow: 3.8x resnet20's FLOPs, 1.4-2.1x its time on the CPUs measured)
+            probe = c.model != first.model and 3 * batch * estimate < TIME_CANDIDATE_SHARE * view.left()
+            costs.append(image_seconds(c.model, c.size, batch, view, num_classes) if probe else estimate)
+            timed.append(probe)
         left = view.left()
         k, epochs = choose_candidate(candidates, costs, n_train, n_val, view.world, left, view.budget)
         chosen = candidates[k]
         nxt = candidates[k + 1] if k + 1 < len(candidates) else None
+        how = "timed here" if timed[k] else f"estimated from its FLOPs and {first.describe()}'s step timed here"
         why = (f"the {format_duration(left)} left of the budget affords about {epochs[k]:.0f} epoch(s) of it "
-               f"(its step timed here: {costs[k] * 1e3:.3g} ms an image)")
+               f"(its step {how}: {costs[k] * 1e3:.3g} ms an image)")
         if nxt is not None:
             why += (f"; {nxt.describe()} would get about {epochs[k + 1]:.0f}, fewer than the {nxt.enough} it needs "
                     "to pay off against a cheaper network trained longer")
