@@ -208,8 +208,9 @@ def test_model_auto_follows_the_budget_and_says_why(folder, tmp_path):
     res = fit(data=str(folder), budget="2m", output=str(tmp_path / "shallow"), clock=slow, started=0.0, **FAST)
     assert _chosen(res.run_dir) == ("resnet20", 32)
     assert yaml.safe_load((res.run_dir / "config.yaml").read_text())["whiten"] is False
+    assert "trained from scratch (resnet20 has no published weights)" in res.notes  # the network it trained
     note = next(n for n in res.notes if n.startswith("--model auto chose"))
-    assert ("resnet9_narrow at 32 px would get about" in note
+    assert ("resnet9_narrow at 32 px would get about" in note and "(its step estimated from its FLOPs)" in note
             and f"fewer than the {STEP_UP_EPOCHS['scratch_small']}" in note)
     # the three timed steps (one warm-up) are part of the budget; resnet9_narrow's 3 steps would have cost more than
     # 1% of it by its FLOPs, so its cost is estimated instead of timed

@@ -308,8 +308,9 @@ def test_small_image_recipe_fills_only_what_the_user_left_unset(image_folder: Pa
 
     from resnet_tune.tasks.classification.data import OTHER_DEFAULTS, SMALL_RECIPE, apply_recipe
 
-    def chosen(cfg: TrainConfig, name: str, size: int, pretrained: object = None) -> tuple[TrainConfig, list[str]]:
-        task = SimpleNamespace(cfg=cfg, pretrained=pretrained, plan_notes=[])
+    def chosen(cfg: TrainConfig, name: str, size: int, pretrained: object = None, resuming: bool = False
+               ) -> tuple[TrainConfig, list[str]]:
+        task = SimpleNamespace(cfg=cfg, pretrained=pretrained, plan_notes=[], resuming=resuming)
         apply_recipe(task, name, size)
         return task.cfg, task.plan_notes
 
@@ -324,6 +325,9 @@ def test_small_image_recipe_fills_only_what_the_user_left_unset(image_folder: Pa
         assert (cfg.whiten, cfg.weight_decay, cfg.translate, notes) == (*OTHER_DEFAULTS.values(), None, [])
     cfg, _ = chosen(TrainConfig(data="d", weight_decay=0.0, whiten=True), "resnet18", 224)
     assert (cfg.whiten, cfg.weight_decay) == (True, 0.0)
+    # a run recorded before the recipe existed resumes with what its None meant then (translate: an eighth)
+    cfg, notes = chosen(TrainConfig(data="d", whiten=False, weight_decay=5e-4), "resnet9_narrow", 32, resuming=True)
+    assert (cfg.whiten, cfg.weight_decay, cfg.translate, notes) == (False, 5e-4, None, [])
 
     # end to end: the default network for small images, its recipe in config.yaml and in the optimiser
     res = fit(data=str(image_folder), output=str(tmp_path / "run"), quiet=True, **dict(FAST, epochs=1))

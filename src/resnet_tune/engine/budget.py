@@ -25,9 +25,9 @@ import torch
 
 from ..errors import ConfigError
 
-__all__ = ["TIME_CANDIDATE_SHARE", "BudgetState", "BudgetView", "Candidate", "Clock", "Plan", "choose_candidate",
-           "format_duration", "image_seconds", "minimum_budget", "model_gflops", "parse_duration", "plan_epochs",
-           "plan_steps", "reserve_seconds"]
+__all__ = ["TIME_CANDIDATE_SECONDS", "TIME_CANDIDATE_SHARE", "BudgetState", "BudgetView", "Candidate", "Clock",
+           "Plan", "choose_candidate", "format_duration", "image_seconds", "minimum_budget", "model_gflops",
+           "parse_duration", "plan_epochs", "plan_steps", "reserve_seconds"]
 
 _UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0}
 _DURATION = re.compile(r"^\s*(?:(\d+(?:\.\d+)?)\s*h)?\s*(?:(\d+(?:\.\d+)?)\s*m(?:in)?)?\s*(?:(\d+(?:\.\d+)?)\s*s)?\s*$",
@@ -196,8 +196,10 @@ def model_gflops(model: str, size: int) -> float:
 
 
 #: ``--model auto`` with ``--budget`` times a candidate network's step too (instead of scaling the first one's by
-#: FLOPs) when, by the FLOP estimate, its three timed steps cost less than this share of the time left
+#: FLOPs) when, by the FLOP estimate, its three timed steps cost less than this share of the time left or less than
+#: :data:`TIME_CANDIDATE_SECONDS`
 TIME_CANDIDATE_SHARE = 0.01
+TIME_CANDIDATE_SECONDS = 2.0
 
 
 def image_seconds(model: str, size: int, batch: int, view: BudgetView, num_classes: int, steps: int = 2) -> float:

@@ -114,6 +114,8 @@ class Task:
         #: a resumed run: the normalisation it trained with (``mean``, ``std``); its weights come from the saved
         #: state, so :meth:`load_pretrained` does not read (or download) the pretrained weights again
         self.resumed_meta: dict[str, Any] | None = None
+        #: whether the run resumes from a saved state (its recorded options stand; set by the trainer)
+        self.resuming = False
         self.weights_warning: str | None = None
         #: why these weights (or none), in a few words for the log
         self.weights_reason = ""
@@ -196,10 +198,12 @@ class Task:
                              ) -> Candidate:
         """``--model auto`` with ``--budget``: the candidate (network and input size, cheapest first) that the time
         left affords (:func:`.budget.choose_candidate`). The first candidate's training step is timed on this
-        machine (:func:`.budget.image_seconds`, at the run's batch size); another network is timed as well where its
-        three timed steps cost less than :data:`.budget.TIME_CANDIDATE_SHARE` of the time left, and the rest's cost
-        follows from the first's in proportion to their FLOPs. The choice and why go into :attr:`plan_notes`."""
-        from .budget import TIME_CANDIDATE_SHARE, choose_candidate, format_duration, image_seconds, model_gflops
+        machine (:func:`.budget.image_seconds`, at the run's batch size); other networks are timed as well where their
+        three timed steps cost less than :data:`.budget.TIME_CANDIDATE_SECONDS` or
+        :data:`.budget.TIME_CANDIDATE_SHARE` of the time left, and the rest's cost follows from the first's in
+        proportion to their FLOPs. The choice and why go into :attr:`plan_notes`."""
+        from .budget import (TIME_CANDIDATE_SECONDS, TIME_CANDIDATE_SHARE, choose_candidate, format_duration,
+                             image_seconds, model_gflops)
 
         view = self.budget_view
         if view is None or len(candidates) == 1:
@@ -209,14 +213,17 @@ class Task:
         s0 = image_seconds(first.model, first.size, batch, view, num_classes)
         base = model_gflops(first.model, first.size)
         costs, timed = [s0], [True]
+        # every process decides alike (timing is a collective, and all must choose the same model): the time left
+        # is agreed before it decides anything
+        afford = max(TIME_CANDIDATE_SECONDS, TIME_CANDIDATE_SHARE * view.agree(view.left()))
         for c in candidates[1:]:
             estimate = s0 * model_gflops(c.model, c.size) / base
-            # another network is timed too where that is cheap (3 steps): FLOPs mislead across layouts
+            # other networks are timed too where that is cheap (3 steps): FLOPs mislead across layouts
             # (resnet9_narrow: 3.8x resnet20's FLOPs, 1.4-2.1x its time on the CPUs measured)
-            probe = c.model != first.model and 3 * batch * estimate < TIME_CANDIDATE_SHARE * view.left()
+            probe = c.model != first.model and 3 * batch * estimate < afford
             costs.append(image_seconds(c.model, c.size, batch, view, num_classes) if probe else estimate)
             timed.append(probe)
-        left = view.left()
+        left = view.agree(view.left())
         k, epochs = choose_candidate(candidates, costs, n_train, n_val, view.world, left, view.budget)
         chosen = candidates[k]
         nxt = candidates[k + 1] if k + 1 < len(candidates) else None
@@ -224,8 +231,9 @@ class Task:
         why = (f"the {format_duration(left)} left of the budget affords about {epochs[k]:.0f} epoch(s) of it "
                f"(its step {how}: {costs[k] * 1e3:.3g} ms an image)")
         if nxt is not None:
-            why += (f"; {nxt.describe()} would get about {epochs[k + 1]:.0f}, fewer than the {nxt.enough} it needs "
-                    "to pay off against a cheaper network trained longer")
+            why += (f"; {nxt.describe()} would get about {epochs[k + 1]:.0f}"
+                    + ("" if timed[k + 1] else " (its step estimated from its FLOPs)")
+                    + f", fewer than the {nxt.enough} it needs to pay off against a cheaper network trained longer")
         self.plan_notes.append(f"--model auto chose {chosen.describe()}: {why}; --model and --img-size override")
         return chosen
 

@@ -265,6 +265,7 @@ class Trainer:
                 agree=dist.all_reduce_max, budget=budget, device=device, precision=precision,
                 channels_last=channels_last, world=dist.world, clock=self.clock)
         if self.state is not None:
+            task.resuming = True
             task.resumed_meta = self._saved_normalisation()
         data = task.build_data(device, channels_last, dist.rank, dist.world)
         cfg = self.cfg  # the task resolved what it chooses from the data (weights, batch size)

@@ -115,6 +115,8 @@ def _choose(task: Any, median_side: float | None, n_train: int, n_val: int, n_cl
     small = median_side is not None and median_side <= 64
     candidates = budget_candidates(cfg, name, size, small, finetune=weights is not None)
     chosen = task.choose_within_budget(candidates, n_train, n_val, n_classes)
+    if chosen.model != name and task.weights_reason == f"{name} has no published weights":
+        task.weights_reason = f"{chosen.model} has no published weights"  # the fallback network of small images
     if chosen.model != name and weights is not None:
         first = task.cfg.pretrained
         task.cfg = task.cfg.replace(pretrained="auto")
@@ -135,7 +137,9 @@ def apply_recipe(task: Any, name: str, size: int) -> None:
     (``translate`` then stays unset: an eighth of the side). ``task.cfg`` gets the values (``config.yaml`` records
     them, a resumed run keeps them) and the recipe one plan note."""
     cfg = task.cfg
-    use = name in RECIPE_MODELS and size <= 64 and task.pretrained is None
+    # a resumed run keeps what it started with: one recorded before the recipe existed has None where it meant the
+    # other defaults (an eighth of the side for translate)
+    use = name in RECIPE_MODELS and size <= 64 and task.pretrained is None and not getattr(task, "resuming", False)
     unset = {k: v for k, v in (SMALL_RECIPE if use else OTHER_DEFAULTS).items() if getattr(cfg, k) is None}
     if not unset:
         return
