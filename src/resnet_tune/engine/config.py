@@ -24,7 +24,7 @@ from typing import Any
 
 from ..errors import ConfigError
 
-__all__ = ["LOADERS", "NO_WEIGHTS", "OPTIMIZERS", "PRECISIONS", "RunConfig", "SCHEDULES", "STRATEGIES",
+__all__ = ["LOADERS", "NO_WEIGHTS", "OPTIMIZERS", "PRECISIONS", "RunConfig", "SCHEDULES", "STRATEGIES", "WHITEN_HELP",
            "check_options", "from_dict", "has_weights", "load_yaml", "option", "option_help", "option_nargs",
            "save_yaml", "show"]
 
@@ -202,6 +202,11 @@ def has_weights(pretrained: str | None) -> bool:
     return isinstance(pretrained, str) and pretrained.strip().lower() not in ("", "none", "auto")
 
 
+#: what ``whiten`` does (a task that chooses its default says so after this sentence)
+WHITEN_HELP = ("from scratch: set the first convolution's filters to whiten the patches of the training images "
+               "(airbench's whitening layer; opposite-sign pairs, the rest random)")
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """The options every training run has, whatever its task. ``None`` means "choose for me" where documented."""
@@ -220,8 +225,7 @@ class RunConfig:
                                           "from scratch if it has none or they cannot be fetched), none, "
                                           "torchvision:<WEIGHTS>, timm:<name>, keras:<name>, hf:<repo>, a URL or a "
                                           "file")
-    whiten: bool = option(False, "from scratch: set the first convolution's filters to whiten the patches of the "
-                                 "training images (airbench's whitening layer; opposite-sign pairs, the rest random)")
+    whiten: bool = option(False, WHITEN_HELP)
     # optimisation
     strategy: str = option("auto", "auto = with pretrained weights the task's choice (classification: full, "
                                    "segmentation: freeze_unfreeze), scratch without", choices=STRATEGIES)

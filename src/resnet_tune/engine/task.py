@@ -29,7 +29,13 @@ from .config import NO_WEIGHTS, RunConfig, has_weights
 from .finetune import TransferChoice
 from .hardware import Precision
 
-__all__ = ["EvalBatch", "Evaluation", "Task", "TaskData", "Weights", "require_usable"]
+__all__ = ["EvalBatch", "Evaluation", "Task", "TaskData", "Weights", "no_published_weights", "require_usable"]
+
+
+def no_published_weights(model_name: str) -> str:
+    """:attr:`Task.weights_reason` of a model that trains from scratch because it has no published weights."""
+    return f"{model_name} has no published weights"
+
 
 #: pretrained weights as read: (state dict in our names, what is known about them)
 Weights = tuple[dict[str, torch.Tensor], dict[str, Any]]
@@ -159,7 +165,7 @@ class Task:
             source, weights = self._published_weights(model_name)
             self.weights_reason = (f"{model_name}'s published weights, --pretrained auto" if weights is not None else
                                    "its published weights could not be fetched" if self.weights_warning else
-                                   f"{model_name} has no published weights")
+                                   no_published_weights(model_name))
         else:
             weights = None if source in NO_WEIGHTS else self.read_weights(source, model_name)
             self.weights_reason = "--pretrained none" if weights is None else "given by --pretrained"

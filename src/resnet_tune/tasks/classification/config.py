@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ...data.options import FLIPS
-from ...engine.config import RunConfig, option
+from ...engine.config import WHITEN_HELP, RunConfig, option
 
 __all__ = ["AUGMENTS", "BALANCE", "ClassificationConfig", "TrainConfig"]
 
@@ -27,10 +27,8 @@ class ClassificationConfig(RunConfig):
                                  "fits in 2 GiB")
     model: str | None = option(None, "architecture (`resnet-tune models` lists them; default: resnet9_narrow for "
                                      "small images, else resnet18)")
-    whiten: bool | None = option(None, "from scratch: set the first convolution's filters to whiten the patches of "
-                                       "the training images (airbench's whitening layer; opposite-sign pairs, the "
-                                       "rest random) (default: on for resnet9/resnet9_narrow from scratch at up to "
-                                       "64 px, their measured recipe; off otherwise)")
+    whiten: bool | None = option(None, WHITEN_HELP + " (default: on for resnet9/resnet9_narrow from scratch at up "
+                                                     "to 64 px, their measured recipe; off otherwise)")
     weight_decay: float | None = option(None, "weight decay, never applied to BatchNorm and biases (default: 1e-3 "
                                               "for resnet9/resnet9_narrow from scratch at up to 64 px, else 5e-4)",
                                         range=(0.0, math.inf, ">= 0"))

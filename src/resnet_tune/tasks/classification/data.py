@@ -13,7 +13,7 @@ from ...data.transforms import Preprocessing, eval_transform, train_transform
 from ...engine.budget import Candidate
 from ...engine.finetune import TransferFacts, choose_transfer, weights_input_size
 from ...engine.hardware import default_workers
-from ...engine.task import TaskData, require_usable
+from ...engine.task import TaskData, no_published_weights, require_usable
 from ...errors import ConfigError, DataError
 from ...models import get_config, mean_std_for
 
@@ -115,8 +115,8 @@ def _choose(task: Any, median_side: float | None, n_train: int, n_val: int, n_cl
     small = median_side is not None and median_side <= 64
     candidates = budget_candidates(cfg, name, size, small, finetune=weights is not None)
     chosen = task.choose_within_budget(candidates, n_train, n_val, n_classes)
-    if chosen.model != name and task.weights_reason == f"{name} has no published weights":
-        task.weights_reason = f"{chosen.model} has no published weights"  # the fallback network of small images
+    if chosen.model != name and task.weights_reason == no_published_weights(name):
+        task.weights_reason = no_published_weights(chosen.model)  # the fallback network of small images
     if chosen.model != name and weights is not None:
         first = task.cfg.pretrained
         task.cfg = task.cfg.replace(pretrained="auto")
@@ -139,7 +139,7 @@ def apply_recipe(task: Any, name: str, size: int) -> None:
     cfg = task.cfg
     # a resumed run keeps what it started with: one recorded before the recipe existed has None where it meant the
     # other defaults (an eighth of the side for translate)
-    use = name in RECIPE_MODELS and size <= 64 and task.pretrained is None and not getattr(task, "resuming", False)
+    use = name in RECIPE_MODELS and size <= 64 and task.pretrained is None and not task.resuming
     unset = {k: v for k, v in (SMALL_RECIPE if use else OTHER_DEFAULTS).items() if getattr(cfg, k) is None}
     if not unset:
         return
