@@ -564,6 +564,64 @@ def test_translate_sets_how_far_the_training_crop_moves(translate: int | None, r
         MemoryLoader(x, torch.arange(n), 8, train=True, mean=(0.0,) * 3, std=(1.0,) * 3, translate=32)
 
 
+def test_resized_crop_takes_each_box_as_torchvision_resized_crop_does() -> None:
+    """The batched random resized crop equals torchvision's ``resized_crop`` (bilinear, no antialias) image by
+    image; a box on whole pixels at the stored scale is those pixels, flipped where the mask says."""
+    import torch
+    from torchvision.transforms.v2 import functional as TF
+
+    from resnet_tune.data.loaders import resized_crop
+
+    x = torch.randint(0, 256, (4, 3, 40, 40), dtype=torch.uint8)
+    unit = dict(mean=(0.0,) * 3, std=(1 / 255,) * 3)  # normalisation that keeps the pixel values
+    # whole pixels: rows 10..29, columns 4..23 at size 20 (x0, y0, w, h in fractions of the side)
+    box = torch.tensor([[4 / 40, 10 / 40, 20 / 40, 20 / 40]]).expand(4, 4)
+    mask = torch.tensor([True, False, True, False])
+    out = resized_crop(x, box, mask, 20, **unit)
+    crop = x[:, :, 10:30, 4:24].float()
+    assert torch.allclose(out, torch.where(mask[:, None, None, None], crop.flip(3), crop), atol=1e-3)
+    # any box on whole pixels, resized: torchvision's bilinear resize of the crop, away from the crop's edge (there
+    # torchvision clamps to the crop and grid_sample reads the neighbouring pixel of the image)
+    boxes = torch.tensor([[0, 0, 1, 1], [0.1, 0.25, 0.5, 0.75], [0.5, 0.3, 0.5, 0.4], [0.2, 0.2, 0.3, 0.3]])
+    out = resized_crop(x, boxes, None, 24, **unit)
+    for img, (x0, y0, w, h), got in zip(x, boxes.tolist(), out):
+        ref = TF.resized_crop(img.float(), round(y0 * 40), round(x0 * 40), round(h * 40), round(w * 40), [24, 24],
+                              antialias=False)
+        assert torch.allclose(got[:, 2:-2, 2:-2], ref[:, 2:-2, 2:-2], atol=1e-2)
+
+
+def test_random_resized_crops_in_memory_cover_the_asked_share_of_the_image() -> None:
+    """``draw_resized_crop`` keeps every box inside the image with an area of at least ``min`` of it and ratios
+    within 3/4..4/3 (where not cut at the side); the in-memory loader with ``scale`` yields ``size`` batches whose
+    flips and boxes follow the seed, and its batches without augmentation are the centre crop, as evaluation's."""
+    import torch
+
+    from resnet_tune.data.loaders import MemoryLoader, draw_resized_crop
+
+    boxes, mask = draw_resized_crop(20_000, (0.35, 1.0), torch.Generator().manual_seed(0))
+    x0, y0, w, h = boxes.unbind(1)
+    assert bool((x0 >= 0).all() and (y0 >= 0).all() and (x0 + w <= 1 + 1e-6).all() and (y0 + h <= 1 + 1e-6).all())
+    area = w * h
+    uncut = (w < 1) & (h < 1)
+    assert float(area[uncut].min()) >= 0.35 - 1e-5 and float(area.max()) <= 1 + 1e-6
+    assert float((w / h)[uncut].min()) >= 0.75 - 1e-5 and float((w / h)[uncut].max()) <= 4 / 3 + 1e-5
+    assert 0.45 < float(mask.float().mean()) < 0.55 and 0.5 < float(area.mean()) < 0.7
+
+    n, side, size = 16, 24, 20
+    x = torch.randint(0, 256, (n, 3, side, side), dtype=torch.uint8)
+    kw = dict(train=True, mean=(0.0,) * 3, std=(1 / 255,) * 3, scale=(0.35, 1.0), size=size, seed=1)
+    a, b = (next(iter(MemoryLoader(x, torch.arange(n), 8, **kw))) for _ in range(2))
+    assert a[0].shape == (8, 3, size, size) and torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    other = next(iter(MemoryLoader(x, torch.arange(n), 8, **{**kw, "seed": 2})))
+    assert not torch.equal(other[0], a[0])
+    plain, labels = next(iter(MemoryLoader(x, torch.arange(n), 8, augment=False, **kw)))
+    assert torch.allclose(plain, x[labels][:, :, 2:22, 2:22].float(), atol=1e-3)
+    with pytest.raises(ValueError, match="needs scale"):
+        MemoryLoader(x, torch.arange(n), 8, train=True, mean=(0.0,) * 3, std=(1.0,) * 3, size=size)
+    with pytest.raises(ValueError, match="0 < min <= max <= 1"):
+        MemoryLoader(x, torch.arange(n), 8, **{**kw, "scale": (0.0, 1.0)})
+
+
 # ------------------------------------------------------------------------- links, duplicates, empty classes
 def _true_class(path: str, root: Path) -> str:
     """The class folder a file really lives in (links resolved)."""

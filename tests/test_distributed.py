@@ -52,14 +52,17 @@ class _Indexed(torch.utils.data.Dataset):
 
 
 @pytest.mark.parametrize("n,world,batch", [(24, 2, 4), (27, 2, 4), (43, 3, 4), (10, 4, 2), (5, 2, 4)])
-@pytest.mark.parametrize("weighted,flip", [(False, "random"), (True, "random"), (False, "alternate")])
+@pytest.mark.parametrize("weighted,flip,scale", [(False, "random", None), (True, "random", None),
+                                                 (False, "alternate", None), (False, "random", (0.3, 1.0)),
+                                                 (False, "alternate", (0.3, 1.0))])
 def test_train_shards_are_disjoint_and_cover_what_one_process_trains(n: int, world: int, batch: int,
-                                                                     weighted: bool, flip: str) -> None:
+                                                                     weighted: bool, flip: str, scale) -> None:
     torch.manual_seed(0)
     images = torch.randint(0, 255, (n, 3, 16, 16), dtype=torch.uint8)
     labels = torch.arange(n)
     weights = torch.rand(n) if weighted else None
-    kw = dict(train=True, mean=(0.5,) * 3, std=(0.25,) * 3, seed=3, weights=weights, flip=flip)
+    kw = dict(train=True, mean=(0.5,) * 3, std=(0.25,) * 3, seed=3, weights=weights, flip=flip, scale=scale,
+              size=12 if scale else None)
     for epoch in (0, 1):
         one = MemoryLoader(images, labels, batch * world, **kw)
         one.set_epoch(epoch)

@@ -705,6 +705,38 @@ def test_deprecated_import_paths_still_work_with_a_warning(tmp_path: Path) -> No
             fit_segmentation(data=str(tmp_path / "missing"), quiet=True)
 
 
+@pytest.mark.parametrize("loader", ["memory", "workers"])
+def test_min_scale_trains_on_random_resized_crops_with_either_loader(tmp_path: Path, loader: str) -> None:
+    """``min_scale`` (images larger than 64 px): DataLoader workers take RandomResizedCrop(scale=(min_scale, 1));
+    the in-memory loader keeps the training images as the evaluation resize's whole square and crops them in
+    batches, while evaluation images stay the centre crop; both yield batches at the input size."""
+    from torchvision.transforms import v2
+
+    from resnet_tune.data.transforms import Preprocessing
+    from resnet_tune.tasks.classification.config import ClassificationConfig
+    from resnet_tune.tasks.classification.data import image_loaders
+
+    folder = make_folder(tmp_path / "data", per_class=4, size=90)
+    samples = [(str(f), i) for i, c in enumerate(sorted(p.name for p in folder.iterdir()))
+               for f in sorted((folder / c).iterdir())]
+    parts = {"train": samples, "val": samples[:4]}
+    targets = {k: torch.tensor([y for _, y in v]) for k, v in parts.items()}
+    pp = Preprocessing.for_size(72, (0.5,) * 3, (0.25,) * 3)
+    cfg = ClassificationConfig(loader=loader, min_scale=0.5, batch_size=4, workers=0)
+    loaders, in_memory, _ = image_loaders(cfg, parts, targets, pp, torch.device("cpu"), False, 0, 1)
+    assert in_memory == (loader == "memory")
+    for split in ("train", "val"):
+        x, _ = next(iter(loaders[split]))
+        assert x.shape[1:] == (3, 72, 72)
+    if in_memory:
+        train, val = loaders["train"], loaders["val"]
+        assert train.images.shape[-1] == pp.resize == 82 and train.scale == (0.5, 1.0)
+        assert val.images.shape[-1] == 72 and val.scale is None
+    else:
+        crops = [t for t in loaders["train"].dataset.transform.transforms if isinstance(t, v2.RandomResizedCrop)]
+        assert len(crops) == 1 and crops[0].scale == (0.5, 1.0)
+
+
 def test_alternating_flips_need_the_in_memory_loader(image_folder: Path, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="--flip alternate needs the in-memory loader"):
         fit(data=str(image_folder), output=str(tmp_path / "o"), quiet=True, loader="workers", workers=0,

@@ -2,10 +2,10 @@
 
 Two paths with the same evaluation preprocessing:
 
-* ``MemoryLoader`` for small images (CIFAR-size, digits): every image is decoded and resized
-  once into one uint8 tensor (on the GPU when there is one) and augmented in batches there:
-  random crop with reflect padding and flip, with no per-image Python in the hot loop (as
-  airbench's ``CifarLoader``).
+* ``MemoryLoader`` for small images (CIFAR-size, digits), and on a CPU up to 160 px: every image is
+  decoded and resized once into one uint8 tensor (on the GPU when there is one) and augmented in
+  batches there, with no per-image Python in the hot loop (as airbench's ``CifarLoader``): random
+  crop with reflect padding and flip, or (``scale``) a random resized crop and flip.
 * ``FileDataset`` + ``torch.utils.data.DataLoader`` for folders of ordinary images: decoding and
   torchvision v2 transforms in worker processes.
 """
@@ -93,6 +93,46 @@ def draw_crop_flip(n: int, pad: int, generator: torch.Generator, flip: bool = Tr
     dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=dev)
     mask = torch.rand(n, generator=generator, device=dev) < 0.5 if flip else None
     return dy, dx, mask
+
+
+#: aspect ratios (width / height) of a random resized crop, log-uniform between these (torchvision's default)
+CROP_RATIO = (3 / 4, 4 / 3)
+
+
+def draw_resized_crop(n: int, scale: tuple[float, float], generator: torch.Generator, flip: bool = True
+                      ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Random resized crop boxes ``(x0, y0, w, h)``, in fractions of the stored image's side, and flip flags for
+    ``n`` images: the area a uniform share in ``scale`` of the image's, the aspect ratio log-uniform in
+    :data:`CROP_RATIO`, the position uniform. As torchvision's ``RandomResizedCrop`` except that a side longer than
+    the image is cut to it (torchvision draws again, up to ten times), so no image falls back to a centre crop."""
+    dev = generator.device
+    area = torch.empty(n, device=dev).uniform_(scale[0], scale[1], generator=generator)
+    ratio = torch.empty(n, device=dev).uniform_(math.log(CROP_RATIO[0]), math.log(CROP_RATIO[1]),
+                                                generator=generator).exp()
+    w, h = (area * ratio).sqrt().clamp(max=1.0), (area / ratio).sqrt().clamp(max=1.0)
+    x0 = torch.rand(n, generator=generator, device=dev) * (1 - w)
+    y0 = torch.rand(n, generator=generator, device=dev) * (1 - h)
+    mask = torch.rand(n, generator=generator, device=dev) < 0.5 if flip else None
+    return torch.stack([x0, y0, w, h], 1), mask
+
+
+def resized_crop(x: torch.Tensor, boxes: torch.Tensor, mask: torch.Tensor | None, size: int,
+                 mean: Sequence[float], std: Sequence[float], index: torch.Tensor | None = None) -> torch.Tensor:
+    """Each image of a uint8 batch (``x[index]`` with ``index``) cropped to its box (:func:`draw_resized_crop`),
+    resized to ``size`` x ``size`` (bilinear, pixel centres as ``F.interpolate(align_corners=False)``) and flipped
+    where ``mask``, normalised as :func:`~resnet_tune.data.transforms.normalize_batch`: all images in one
+    ``grid_sample`` call. A box on whole pixels at the stored scale gives those pixels (up to float rounding)."""
+    import torch.nn.functional as F
+
+    src = normalize_batch(x[index.to(x.device)] if index is not None else x, mean, std)
+    x0, y0, w, h = boxes.to(src.device, torch.float32).unbind(1)
+    theta = torch.zeros(len(boxes), 2, 3, device=src.device)
+    theta[:, 0, 0] = torch.where(mask.to(src.device), -w, w) if mask is not None else w
+    theta[:, 0, 2] = 2 * x0 + w - 1
+    theta[:, 1, 1] = h
+    theta[:, 1, 2] = 2 * y0 + h - 1
+    grid = F.affine_grid(theta, [len(boxes), src.shape[1], size, size], align_corners=False)
+    return F.grid_sample(src, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
 def _reflect(i: torch.Tensor, size: int) -> torch.Tensor:
@@ -200,15 +240,30 @@ class MemoryLoader:
     a disjoint, equal-size shard of every epoch's permutation (see :func:`train_shard`), and each
     image's crop and flip depend on its position in that permutation, not on the rank: N processes
     with batch size B train on exactly the batches one process with batch size N x B would.
+
+    With ``scale`` (the smallest and largest share of the image's area a crop covers), training batches are random
+    resized crops (:func:`draw_resized_crop`) of the stored images, resized to ``size`` x ``size``; the stored
+    images are then larger than ``size`` (the evaluation resize's whole square), and batches without augmentation
+    are their centre ``size`` crop, as evaluation's. Without it, crops move by ``translate`` px (reflect padding).
     """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, *, train: bool,
                  mean: Sequence[float], std: Sequence[float], seed: int = 0, dtype: torch.dtype = torch.float32,
                  weights: torch.Tensor | None = None, rank: int = 0, world: int = 1,
                  channels_last: bool = False, augment: bool = True, accum_steps: int = 1,
-                 translate: int | None = None, flip: str = "random") -> None:
+                 translate: int | None = None, flip: str = "random", scale: tuple[float, float] | None = None,
+                 size: int | None = None) -> None:
         if flip not in FLIPS:
             raise ValueError(f"flip={flip!r}; choose one of {', '.join(FLIPS)}")
+        side = images.shape[-1]
+        self.size = side if size is None else int(size)
+        if not 0 < self.size <= side:
+            raise ValueError(f"size={size} must be positive and at most the stored images' side ({side})")
+        if scale is not None and not 0 < scale[0] <= scale[1] <= 1:
+            raise ValueError(f"scale={scale} must be 0 < min <= max <= 1")
+        if scale is None and self.size != side:
+            raise ValueError("a size other than the stored images' needs scale (random resized crops)")
+        self.scale = tuple(scale) if scale is not None else None
         # stored channels_last: a batch's crop and flip is then one gather of whole pixels (see crop_flip)
         self.images, self.labels = images.contiguous(memory_format=torch.channels_last), labels
         self.batch_size = batch_size
@@ -222,7 +277,7 @@ class MemoryLoader:
         self.augment = augment
         self.accum_steps = max(int(accum_steps), 1)
         self.epoch = 0
-        self.pad = crop_padding(images.shape[-1], translate)
+        self.pad = crop_padding(side, translate) if self.scale is None else 0
         self.flip = flip
 
     def set_epoch(self, epoch: int) -> None:
@@ -256,7 +311,7 @@ class MemoryLoader:
         per = len(self.labels) // max(self.world, 1)
         return train_batches(per, self.batch_size)
 
-    def _augment_draws(self, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    def _augment_draws(self, pos: torch.Tensor) -> tuple:
         """Crop offsets and flips for this rank's samples, drawn per optimiser step's *global* batch in order
         (batch size x processes x accumulation steps), so that an image gets the same crop and flip whatever the
         split of that batch into processes and accumulation steps (one process with the whole batch draws
@@ -265,14 +320,18 @@ class MemoryLoader:
         bs = self.batch_size if per >= self.batch_size else per
         g = torch.Generator(device=self.images.device).manual_seed(self.seed * 7_919 + self.epoch + 1)
         steps = -(-len(self) // self.accum_steps)
-        draws = [draw_crop_flip(bs * max(self.world, 1) * self.accum_steps, self.pad, g) for _ in range(steps)]
+        draws = [self._draw(bs * max(self.world, 1) * self.accum_steps, g) for _ in range(steps)]
         if not draws:
-            empty = torch.empty(0, dtype=torch.long)
-            return empty, empty, None
-        dy, dx = torch.cat([d[0] for d in draws]), torch.cat([d[1] for d in draws])
-        mask = torch.cat([d[2] for d in draws]) if draws[0][2] is not None else None
-        p = pos[:len(self) * bs].to(dy.device)
-        return dy[p], dx[p], mask[p] if mask is not None else None
+            return self._draw(0, g)
+        p = pos[:len(self) * bs].to(g.device)
+        return tuple(torch.cat(parts)[p] if parts[0] is not None else None for parts in zip(*draws))
+
+    def _draw(self, n: int, g: torch.Generator) -> tuple:
+        """The augmentation of ``n`` images: crop offsets (dy, dx) or boxes (random resized crops), then the flips
+        (always last)."""
+        if self.scale is not None:
+            return draw_resized_crop(n, self.scale, g)
+        return draw_crop_flip(n, self.pad, g)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         if self.train:
@@ -285,7 +344,7 @@ class MemoryLoader:
         if self.train and self.augment:
             aug = self._augment_draws(pos)
             if self.flip == "alternate":
-                aug = (aug[0], aug[1], self._alternate(idx[:len(aug[0])], self.epoch))
+                aug = (*aug[:-1], self._alternate(idx[:len(aug[0])], self.epoch))
         for b in range(len(self)):
             sl = slice(b * self.batch_size, (b + 1) * self.batch_size)
             sel = idx[sl]
@@ -295,11 +354,19 @@ class MemoryLoader:
                ) -> tuple[torch.Tensor, torch.Tensor]:
         """Images ``sel``, cropped and flipped by the ``pick`` entries of ``aug``, in the model's layout and
         normalised; and their labels."""
+        mask = aug[-1][pick] if aug is not None and aug[-1] is not None else None
+        if aug is not None and self.scale is not None:
+            x = resized_crop(self.images, aug[0][pick], mask, self.size, self.mean, self.std, index=sel)
+            x = x.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
+            return x, self.labels[sel.to(self.labels.device)]
         if aug is not None:
-            x = crop_flip(self.images, self.pad, aug[0][pick], aug[1][pick], aug[2][pick] if aug[2] is not None
-                          else None, index=sel)
+            x = crop_flip(self.images, self.pad, aug[0][pick], aug[1][pick], mask, index=sel)
         else:
             x = self.images[sel]
+            if self.size != x.shape[-1]:  # the centre crop, as evaluation's (torchvision's CenterCrop rounding)
+                top = int(round((x.shape[-2] - self.size) / 2.0))
+                left = int(round((x.shape[-1] - self.size) / 2.0))
+                x = x[..., top:top + self.size, left:left + self.size]
         # the layout is set on the uint8 batch (a quarter of the bytes); crop_flip's output is already
         # channels_last
         x = x.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
@@ -324,9 +391,9 @@ class MemoryLoader:
         aug = None
         if self.train and self.augment:
             g = torch.Generator(device=self.images.device).manual_seed(self.seed * 7_919 + 104_729 * (view + 1))
-            aug = draw_crop_flip(n, self.pad, g)
+            aug = self._draw(n, g)
             if self.flip == "alternate":
-                aug = (aug[0], aug[1], self._alternate(torch.arange(n, device=self.images.device), view))
+                aug = (*aug[:-1], self._alternate(torch.arange(n, device=self.images.device), view))
         idx = eval_shard(n, self.batch_size, self.rank, self.world).to(self.images.device)
         for b in range(0, len(idx), self.batch_size):
             sel = idx[b:b + self.batch_size]

@@ -71,10 +71,15 @@ def eval_transform(pp: Preprocessing):
                        v2.Normalize(list(pp.mean), list(pp.std))])
 
 
-def train_transform(pp: Preprocessing, augment: str = "default", translate: int | None = None):
+#: random resized crops cover at least this share of the image's area unless told otherwise (``min_scale``)
+MIN_SCALE = 0.25
+
+
+def train_transform(pp: Preprocessing, augment: str = "default", translate: int | None = None,
+                    min_scale: float | None = None):
     """PIL image -> augmented, normalised float tensor (for DataLoader workers). Small images (``SMALL`` px or
     less) are randomly translated by up to ``translate`` px (reflect padding; default an eighth of the side), larger
-    ones get a random resized crop."""
+    ones get a random resized crop of at least ``min_scale`` of the area (default :data:`MIN_SCALE`)."""
     from torchvision.transforms import v2
 
     from .loaders import crop_padding
@@ -84,7 +89,7 @@ def train_transform(pp: Preprocessing, augment: str = "default", translate: int 
         geo = [v2.ToImage(), v2.Resize(pp.resize, interpolation=_interp(pp.interpolation), antialias=True),
                v2.CenterCrop(size), v2.RandomCrop(size, padding=crop_padding(size, translate), padding_mode="reflect")]
     else:
-        geo = [v2.ToImage(), v2.RandomResizedCrop(size, scale=(0.25, 1.0), interpolation=_interp(pp.interpolation),
+        geo = [v2.ToImage(), v2.RandomResizedCrop(size, scale=(min_scale or MIN_SCALE, 1.0), interpolation=_interp(pp.interpolation),
                                                   antialias=True)]
     ops = [*geo, v2.RandomHorizontalFlip()]
     if augment == "trivialaugment":

@@ -40,6 +40,11 @@ class ClassificationConfig(RunConfig):
                                          "default: 2 for resnet9/resnet9_narrow from scratch at up to 64 px, as "
                                          "airbench, else an eighth of the side, 4 px at 32; 0 = none)",
                                    range=(0, math.inf, "at least 0"))
+    min_scale: float | None = option(None, "images larger than 64 px: random resized crops (torchvision's "
+                                           "RandomResizedCrop, fastai's min_scale) whose area is at least this "
+                                           "share of the image's (default: 0.25 with DataLoader workers; the "
+                                           "in-memory loader then moves a fixed-size crop by --translate instead)",
+                                     range=(1e-6, 1.0, "in (0, 1]"))
     flip: str = option("random", "training flips: random (a coin for each image every epoch) or alternate (airbench: "
                                  "a coin for each image once, then flipped one way in even epochs and the other in "
                                  "odd ones; the in-memory loader)", choices=FLIPS)

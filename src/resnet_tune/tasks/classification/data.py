@@ -4,12 +4,13 @@ synthetic images; in memory with batched crop and flip, or through DataLoader wo
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Any
 
 import torch
 
 from ...data.loaders import EpochLoader, FileDataset, MemoryLoader, decode_to_memory
-from ...data.transforms import Preprocessing, eval_transform, train_transform
+from ...data.transforms import SMALL, Preprocessing, eval_transform, train_transform
 from ...engine.budget import Candidate
 from ...engine.finetune import TransferFacts, choose_transfer, weights_input_size
 from ...engine.hardware import default_workers
@@ -248,13 +249,19 @@ def image_loaders(cfg: Any, parts: dict[str, list[tuple[str, Any]] | None], targ
         t0 = time.perf_counter()
         common = dict(mean=pp.mean, std=pp.std, rank=rank, world=world, channels_last=channels_last,
                       accum_steps=cfg.accum_steps, translate=cfg.translate, flip=cfg.flip)
+        # random resized crops (min_scale, large images): the training images are kept as the evaluation resize's
+        # whole square, the crops taken from it in batches
+        rrc = cfg.min_scale is not None and size > SMALL
         for k, samples in parts.items():
             if not samples:
                 continue
             train = k == "train"
-            x, _ = decode_to_memory([(p, 0) for p, _ in samples], pp, progress=cfg.progress and rank == 0 and train)
+            canvas = train and rrc
+            x, _ = decode_to_memory([(p, 0) for p, _ in samples], replace(pp, input_size=pp.resize) if canvas else pp,
+                                    progress=cfg.progress and rank == 0 and train)
             loaders[k] = MemoryLoader(x.to(device), targets[k].to(device), cfg.batch_size * (1 if train else 2),
-                                      train=train, seed=cfg.seed, weights=weights if train else None, **common)
+                                      train=train, seed=cfg.seed, weights=weights if train else None,
+                                      scale=(cfg.min_scale, 1.0) if canvas else None, size=size, **common)
         return loaders, True, f"; decoded into memory in {time.perf_counter() - t0:.1f}s"
     if cfg.flip != "random":
         raise ConfigError(f"--flip {cfg.flip} needs the in-memory loader (--loader memory): DataLoader workers flip "
@@ -264,7 +271,7 @@ def image_loaders(cfg: Any, parts: dict[str, list[tuple[str, Any]] | None], targ
         if not samples:
             continue
         train = k == "train"
-        tf = train_transform(pp, cfg.augment, cfg.translate) if train else eval_transform(pp)
+        tf = train_transform(pp, cfg.augment, cfg.translate, cfg.min_scale) if train else eval_transform(pp)
         loaders[k] = EpochLoader(FileDataset(samples, tf, seed=cfg.seed if train else None),
                                  cfg.batch_size * (1 if train else 2), train, workers, device, cfg.seed,
                                  weights if train else None, rank, world)
