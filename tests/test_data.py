@@ -588,11 +588,17 @@ def test_resized_crop_takes_each_box_as_torchvision_resized_crop_does() -> None:
         ref = TF.resized_crop(img.float(), round(y0 * 40), round(x0 * 40), round(h * 40), round(w * 40), [24, 24],
                               antialias=False)
         assert torch.allclose(got[:, 2:-2, 2:-2], ref[:, 2:-2, 2:-2], atol=1e-2)
+    # a flipped box is the mirror image of the unflipped one
+    flipped = resized_crop(x, boxes, torch.ones(4, dtype=torch.bool), 24, **unit)
+    assert torch.allclose(flipped, out.flip(3), atol=1e-3)
+    # the layout asked for, with the same values
+    cl = resized_crop(x, boxes, None, 24, channels_last=True, **unit)
+    assert cl.is_contiguous(memory_format=torch.channels_last) and torch.equal(cl, out)
 
 
 def test_random_resized_crops_in_memory_cover_the_asked_share_of_the_image() -> None:
     """``draw_resized_crop`` keeps every box inside the image with an area of at least ``min`` of it and ratios
-    within 3/4..4/3 (where not cut at the side); the in-memory loader with ``scale`` yields ``size`` batches whose
+    within 3/4..4/3, narrowed where the area would not fit; the in-memory loader with ``scale`` yields ``size`` batches whose
     flips and boxes follow the seed, and its batches without augmentation are the centre crop, as evaluation's."""
     import torch
 
@@ -603,9 +609,16 @@ def test_random_resized_crops_in_memory_cover_the_asked_share_of_the_image() -> 
     assert bool((x0 >= 0).all() and (y0 >= 0).all() and (x0 + w <= 1 + 1e-6).all() and (y0 + h <= 1 + 1e-6).all())
     area = w * h
     uncut = (w < 1) & (h < 1)
-    assert float(area[uncut].min()) >= 0.35 - 1e-5 and float(area.max()) <= 1 + 1e-6
-    assert float((w / h)[uncut].min()) >= 0.75 - 1e-5 and float((w / h)[uncut].max()) <= 4 / 3 + 1e-5
+    assert bool(uncut.all()) and float(area.min()) >= 0.35 - 1e-5 and float(area.max()) <= 1 + 1e-6
+    assert float((w / h).min()) >= 0.75 - 1e-5 and float((w / h).max()) <= 4 / 3 + 1e-5
     assert 0.45 < float(mask.float().mean()) < 0.55 and 0.5 < float(area.mean()) < 0.7
+    for low in (0.8, 0.95, 1.0):  # where not every ratio fits, the ratio is narrowed, not the area
+        boxes, _ = draw_resized_crop(5_000, (low, 1.0), torch.Generator().manual_seed(1))
+        x0, y0, w, h = boxes.unbind(1)
+        assert float((w * h).min()) >= low - 1e-5 and float((x0 + w).max()) <= 1 + 1e-6
+        assert float((y0 + h).max()) <= 1 + 1e-6
+    whole, _ = draw_resized_crop(10, (1.0, 1.0), torch.Generator().manual_seed(2))
+    assert torch.allclose(whole, torch.tensor([[0.0, 0.0, 1.0, 1.0]]).expand(10, 4), atol=1e-5)
 
     n, side, size = 16, 24, 20
     x = torch.randint(0, 256, (n, 3, side, side), dtype=torch.uint8)

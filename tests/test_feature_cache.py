@@ -116,14 +116,16 @@ def test_cache_views_must_not_be_negative() -> None:
         TrainConfig(cache_views=-1)
 
 
-def test_memory_loader_views_cover_every_image_once_with_its_own_augmentation() -> None:
+@pytest.mark.parametrize("scale", [None, (0.35, 1.0)])
+def test_memory_loader_views_cover_every_image_once_with_its_own_augmentation(scale) -> None:
+    """Also with random resized crops (``scale``)."""
     from resnet_tune.data.loaders import MemoryLoader, eval_shard
 
     x = torch.randint(0, 256, (21, 3, 8, 8), dtype=torch.uint8)
     y = torch.arange(21) % 3
-    loaders = [MemoryLoader(x, y, 4, train=True, mean=(0.5,) * 3, std=(0.25,) * 3, seed=5, rank=r, world=2)
-               for r in range(2)]
-    one = MemoryLoader(x, y, 4, train=True, mean=(0.5,) * 3, std=(0.25,) * 3, seed=5)
+    kw = dict(train=True, mean=(0.5,) * 3, std=(0.25,) * 3, seed=5, scale=scale, size=6 if scale else None)
+    loaders = [MemoryLoader(x, y, 4, rank=r, world=2, **kw) for r in range(2)]
+    one = MemoryLoader(x, y, 4, **kw)
     for view in (0, 1):
         whole = {int(i): xb for idx, xs, _ in one.view_batches(view) for i, xb in zip(idx, xs)}
         assert sorted(whole) == list(range(21))

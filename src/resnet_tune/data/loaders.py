@@ -103,13 +103,16 @@ def draw_resized_crop(n: int, scale: tuple[float, float], generator: torch.Gener
                       ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Random resized crop boxes ``(x0, y0, w, h)``, in fractions of the stored image's side, and flip flags for
     ``n`` images: the area a uniform share in ``scale`` of the image's, the aspect ratio log-uniform in
-    :data:`CROP_RATIO`, the position uniform. As torchvision's ``RandomResizedCrop`` except that a side longer than
-    the image is cut to it (torchvision draws again, up to ten times), so no image falls back to a centre crop."""
+    :data:`CROP_RATIO` narrowed to the ratios at which that area fits in the image, the position uniform. As
+    torchvision's ``RandomResizedCrop`` except that the ratio is drawn where the box fits (torchvision draws again,
+    up to ten times, then falls back to a centre crop), so every box has the drawn area."""
     dev = generator.device
     area = torch.empty(n, device=dev).uniform_(scale[0], scale[1], generator=generator)
-    ratio = torch.empty(n, device=dev).uniform_(math.log(CROP_RATIO[0]), math.log(CROP_RATIO[1]),
-                                                generator=generator).exp()
-    w, h = (area * ratio).sqrt().clamp(max=1.0), (area / ratio).sqrt().clamp(max=1.0)
+    # w = sqrt(area * r) <= 1 and h = sqrt(area / r) <= 1 when area <= r <= 1 / area
+    lo = area.log().clamp(min=math.log(CROP_RATIO[0]))
+    hi = (-area.log()).clamp(max=math.log(CROP_RATIO[1]))
+    ratio = (lo + (hi - lo) * torch.rand(n, generator=generator, device=dev)).exp()
+    w, h = (area * ratio).sqrt().clamp(max=1.0), (area / ratio).sqrt().clamp(max=1.0)  # clamp: rounding only
     x0 = torch.rand(n, generator=generator, device=dev) * (1 - w)
     y0 = torch.rand(n, generator=generator, device=dev) * (1 - h)
     mask = torch.rand(n, generator=generator, device=dev) < 0.5 if flip else None
@@ -117,22 +120,28 @@ def draw_resized_crop(n: int, scale: tuple[float, float], generator: torch.Gener
 
 
 def resized_crop(x: torch.Tensor, boxes: torch.Tensor, mask: torch.Tensor | None, size: int,
-                 mean: Sequence[float], std: Sequence[float], index: torch.Tensor | None = None) -> torch.Tensor:
+                 mean: Sequence[float], std: Sequence[float], index: torch.Tensor | None = None,
+                 channels_last: bool = False) -> torch.Tensor:
     """Each image of a uint8 batch (``x[index]`` with ``index``) cropped to its box (:func:`draw_resized_crop`),
-    resized to ``size`` x ``size`` (bilinear, pixel centres as ``F.interpolate(align_corners=False)``) and flipped
-    where ``mask``, normalised as :func:`~resnet_tune.data.transforms.normalize_batch`: all images in one
-    ``grid_sample`` call. A box on whole pixels at the stored scale gives those pixels (up to float rounding)."""
+    resized to ``size`` x ``size`` (bilinear, pixel centres as ``F.interpolate(align_corners=False)``, no
+    antialiasing) and flipped where ``mask``, then normalised as
+    :func:`~resnet_tune.data.transforms.normalize_batch`: all images in one ``grid_sample`` call. A box on whole
+    pixels at the stored scale gives those pixels (up to float rounding). The sampling grid is built element by
+    element (not by a batched matrix product), so an image's crop does not depend on the batch it is in."""
     import torch.nn.functional as F
 
-    src = normalize_batch(x[index.to(x.device)] if index is not None else x, mean, std)
-    x0, y0, w, h = boxes.to(src.device, torch.float32).unbind(1)
-    theta = torch.zeros(len(boxes), 2, 3, device=src.device)
-    theta[:, 0, 0] = torch.where(mask.to(src.device), -w, w) if mask is not None else w
-    theta[:, 0, 2] = 2 * x0 + w - 1
-    theta[:, 1, 1] = h
-    theta[:, 1, 2] = 2 * y0 + h - 1
-    grid = F.affine_grid(theta, [len(boxes), src.shape[1], size, size], align_corners=False)
-    return F.grid_sample(src, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    src = (x[index.to(x.device)] if index is not None else x).float()
+    x0, y0, w, h = (v[:, None] for v in boxes.to(src.device, torch.float32).unbind(1))
+    # output pixel centres in [-1, 1], mapped into each box (mirrored where flipped)
+    base = (torch.arange(size, device=src.device, dtype=torch.float32) + 0.5) * (2.0 / size) - 1.0
+    sx = torch.where(mask.to(src.device)[:, None], -w, w) if mask is not None else w
+    gx = (2 * x0 + w - 1) + sx * base  # (n, size)
+    gy = (2 * y0 + h - 1) + h * base
+    grid = torch.stack(torch.broadcast_tensors(gx[:, None, :], gy[:, :, None]), dim=-1)
+    out = F.grid_sample(src, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    # the layout before the in-place normalisation: one float copy, not two
+    out = out.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    return normalize_batch(out, mean, std)  # in place on `out` (a float tensor of our own)
 
 
 def _reflect(i: torch.Tensor, size: int) -> torch.Tensor:
@@ -243,8 +252,9 @@ class MemoryLoader:
 
     With ``scale`` (the smallest and largest share of the image's area a crop covers), training batches are random
     resized crops (:func:`draw_resized_crop`) of the stored images, resized to ``size`` x ``size``; the stored
-    images are then larger than ``size`` (the evaluation resize's whole square), and batches without augmentation
-    are their centre ``size`` crop, as evaluation's. Without it, crops move by ``translate`` px (reflect padding).
+    images are then larger than ``size`` (the centre square of the evaluation resize), and batches without
+    augmentation are their centre ``size`` crop (evaluation's crop, to a pixel where the two margins' rounding
+    differs). Without it, crops move by ``translate`` px (reflect padding).
     """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, *, train: bool,
@@ -356,14 +366,14 @@ class MemoryLoader:
         normalised; and their labels."""
         mask = aug[-1][pick] if aug is not None and aug[-1] is not None else None
         if aug is not None and self.scale is not None:
-            x = resized_crop(self.images, aug[0][pick], mask, self.size, self.mean, self.std, index=sel)
-            x = x.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
+            x = resized_crop(self.images, aug[0][pick], mask, self.size, self.mean, self.std, index=sel,
+                             channels_last=self.channels_last)
             return x, self.labels[sel.to(self.labels.device)]
         if aug is not None:
             x = crop_flip(self.images, self.pad, aug[0][pick], aug[1][pick], mask, index=sel)
         else:
             x = self.images[sel]
-            if self.size != x.shape[-1]:  # the centre crop, as evaluation's (torchvision's CenterCrop rounding)
+            if self.size != x.shape[-1]:  # the stored square's centre crop (CenterCrop's rounding)
                 top = int(round((x.shape[-2] - self.size) / 2.0))
                 left = int(round((x.shape[-1] - self.size) / 2.0))
                 x = x[..., top:top + self.size, left:left + self.size]

@@ -89,8 +89,8 @@ def train_transform(pp: Preprocessing, augment: str = "default", translate: int 
         geo = [v2.ToImage(), v2.Resize(pp.resize, interpolation=_interp(pp.interpolation), antialias=True),
                v2.CenterCrop(size), v2.RandomCrop(size, padding=crop_padding(size, translate), padding_mode="reflect")]
     else:
-        geo = [v2.ToImage(), v2.RandomResizedCrop(size, scale=(min_scale or MIN_SCALE, 1.0), interpolation=_interp(pp.interpolation),
-                                                  antialias=True)]
+        geo = [v2.ToImage(), v2.RandomResizedCrop(size, scale=(min_scale or MIN_SCALE, 1.0),
+                                                  interpolation=_interp(pp.interpolation), antialias=True)]
     ops = [*geo, v2.RandomHorizontalFlip()]
     if augment == "trivialaugment":
         ops.append(v2.TrivialAugmentWide())

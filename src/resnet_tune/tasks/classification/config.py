@@ -36,14 +36,16 @@ class ClassificationConfig(RunConfig):
                                   range=(8, math.inf, "at least 8 pixels"))
     augment: str = option("default", "extra augmentation on top of crop + flip", choices=AUGMENTS)
     translate: int | None = option(None, "how far the training crop moves each way, in pixels (reflect padding; "
-                                         "the in-memory loader at any size, DataLoader workers at 64 px or less; "
+                                         "the in-memory loader at any size unless --min-scale takes random resized "
+                                         "crops, DataLoader workers at 64 px or less; "
                                          "default: 2 for resnet9/resnet9_narrow from scratch at up to 64 px, as "
                                          "airbench, else an eighth of the side, 4 px at 32; 0 = none)",
                                    range=(0, math.inf, "at least 0"))
-    min_scale: float | None = option(None, "images larger than 64 px: random resized crops (torchvision's "
-                                           "RandomResizedCrop, fastai's min_scale) whose area is at least this "
-                                           "share of the image's (default: 0.25 with DataLoader workers; the "
-                                           "in-memory loader then moves a fixed-size crop by --translate instead)",
+    min_scale: float | None = option(None, "an input size over 64 px: train on random resized crops "
+                                           "(torchvision's RandomResizedCrop, fastai's min_scale) whose area is at "
+                                           "least this share of the image's (the in-memory loader crops the centre "
+                                           "square of the evaluation resize) (default: 0.25 with DataLoader "
+                                           "workers; the in-memory loader moves a fixed-size crop by --translate)",
                                      range=(1e-6, 1.0, "in (0, 1]"))
     flip: str = option("random", "training flips: random (a coin for each image every epoch) or alternate (airbench: "
                                  "a coin for each image once, then flipped one way in even epochs and the other in "

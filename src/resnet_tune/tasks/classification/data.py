@@ -241,7 +241,10 @@ def image_loaders(cfg: Any, parts: dict[str, list[tuple[str, Any]] | None], targ
     one tensor a split (what the memory loader holds); ``weights`` feeds the training sampler. Returns the loaders
     by split, whether they are in memory, and the description's suffix."""
     size = pp.input_size
-    nbytes = sum(len(v) for v in parts.values() if v) * 3 * size * size
+    # random resized crops (min_scale, large images): the training images are kept as the centre square of the
+    # evaluation resize, the crops taken from it in batches
+    rrc = cfg.min_scale is not None and size > SMALL
+    nbytes = sum(len(v) * 3 * (pp.resize if rrc and k == "train" else size) ** 2 for k, v in parts.items() if v)
     use_memory = cfg.loader == "memory" or (cfg.loader == "auto" and memory_by_default(device, size, nbytes)
                                             and cfg.augment == "default")
     loaders: dict[str, Any] = {}
@@ -249,9 +252,6 @@ def image_loaders(cfg: Any, parts: dict[str, list[tuple[str, Any]] | None], targ
         t0 = time.perf_counter()
         common = dict(mean=pp.mean, std=pp.std, rank=rank, world=world, channels_last=channels_last,
                       accum_steps=cfg.accum_steps, translate=cfg.translate, flip=cfg.flip)
-        # random resized crops (min_scale, large images): the training images are kept as the evaluation resize's
-        # whole square, the crops taken from it in batches
-        rrc = cfg.min_scale is not None and size > SMALL
         for k, samples in parts.items():
             if not samples:
                 continue
