@@ -204,6 +204,21 @@ def test_any_single_tensor_model_exports(checkpoints: dict[str, Path], tmp_path:
         assert read_export_record(path)["task"] == "segmentation"
 
 
+@pytest.mark.parametrize("act", ["mish", "silu"])
+def test_other_activations_export(checkpoints: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                  act: str) -> None:
+    """A ResNet with ``act_layer`` Mish or SiLU exports to every format with the eager outputs."""
+    torch.manual_seed(0)
+    model = rt.create_model("resnet20", num_classes=10, act_layer=act).eval()
+    record = dict(ckpt.read_record(checkpoints["resnet20"]))
+    monkeypatch.setattr(ckpt, "load_checkpoint", lambda path, device="cpu": (model, record))
+    x = torch.randn(2, 3, 32, 32)
+    for fmt in FORMATS:
+        path = export_model(checkpoints["resnet20"], fmt, tmp_path / f"{act}{exporter.FORMATS[fmt]}")
+        with torch.no_grad():
+            np.testing.assert_allclose(_run(path, fmt, x).numpy(), model(x).numpy(), rtol=1e-3, atol=1e-4)
+
+
 def test_non_tensor_output_is_refused(checkpoints: dict[str, Path], tmp_path: Path,
                                       monkeypatch: pytest.MonkeyPatch) -> None:
     class TwoHeads(nn.Module):

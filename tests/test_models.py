@@ -184,6 +184,36 @@ def test_anti_alias_blurs_every_downsampling_and_keeps_the_state_dict() -> None:
         rt.create_model("resnet50", anti_alias=True, stride_in_1x1=True)
 
 
+@pytest.mark.parametrize("name", ["resnet18d", "preact_resnet18", "resnet9_narrow", "resnet50"])
+def test_act_layer_replaces_every_activation_and_keeps_the_state_dict(name: str) -> None:
+    """``act_layer`` (timm's name): every activation of the stem, blocks, stage entries and final norm becomes the
+    one asked for (the SE bottleneck keeps ReLU, as timm's); weights interchange with the ReLU network, which
+    with each ReLU module swapped for Mish computes the same function."""
+    import copy
+
+    def acts(model: torch.nn.Module, cls: type) -> list[str]:
+        return [n for n, m in model.named_modules() if isinstance(m, cls) and ".se." not in n]
+
+    relu = rt.create_model(name, num_classes=10, se_ratio=0.25 if name == "resnet18d" else 0.0).eval()
+    mish = rt.create_model(name, num_classes=10, act_layer="mish",
+                           se_ratio=0.25 if name == "resnet18d" else 0.0).eval()
+    assert relu.state_dict().keys() == mish.state_dict().keys()
+    mish.load_state_dict(relu.state_dict())
+    assert not acts(mish, torch.nn.ReLU) and acts(mish, torch.nn.Mish) == acts(relu, torch.nn.ReLU) != []
+    if name == "resnet18d":
+        assert all(isinstance(b.se.act, torch.nn.ReLU) for b in mish.layer1)
+    swapped = copy.deepcopy(relu)
+    for path in acts(relu, torch.nn.ReLU):
+        parent, _, attr = path.rpartition(".")
+        setattr(swapped.get_submodule(parent) if parent else swapped, attr, torch.nn.Mish())
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(mish(x), swapped(x))
+        assert not torch.allclose(mish(x), relu(x))
+    with pytest.raises(ValueError, match="act_layer='gelu'; choose one of relu, mish, silu"):
+        rt.create_model(name, act_layer="gelu")
+
+
 def test_conv_pool_stages_make_page_resnet9() -> None:
     model = rt.create_model("resnet9")
     assert [f["stride"] for f in model.feature_info] == [2, 4, 8]

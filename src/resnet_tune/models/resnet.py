@@ -48,7 +48,7 @@ def _finite(v: Any) -> bool:
 # The type of every ResNetConfig field: (test, what it must be); tuple fields are given per item.
 _FIELD_TYPES: dict[str, tuple[Any, str]] = {
     **{k: (lambda v: isinstance(v, str), "a string")
-       for k in ("block", "stem", "shortcut", "stage_entry", "global_pool")},
+       for k in ("block", "stem", "shortcut", "stage_entry", "global_pool", "act_layer")},
     **{k: (_whole, "a whole number") for k in ("stem_width", "groups", "base_width", "num_classes")},
     **{k: (_finite, "a finite number") for k in ("bn_eps", "se_ratio", "drop_path_rate", "logit_scale")},
     **{k: (lambda v: isinstance(v, bool), "true or false")
@@ -63,6 +63,14 @@ STEM_TYPES = ("default", "deep", "cifar", "preact")
 SHORTCUT_TYPES = ("conv", "avg", "pad", "subsample")
 STAGE_ENTRIES = ("block", "conv_pool", "conv_pool_bn")
 GLOBAL_POOLS = ("avg", "max")
+#: activations (timm's ``act_layer`` names): ReLU (every ResNet of He et al.), Mish (Misra 2019; fastai's xresnet
+#: leaderboard runs), SiLU/Swish (Ramachandran et al. 2017)
+ACT_LAYERS = {"relu": nn.ReLU, "mish": nn.Mish, "silu": nn.SiLU}
+
+
+def make_act(name: str = "relu") -> nn.Module:
+    """The activation module called ``name`` (:data:`ACT_LAYERS`), in place."""
+    return ACT_LAYERS[name](inplace=True)
 
 
 @dataclass(frozen=True)
@@ -110,6 +118,8 @@ class ResNetConfig:
             block starts as the identity (Goyal et al. 2017).
         replace_stride_with_dilation: per stage after the first, dilate instead of striding
             (for segmentation at output stride 8 or 16).
+        act_layer: the activation after each BN and residual addition (timm's name): ``relu``, ``mish`` or ``silu``
+            (:data:`ACT_LAYERS`); the squeeze-and-excitation bottleneck keeps ReLU, as timm's.
         global_pool: how the last feature map becomes one vector (timm's name): ``avg`` (every ResNet of He et
             al.) or ``max`` (Page's ResNet-9).
         logit_scale: a constant the classifier's outputs are multiplied by (Page's ResNet-9: 0.125); part of the
@@ -140,6 +150,7 @@ class ResNetConfig:
     anti_alias: bool = False
     replace_stride_with_dilation: tuple[bool, ...] = ()
     global_pool: str = "avg"
+    act_layer: str = "relu"
     logit_scale: float = 1.0
     num_classes: int = 1000
     input_size: tuple[int, int, int] = (3, 224, 224)
@@ -196,6 +207,8 @@ class ResNetConfig:
             bad("num_classes must be >= 0 (0 = no classifier)")
         if self.global_pool not in GLOBAL_POOLS:
             bad(f"global_pool={self.global_pool!r}; choose one of {', '.join(GLOBAL_POOLS)}")
+        if self.act_layer not in ACT_LAYERS:
+            bad(f"act_layer={self.act_layer!r}; choose one of {', '.join(ACT_LAYERS)}")
         if not self.logit_scale > 0:
             bad(f"logit_scale must be positive, got {self.logit_scale}")
         if self.anti_alias and (self.block.startswith("preact") or self.stem_pool_zero_pad or self.stride_in_1x1):
@@ -307,14 +320,14 @@ class ConvPool(nn.Sequential):
     strides; with ``pool_first`` the max-pool comes right after the conv (the BN then normalises the pooled map)."""
 
     def __init__(self, cin: int, cout: int, stride: int, bias: bool = False, eps: float = 1e-5,
-                 pool_first: bool = False) -> None:
+                 pool_first: bool = False, act_layer: str = "relu") -> None:
         super().__init__()
         self.conv = _conv3x3(cin, cout, bias=bias)
         pool = nn.MaxPool2d(stride) if stride > 1 else nn.Identity()
         if pool_first:
             self.pool = pool
         self.bn = nn.BatchNorm2d(cout, eps=eps)
-        self.relu = nn.ReLU(inplace=True)
+        self.relu = make_act(act_layer)
         if not pool_first:
             self.pool = pool
 
@@ -363,13 +376,13 @@ class BasicBlock(nn.Module):
     def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None,
                  groups: int = 1, base_width: int = 64, dilation: int = 1, first_dilation: int | None = None,
                  bias: bool = False, eps: float = 1e-5, se_ratio: float = 0.0, drop_path_rate: float = 0.0,
-                 stride_in_1x1: bool = False, anti_alias: bool = False) -> None:
+                 stride_in_1x1: bool = False, anti_alias: bool = False, act_layer: str = "relu") -> None:
         super().__init__()
         first_dilation = first_dilation or dilation
         conv_stride, self.aa = _anti_alias(planes, stride, dilation, first_dilation, anti_alias)
         self.conv1 = _conv3x3(inplanes, planes, conv_stride, dilation=first_dilation, bias=bias)
         self.bn1 = nn.BatchNorm2d(planes, eps=eps)
-        self.relu = nn.ReLU(inplace=True)
+        self.relu = make_act(act_layer)
         self.conv2 = _conv3x3(planes, planes, dilation=dilation, bias=bias)
         self.bn2 = nn.BatchNorm2d(planes, eps=eps)
         self.se = SEModule(planes, se_ratio) if se_ratio else None
@@ -407,7 +420,7 @@ class Bottleneck(nn.Module):
     def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None,
                  groups: int = 1, base_width: int = 64, dilation: int = 1, first_dilation: int | None = None,
                  bias: bool = False, eps: float = 1e-5, se_ratio: float = 0.0, drop_path_rate: float = 0.0,
-                 stride_in_1x1: bool = False, anti_alias: bool = False) -> None:
+                 stride_in_1x1: bool = False, anti_alias: bool = False, act_layer: str = "relu") -> None:
         super().__init__()
         first_dilation = first_dilation or dilation
         width = int(planes * (base_width / 64.0)) * groups
@@ -419,7 +432,7 @@ class Bottleneck(nn.Module):
         self.bn2 = nn.BatchNorm2d(width, eps=eps)
         self.conv3 = _conv1x1(width, planes * self.expansion, bias=bias)
         self.bn3 = nn.BatchNorm2d(planes * self.expansion, eps=eps)
-        self.relu = nn.ReLU(inplace=True)
+        self.relu = make_act(act_layer)
         self.se = SEModule(planes * self.expansion, se_ratio) if se_ratio else None
         self.drop_path = DropPath(drop_path_rate) if drop_path_rate else None
         self.downsample = downsample
@@ -455,14 +468,14 @@ class PreActBasicBlock(nn.Module):
     def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None,
                  groups: int = 1, base_width: int = 64, dilation: int = 1, first_dilation: int | None = None,
                  bias: bool = False, eps: float = 1e-5, se_ratio: float = 0.0, drop_path_rate: float = 0.0,
-                 stride_in_1x1: bool = False) -> None:
+                 stride_in_1x1: bool = False, act_layer: str = "relu") -> None:
         super().__init__()
         first_dilation = first_dilation or dilation
         self.bn1 = nn.BatchNorm2d(inplanes, eps=eps)
         self.conv1 = _conv3x3(inplanes, planes, stride, dilation=first_dilation)
         self.bn2 = nn.BatchNorm2d(planes, eps=eps)
         self.conv2 = _conv3x3(planes, planes, dilation=dilation, bias=bias)
-        self.relu = nn.ReLU(inplace=True)
+        self.relu = make_act(act_layer)
         self.se = SEModule(planes, se_ratio) if se_ratio else None
         self.drop_path = DropPath(drop_path_rate) if drop_path_rate else None
         self.downsample = downsample
@@ -474,7 +487,7 @@ class PreActBasicBlock(nn.Module):
             nn.init.zeros_(self.conv2.bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        pre = F.relu(self.bn1(x))
+        pre = self.relu(self.bn1(x))
         shortcut = x
         if self.downsample is not None:
             shortcut = self.downsample(pre if _has_params(self.downsample) else x)
@@ -499,7 +512,7 @@ class PreActBottleneck(nn.Module):
     def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None,
                  groups: int = 1, base_width: int = 64, dilation: int = 1, first_dilation: int | None = None,
                  bias: bool = False, eps: float = 1e-5, se_ratio: float = 0.0, drop_path_rate: float = 0.0,
-                 stride_in_1x1: bool = False) -> None:
+                 stride_in_1x1: bool = False, act_layer: str = "relu") -> None:
         super().__init__()
         first_dilation = first_dilation or dilation
         width = int(planes * (base_width / 64.0)) * groups
@@ -509,7 +522,7 @@ class PreActBottleneck(nn.Module):
         self.conv2 = _conv3x3(width, width, stride, groups, first_dilation)
         self.bn3 = nn.BatchNorm2d(width, eps=eps)
         self.conv3 = _conv1x1(width, planes * self.expansion, bias=bias)
-        self.relu = nn.ReLU(inplace=True)
+        self.relu = make_act(act_layer)
         self.se = SEModule(planes * self.expansion, se_ratio) if se_ratio else None
         self.drop_path = DropPath(drop_path_rate) if drop_path_rate else None
         self.downsample = downsample
@@ -521,7 +534,7 @@ class PreActBottleneck(nn.Module):
             nn.init.zeros_(self.conv3.bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        pre = F.relu(self.bn1(x))
+        pre = self.relu(self.bn1(x))
         shortcut = x
         if self.downsample is not None:
             shortcut = self.downsample(pre if _has_params(self.downsample) else x)
@@ -572,8 +585,8 @@ class ResNet(nn.Module):
         if cfg.stem == "deep":
             mid = sw // 2
             self.conv1 = nn.Sequential(
-                nn.Conv2d(in_chans, mid, 3, 2, 1, bias=False), nn.BatchNorm2d(mid, eps=eps), nn.ReLU(inplace=True),
-                nn.Conv2d(mid, mid, 3, 1, 1, bias=False), nn.BatchNorm2d(mid, eps=eps), nn.ReLU(inplace=True),
+                nn.Conv2d(in_chans, mid, 3, 2, 1, bias=False), nn.BatchNorm2d(mid, eps=eps), make_act(cfg.act_layer),
+                nn.Conv2d(mid, mid, 3, 1, 1, bias=False), nn.BatchNorm2d(mid, eps=eps), make_act(cfg.act_layer),
                 nn.Conv2d(mid, sw, 3, 1, 1, bias=False),
             )
         elif cfg.stem == "cifar":
@@ -585,7 +598,7 @@ class ResNet(nn.Module):
             self.relu: nn.Module = nn.Identity()
         else:
             self.bn1 = nn.BatchNorm2d(sw, eps=eps)
-            self.relu = nn.ReLU(inplace=True)
+            self.relu = make_act(cfg.act_layer)
         if cfg.stem == "cifar":
             self.maxpool: nn.Module = nn.Identity()
         elif cfg.stem_pool_zero_pad:
@@ -611,7 +624,7 @@ class ResNet(nn.Module):
             out_ch = width * block.expansion
             if cfg.stage_entry != "block":
                 blocks.append(ConvPool(inplanes, out_ch, stride, cfg.conv_bias, eps,
-                                       pool_first=cfg.stage_entry == "conv_pool_bn"))
+                                       pool_first=cfg.stage_entry == "conv_pool_bn", act_layer=cfg.act_layer))
                 inplanes, stride_so_far, stride = out_ch, stride_so_far * stride, 1
             for j in range(depth):
                 s = stride if (j == depth - 1 if cfg.stride_in_last_block else j == 0) else 1
@@ -621,7 +634,7 @@ class ResNet(nn.Module):
                     inplanes, width, s, ds, groups=cfg.groups, base_width=cfg.base_width, dilation=dilation,
                     first_dilation=prev_dilation if j == 0 else dilation, bias=cfg.conv_bias, eps=eps,
                     se_ratio=cfg.se_ratio, drop_path_rate=dpr, stride_in_1x1=cfg.stride_in_1x1,
-                    **({"anti_alias": True} if cfg.anti_alias else {}),
+                    act_layer=cfg.act_layer, **({"anti_alias": True} if cfg.anti_alias else {}),
                 ))
                 inplanes = out_ch
                 block_idx += 1
@@ -633,6 +646,7 @@ class ResNet(nn.Module):
 
         self.num_features = inplanes
         self.norm: nn.Module = nn.BatchNorm2d(inplanes, eps=eps) if preact else nn.Identity()
+        self.norm_act = make_act(cfg.act_layer) if preact else nn.Identity()  # no state: state dicts unchanged
         # (named as torchvision's, whichever pooling it is)
         self.avgpool = nn.AdaptiveAvgPool2d(1) if cfg.global_pool == "avg" else nn.AdaptiveMaxPool2d(1)
         self.fc: nn.Module = classifier(inplanes, cfg.num_classes, cfg.logit_scale) if cfg.num_classes > 0 \
@@ -705,7 +719,7 @@ class ResNet(nn.Module):
         for name in self.stage_names:
             x = getattr(self, name)(x)
         if not isinstance(self.norm, nn.Identity):
-            x = F.relu(self.norm(x))
+            x = self.norm_act(self.norm(x))
         return x
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
@@ -723,7 +737,7 @@ class ResNet(nn.Module):
         last = len(self.stage_names) - 1
         for i, (name, info) in enumerate(zip(self.stage_names, self.feature_info)):
             x = getattr(self, name)(x)
-            y = F.relu(self.norm(x)) if i == last and not isinstance(self.norm, nn.Identity) else x
+            y = self.norm_act(self.norm(x)) if i == last and not isinstance(self.norm, nn.Identity) else x
             outs.append(StageOutput(name, info["stride"], y))
         return outs
 
