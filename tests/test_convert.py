@@ -298,6 +298,10 @@ def test_hf_config_to_overrides_presets(layer_type: str, depths: list[int], name
         name, {"num_classes": 2, "in_chans": 1})
     with pytest.raises(ValueError, match="gelu"):
         hf_config_to_overrides({**config, "hidden_act": "gelu"})
+    # Hugging Face's hidden_act is not our act_layer: its blocks keep ReLU inside (checked against transformers'
+    # ResNetBasicLayer / ResNetBottleNeckLayer), so even Mish, which act_layer has, is refused
+    with pytest.raises(ValueError, match="'mish' is not supported: .* inside a block keep ReLU"):
+        hf_config_to_overrides({**config, "hidden_act": "mish"})
 
 
 def test_from_transformers_checks() -> None:

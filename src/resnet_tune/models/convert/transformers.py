@@ -134,7 +134,9 @@ def from_transformers(state: Mapping[str, Tensor], config: Mapping[str, Any] | A
                                   f"layer_type={cfg['layer_type']!r}")
         act = cfg.get("hidden_act", "relu")
         if act != "relu":
-            raise CheckpointError(f"hidden_act={act!r} is not supported: resnet_tune's ResNet uses ReLU")
+            raise CheckpointError(f"hidden_act={act!r} is not supported: Hugging Face applies it to the stem and "
+                                  "after each residual addition while the convolutions inside a block keep ReLU, a "
+                                  "mix resnet_tune's act_layer (one activation everywhere) does not build")
     return out
 
 
@@ -162,7 +164,9 @@ def hf_config_to_overrides(config: Mapping[str, Any] | Any) -> tuple[str, dict[s
         raise CheckpointError(f"unknown layer_type {layer_type!r}; Hugging Face ResNets use 'basic' or 'bottleneck'")
     act = cfg.get("hidden_act", "relu")
     if act != "relu":
-        raise CheckpointError(f"hidden_act={act!r} is not supported: resnet_tune's ResNet uses ReLU")
+        raise CheckpointError(f"hidden_act={act!r} is not supported: Hugging Face applies it to the stem and "
+                              "after each residual addition while the convolutions inside a block keep ReLU, a "
+                              "mix resnet_tune's act_layer (one activation everywhere) does not build")
     depths = tuple(int(d) for d in cfg.get("depths", (3, 4, 6, 3)))
     hidden = tuple(int(h) for h in cfg.get("hidden_sizes", (256, 512, 1024, 2048)))
     if len(depths) != len(hidden):
