@@ -132,12 +132,18 @@ def from_transformers(state: Mapping[str, Tensor], config: Mapping[str, Any] | A
         if cfg.get("layer_type", kind) != kind:
             raise CheckpointError(f"the weights hold {kind} blocks but the config says "
                                   f"layer_type={cfg['layer_type']!r}")
-        act = cfg.get("hidden_act", "relu")
-        if act != "relu":
-            raise CheckpointError(f"hidden_act={act!r} is not supported: Hugging Face applies it to the stem and "
-                                  "after each residual addition while the convolutions inside a block keep ReLU, a "
-                                  "mix resnet_tune's act_layer (one activation everywhere) does not build")
+        _check_hidden_act(cfg)
     return out
+
+
+def _check_hidden_act(cfg: Mapping[str, Any]) -> None:
+    """Refuse a config whose ``hidden_act`` is not ReLU: Hugging Face applies it only to the stem and after each
+    residual addition, a mix that ``act_layer`` (one activation everywhere) does not build."""
+    act = cfg.get("hidden_act", "relu")
+    if act != "relu":
+        raise CheckpointError(f"hidden_act={act!r} is not supported: Hugging Face applies it to the stem and "
+                              "after each residual addition while the convolutions inside a block keep ReLU, a "
+                              "mix resnet_tune's act_layer (one activation everywhere) does not build")
 
 
 def hf_config_to_overrides(config: Mapping[str, Any] | Any) -> tuple[str, dict[str, Any]]:
@@ -162,11 +168,7 @@ def hf_config_to_overrides(config: Mapping[str, Any] | Any) -> tuple[str, dict[s
     layer_type = cfg.get("layer_type", "bottleneck")
     if layer_type not in ("basic", "bottleneck"):
         raise CheckpointError(f"unknown layer_type {layer_type!r}; Hugging Face ResNets use 'basic' or 'bottleneck'")
-    act = cfg.get("hidden_act", "relu")
-    if act != "relu":
-        raise CheckpointError(f"hidden_act={act!r} is not supported: Hugging Face applies it to the stem and "
-                              "after each residual addition while the convolutions inside a block keep ReLU, a "
-                              "mix resnet_tune's act_layer (one activation everywhere) does not build")
+    _check_hidden_act(cfg)
     depths = tuple(int(d) for d in cfg.get("depths", (3, 4, 6, 3)))
     hidden = tuple(int(h) for h in cfg.get("hidden_sizes", (256, 512, 1024, 2048)))
     if len(depths) != len(hidden):
