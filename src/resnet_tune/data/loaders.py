@@ -373,10 +373,10 @@ class MemoryLoader:
             x = crop_flip(self.images, self.pad, aug[0][pick], aug[1][pick], mask, index=sel)
         else:
             x = self.images[sel]
-            if self.size != x.shape[-1]:  # the stored square's centre crop (CenterCrop's rounding)
-                top = int(round((x.shape[-2] - self.size) / 2.0))
-                left = int(round((x.shape[-1] - self.size) / 2.0))
-                x = x[..., top:top + self.size, left:left + self.size]
+            if self.size != x.shape[-1]:  # the stored square's centre crop
+                from torchvision.transforms.v2.functional import center_crop
+
+                x = center_crop(x, [self.size, self.size])
         # the layout is set on the uint8 batch (a quarter of the bytes); crop_flip's output is already
         # channels_last
         x = x.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
