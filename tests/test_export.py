@@ -204,12 +204,15 @@ def test_any_single_tensor_model_exports(checkpoints: dict[str, Path], tmp_path:
         assert read_export_record(path)["task"] == "segmentation"
 
 
-@pytest.mark.parametrize("act", ["mish", "silu"])
-def test_other_activations_export(checkpoints: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                  act: str) -> None:
-    """A ResNet with ``act_layer`` Mish or SiLU exports to every format with the eager outputs."""
+@pytest.mark.parametrize("kwargs", [{"act_layer": "mish"}, {"act_layer": "silu"},
+                                    {"groups": 4, "base_width": 32, "se_ratio": 0.125}], ids=["mish", "silu", "grouped"])
+def test_other_activations_and_blocks_export(checkpoints: dict[str, Path], tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch, kwargs: dict) -> None:
+    """A ResNet with ``act_layer`` Mish or SiLU, or grouped basic blocks, exports to every format with the eager
+    outputs."""
     torch.manual_seed(0)
-    model = rt.create_model("resnet20", num_classes=10, act_layer=act).eval()
+    act = "_".join(map(str, kwargs.values()))
+    model = rt.create_model("resnet20", num_classes=10, **kwargs).eval()
     record = dict(ckpt.read_record(checkpoints["resnet20"]))
     monkeypatch.setattr(ckpt, "load_checkpoint", lambda path, device="cpu": (model, record))
     x = torch.randn(2, 3, 32, 32)

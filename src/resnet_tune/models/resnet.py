@@ -90,7 +90,10 @@ class ResNetConfig:
         stem_bias: bias in the stem convolution (Keras).
         stem_pool_zero_pad: pad the stem max-pool with zeros instead of -inf (Keras V2, whose
             stem has no ReLU before the pool, so the padding value matters).
-        groups: grouped 3x3 convolutions (ResNeXt cardinality).
+        groups: grouped 3x3 convolutions (ResNeXt cardinality). In a bottleneck the 3x3 is grouped; in a basic block
+            the first 3x3 is grouped and widens to ``int(width * base_width / 64) * groups`` channels and the second
+            3x3 is dense back to ``width`` (fastai's ``SEResNeXtBlock`` at expansion 1, the block of its xresnext
+            and the Imagenette leaderboard's "mini net").
         base_width: width per group (64 = plain ResNet; 128 = wide ResNet-x2; 4 with 32 groups = ResNeXt 32x4d).
         shortcut: projection used when the shape changes: ``conv`` (1x1 conv + BN), ``avg``
             (2x2 average pool, then 1x1 conv + BN; the "D" variant), ``pad`` (option A of
@@ -195,8 +198,15 @@ class ResNetConfig:
             bad(f"strides must be 1 or 2, got {self.strides}")
         if self.groups < 1 or self.base_width < 1:
             bad("groups and base_width must be positive")
-        if self.block in ("basic", "preact_basic") and (self.groups != 1 or self.base_width != 64):
-            bad("basic blocks only support groups=1 and base_width=64 (as torchvision)")
+        if self.block == "preact_basic" and (self.groups != 1 or self.base_width != 64):
+            bad("pre-activation basic blocks only support groups=1 and base_width=64 (as torchvision)")
+        if self.block == "basic" and self.groups > 1:
+            if self.stem_width % self.groups or any(w % self.groups for w in self.widths):
+                bad(f"a basic block with groups={self.groups} needs stem_width and every width to be multiples of "
+                    f"{self.groups} (the grouped 3x3 splits its input channels)")
+        if self.block == "basic" and min(self.widths) * self.base_width < 64:
+            bad(f"base_width={self.base_width} leaves the narrowest stage (width {min(self.widths)}) no channels in a "
+                "group")
         if self.replace_stride_with_dilation and len(self.replace_stride_with_dilation) != n - 1:
             bad(f"replace_stride_with_dilation needs {n - 1} entries (one per stage after the first)")
         if not 0.0 <= self.drop_path_rate < 1.0:
@@ -369,7 +379,12 @@ def _conv1x1(cin: int, cout: int, stride: int = 1, bias: bool = False) -> nn.Con
 
 
 class BasicBlock(nn.Module):
-    """Two 3x3 convs, each followed by BN; ReLU after the first and after the addition."""
+    """Two 3x3 convs, each followed by BN; ReLU after the first and after the addition.
+
+    With ``groups`` > 1 or ``base_width`` != 64 the first 3x3 is grouped and goes to a middle width of
+    ``int(planes * base_width / 64) * groups``, the second 3x3 dense back to ``planes`` (fastai's ``ResBlock`` at
+    expansion 1 with ``groups``, as its ``SEResNeXtBlock``); at the defaults it is torchvision's block.
+    """
 
     expansion = 1
 
@@ -379,11 +394,12 @@ class BasicBlock(nn.Module):
                  stride_in_1x1: bool = False, anti_alias: bool = False, act_layer: str = "relu") -> None:
         super().__init__()
         first_dilation = first_dilation or dilation
-        conv_stride, self.aa = _anti_alias(planes, stride, dilation, first_dilation, anti_alias)
-        self.conv1 = _conv3x3(inplanes, planes, conv_stride, dilation=first_dilation, bias=bias)
-        self.bn1 = nn.BatchNorm2d(planes, eps=eps)
+        width = int(planes * (base_width / 64.0)) * groups
+        conv_stride, self.aa = _anti_alias(width, stride, dilation, first_dilation, anti_alias)
+        self.conv1 = _conv3x3(inplanes, width, conv_stride, groups, first_dilation, bias=bias)
+        self.bn1 = nn.BatchNorm2d(width, eps=eps)
         self.relu = make_act(act_layer)
-        self.conv2 = _conv3x3(planes, planes, dilation=dilation, bias=bias)
+        self.conv2 = _conv3x3(width, planes, dilation=dilation, bias=bias)
         self.bn2 = nn.BatchNorm2d(planes, eps=eps)
         self.se = SEModule(planes, se_ratio) if se_ratio else None
         self.drop_path = DropPath(drop_path_rate) if drop_path_rate else None
