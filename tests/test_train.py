@@ -340,6 +340,50 @@ def test_small_image_recipe_fills_only_what_the_user_left_unset(image_folder: Pa
     assert {g["weight_decay"] for g in groups} == {0.0, 1e-3}
 
 
+def test_runs_from_scratch_train_with_silu_unless_told(image_folder: Path, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """From scratch, a network whose --model-kwargs name no activation trains with SiLU (the measured default): said
+    once, recorded in config.yaml and the checkpoint, kept on resume; pretrained weights, a resumed run and a
+    chosen activation are left alone."""
+    from types import SimpleNamespace
+
+    from resnet_tune.tasks.classification.data import SCRATCH_ACT_LAYER, scratch_activation
+
+    def chosen(cfg: TrainConfig, pretrained: object = None, resuming: bool = False) -> tuple[TrainConfig, list[str]]:
+        task = SimpleNamespace(cfg=cfg, pretrained=pretrained, plan_notes=[], resuming=resuming)
+        scratch_activation(task)
+        return task.cfg, task.plan_notes
+
+    cfg, notes = chosen(TrainConfig(data="d", model_kwargs=["zero_init_residual=true"]))
+    assert SCRATCH_ACT_LAYER == "silu"
+    assert cfg.model_kwargs == {"zero_init_residual": True, "act_layer": "silu"}
+    assert len(notes) == 1 and "--model-kwargs act_layer=relu overrides" in notes[0]
+    for cfg_in, weights, resuming in ((TrainConfig(data="d"), ({}, {}), False), (TrainConfig(data="d"), None, True),
+                                      (TrainConfig(data="d", model_kwargs=["act_layer=relu"]), None, False)):
+        cfg, notes = chosen(cfg_in, weights, resuming)
+        assert (cfg.model_kwargs, notes) == (cfg_in.model_kwargs, [])
+
+    monkeypatch.setenv("RESNET_TUNE_DEBUG_INTERRUPT_AT", "2")  # Ctrl-C at the start of the second epoch
+    with pytest.raises(KeyboardInterrupt):
+        fit(data=str(image_folder), output=str(tmp_path / "run"), model="resnet20", quiet=True, **FAST)
+    monkeypatch.delenv("RESNET_TUNE_DEBUG_INTERRUPT_AT")
+    res = fit(resume=tmp_path / "run", quiet=True)
+    assert len(res.history) == 2 and not any(n.startswith("from scratch with SILU") for n in res.notes)
+    assert yaml.safe_load((res.run_dir / "config.yaml").read_text())["model_kwargs"] == {"act_layer": "silu"}
+    assert ckpt.read_record(res.run_dir)["model_config"]["act_layer"] == "silu"
+    model = rt.Predictor(res.run_dir, device="cpu").eager
+    acts = {type(m) for m in model.modules() if isinstance(m, (torch.nn.ReLU, torch.nn.SiLU))}
+    assert acts == {torch.nn.SiLU}
+    fresh = fit(data=str(image_folder), output=str(tmp_path / "fresh"), model="resnet20", quiet=True,
+                **dict(FAST, epochs=1))
+    assert any(n.startswith("from scratch with SILU activations") for n in fresh.notes)
+    pre = _pretrained_file(tmp_path)
+    tuned = fit(data=str(image_folder), output=str(tmp_path / "ft"), model="resnet20", pretrained=str(pre),
+                quiet=True, **dict(FAST, epochs=1))
+    assert yaml.safe_load((tuned.run_dir / "config.yaml").read_text())["model_kwargs"] is None
+    assert ckpt.read_record(tuned.run_dir)["model_config"]["act_layer"] == "relu"
+
+
 def _pretrained_file(tmp_path: Path) -> Path:
     torch.manual_seed(1)
     model = rt.create_model("resnet20")
@@ -446,7 +490,8 @@ def test_model_kwargs_from_the_command_line_reach_the_model_the_checkpoint_and_t
           "--batch-size", "8", "--pretrained", "none", "--no-progress", "--output", str(out),
           "--model-kwargs", "global_pool=max", "logit_scale=0.125", "--translate", "2"])
     saved = yaml.safe_load((out / "config.yaml").read_text())
-    assert saved["model_kwargs"] == {"global_pool": "max", "logit_scale": 0.125} and saved["translate"] == 2
+    assert saved["model_kwargs"] == {"global_pool": "max", "logit_scale": 0.125, "act_layer": "silu"}
+    assert saved["translate"] == 2
     rec = ckpt.read_record(out)
     assert rec["model_config"]["global_pool"] == "max" and rec["model_config"]["logit_scale"] == 0.125
     model = rt.Predictor(out, device="cpu").eager  # rebuilt from the checkpoint's record

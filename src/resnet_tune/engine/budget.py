@@ -202,15 +202,17 @@ TIME_CANDIDATE_SHARE = 0.01
 TIME_CANDIDATE_SECONDS = 2.0
 
 
-def image_seconds(model: str, size: int, batch: int, view: BudgetView, num_classes: int, steps: int = 2) -> float:
+def image_seconds(model: str, size: int, batch: int, view: BudgetView, num_classes: int, steps: int = 2,
+                  model_kwargs: dict[str, Any] | None = None) -> float:
     """Measured seconds of one training image (forward, loss and backward; the optimiser's step is small beside
-    them) through a fresh ``model`` at ``size`` px with the run's device, precision and memory format: one warm-up
-    step, then the mean of ``steps`` timed ones, agreed across processes. The random state is left as it was, so
-    a run is the same whether it timed candidates or not."""
+    them) through a fresh ``model`` (with the run's architecture options ``model_kwargs``, e.g. its activation) at
+    ``size`` px with the run's device, precision and memory format: one warm-up step, then the mean of ``steps``
+    timed ones, agreed across processes. The random state is left as it was, so a run is the same whether it timed
+    candidates or not."""
     from ..models import create_model
 
     with torch.random.fork_rng(devices=[view.device] if view.device.type == "cuda" else []):
-        net = create_model(model, num_classes=num_classes).to(view.device).train()
+        net = create_model(model, num_classes=num_classes, **(model_kwargs or {})).to(view.device).train()
         x = torch.randn(batch, 3, size, size, device=view.device)
         y = torch.randint(0, num_classes, (batch,), device=view.device)
         if view.channels_last:

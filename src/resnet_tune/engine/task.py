@@ -216,7 +216,9 @@ class Task:
             return candidates[0]
         first = candidates[0]
         batch = max(2, min(self.cfg.batch_size or 64, n_train))
-        s0 = image_seconds(first.model, first.size, batch, view, num_classes)
+        # timed as they will train (a classification run's architecture options, e.g. its activation)
+        kwargs = getattr(self.cfg, "model_kwargs", None)
+        s0 = image_seconds(first.model, first.size, batch, view, num_classes, model_kwargs=kwargs)
         base = model_gflops(first.model, first.size)
         costs, timed = [s0], [True]
         # every process decides alike (timing is a collective, and all must choose the same model): the time left
@@ -227,7 +229,8 @@ class Task:
             # other networks are timed too where that is cheap (3 steps): FLOPs mislead across layouts
             # (resnet9_narrow: 3.8x resnet20's FLOPs, 1.4-2.1x its time on the CPUs measured)
             probe = c.model != first.model and 3 * batch * estimate < afford
-            costs.append(image_seconds(c.model, c.size, batch, view, num_classes) if probe else estimate)
+            costs.append(image_seconds(c.model, c.size, batch, view, num_classes, model_kwargs=kwargs) if probe
+                         else estimate)
             timed.append(probe)
         left = view.agree(view.left())
         k, epochs = choose_candidate(candidates, costs, n_train, n_val, view.world, left, view.budget)

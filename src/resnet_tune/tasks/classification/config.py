@@ -59,7 +59,9 @@ class ClassificationConfig(RunConfig):
     drop_path_rate: float = option(0.0, "stochastic depth rate", range=(0.0, 0.999999, "at least 0 and below 1"))
     model_kwargs: Any = option(None, "architecture options of the model as KEY=VALUE pairs, fields of "
                                      "ResNetConfig (e.g. global_pool=max logit_scale=0.125 anti_alias=true; a "
-                                     "mapping in YAML; timm's --model-kwargs); recorded in every checkpoint",
+                                     "mapping in YAML; timm's --model-kwargs); recorded in every checkpoint. "
+                                     "From scratch act_layer is silu unless given (act_layer=relu: the classic "
+                                     "ResNet)",
                                nargs="+")
     cache_views: int = option(1, "frozen-body epochs train the head on cached backbone features of this many "
                                  "augmented views of the training set (0 = run the backbone every epoch)",
