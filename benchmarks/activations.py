@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from resnet_tune.models.resnet import ACT_LAYERS, make_act
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import header, timed  # noqa: E402
 
@@ -27,8 +29,8 @@ def main() -> None:
     torch.manual_seed(0)
     x0 = torch.randn(*args.shape, dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last)
     base = None
-    for name in ("relu", "mish", "silu"):
-        act = {"relu": torch.nn.ReLU, "mish": torch.nn.Mish, "silu": torch.nn.SiLU}[name](inplace=True)
+    for name in ACT_LAYERS:  # relu first: the baseline
+        act = make_act(name)
 
         def window() -> None:
             for _ in range(args.steps):

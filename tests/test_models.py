@@ -162,11 +162,11 @@ def test_grouped_basic_block_is_fastai_resnext_block_at_expansion_1() -> None:
         bn.bias.data.normal_(0, 0.1)
     block.eval()
     x = torch.randn(2, 64, 16, 16)
+    f = torch.nn.functional
 
     def bn(t: torch.Tensor, m: nn.BatchNorm2d) -> torch.Tensor:
-        return torch.nn.functional.batch_norm(t, m.running_mean, m.running_var, m.weight, m.bias, eps=m.eps)
+        return f.batch_norm(t, m.running_mean, m.running_var, m.weight, m.bias, eps=m.eps)
 
-    f = torch.nn.functional
     mid = f.relu(bn(f.conv2d(x, block.conv1.weight, stride=2, padding=1, groups=64), block.bn1))
     out = bn(f.conv2d(mid, block.conv2.weight, padding=1), block.bn2)
     out = out * torch.sigmoid(block.se.fc2(f.relu(block.se.fc1(out.mean((2, 3), keepdim=True)))))
