@@ -815,3 +815,33 @@ def test_optimizers_take_the_fused_kernels_and_make_the_same_steps_as_torchs_loo
     meta = torch.nn.Linear(2, 2, device="meta")
     assert all(g["foreach"] and not g["fused"] for g in make_optimizer(name, [{"params": list(meta.parameters())}],
                                                                       0.1).param_groups)
+
+
+def test_adam_family_takes_momentum_beta2_and_eps_and_radam_decays_like_adamw(image_folder: Path,
+                                                                              tmp_path: Path) -> None:
+    """--momentum is the Adam family's beta1, --beta2 and --opt-eps reach AdamW, RAdam and LAMB (fastai's ranger
+    is RAdam with beta2 0.99, eps 1e-6 and Lookahead); RAdam's weight decay is AdamW's decoupled one: with zero
+    gradients the weights only shrink by (1 - lr * wd) a step, also once its rectified (adaptive) steps start
+    (an L2 penalty would be rescaled by the adaptive step there)."""
+    from resnet_tune.engine.optim import make_optimizer
+
+    for name in ("adamw", "radam", "lamb"):
+        p = torch.nn.Parameter(torch.ones(3, 2))
+        opt = make_optimizer(name, [{"params": [p]}], 0.01, momentum=0.8, beta2=0.99, eps=1e-6, weight_decay=0.1)
+        assert opt.param_groups[0]["betas"] == (0.8, 0.99) and opt.param_groups[0]["eps"] == 1e-6, name
+    assert make_optimizer("adamw", [{"params": [p]}], 0.01).param_groups[0]["eps"] == 1e-8  # torch's default
+    p = torch.nn.Parameter(torch.ones(4))
+    opt = make_optimizer("radam", [{"params": [p]}], 0.01, beta2=0.99, weight_decay=0.1)
+    for _ in range(12):  # with beta2 0.99 the rectified steps start at step 6
+        p.grad = torch.zeros_like(p)
+        opt.step()
+    torch.testing.assert_close(p.detach(), torch.full((4,), (1 - 0.01 * 0.1) ** 12))
+    # through the trainer and the CLI's names: recorded in config.yaml, in the optimiser's saved state
+    run = fit(data=str(image_folder), output=str(tmp_path / "r"), quiet=True,
+              **dict(FAST, epochs=1, optimizer="radam", beta2=0.99, opt_eps=1e-6, lookahead=6))
+    saved = yaml.safe_load((run.run_dir / "config.yaml").read_text())
+    assert (saved["optimizer"], saved["beta2"], saved["opt_eps"]) == ("radam", 0.99, 1e-6)
+    groups = ckpt.load_state(run.run_dir / ckpt.STATE)["optimizer"]["param_groups"]
+    assert all(tuple(g["betas"]) == (0.9, 0.99) and g["eps"] == 1e-6 and g["decoupled_weight_decay"] for g in groups)
+    with pytest.raises(ConfigError, match="beta2 must be at least 0 and below 1"):
+        TrainConfig(data="x", beta2=1.0)

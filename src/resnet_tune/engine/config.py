@@ -29,7 +29,7 @@ __all__ = ["LOADERS", "NO_WEIGHTS", "OPTIMIZERS", "PRECISIONS", "RunConfig", "SC
            "save_yaml", "show"]
 
 STRATEGIES = ("auto", "scratch", "full", "linear_probe", "freeze_unfreeze")
-OPTIMIZERS = ("sgd", "adamw", "lamb")
+OPTIMIZERS = ("sgd", "adamw", "radam", "lamb")
 SCHEDULES = ("onecycle", "cosine", "flat_cos", "poly", "constant")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 LOADERS = ("auto", "memory", "workers")
@@ -253,7 +253,12 @@ class RunConfig:
                            "(the curve is saved as lr_find.png in the run folder) (default: the task's rule, scaled "
                            "to the global batch)")
     optimizer: str = option("sgd", "optimiser", choices=OPTIMIZERS)
-    momentum: float = option(0.9, "SGD momentum", range=(0.0, 1.0, "between 0 and 1"))
+    momentum: float = option(0.9, "SGD momentum; AdamW's, RAdam's and LAMB's beta1",
+                             range=(0.0, 1.0, "between 0 and 1"))
+    beta2: float = option(0.999, "AdamW, RAdam and LAMB: decay of the squared-gradient average (fastai's sqr_mom: "
+                                 "0.99)", range=(0.0, 0.999999, "at least 0 and below 1"))
+    opt_eps: float | None = option(None, "AdamW, RAdam and LAMB: the epsilon added to the denominator (default: "
+                                         "1e-8; LAMB 1e-6)", range=(0.0, 1.0, "between 0 and 1"))
     nesterov: bool = option(True, "Nesterov momentum for SGD")
     weight_decay: float = option(5e-4, "weight decay (never applied to BatchNorm and biases)",
                                  range=(0.0, math.inf, ">= 0"))

@@ -47,17 +47,28 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float, lr_decay: flo
 
 
 def make_optimizer(name: str, groups: list[dict], lr: float, momentum: float = 0.9, nesterov: bool = True,
-                   weight_decay: float = 0.0) -> torch.optim.Optimizer:
+                   weight_decay: float = 0.0, beta2: float = 0.999, eps: float | None = None
+                   ) -> torch.optim.Optimizer:
     """The optimizer ``name`` over ``groups``. SGD and AdamW take torch's fused kernels where the parameters' device
     has them (CPU and CUDA), else the multi-tensor (foreach) path: the same update, without one Python loop over the
-    tensors per step (torch defaults to that loop on a CPU; on a small network it costs several percent of a step)."""
+    tensors per step (torch defaults to that loop on a CPU; on a small network it costs several percent of a step).
+
+    The Adam family (``adamw``, ``radam``, ``lamb``) takes ``momentum`` as its beta1 and ``beta2`` as the decay of
+    its squared-gradient average (fastai's ``mom`` and ``sqr_mom``); ``eps`` defaults to torch's (1e-8; LAMB's
+    1e-6). ``radam`` is RAdam (Liu et al. 2020) with decoupled weight decay, as AdamW's: with Lookahead, fastai's
+    ``ranger``, the Imagenette leaderboard's optimiser."""
     if name == "sgd":
         return _fastest(torch.optim.SGD, groups, lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0,
                         weight_decay=weight_decay)
+    adam = {"lr": lr, "betas": (momentum, beta2), "weight_decay": weight_decay}
+    if eps is not None:
+        adam["eps"] = eps
     if name == "adamw":
-        return _fastest(torch.optim.AdamW, groups, lr=lr, weight_decay=weight_decay)
+        return _fastest(torch.optim.AdamW, groups, **adam)
+    if name == "radam":  # no fused kernel in torch
+        return torch.optim.RAdam(groups, decoupled_weight_decay=True, foreach=True, **adam)
     if name == "lamb":
-        return Lamb(groups, lr=lr, weight_decay=weight_decay)
+        return Lamb(groups, **adam)
     raise ValueError(f"unknown optimizer {name!r}")
 
 

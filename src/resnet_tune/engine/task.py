@@ -275,7 +275,8 @@ class Task:
     #: SGD's default peak learning rate: (from scratch or for a linear probe, fine-tuning the whole network, the
     #: global batch these are for); it scales linearly with the global batch
     sgd_lr: ClassVar[tuple[float, float, int]]
-    #: AdamW's default peak learning rate: (from scratch or for a linear probe, fine-tuning the whole network)
+    #: AdamW's (and RAdam's) default peak learning rate: (from scratch or for a linear probe, fine-tuning the whole
+    #: network)
     adamw_lr: ClassVar[tuple[float, float]] = (1e-3, 3e-4)
     #: LAMB's: each layer moves by about this fraction of its norm a step, whatever the batch
     lamb_lr: ClassVar[tuple[float, float]] = (5e-3, 1e-3)
@@ -290,8 +291,8 @@ class Task:
         for the strategy and the global batch (batch_size per process x processes x accum_steps)."""
         cfg = self.cfg
         head_or_scratch = strategy in ("scratch", "linear_probe")
-        if cfg.optimizer in ("adamw", "lamb"):
-            return (self.adamw_lr if cfg.optimizer == "adamw" else self.lamb_lr)[0 if head_or_scratch else 1]
+        if cfg.optimizer in ("adamw", "radam", "lamb"):
+            return (self.lamb_lr if cfg.optimizer == "lamb" else self.adamw_lr)[0 if head_or_scratch else 1]
         scratch, finetune, batch = self.sgd_lr
         return (scratch if head_or_scratch else finetune) * cfg.batch_size * world * cfg.accum_steps / batch
 

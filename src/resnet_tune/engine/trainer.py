@@ -416,7 +416,8 @@ class Trainer:
         ``freeze_at`` body blocks left out)."""
         cfg = self.cfg
         groups = param_groups(model, lr, cfg.weight_decay, decay, frozen=freeze_at)
-        return make_optimizer(cfg.optimizer, groups, lr, cfg.momentum, cfg.nesterov, cfg.weight_decay)
+        return make_optimizer(cfg.optimizer, groups, lr, cfg.momentum, cfg.nesterov, cfg.weight_decay,
+                              beta2=cfg.beta2, eps=cfg.opt_eps)
 
     def _auto_lr(self, model: nn.Module, data: TaskData, criterion: nn.Module, device: torch.device,
                  precision: Precision, channels_last: bool, strategy: str, decay: float, freeze_at: int) -> float:
