@@ -181,6 +181,31 @@ def test_grouped_basic_block_is_fastai_resnext_block_at_expansion_1() -> None:
         ResNetConfig(block="preact_basic", groups=32, base_width=4)
 
 
+def test_conv_init_fan_in_is_fastais_init_cnn_and_fan_out_stays_torchvisions() -> None:
+    # fastai's init_cnn (xresnet): He-normal over the fan-in for every conv and linear layer, biases zero (checked
+    # once against fastai 2.8.12's mini net: every weight's sd within 2% of sqrt(2 / fan_in)); torchvision's default
+    # spreads a grouped 3x3 over its fan-out: 16x smaller for the mini net's 64-group 3x3 with one input a group
+    kw = dict(layers=[1, 1, 1, 1], groups=64, base_width=4, se_ratio=1 / 8, zero_init_residual=True)
+    torch.manual_seed(0)
+    ours = rt.create_model("resnet18d", num_classes=10, conv_init="fan_in", **kw)
+    torch.manual_seed(0)
+    tv = rt.create_model("resnet18d", num_classes=10, **kw)
+    assert ours.cfg.conv_init == "fan_in" and tv.cfg.conv_init == "fan_out"
+    layers = [m for m in ours.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    assert len(layers) == 3 + 4 * 4 + 3 + 1  # stem, 4 blocks x (2 convs + SE's 2), 3 downsamples, fc
+    for m in layers:
+        fan_in = m.weight[0].numel()
+        assert m.weight.std().item() == pytest.approx((2 / fan_in) ** 0.5, rel=0.15), m
+        assert m.bias is None or not m.bias.any()
+    grouped = tv.layer1[0].conv1.weight  # 256 x 1 x 3 x 3
+    assert grouped.std().item() == pytest.approx((2 / (256 * 9)) ** 0.5, rel=0.1)
+    assert ours.layer1[0].conv1.weight.std().item() > 10 * grouped.std().item()
+    assert not ours.layer1[0].bn2.weight.any() and ours.layer1[0].bn1.weight.eq(1).all()  # zero_init_residual
+    assert ours.state_dict().keys() == tv.state_dict().keys()
+    with pytest.raises(ValueError, match="conv_init='xavier'; choose one of fan_out, fan_in"):
+        ResNetConfig(conv_init="xavier")
+
+
 def test_user_defined_network_from_dict() -> None:
     model = build_model({"block": "basic", "layers": [1, 1], "widths": [8, 16], "strides": [1, 2],
                          "stem": "cifar", "stem_width": 8, "num_classes": 3, "input_size": [3, 16, 16]})

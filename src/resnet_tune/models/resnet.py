@@ -48,7 +48,7 @@ def _finite(v: Any) -> bool:
 # The type of every ResNetConfig field: (test, what it must be); tuple fields are given per item.
 _FIELD_TYPES: dict[str, tuple[Any, str]] = {
     **{k: (lambda v: isinstance(v, str), "a string")
-       for k in ("block", "stem", "shortcut", "stage_entry", "global_pool", "act_layer")},
+       for k in ("block", "stem", "shortcut", "stage_entry", "global_pool", "act_layer", "conv_init")},
     **{k: (_whole, "a whole number") for k in ("stem_width", "groups", "base_width", "num_classes")},
     **{k: (_finite, "a finite number") for k in ("bn_eps", "se_ratio", "drop_path_rate", "logit_scale")},
     **{k: (lambda v: isinstance(v, bool), "true or false")
@@ -63,6 +63,8 @@ STEM_TYPES = ("default", "deep", "cifar", "preact")
 SHORTCUT_TYPES = ("conv", "avg", "pad", "subsample")
 STAGE_ENTRIES = ("block", "conv_pool", "conv_pool_bn")
 GLOBAL_POOLS = ("avg", "max")
+#: how random weights start: torchvision's He-normal over the fan-out, or fastai's over the fan-in
+CONV_INITS = ("fan_out", "fan_in")
 #: activations (timm's ``act_layer`` names): ReLU (every ResNet of He et al.), Mish (Misra 2019; fastai's xresnet
 #: leaderboard runs), SiLU/Swish (Ramachandran et al. 2017)
 ACT_LAYERS = {"relu": nn.ReLU, "mish": nn.Mish, "silu": nn.SiLU}
@@ -119,6 +121,13 @@ class ResNetConfig:
             blocks only.
         zero_init_residual: start each residual branch at zero (last BN gamma = 0), so every
             block starts as the identity (Goyal et al. 2017).
+        conv_init: how random weights start (:data:`CONV_INITS`): ``fan_out`` (torchvision's and timm's: He-normal
+            convolutions over their fan-out, the classifier uniform in +-1/sqrt(features) with its bias) or
+            ``fan_in`` (fastai's ``init_cnn`` for xresnet: He-normal over the fan-in for every convolution, the
+            squeeze-and-excitation's included, and for the classifier, biases zero). Grouped convolutions differ
+            most: a 64-group 3x3 starts with 8x smaller weights over its fan-out, so an adaptive optimiser's steps,
+            about the learning rate in size, move them 8x further relative to their size. Only affects new
+            weights (state dicts are unchanged).
         replace_stride_with_dilation: per stage after the first, dilate instead of striding
             (for segmentation at output stride 8 or 16).
         act_layer: the activation after each BN and residual addition (timm's name): ``relu``, ``mish`` or ``silu``
@@ -150,6 +159,7 @@ class ResNetConfig:
     se_ratio: float = 0.0
     drop_path_rate: float = 0.0
     zero_init_residual: bool = False
+    conv_init: str = "fan_out"
     anti_alias: bool = False
     replace_stride_with_dilation: tuple[bool, ...] = ()
     global_pool: str = "avg"
@@ -217,6 +227,8 @@ class ResNetConfig:
             bad("num_classes must be >= 0 (0 = no classifier)")
         if self.global_pool not in GLOBAL_POOLS:
             bad(f"global_pool={self.global_pool!r}; choose one of {', '.join(GLOBAL_POOLS)}")
+        if self.conv_init not in CONV_INITS:
+            bad(f"conv_init={self.conv_init!r}; choose one of {', '.join(CONV_INITS)}")
         if self.act_layer not in ACT_LAYERS:
             bad(f"act_layer={self.act_layer!r}; choose one of {', '.join(ACT_LAYERS)}")
         if not self.logit_scale > 0:
@@ -688,7 +700,10 @@ class ResNet(nn.Module):
         return nn.Sequential(_conv1x1(cin, cout, stride, bias=cfg.conv_bias), nn.BatchNorm2d(cout, eps=eps))
 
     def _init_weights(self) -> None:
-        # torchvision's initialisation: He-normal (fan_out) convs, BN gamma 1 and beta 0.
+        # torchvision's initialisation: He-normal (fan_out) convs, BN gamma 1 and beta 0; or fastai's (fan_in)
+        if self.cfg.conv_init == "fan_in":
+            self._init_fan_in()
+            return
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -704,6 +719,22 @@ class ResNet(nn.Module):
         for m in self.modules():
             if isinstance(m, SEModule):  # timm: SE starts neutral-ish, convs default init
                 nn.init.kaiming_normal_(m.fc1.weight, mode="fan_out", nonlinearity="relu")
+        if self.cfg.zero_init_residual:
+            for m in self.modules():
+                if hasattr(m, "zero_init_last"):
+                    m.zero_init_last()
+
+    def _init_fan_in(self) -> None:
+        """fastai's ``init_cnn``: every convolution and linear layer He-normal over its fan-in, biases zero; BN
+        gamma 1 and beta 0 (the last BN of each block 0 with ``zero_init_residual``)."""
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
         if self.cfg.zero_init_residual:
             for m in self.modules():
                 if hasattr(m, "zero_init_last"):

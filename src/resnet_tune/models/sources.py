@@ -68,7 +68,8 @@ KERAS_WEIGHTS = {
     "resnet152v2": "a49b44d1979771252814e80f8ec446f9",
 }
 # Config fields that do not change how weights must be read (free to differ from the checkpoint's).
-_FREE_FIELDS = {"num_classes", "drop_path_rate", "zero_init_residual", "input_size", "replace_stride_with_dilation"}
+_FREE_FIELDS = {"num_classes", "drop_path_rate", "zero_init_residual", "conv_init", "input_size",
+                "replace_stride_with_dilation"}
 
 State = dict[str, Tensor]
 
