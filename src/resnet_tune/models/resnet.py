@@ -700,41 +700,27 @@ class ResNet(nn.Module):
         return nn.Sequential(_conv1x1(cin, cout, stride, bias=cfg.conv_bias), nn.BatchNorm2d(cout, eps=eps))
 
     def _init_weights(self) -> None:
-        # torchvision's initialisation: He-normal (fan_out) convs, BN gamma 1 and beta 0; or fastai's (fan_in)
-        if self.cfg.conv_init == "fan_in":
-            self._init_fan_in()
-            return
+        """torchvision's initialisation (``conv_init="fan_out"``): He-normal convolutions over their fan-out, the
+        classifier uniform in +-1/sqrt(features); or fastai's ``init_cnn`` (``"fan_in"``): every convolution and
+        linear layer He-normal over its fan-in, biases zero. BN gamma 1 and beta 0 (the last BN of each block 0
+        with ``zero_init_residual``)."""
+        fan_in = self.cfg.conv_init == "fan_in"
         for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if isinstance(m, (nn.Conv2d, nn.Linear) if fan_in else nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_in" if fan_in else "fan_out", nonlinearity="relu")
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
-        if isinstance(self.fc, nn.Linear):
-            bound = 1 / math.sqrt(self.fc.in_features)
-            nn.init.uniform_(self.fc.weight, -bound, bound)
-            nn.init.uniform_(self.fc.bias, -bound, bound)
-        for m in self.modules():
-            if isinstance(m, SEModule):  # timm: SE starts neutral-ish, convs default init
-                nn.init.kaiming_normal_(m.fc1.weight, mode="fan_out", nonlinearity="relu")
-        if self.cfg.zero_init_residual:
+        if not fan_in:
+            if isinstance(self.fc, nn.Linear):
+                bound = 1 / math.sqrt(self.fc.in_features)
+                nn.init.uniform_(self.fc.weight, -bound, bound)
+                nn.init.uniform_(self.fc.bias, -bound, bound)
             for m in self.modules():
-                if hasattr(m, "zero_init_last"):
-                    m.zero_init_last()
-
-    def _init_fan_in(self) -> None:
-        """fastai's ``init_cnn``: every convolution and linear layer He-normal over its fan-in, biases zero; BN
-        gamma 1 and beta 0 (the last BN of each block 0 with ``zero_init_residual``)."""
-        for m in self.modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
-                nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+                if isinstance(m, SEModule):  # timm: SE starts neutral-ish, convs default init
+                    nn.init.kaiming_normal_(m.fc1.weight, mode="fan_out", nonlinearity="relu")
         if self.cfg.zero_init_residual:
             for m in self.modules():
                 if hasattr(m, "zero_init_last"):
