@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from functools import partial
 import time
 from pathlib import Path
 
@@ -89,7 +90,7 @@ def main() -> None:
         model = XResNet(SEResNeXtBlock, 1, [1, 1, 1, 1], n_out=n_out, act_cls=act, groups=64, reduction=8)
     else:
         model = {"xresnet50": xresnet50, "xresnet18": xresnet18}[args.arch](n_out=n_out, act_cls=act)
-    opt = lambda params, lr: ranger(params, lr, mom=0.9, sqr_mom=0.99, eps=1e-6, beta=0.0)  # noqa: E731
+    opt = partial(ranger, mom=0.9, sqr_mom=0.99, eps=1e-6, beta=0.0)  # the script's opt_func
     learn = Learner(dls, model, opt_func=opt, metrics=[accuracy], loss_func=LabelSmoothingCrossEntropy())
     if args.bf16:  # fastai's to_bf16() autocasts for CUDA only: on a CPU, autocast the forward pass as we do
         learn.model = _CpuBf16(learn.model)
