@@ -845,3 +845,5 @@ def test_adam_family_takes_momentum_beta2_and_eps_and_radam_decays_like_adamw(im
     assert all(tuple(g["betas"]) == (0.9, 0.99) and g["eps"] == 1e-6 and g["decoupled_weight_decay"] for g in groups)
     with pytest.raises(ConfigError, match="beta2 must be at least 0 and below 1"):
         TrainConfig(data="x", beta2=1.0)
+    with pytest.raises(ConfigError, match="momentum is adamw's beta1 and must be below 1, got 1.0"):
+        TrainConfig(data="x", optimizer="adamw", momentum=1.0)
