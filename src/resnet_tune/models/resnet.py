@@ -125,9 +125,9 @@ class ResNetConfig:
             convolutions over their fan-out, the classifier uniform in +-1/sqrt(features) with its bias) or
             ``fan_in`` (fastai's ``init_cnn`` for xresnet: He-normal over the fan-in for every convolution, the
             squeeze-and-excitation's included, and for the classifier, biases zero). Grouped convolutions differ
-            most: a 64-group 3x3 starts with 8x smaller weights over its fan-out, so an adaptive optimiser's steps,
-            about the learning rate in size, move them 8x further relative to their size. Only affects new
-            weights (state dicts are unchanged).
+            most: the mini net's 64-group 3x3s start 16-23x smaller over their fan-out, so an adaptive optimiser's
+            steps, about the learning rate in size, move them that much further relative to their size. Only
+            affects new weights (state dicts are unchanged).
         replace_stride_with_dilation: per stage after the first, dilate instead of striding
             (for segmentation at output stride 8 or 16).
         act_layer: the activation after each BN and residual addition (timm's name): ``relu``, ``mish`` or ``silu``
