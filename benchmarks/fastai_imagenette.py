@@ -13,7 +13,7 @@ fastai is not a dependency of resnet-tune: install it somewhere else, e.g.
 ``pip install --target /tmp/fat fastai`` and run with ``PYTHONPATH=/tmp/fat``::
 
     PYTHONPATH=/tmp/fat python benchmarks/fastai_imagenette.py --csv /work/bench_runs/recipes/imagenette_select.csv \\
-        --arch mini --act silu --seed 0 --bf16
+        --arch mini --act mish --seed 0 --bf16
 
 ``--arch mini`` is the leaderboard's "mini net" (``XResNet(SEResNeXtBlock, 1, [1, 1, 1, 1], groups=64,
 reduction=8)``); ``xresnet50`` is the script's default. Finished runs go into the ledger
@@ -24,38 +24,38 @@ from __future__ import annotations
 
 import argparse
 import sys
-from functools import partial
 import time
+from functools import partial
 from pathlib import Path
+
+import torch
+from torch import nn
+
+from resnet_tune.models.resnet import ACT_LAYERS
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import cpu_name, ledger_write  # noqa: E402
 
 
-def _CpuBf16(model):  # noqa: N802 - builds a module
-    import torch
-    from torch import nn
+class CpuBf16(nn.Module):
+    """``model`` under CPU bfloat16 autocast with channels-last activations; float32 outputs for the loss (fastai's
+    ``to_bf16()`` autocasts for CUDA only)."""
 
-    class CpuBf16(nn.Module):
-        """``model`` under CPU bfloat16 autocast with channels-last activations; float32 outputs for the loss."""
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.m = model.to(memory_format=torch.channels_last)
 
-        def __init__(self, m: nn.Module) -> None:
-            super().__init__()
-            self.m = m.to(memory_format=torch.channels_last)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                return self.m(x.contiguous(memory_format=torch.channels_last)).float()
-
-    return CpuBf16(model)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return self.m(x.contiguous(memory_format=torch.channels_last)).float()
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--csv", type=Path, required=True, help="path,label,split (train / val) as recipes.py writes")
     ap.add_argument("--arch", default="mini", choices=("mini", "xresnet50", "xresnet18"))
-    ap.add_argument("--act", default="mish", choices=("mish", "silu", "relu"))
+    ap.add_argument("--act", default="mish", choices=tuple(ACT_LAYERS))
     ap.add_argument("--epochs", type=int, default=5)
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--bs", type=int, default=64)
@@ -67,14 +67,12 @@ def main() -> None:
     args = ap.parse_args()
 
     import pandas as pd
-    import torch
     from fastai.vision.all import (CategoryBlock, ColReader, ColSplitter, DataBlock, FlipItem, ImageBlock, Learner,
                                    LabelSmoothingCrossEntropy, Normalize, RandomResizedCrop, accuracy,
                                    imagenet_stats, ranger, set_seed)
     from fastai.vision.models.xresnet import SEResNeXtBlock, XResNet, xresnet18, xresnet50
-    from torch import nn
 
-    act = {"mish": nn.Mish, "silu": nn.SiLU, "relu": nn.ReLU}[args.act]
+    act = ACT_LAYERS[args.act]
     df = pd.read_csv(args.csv)
     df = df[df["split"].isin(["train", "val"])].reset_index(drop=True)
     df["is_valid"] = df["split"] == "val"
@@ -92,8 +90,8 @@ def main() -> None:
         model = {"xresnet50": xresnet50, "xresnet18": xresnet18}[args.arch](n_out=n_out, act_cls=act)
     opt = partial(ranger, mom=0.9, sqr_mom=0.99, eps=1e-6, beta=0.0)  # the script's opt_func
     learn = Learner(dls, model, opt_func=opt, metrics=[accuracy], loss_func=LabelSmoothingCrossEntropy())
-    if args.bf16:  # fastai's to_bf16() autocasts for CUDA only: on a CPU, autocast the forward pass as we do
-        learn.model = _CpuBf16(learn.model)
+    if args.bf16:  # on a CPU, autocast the forward pass as our trainer does
+        learn.model = CpuBf16(learn.model)
     print(f"CPU: {cpu_name()}; fastai recipe, {args.arch} ({args.act}), {len(dls.train_ds)} training / "
           f"{len(dls.valid_ds)} held-out images, {args.size} px, {args.epochs} epochs, seed {args.seed}", flush=True)
     t0 = time.perf_counter()
