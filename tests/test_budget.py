@@ -311,7 +311,11 @@ def test_after_unfreezing_the_budget_times_whole_network_validations_again(folde
 
 def test_model_auto_trains_photos_from_scratch_at_a_smaller_size_on_a_short_budget(tmp_path):
     photos = make_folder(tmp_path / "photos", per_class=12, size=150)
-    res = fit(data=str(photos), budget="1m", pretrained="none", output=str(tmp_path / "r"),
+    res = fit(data=str(photos), model="resnet18", budget="1m", pretrained="none", output=str(tmp_path / "r"),
               clock=FakeClock(step=2.0, probe=1.0), started=0.0, **FAST)
     assert _chosen(res.run_dir) == ("resnet18", 128)
     assert any(n.startswith("--model auto chose resnet18 at 128 px") for n in res.notes)
+    # with no network named, photos from scratch train the mini net at its 128 px (no smaller size to step down to)
+    res = fit(data=str(photos), budget="1m", pretrained="none", output=str(tmp_path / "mini"),
+              clock=FakeClock(step=2.0, probe=1.0), started=0.0, **FAST)
+    assert _chosen(res.run_dir) == ("seresnext10d_64x4d", 128)

@@ -322,7 +322,8 @@ def test_small_image_recipe_fills_only_what_the_user_left_unset(image_folder: Pa
     assert "--no-whiten" not in notes[0] and "--translate" not in notes[0] and "--weight-decay" in notes[0]
     for name, size, weights in (("resnet20", 32, None), ("resnet9_narrow", 96, None), ("resnet9", 32, ({}, {}))):
         cfg, notes = chosen(TrainConfig(data="d"), name, size, weights)
-        assert (cfg.whiten, cfg.weight_decay, cfg.translate, notes) == (*OTHER_DEFAULTS.values(), None, [])
+        assert ({k: getattr(cfg, k) for k in OTHER_DEFAULTS}, cfg.translate, cfg.lr, notes) == (OTHER_DEFAULTS, None,
+                                                                                               None, [])
     cfg, _ = chosen(TrainConfig(data="d", weight_decay=0.0, whiten=True), "resnet18", 224)
     assert (cfg.whiten, cfg.weight_decay) == (True, 0.0)
     # a run recorded before the recipe existed resumes with what its None meant then (translate: an eighth)
@@ -338,6 +339,53 @@ def test_small_image_recipe_fills_only_what_the_user_left_unset(image_folder: Pa
     assert any(n.startswith("whitened first convolution") for n in res.notes)
     groups = ckpt.load_state(res.run_dir / ckpt.STATE)["optimizer"]["param_groups"]
     assert {g["weight_decay"] for g in groups} == {0.0, 1e-3}
+
+
+def test_photos_from_scratch_train_the_mini_net_with_its_recipe_unless_told(tmp_path: Path) -> None:
+    """Photos trained from scratch with no network named get seresnext10d_64x4d at 128 px and its measured recipe
+    (AdamW at 0.01, weight decay 1e-4, Lookahead 6, flat-then-cosine): said, recorded in config.yaml and in the
+    optimiser. Options the user set stay; another optimiser keeps its own learning rate and weight decay; a named
+    network, pretrained weights and small images keep the other defaults."""
+    from types import SimpleNamespace
+
+    from resnet_tune.tasks.classification.data import OTHER_DEFAULTS, PHOTO_MODEL, PHOTO_RECIPE, apply_recipe
+
+    def chosen(cfg: TrainConfig, name: str = PHOTO_MODEL, pretrained: object = None) -> tuple[TrainConfig, list[str]]:
+        task = SimpleNamespace(cfg=cfg, pretrained=pretrained, plan_notes=[], resuming=False)
+        apply_recipe(task, name, 128)
+        return task.cfg, task.plan_notes
+
+    cfg, notes = chosen(TrainConfig(data="d"))
+    assert {k: getattr(cfg, k) for k in PHOTO_RECIPE} == PHOTO_RECIPE == {
+        "optimizer": "adamw", "lr": 1e-2, "weight_decay": 1e-4, "lookahead": 6, "schedule": "flat_cos"}
+    assert len(notes) == 1 and "AdamW (--optimizer), a peak learning rate of 0.01 (--lr)" in notes[0]
+    cfg, notes = chosen(TrainConfig(data="d", lr=3e-3, schedule="cosine"))
+    assert (cfg.optimizer, cfg.lr, cfg.schedule, cfg.lookahead) == ("adamw", 3e-3, "cosine", 6)
+    assert "--lr" not in notes[0] and "--schedule" not in notes[0]
+    cfg, notes = chosen(TrainConfig(data="d", optimizer="sgd"))  # SGD's own lr rule and weight decay
+    assert (cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.lookahead, cfg.schedule) == ("sgd", None, 5e-4, 6,
+                                                                                        "flat_cos")
+    for name, weights in (("resnet18", None), (PHOTO_MODEL, ({}, {}))):
+        cfg, notes = chosen(TrainConfig(data="d"), name, weights)
+        assert ({k: getattr(cfg, k) for k in OTHER_DEFAULTS}, cfg.lr, notes) == (OTHER_DEFAULTS, None, [])
+
+    # end to end: photos (over 64 px) with --pretrained none and no --model
+    photos = make_folder(tmp_path / "photos", per_class=6, size=80)
+    res = fit(data=str(photos), pretrained="none", output=str(tmp_path / "run"), quiet=True,
+              **dict(FAST, epochs=1, img_size=None))
+    saved = yaml.safe_load((res.run_dir / "config.yaml").read_text())
+    assert (saved["model"], saved["img_size"], saved["optimizer"], saved["lr"], saved["weight_decay"],
+            saved["lookahead"], saved["schedule"]) == (PHOTO_MODEL, 128, "adamw", 1e-2, 1e-4, 6, "flat_cos")
+    assert any(n.startswith(f"photos from scratch (--pretrained none) train {PHOTO_MODEL} at 128 px")
+               for n in res.notes)
+    state = ckpt.load_state(res.run_dir / ckpt.STATE)
+    assert {g["weight_decay"] for g in state["optimizer"]["param_groups"]} == {0.0, 1e-4}
+    assert state["lookahead"] is not None
+    # a network named, or a size given, is kept
+    res = fit(data=str(photos), pretrained="none", model="resnet20", output=str(tmp_path / "r20"), quiet=True,
+              **dict(FAST, epochs=1, img_size=40))
+    saved = yaml.safe_load((res.run_dir / "config.yaml").read_text())
+    assert (saved["model"], saved["img_size"], saved["optimizer"], saved["lookahead"]) == ("resnet20", 40, "sgd", 0)
 
 
 def test_runs_from_scratch_train_with_silu_unless_told(image_folder: Path, tmp_path: Path,

@@ -315,7 +315,7 @@ class RunConfig:
                               "use a batch size of 2 or more.")
         if not 0.0 < self.val_fraction < 1.0:
             raise ConfigError(f"val_fraction must be between 0 and 1, got {self.val_fraction}.")
-        if self.optimizer != "sgd" and self.momentum >= 1.0:
+        if self.optimizer not in (None, "sgd") and self.momentum >= 1.0:  # None: a task's recipe chooses it
             raise ConfigError(f"momentum is {self.optimizer}'s beta1 and must be below 1, got {show(self.momentum)}.")
         if self.lr is not None:
             auto = isinstance(self.lr, str) and self.lr.strip().lower() == "auto"

@@ -195,9 +195,9 @@ class Task:
                      f"download {url} and pass --pretrained /path/to/{Path(url).name}")
             reason = err.reason or str(err).split(";")[0]
             self.weights_warning = (
-                f"{model_name}'s published weights ({published}) could not be fetched ({reason}), so it trains from "
-                f"scratch; to fine-tune them, {where}, or pass --pretrained none to train from scratch without this "
-                "warning.")
+                f"{model_name}'s published weights ({published}) could not be fetched ({reason}), so the run trains "
+                f"from scratch; to fine-tune them, {where}, or pass --pretrained none to train from scratch without "
+                "this warning.")
             return None, None
 
     def choose_within_budget(self, candidates: list[Candidate], n_train: int, n_val: int, num_classes: int

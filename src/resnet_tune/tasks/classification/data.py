@@ -18,10 +18,10 @@ from ...engine.task import TaskData, no_published_weights, require_usable
 from ...errors import ConfigError, DataError
 from ...models import get_config, mean_std_for
 
-__all__ = ["FEW_PER_CLASS", "OTHER_DEFAULTS", "RECIPE_MODELS", "SCRATCH_ACT_LAYER", "SCRATCH_SIZES", "SMALL_MODEL",
-           "SMALL_RECIPE", "apply_recipe", "budget_candidates", "balance_weights", "build_data", "choose_model",
-           "choose_model_and_size", "class_weights", "image_loaders", "memory_by_default", "scratch_activation",
-           "scratch_hint"]
+__all__ = ["FEW_PER_CLASS", "OTHER_DEFAULTS", "PHOTO_MODEL", "PHOTO_RECIPE", "RECIPE_MODELS", "SCRATCH_ACT_LAYER",
+           "SCRATCH_SIZES", "SMALL_MODEL", "SMALL_RECIPE", "apply_recipe", "budget_candidates", "balance_weights",
+           "build_data", "choose_model", "choose_model_and_size", "class_weights", "image_loaders",
+           "memory_by_default", "recipe_for", "scratch_activation", "scratch_hint", "scratch_photo_model"]
 
 #: below this many training images a class, a run from scratch says that pretrained weights usually help a lot
 FEW_PER_CLASS = 100
@@ -47,8 +47,19 @@ SMALL_MODEL, SMALL_FALLBACK = "resnet9_narrow", "resnet20"
 #: 4-5 points on EuroSAT and on 100 CIFAR-10 images a class, 3 seeds)
 RECIPE_MODELS = ("resnet9", "resnet9_narrow")
 SMALL_RECIPE = {"whiten": True, "weight_decay": 1e-3, "translate": 2}
-#: what those options are everywhere else
-OTHER_DEFAULTS = {"whiten": False, "weight_decay": 5e-4}
+#: the network that photos (more than 64 px a side) train from scratch when the user names none and the default
+#: network's published weights are not used (``--pretrained none``, or they could not be fetched): the fast.ai
+#: Imagenette leaderboard's mini net at its 128 px, with :data:`PHOTO_RECIPE`. On Imagenette's held-out 10% at
+#: 128 px and 5 epochs: 82.4% ± 0.7 (3 seeds), against 79.4% ± 0.2 for resnet18d with SGD and the same
+#: activation, in 1.3x its time (benchmarks/RESULTS.md, issue 12)
+PHOTO_MODEL = "seresnext10d_64x4d"
+#: its recipe (fastai's leaderboard script's, with AdamW for RAdam and its weight decay; benchmarks/RESULTS.md,
+#: "fastai's own recipe on our data"); ``lr`` and ``weight_decay`` are AdamW's and apply only with it
+PHOTO_RECIPE = {"optimizer": "adamw", "lr": 1e-2, "weight_decay": 1e-4, "lookahead": 6, "schedule": "flat_cos"}
+#: what those options are everywhere else (``lr`` left unset: the task's rule for the optimiser and batch)
+OTHER_DEFAULTS = {"whiten": False, "weight_decay": 5e-4, "optimizer": "sgd", "lookahead": 0, "schedule": "onecycle"}
+#: the recipe's values that belong to its optimiser: a user who names another optimiser gets that one's defaults
+_OPTIMIZER_VALUES = ("lr", "weight_decay")
 #: the activation of a network trained from scratch when ``model_kwargs`` does not name one (benchmarks/RESULTS.md,
 #: "SiLU from scratch, on three datasets": held-out +1.3 points on Imagenette with resnet18d at 128 px, +0.6 on
 #: EuroSAT and 0.0 on 100 CIFAR-10 images a class with resnet9_narrow at 32 px, 3 seeds, for 1.0-1.1x the time).
@@ -108,8 +119,10 @@ def _choose(task: Any, median_side: float | None, n_train: int, n_val: int, n_cl
             ) -> tuple[str, int, Any]:
     cfg = task.cfg
     name, size = choose_model_and_size(cfg, median_side)
+    small = median_side is not None and median_side <= 64
     task.resolve_batch_size(n_train, world)
     weights = task.load_pretrained(name)
+    name, size = scratch_photo_model(task, name, size, small)
     scratch_activation(task)  # before a budget times the candidates: they are timed as they will train
     if weights is not None:  # fine-tuning: the strategy and input size from the data and the weights
         task.transfer = choose_transfer(TransferFacts(n_train, n_classes, median_side, weights_input_size(weights[1]),
@@ -119,7 +132,6 @@ def _choose(task: Any, median_side: float | None, n_train: int, n_val: int, n_cl
             task.plan_notes.append(f"fine-tunes {task.transfer.reason}; --img-size overrides")
     if task.budget_view is None or (cfg.model and cfg.img_size):
         return name, size, weights
-    small = median_side is not None and median_side <= 64
     candidates = budget_candidates(cfg, name, size, small, finetune=weights is not None)
     chosen = task.choose_within_budget(candidates, n_train, n_val, n_classes)
     if chosen.model != name and task.weights_reason == no_published_weights(name):
@@ -150,25 +162,60 @@ def scratch_activation(task: Any) -> None:
                            "from scratch, or equal); --model-kwargs act_layer=relu overrides")
 
 
+def recipe_for(name: str, size: int, scratch: bool) -> dict[str, Any]:
+    """The measured recipe of network ``name`` at ``size`` px (options and their values), or {}:
+    :data:`SMALL_RECIPE` for :data:`RECIPE_MODELS` from scratch at up to 64 px, :data:`PHOTO_RECIPE` for
+    :data:`PHOTO_MODEL` from scratch."""
+    if scratch and name in RECIPE_MODELS and size <= 64:
+        return SMALL_RECIPE
+    if scratch and name == PHOTO_MODEL:
+        return PHOTO_RECIPE
+    return {}
+
+
 def apply_recipe(task: Any, name: str, size: int) -> None:
-    """Fill the options the user left unset (None) whose best value depends on the network: :data:`SMALL_RECIPE`
-    for a network of :data:`RECIPE_MODELS` trained from scratch at up to 64 px, else :data:`OTHER_DEFAULTS`
-    (``translate`` then stays unset: an eighth of the side). ``task.cfg`` gets the values (``config.yaml`` records
-    them, a resumed run keeps them) and the recipe one plan note."""
+    """Fill the options the user left unset (None) whose best value depends on the network: its measured recipe
+    (:func:`recipe_for`), else :data:`OTHER_DEFAULTS` (``translate`` then stays unset: an eighth of the side, and
+    ``lr`` the task's rule). A user who names another optimiser than the recipe's keeps that optimiser's
+    defaults for the learning rate and weight decay. ``task.cfg`` gets the values (``config.yaml`` records them, a
+    resumed run keeps them) and the recipe one plan note."""
     cfg = task.cfg
-    # a resumed run keeps what it started with: one recorded before the recipe existed has None where it meant the
-    # other defaults (an eighth of the side for translate)
-    use = name in RECIPE_MODELS and size <= 64 and task.pretrained is None and not task.resuming
-    unset = {k: v for k, v in (SMALL_RECIPE if use else OTHER_DEFAULTS).items() if getattr(cfg, k) is None}
+    # a resumed run keeps what it started with: one recorded before a recipe existed has None where it meant the
+    # other defaults (an eighth of the side for translate, SGD)
+    recipe = dict(recipe_for(name, size, task.pretrained is None and not task.resuming))
+    if cfg.optimizer is not None and recipe.get("optimizer", cfg.optimizer) != cfg.optimizer:
+        recipe = {k: v for k, v in recipe.items() if k not in _OPTIMIZER_VALUES}
+    values = {**OTHER_DEFAULTS, **recipe}
+    unset = {k: v for k, v in values.items() if getattr(cfg, k) is None}
     if not unset:
         return
     task.cfg = cfg.replace(**unset)
-    if use:
-        said = {"whiten": "a whitened first convolution (--no-whiten)",
-                "weight_decay": f"weight decay {unset.get('weight_decay')} (--weight-decay)",
-                "translate": f"crops moved up to {unset.get('translate')} px (--translate)"}
+    said = {"whiten": "a whitened first convolution (--no-whiten)",
+            "weight_decay": f"weight decay {unset.get('weight_decay')} (--weight-decay)",
+            "translate": f"crops moved up to {unset.get('translate')} px (--translate)",
+            "optimizer": f"{str(unset.get('optimizer')).replace('adamw', 'AdamW')} (--optimizer)",
+            "lr": f"a peak learning rate of {unset.get('lr')} (--lr)",
+            "lookahead": f"Lookahead every {unset.get('lookahead')} steps (--lookahead)",
+            "schedule": f"the {unset.get('schedule')} schedule (--schedule)"}
+    used = [said[k] for k in recipe if k in unset]
+    if used:
         task.plan_notes.append(f"{name} from scratch at {size} px trains with its measured recipe: "
-                               + ", ".join(said[k] for k in unset) + "; the options in brackets override")
+                               + ", ".join(used) + "; the options in brackets override")
+
+
+def scratch_photo_model(task: Any, name: str, size: int, small: bool) -> tuple[str, int]:
+    """Photos trained from scratch with no network named (no published weights used): :data:`PHOTO_MODEL` at its
+    input size (or ``--img-size``) instead of the default network, with one plan note; else ``name`` and
+    ``size``."""
+    cfg = task.cfg
+    if cfg.model or small or cfg.data is None or task.pretrained is not None or task.resuming:
+        return name, size
+    size = cfg.img_size or get_config(PHOTO_MODEL).input_size[-1]
+    if task.weights_warning:
+        task.weights_reason = f"{name}'s published weights could not be fetched"
+    task.plan_notes.append(f"photos from scratch ({task.weights_reason}) train {PHOTO_MODEL} at {size} px, the "
+                           f"network measured best for that, instead of {name}; --model overrides")
+    return PHOTO_MODEL, size
 
 
 def memory_by_default(device: torch.device, size: int, nbytes: int) -> bool:
