@@ -3,16 +3,19 @@
 Selection never looks at the split that is reported. Each target's training folder is split once (seed 0) into
 90% training and 10% held out (``select`` CSVs); every ablation arm trains on the 90% and is judged by its best
 epoch on the 10%. Only a final recipe runs with ``--report``: the same 90/10 split plus the target's evaluation
-folder as the test split, evaluated once with the best checkpoint.
+folder as the test split, evaluated once with the best checkpoint. ``--full`` runs a final recipe as the
+leaderboards do: on the whole training folder, with the evaluation folder as its validation split, reporting the
+last epoch's accuracy on it (no epoch is chosen on that split).
 
 Targets (CSVs of paths under ``WORK``, no copies of the images; :func:`common.subset_csv`):
 
 * ``imagenette``: ``../shared/data/imagenette/train`` (9,469 images; 947 held out), test = its ``val`` folder
   (3,925); 128 px, 5 epochs (the fast.ai leaderboard's setting).
 * ``cifar10``: ``cifar10/train`` (50,000; 5,000 held out), test = ``cifar10/test``; 32 px.
-* ``eurosat`` (576 training and 64 held-out images a class, 10 epochs) and ``cifar10_100`` (100 and 100, 30
-  epochs): the generalisation checks, with the model and size the defaults choose for the images (no ``--model``,
-  no ``--img-size``: what ``resnet-tune train --data DIR`` does).
+* ``eurosat`` (576 training and 64 held-out images a class, 10 epochs), ``cifar10_100`` (100 and 100, 30
+  epochs) and ``imagenette_100`` (100 and 100 photos a class, 10 epochs: a small photo folder): the generalisation
+  checks, with the model and size the defaults choose for the images (no ``--model``, no ``--img-size``: what
+  ``resnet-tune train --data DIR`` does).
 
 Arms are flags added to the target's base command (``resnet-tune train --data CSV --pretrained none --loader memory
 --model M --img-size S --epochs E --seed N``); ``--epochs`` and ``--model`` override the target's. Arm names that
@@ -32,6 +35,7 @@ accumulates across sessions; runs resume. Usage::
 from __future__ import annotations
 
 import argparse
+import csv
 import statistics
 import sys
 from pathlib import Path
@@ -48,6 +52,7 @@ TARGETS = {
     "cifar10": ("cifar10/train", "cifar10/test", None, 500, "resnet20", 32, 30),
     "eurosat": ("eurosat/train", "eurosat/val", 576, 64, None, None, 10),
     "cifar10_100": ("cifar10/train", "cifar10/test", 100, 100, None, None, 30),
+    "imagenette_100": ("imagenette/train", "imagenette/val", 100, 100, None, None, 10),
 }
 #: arm: flags on top of the base command
 ARMS = {
@@ -74,17 +79,40 @@ def data_csv(work: Path, target: str, report: bool) -> Path:
                       test_dir=DATA / test_dir if report else None)
 
 
+def full_csv(work: Path, target: str) -> Path:
+    """``--full``: every image of the target's training folder as ``train`` and its evaluation folder as ``val``
+    (a CSV of paths, written once)."""
+    train_dir, test_dir, per_class, *_ = TARGETS[target]
+    if per_class is not None:
+        raise SystemExit(f"--full trains on a whole training folder; {target} is a subset of one")
+    path = work / f"{target}_full.csv"
+    if not path.exists():
+        with path.open("w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["path", "label", "split"])
+            for split, folder in (("train", DATA / train_dir), ("val", DATA / test_dir)):
+                root = folder.resolve()
+                for cls in sorted(p.name for p in root.iterdir() if p.is_dir()):
+                    w.writerows((str(f), cls, split) for f in sorted((root / cls).iterdir()))
+    return path
+
+
 def run_arm(work: Path, code: Path, target: str, arm: str, model: str | None, epochs: int | None, seed: int,
-            report: bool, extra: list[str], tta: bool = False) -> tuple[str, dict]:
+            report: bool, extra: list[str], tta: bool = False, full: bool = False) -> tuple[str, dict]:
     *_, base_model, size, base_epochs = TARGETS[target]
     model, epochs = model or base_model, epochs or base_epochs
-    key = f"{target}/{arm}@{model or 'default'}-{epochs}ep" + ("-report" if report else "")
-    args = ["--data", str(data_csv(work, target, report)), "--pretrained", "none", "--loader", "memory",
+    key = f"{target}/{arm}@{model or 'default'}-{epochs}ep" + ("-full" if full else "-report" if report else "")
+    data = full_csv(work, target) if full else data_csv(work, target, report)
+    args = ["--data", str(data), "--pretrained", "none", "--loader", "memory",
             "--epochs", str(epochs), "--seed", str(seed), *ARMS.get(arm, []), *extra]
     if model:
         args += ["--model", model] + (["--img-size", str(size)] if size else [])
     out = work / key / f"seed{seed}"
     res = cli_run(code, out, args)
+    if full:  # the evaluation folder is the run's validation split: its last epoch, no epoch chosen on it
+        rows = read_metrics(out)
+        res.update(test_acc=rows[-1]["val_acc"], split="test (the last epoch)", best_val_acc=None, minutes_to={})
+        return key, res
     res["minutes_to"] = minutes_to(read_metrics(out))
     if report and tta and "test_acc_tta" not in res:
         res["test_acc_tta"] = evaluate_tta(code, out, data_csv(work, target, report))
@@ -138,6 +166,9 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, help="epochs instead of the target's")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--report", action="store_true", help="a final recipe: also evaluate the test split once")
+    ap.add_argument("--full", action="store_true", help="a final recipe trained on the whole training folder (no "
+                    "held-out part), with the evaluation folder as its validation split: reports the last epoch's "
+                    "accuracy on it (the leaderboard's protocol; nothing is chosen on that split)")
     ap.add_argument("--tta", action="store_true", help="with --report: also the test split with flip test-time "
                     "augmentation (resnet-tune evaluate --tta), reported beside the plain figure")
     ap.add_argument("--table", action="store_true", help="print the ledger's table and exit")
@@ -158,10 +189,11 @@ def main() -> None:
     for seed in args.seeds:
         for arm in args.arms:
             key, res = run_arm(args.work, args.code, args.target, arm, args.model, args.epochs, seed, args.report,
-                               args.flags.split(), args.tta)
+                               args.flags.split(), args.tta, args.full)
             ledger_write("recipes", key, seed, res, flags=args.flags, code=args.code.name)
-            print(f"{key} seed {seed}: held-out {res['best_val_acc']:.4f}"
-                  + (f" test {res['test_acc']:.4f}" if args.report else "")
+            print(f"{key} seed {seed}: "
+                  + (f"test (last epoch) {res['test_acc']:.4f}" if args.full else
+                     f"held-out {res['best_val_acc']:.4f}" + (f" test {res['test_acc']:.4f}" if args.report else ""))
                   + (f" (flip TTA {res['test_acc_tta']:.4f})" if "test_acc_tta" in res else "")
                   + f" in {res['seconds'] / 60:.1f} min; held-out milestones (minutes): {res['minutes_to']}",
                   flush=True)
@@ -175,12 +207,13 @@ def table() -> None:
     runs = ledger_read("recipes")
     for key, arm_runs in runs.items():
         target, arm = key.split("/")
-        test = mean_sd([r["test_acc"] for r in arm_runs]) if arm.endswith("-report") else "-"
+        test = mean_sd([r["test_acc"] for r in arm_runs]) if arm.endswith(("-report", "-full")) else "-"
+        held = "-" if arm.endswith("-full") else mean_sd([r["best_val_acc"] for r in arm_runs])
         tta = [r["test_acc_tta"] for r in arm_runs if "test_acc_tta" in r]
         base = runs.get(f"{target}/baseline@{arm.split('@')[1]}")
         pairs = pair_by_seed(arm_runs, base) if base and not arm.startswith("baseline@") else []
         diff = f"{paired(pairs, 'best_val_acc')}, {len(pairs)}" if pairs else "-"
-        print(f"| {target} | {arm} | {mean_sd([r['best_val_acc'] for r in arm_runs])} | {diff} | {test} | "
+        print(f"| {target} | {arm} | {held} | {diff} | {test} | "
               f"{mean_sd(tta) if tta else '-'} | {statistics.mean(r['seconds'] for r in arm_runs) / 60:.1f} | "
               f"{milestones(arm_runs)} |")
 
@@ -190,6 +223,8 @@ def pair(target: str, a: str, b: str) -> None:
     missing = [k for k in (a, b) if f"{target}/{k}" not in runs]
     if missing:
         raise SystemExit(f"not in the ledger under {target}: {', '.join(missing)}")
+    if any(k.endswith("-full") for k in (a, b)):
+        raise SystemExit("--full runs have no held-out figure to pair")
     ra, rb = runs[f"{target}/{a}"], runs[f"{target}/{b}"]
     pairs = pair_by_seed(ra, rb)
     print(f"{target}: {a} {mean_sd([r['best_val_acc'] for r in ra])}; {b} {mean_sd([r['best_val_acc'] for r in rb])}; "
