@@ -104,12 +104,12 @@ def cifar_subset_csv(path: Path, per_class: int, val_per_class: int, seed: int =
 
 
 def subset_csv(path: Path, train_dir: Path, per_class: int | None, val_per_class: int, seed: int = 0,
-               test_dir: Path | None = None) -> Path:
+               test_dir: Path | None = None, test_split: str = "test") -> Path:
     """A CSV of path,label,split over the class folders of ``train_dir`` (no copies of the images): ``per_class``
     training (None: all but the validation images) and the next ``val_per_class`` validation images a class, drawn
-    with ``seed``, and every image of
-    ``test_dir``'s class folders as ``test`` when it is given. Written once; an existing file is reused, so runs
-    that read it stay resumable."""
+    with ``seed``, and every image of ``test_dir``'s class folders as ``test_split`` (``test``, or ``val`` for a run
+    validated on it) when it is given. Written once; an existing file is reused, so runs that read it stay
+    resumable."""
     if path.exists():
         return path
     root = Path(train_dir).resolve()
@@ -122,7 +122,7 @@ def subset_csv(path: Path, train_dir: Path, per_class: int | None, val_per_class
         rows += [(f, cls, "train") for f in files[:n]]
         rows += [(f, cls, "val") for f in files[n:n + val_per_class]]
         if test_dir is not None:
-            rows += [(str(p), cls, "test") for p in sorted((Path(test_dir).resolve() / cls).iterdir())]
+            rows += [(str(p), cls, test_split) for p in sorted((Path(test_dir).resolve() / cls).iterdir())]
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as f:
         w = csv.writer(f)

@@ -35,7 +35,6 @@ accumulates across sessions; runs resume. Usage::
 from __future__ import annotations
 
 import argparse
-import csv
 import statistics
 import sys
 from pathlib import Path
@@ -85,16 +84,8 @@ def full_csv(work: Path, target: str) -> Path:
     train_dir, test_dir, per_class, *_ = TARGETS[target]
     if per_class is not None:
         raise SystemExit(f"--full trains on a whole training folder; {target} is a subset of one")
-    path = work / f"{target}_full.csv"
-    if not path.exists():
-        with path.open("w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["path", "label", "split"])
-            for split, folder in (("train", DATA / train_dir), ("val", DATA / test_dir)):
-                root = folder.resolve()
-                for cls in sorted(p.name for p in root.iterdir() if p.is_dir()):
-                    w.writerows((str(f), cls, split) for f in sorted((root / cls).iterdir()))
-    return path
+    return subset_csv(work / f"{target}_full.csv", DATA / train_dir, None, 0, test_dir=DATA / test_dir,
+                      test_split="val")
 
 
 def run_arm(work: Path, code: Path, target: str, arm: str, model: str | None, epochs: int | None, seed: int,
