@@ -1,6 +1,7 @@
 """The cost of an activation on this machine: forward + backward of ReLU, Mish and SiLU on a tensor the size of
 ``resnet18d``'s first-stage activations at 128 px (batch 64, 64 channels, 32 x 32), bf16, channels-last, in place
-as the network runs them (``act_layer``). ReLU is the baseline; each figure is the median of ``--repeats`` windows.
+as the network runs them (``act_layer``), and ATen's own ``nn.Mish`` (what ``mish`` ran before its compiled
+kernels). ReLU is the baseline; each figure is the median of ``--repeats`` windows.
 
     python benchmarks/activations.py [--repeats 5 --steps 20]
 """
@@ -29,8 +30,9 @@ def main() -> None:
     torch.manual_seed(0)
     x0 = torch.randn(*args.shape, dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last)
     base = None
-    for name in ACT_LAYERS:  # relu first: the baseline
-        act = make_act(name)
+    acts = {name: make_act(name) for name in ACT_LAYERS}  # relu first: the baseline
+    acts["mish (ATen's nn.Mish)"] = torch.nn.Mish(inplace=True)
+    for name, act in acts.items():
 
         def window() -> None:
             for _ in range(args.steps):

@@ -277,6 +277,68 @@ def test_act_layer_replaces_every_activation_and_keeps_the_state_dict(name: str)
         rt.create_model(name, act_layer="gelu")
 
 
+def test_mish_trains_on_the_cpu_through_its_compiled_kernels_with_atens_values(monkeypatch) -> None:
+    """``act_layer=mish`` trains on a CPU through the one-exponential kernels (never ATen's ``F.mish``), with
+    ATen's values and gradients in float32 and bfloat16, far tails included; a whole network's gradients equal
+    those with ``nn.Mish`` swapped in. Without gradients ATen's kernel runs; where torch.compile fails: one
+    warning, then ATen's kernel, same values."""
+    from resnet_tune.models import activations
+
+    x = torch.cat([torch.randn(4000) * 6, torch.tensor([-200.0, -30.0, -1e-3, 0.0, 1e-3, 19.9, 20.1, 25.0, 1e4])])
+    ref_in = x.clone().requires_grad_()
+    torch.nn.functional.mish(ref_in).backward(torch.linspace(-1, 1, x.numel()))
+    mish = activations.Mish(inplace=True)
+    aten_mish = torch.nn.functional.mish
+
+    def no_aten(*a, **k):
+        raise AssertionError("ATen's mish ran in training")
+
+    with monkeypatch.context() as m:
+        m.setattr(torch.nn.functional, "mish", no_aten)
+        ours_in = x.clone().requires_grad_()
+        out = mish(ours_in * 1.0)
+        out.backward(torch.linspace(-1, 1, x.numel()))
+        torch.testing.assert_close(out, aten_mish(x), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(ours_in.grad, ref_in.grad, rtol=1e-5, atol=1e-6)
+        xb = x.bfloat16().contiguous()
+        xb_in = xb.clone().requires_grad_()
+        ob = mish(xb_in * 1.0)
+        ob.float().sum().backward()
+        assert ob.dtype == xb_in.grad.dtype == torch.bfloat16
+        ref_b = xb.clone().requires_grad_()
+        aten_mish(ref_b).float().sum().backward()
+        torch.testing.assert_close(ob, aten_mish(xb), rtol=1e-2, atol=1e-2)
+        torch.testing.assert_close(xb_in.grad, ref_b.grad, rtol=1e-2, atol=1e-2)
+
+        net = rt.create_model("seresnext10d_64x4d", num_classes=5, act_layer="mish").train()
+        ref = copy.deepcopy(net)
+        for path, mod in list(ref.named_modules()):
+            if isinstance(mod, activations.Mish):
+                parent, _, attr = path.rpartition(".")
+                setattr(ref.get_submodule(parent) if parent else ref, attr, torch.nn.Mish())
+        inp, target = torch.randn(4, 3, 64, 64), torch.tensor([0, 1, 2, 3])
+        torch.nn.functional.cross_entropy(net(inp), target).backward()
+    torch.nn.functional.cross_entropy(ref(inp), target).backward()
+    for (name, p), q in zip(net.named_parameters(), ref.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-3, atol=1e-5, msg=name)
+    with torch.no_grad():  # evaluation: ATen's kernel
+        torch.testing.assert_close(mish(x.clone()), aten_mish(x))
+
+    def broken(*a, **k):
+        raise RuntimeError("no C++ compiler\nmore lines")
+
+    monkeypatch.setattr(activations, "_kernels", {})
+    monkeypatch.setattr(torch, "compile", broken)
+    with pytest.warns(RuntimeWarning, match=r"Mish trains with ATen's slower kernel: torch.compile could not build "
+                                            r"the fast one \(RuntimeError: no C\+\+ compiler\)"):
+        out = mish(x.clone().requires_grad_() * 1.0)
+    torch.testing.assert_close(out, aten_mish(x))
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        mish(x.clone().requires_grad_() * 1.0).sum().backward()
+
+
 def test_conv_pool_stages_make_page_resnet9() -> None:
     model = rt.create_model("resnet9")
     assert [f["stride"] for f in model.feature_info] == [2, 4, 8]

@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .activations import Mish
+
 __all__ = [
     "BasicBlock",
     "BlurPool2d",
@@ -66,8 +68,8 @@ GLOBAL_POOLS = ("avg", "max")
 #: how random weights start: torchvision's He-normal over the fan-out, or fastai's over the fan-in
 CONV_INITS = ("fan_out", "fan_in")
 #: activations (timm's ``act_layer`` names): ReLU (every ResNet of He et al.), Mish (Misra 2019; fastai's xresnet
-#: leaderboard runs), SiLU/Swish (Ramachandran et al. 2017)
-ACT_LAYERS = {"relu": nn.ReLU, "mish": nn.Mish, "silu": nn.SiLU}
+#: leaderboard runs; :class:`~resnet_tune.models.activations.Mish`), SiLU/Swish (Ramachandran et al. 2017)
+ACT_LAYERS = {"relu": nn.ReLU, "mish": Mish, "silu": nn.SiLU}
 
 
 def make_act(name: str = "relu") -> nn.Module:
