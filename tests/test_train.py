@@ -375,7 +375,8 @@ def test_photos_from_scratch_train_the_mini_net_with_its_recipe_unless_told(tmp_
               **dict(FAST, epochs=1, img_size=None))
     saved = yaml.safe_load((res.run_dir / "config.yaml").read_text())
     assert (saved["model"], saved["img_size"], saved["optimizer"], saved["lr"], saved["weight_decay"],
-            saved["lookahead"], saved["schedule"]) == (PHOTO_MODEL, 128, "adamw", 1e-2, 1e-4, 6, "flat_cos")
+            saved["lookahead"], saved["schedule"], saved["model_kwargs"]) == (
+        PHOTO_MODEL, 128, "adamw", 1e-2, 1e-4, 6, "flat_cos", {"act_layer": "mish"})
     assert any(n.startswith(f"photos from scratch (--pretrained none) train {PHOTO_MODEL} at 128 px")
                for n in res.notes)
     state = ckpt.load_state(res.run_dir / ckpt.STATE)
@@ -390,22 +391,30 @@ def test_photos_from_scratch_train_the_mini_net_with_its_recipe_unless_told(tmp_
 
 def test_runs_from_scratch_train_with_silu_unless_told(image_folder: Path, tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    """From scratch, a network whose --model-kwargs name no activation trains with SiLU (the measured default): said
-    once, recorded in config.yaml and the checkpoint, kept on resume; pretrained weights, a resumed run and a
-    chosen activation are left alone."""
+    """From scratch, a network whose --model-kwargs name no activation trains with SiLU (the measured default), or
+    with its preset's own where that is not ReLU (the photo default's Mish): said once, recorded in config.yaml and
+    the checkpoint, kept on resume; pretrained weights, a resumed run and a chosen activation are left alone."""
     from types import SimpleNamespace
 
-    from resnet_tune.tasks.classification.data import SCRATCH_ACT_LAYER, scratch_activation
+    from resnet_tune.tasks.classification.data import PHOTO_MODEL, SCRATCH_ACT_LAYER, scratch_activation
 
-    def chosen(cfg: TrainConfig, pretrained: object = None, resuming: bool = False) -> tuple[TrainConfig, list[str]]:
+    def chosen(cfg: TrainConfig, pretrained: object = None, resuming: bool = False, name: str = "resnet20"
+               ) -> tuple[TrainConfig, list[str]]:
         task = SimpleNamespace(cfg=cfg, pretrained=pretrained, plan_notes=[], resuming=resuming)
-        scratch_activation(task)
+        scratch_activation(task, name)
         return task.cfg, task.plan_notes
 
     cfg, notes = chosen(TrainConfig(data="d", model_kwargs=["zero_init_residual=true"]))
     assert SCRATCH_ACT_LAYER == "silu"
     assert cfg.model_kwargs == {"zero_init_residual": True, "act_layer": "silu"}
     assert len(notes) == 1 and "--model-kwargs act_layer=relu overrides" in notes[0]
+    assert notes[0].startswith("from scratch with SILU activations")
+    for name, act in (("resnet18", "silu"), ("resnet9_narrow", "silu"), (PHOTO_MODEL, "mish")):
+        cfg, notes = chosen(TrainConfig(data="d"), name=name)
+        assert cfg.model_kwargs == {"act_layer": act}
+    assert notes[0].startswith("from scratch with Mish activations")
+    cfg, notes = chosen(TrainConfig(data="d", model_kwargs=["act_layer=silu"]), name=PHOTO_MODEL)
+    assert (cfg.model_kwargs, notes) == ({"act_layer": "silu"}, [])
     for cfg_in, weights, resuming in ((TrainConfig(data="d"), ({}, {}), False), (TrainConfig(data="d"), None, True),
                                       (TrainConfig(data="d", model_kwargs=["act_layer=relu"]), None, False)):
         cfg, notes = chosen(cfg_in, weights, resuming)

@@ -75,8 +75,8 @@ class ClassificationConfig(RunConfig):
     model_kwargs: Any = option(None, "architecture options of the model as KEY=VALUE pairs, fields of "
                                      "ResNetConfig (e.g. global_pool=max logit_scale=0.125 anti_alias=true; a "
                                      "mapping in YAML; timm's --model-kwargs); recorded in every checkpoint. "
-                                     "From scratch act_layer is silu unless given (act_layer=relu: the classic "
-                                     "ResNet)",
+                                     "From scratch act_layer is silu unless given (mish for "
+                                     "seresnext10d_64x4d; act_layer=relu: the classic ResNet)",
                                nargs="+")
     cache_views: int = option(1, "frozen-body epochs train the head on cached backbone features of this many "
                                  "augmented views of the training set (0 = run the backbone every epoch)",

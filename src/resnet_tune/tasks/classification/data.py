@@ -21,7 +21,8 @@ from ...models import get_config, mean_std_for
 __all__ = ["FEW_PER_CLASS", "OTHER_DEFAULTS", "PHOTO_MODEL", "PHOTO_RECIPE", "RECIPE_MODELS", "SCRATCH_ACT_LAYER",
            "SCRATCH_SIZES", "SMALL_MODEL", "SMALL_RECIPE", "apply_recipe", "budget_candidates", "balance_weights",
            "build_data", "choose_model", "choose_model_and_size", "class_weights", "image_loaders",
-           "memory_by_default", "recipe_for", "scratch_activation", "scratch_hint", "scratch_photo_model"]
+           "memory_by_default", "recipe_for", "scratch_act_layer", "scratch_activation", "scratch_hint",
+           "scratch_photo_model"]
 
 #: below this many training images a class, a run from scratch says that pretrained weights usually help a lot
 FEW_PER_CLASS = 100
@@ -49,9 +50,10 @@ RECIPE_MODELS = ("resnet9", "resnet9_narrow")
 SMALL_RECIPE = {"whiten": True, "weight_decay": 1e-3, "translate": 2}
 #: the network that photos (more than 64 px a side) train from scratch when the user names none and the default
 #: network's published weights are not used (``--pretrained none``, or they could not be fetched): the fast.ai
-#: Imagenette leaderboard's mini net at its 128 px, with :data:`PHOTO_RECIPE`. On Imagenette's held-out 10% at
-#: 128 px and 5 epochs: 82.4% ± 0.7 (3 seeds), against 79.4% ± 0.2 for resnet18d with SGD and the same
-#: activation, in 1.3x its time (benchmarks/RESULTS.md, issue 12)
+#: Imagenette leaderboard's mini net at its 128 px with its Mish, with :data:`PHOTO_RECIPE`. On Imagenette's
+#: held-out 10% at 128 px and 5 epochs: 83.3% ± 0.7 (3 seeds; 82.4% ± 0.7 with SiLU), against 79.4% ± 0.2 for
+#: resnet18d with SGD and SiLU, in 1.3x its time; on 100 Imagenette photos a class, 71.1% ± 0.7 against 58.8%
+#: ± 1.0 for resnet18 at 224 px (benchmarks/RESULTS.md, issue 12)
 PHOTO_MODEL = "seresnext10d_64x4d"
 #: its recipe (fastai's leaderboard script's, with AdamW for RAdam and its weight decay; benchmarks/RESULTS.md,
 #: "fastai's own recipe on our data"); ``lr`` and ``weight_decay`` are AdamW's and apply only with it
@@ -63,7 +65,8 @@ _OPTIMIZER_VALUES = ("lr", "weight_decay")
 #: the activation of a network trained from scratch when ``model_kwargs`` does not name one (benchmarks/RESULTS.md,
 #: "SiLU from scratch, on three datasets": held-out +1.3 points on Imagenette with resnet18d at 128 px, +0.6 on
 #: EuroSAT and 0.0 on 100 CIFAR-10 images a class with resnet9_narrow at 32 px, 3 seeds, for 1.0-1.1x the time).
-#: Pretrained weights keep the activation they were trained with (ReLU).
+#: Pretrained weights keep the activation they were trained with (ReLU); a preset built for training from scratch
+#: with another activation keeps its own (:func:`scratch_act_layer`).
 SCRATCH_ACT_LAYER = "silu"
 
 
@@ -123,7 +126,7 @@ def _choose(task: Any, median_side: float | None, n_train: int, n_val: int, n_cl
     task.resolve_batch_size(n_train, world)
     weights = task.load_pretrained(name)
     name, size = scratch_photo_model(task, name, size, small)
-    scratch_activation(task)  # before a budget times the candidates: they are timed as they will train
+    scratch_activation(task, name)  # before a budget times the candidates: they are timed as they will train
     if weights is not None:  # fine-tuning: the strategy and input size from the data and the weights
         task.transfer = choose_transfer(TransferFacts(n_train, n_classes, median_side, weights_input_size(weights[1]),
                                                       cfg.budget is not None, cfg.img_size or None))
@@ -150,16 +153,27 @@ def _choose(task: Any, median_side: float | None, n_train: int, n_val: int, n_cl
     return chosen.model, chosen.size, weights
 
 
-def scratch_activation(task: Any) -> None:
-    """A run from scratch whose ``model_kwargs`` name no activation trains with :data:`SCRATCH_ACT_LAYER`, written
-    into ``task.cfg.model_kwargs`` (``config.yaml`` records it, checkpoints rebuild it) with one plan note; a run
-    with pretrained weights, and a resumed one (which keeps what it recorded), are left as they are."""
+def scratch_act_layer(name: str) -> str:
+    """The activation network ``name`` trains with from scratch unless ``model_kwargs`` names one: its preset's own
+    where that is not ReLU (``seresnext10d_64x4d``: Mish, as the leaderboard's mini net), else
+    :data:`SCRATCH_ACT_LAYER`."""
+    own = get_config(name).act_layer
+    return own if own != "relu" else SCRATCH_ACT_LAYER
+
+
+def scratch_activation(task: Any, name: str) -> None:
+    """A run from scratch of network ``name`` whose ``model_kwargs`` name no activation trains with
+    :func:`scratch_act_layer`'s, written into ``task.cfg.model_kwargs`` (``config.yaml`` records it, checkpoints
+    rebuild it) with one plan note; a run with pretrained weights, and a resumed one (which keeps what it
+    recorded), are left as they are."""
     given = dict(task.cfg.model_kwargs or {})
     if task.pretrained is not None or task.resuming or "act_layer" in given:
         return
-    task.cfg = task.cfg.replace(model_kwargs={**given, "act_layer": SCRATCH_ACT_LAYER})
-    task.plan_notes.append(f"from scratch with {SCRATCH_ACT_LAYER.upper()} activations (measured better than ReLU "
-                           "from scratch, or equal); --model-kwargs act_layer=relu overrides")
+    act = scratch_act_layer(name)
+    task.cfg = task.cfg.replace(model_kwargs={**given, "act_layer": act})
+    task.plan_notes.append(f"from scratch with {act.upper() if act == 'silu' else act.capitalize()} activations "
+                           "(measured better than ReLU from scratch, or equal); --model-kwargs act_layer=relu "
+                           "overrides")
 
 
 def recipe_for(name: str, size: int, scratch: bool) -> dict[str, Any]:
@@ -349,7 +363,7 @@ def _digits(task: Any, device: torch.device, channels_last: bool, rank: int, wor
 
     name, size = choose_model_and_size(task.cfg, None)
     task.load_pretrained(name)  # the default small-image ResNet has no published weights: from scratch, offline
-    scratch_activation(task)
+    scratch_activation(task, name)
     apply_recipe(task, name, size)
     (xt, yt), (xv, yv), classes = dflt.load_digits_images(size, task.cfg.val_fraction, task.cfg.seed)
     task.resolve_batch_size(len(yt), world)
