@@ -14,6 +14,7 @@ one warning, then ATen's kernel). Same values as ``F.mish`` to float rounding; n
 
 from __future__ import annotations
 
+import logging
 import warnings
 from typing import Any
 
@@ -71,6 +72,10 @@ def _fast_path_works(x: Tensor) -> bool:
     key = ("checked", x.dtype, x.is_contiguous(memory_format=torch.channels_last))
     if key in _kernels:
         return True
+    # the C++ toolchain's import may log that no CUDA runtime was found: irrelevant to a CPU kernel, so not shown
+    cpp_log = logging.getLogger("torch.utils.cpp_extension")
+    level = cpp_log.level
+    cpp_log.setLevel(logging.ERROR)
     try:
         if "fwd" not in _kernels:
             _kernels["fwd"] = torch.compile(mish_forward, dynamic=True)
@@ -81,6 +86,8 @@ def _fast_path_works(x: Tensor) -> bool:
     except Exception as err:  # noqa: BLE001 - any compiler failure means: use ATen's kernel
         _give_up(err)
         return False
+    finally:
+        cpp_log.setLevel(level)
     _kernels[key] = True
     return True
 
