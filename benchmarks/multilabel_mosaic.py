@@ -11,6 +11,7 @@ Prints the CPU, versions, the command, test macro/micro mAP and micro-F1 at the 
 wall-clock. Resumable: an interrupted run is resumed, a finished one only reported. Usage::
 
     python benchmarks/multilabel_mosaic.py --work /tmp/mosaic
+    python benchmarks/multilabel_mosaic.py --work /tmp/mosaic --model resnet18   # another network, same mosaics
     python benchmarks/multilabel_mosaic.py --work /tmp/mosaic-smoke --train 64 --test 32 --epochs 1   # seconds
 """
 
@@ -73,6 +74,8 @@ def main() -> int:
     ap.add_argument("--test", type=int, default=1000, help="test mosaics")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--epochs", type=int, default=None, help="default: the tool's")
+    ap.add_argument("--model", default=None, help="default: the tool's choice (its run in WORK/run; another "
+                                                  "network's in WORK/run-MODEL)")
     args = ap.parse_args()
 
     csv = args.work / "mosaics.csv"
@@ -81,8 +84,9 @@ def main() -> int:
         rows = make_mosaics(tiles(args.data / "train"), args.train, args.work / "images", "train", rng)
         rows += make_mosaics(tiles(args.data / "val"), args.test, args.work / "images", "test", rng)
         csv.write_text("path,labels,split\n" + "\n".join(rows) + "\n")
-    run = args.work / "run"
-    options = {"seed": args.seed, **({"epochs": args.epochs} if args.epochs else {})}
+    run = args.work / (f"run-{args.model}" if args.model else "run")
+    options = {"seed": args.seed, **({"epochs": args.epochs} if args.epochs else {}),
+               **({"model": args.model} if args.model else {})}
     t0 = time.perf_counter()
     if (run / "last.state.pt").is_file():
         res = rt.fit(resume=run)
@@ -95,7 +99,13 @@ def main() -> int:
     print(f"\nCPU: {cpu_model()}, {torch.get_num_threads()} threads; torch {torch.__version__}, Python "
           f"{platform.python_version()}")
     print(f"command: python benchmarks/multilabel_mosaic.py --work {args.work} --train {args.train} --test "
-          f"{args.test} --seed {args.seed}" + (f" --epochs {args.epochs}" if args.epochs else ""))
+          f"{args.test} --seed {args.seed}" + (f" --epochs {args.epochs}" if args.epochs else "")
+          + (f" --model {args.model}" if args.model else ""))
+    import yaml
+
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    print(f"trained: {cfg['model']} at {cfg['img_size']} px, {cfg['epochs']} epochs, {cfg['optimizer']}, "
+          f"model_kwargs {cfg.get('model_kwargs')}")
     print(f"| split | images | macro mAP | micro mAP | micro-F1 | macro-F1 | exact match | best epoch | minutes |\n"
           f"|---|--:|--:|--:|--:|--:|--:|--:|--:|\n"
           f"| {ev['split']} | {ev['images']} | {100 * ev['macro_map']:.2f}% | {100 * ev['micro_map']:.2f}% | "
