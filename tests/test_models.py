@@ -277,6 +277,31 @@ def test_act_layer_replaces_every_activation_and_keeps_the_state_dict(name: str)
         rt.create_model(name, act_layer="gelu")
 
 
+@pytest.mark.parametrize("name, blocks", [("resnet18d", 8), ("resnet50", 16), ("preact_resnet18", 8)])
+def test_se_act_layer_changes_only_the_squeeze_and_excitation_activation(name: str, blocks: int) -> None:
+    """``se_act_layer`` (fastai's ``SEModule`` takes its block's activation): every SE bottleneck's activation, and
+    nothing else, becomes the one asked for; the state dict is unchanged, and the function equals the ReLU SE
+    network with those modules swapped."""
+    relu = rt.create_model(name, num_classes=10, se_ratio=0.25).eval()
+    mish = rt.create_model(name, num_classes=10, se_ratio=0.25, se_act_layer="mish").eval()
+    mish.load_state_dict(relu.state_dict())
+    se_acts = [n for n, m in relu.named_modules() if n.endswith(".se.act")]
+    assert len(se_acts) == blocks
+    assert all(isinstance(mish.get_submodule(n), torch.nn.Mish) for n in se_acts)
+    others = [(n, type(m)) for n, m in mish.named_modules() if not n.endswith(".se.act")]
+    assert others == [(n, type(m)) for n, m in relu.named_modules() if not n.endswith(".se.act")]
+    swapped = copy.deepcopy(relu)
+    for path in se_acts:
+        parent, _, attr = path.rpartition(".")
+        setattr(swapped.get_submodule(parent), attr, torch.nn.Mish())
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(mish(x), swapped(x))
+        assert not torch.allclose(mish(x), relu(x))
+    with pytest.raises(ValueError, match="se_act_layer='gelu'; choose one of relu, mish, silu"):
+        rt.create_model(name, se_act_layer="gelu")
+
+
 def test_mish_trains_on_the_cpu_through_its_compiled_kernels_with_atens_values(monkeypatch) -> None:
     """``act_layer=mish`` trains on a CPU through the one-exponential kernels (never ATen's ``F.mish``), with
     ATen's values and gradients in float32 and bfloat16, far tails included; a whole network's gradients equal

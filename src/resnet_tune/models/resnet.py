@@ -50,7 +50,8 @@ def _finite(v: Any) -> bool:
 # The type of every ResNetConfig field: (test, what it must be); tuple fields are given per item.
 _FIELD_TYPES: dict[str, tuple[Any, str]] = {
     **{k: (lambda v: isinstance(v, str), "a string")
-       for k in ("block", "stem", "shortcut", "stage_entry", "global_pool", "act_layer", "conv_init")},
+       for k in ("block", "stem", "shortcut", "stage_entry", "global_pool", "act_layer", "se_act_layer",
+                 "conv_init")},
     **{k: (_whole, "a whole number") for k in ("stem_width", "groups", "base_width", "num_classes")},
     **{k: (_finite, "a finite number") for k in ("bn_eps", "se_ratio", "drop_path_rate", "logit_scale")},
     **{k: (lambda v: isinstance(v, bool), "true or false")
@@ -133,7 +134,9 @@ class ResNetConfig:
         replace_stride_with_dilation: per stage after the first, dilate instead of striding
             (for segmentation at output stride 8 or 16).
         act_layer: the activation after each BN and residual addition (timm's name): ``relu``, ``mish`` or ``silu``
-            (:data:`ACT_LAYERS`); the squeeze-and-excitation bottleneck keeps ReLU, as timm's.
+            (:data:`ACT_LAYERS`).
+        se_act_layer: the activation inside the squeeze-and-excitation bottleneck: ``relu`` (timm's and Hu et
+            al.'s) or, as fastai's ``SEModule``, which takes its block's activation, the block's ``act_layer``.
         global_pool: how the last feature map becomes one vector (timm's name): ``avg`` (every ResNet of He et
             al.) or ``max`` (Page's ResNet-9).
         logit_scale: a constant the classifier's outputs are multiplied by (Page's ResNet-9: 0.125); part of the
@@ -166,6 +169,7 @@ class ResNetConfig:
     replace_stride_with_dilation: tuple[bool, ...] = ()
     global_pool: str = "avg"
     act_layer: str = "relu"
+    se_act_layer: str = "relu"
     logit_scale: float = 1.0
     num_classes: int = 1000
     input_size: tuple[int, int, int] = (3, 224, 224)
@@ -231,8 +235,9 @@ class ResNetConfig:
             bad(f"global_pool={self.global_pool!r}; choose one of {', '.join(GLOBAL_POOLS)}")
         if self.conv_init not in CONV_INITS:
             bad(f"conv_init={self.conv_init!r}; choose one of {', '.join(CONV_INITS)}")
-        if self.act_layer not in ACT_LAYERS:
-            bad(f"act_layer={self.act_layer!r}; choose one of {', '.join(ACT_LAYERS)}")
+        for name in ("act_layer", "se_act_layer"):
+            if getattr(self, name) not in ACT_LAYERS:
+                bad(f"{name}={getattr(self, name)!r}; choose one of {', '.join(ACT_LAYERS)}")
         if not self.logit_scale > 0:
             bad(f"logit_scale must be positive, got {self.logit_scale}")
         if self.anti_alias and (self.block.startswith("preact") or self.stem_pool_zero_pad or self.stride_in_1x1):
@@ -292,11 +297,11 @@ class DropPath(nn.Module):
 class SEModule(nn.Module):
     """Squeeze-and-excitation (Hu et al. 2018) with timm's names (``fc1``, ``fc2``)."""
 
-    def __init__(self, channels: int, ratio: float = 1 / 16, divisor: int = 8) -> None:
+    def __init__(self, channels: int, ratio: float = 1 / 16, divisor: int = 8, act_layer: str = "relu") -> None:
         super().__init__()
         rd = _make_divisible(channels * ratio, divisor)
         self.fc1 = nn.Conv2d(channels, rd, 1, bias=True)
-        self.act = nn.ReLU(inplace=True)
+        self.act = make_act(act_layer)
         self.fc2 = nn.Conv2d(rd, channels, 1, bias=True)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -405,7 +410,8 @@ class BasicBlock(nn.Module):
     def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None,
                  groups: int = 1, base_width: int = 64, dilation: int = 1, first_dilation: int | None = None,
                  bias: bool = False, eps: float = 1e-5, se_ratio: float = 0.0, drop_path_rate: float = 0.0,
-                 stride_in_1x1: bool = False, anti_alias: bool = False, act_layer: str = "relu") -> None:
+                 stride_in_1x1: bool = False, anti_alias: bool = False, act_layer: str = "relu",
+                 se_act_layer: str = "relu") -> None:
         super().__init__()
         first_dilation = first_dilation or dilation
         width = int(planes * (base_width / 64.0)) * groups
@@ -415,7 +421,7 @@ class BasicBlock(nn.Module):
         self.relu = make_act(act_layer)
         self.conv2 = _conv3x3(width, planes, dilation=dilation, bias=bias)
         self.bn2 = nn.BatchNorm2d(planes, eps=eps)
-        self.se = SEModule(planes, se_ratio) if se_ratio else None
+        self.se = SEModule(planes, se_ratio, act_layer=se_act_layer) if se_ratio else None
         self.drop_path = DropPath(drop_path_rate) if drop_path_rate else None
         self.downsample = downsample
         self.stride = stride
@@ -450,7 +456,8 @@ class Bottleneck(nn.Module):
     def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None,
                  groups: int = 1, base_width: int = 64, dilation: int = 1, first_dilation: int | None = None,
                  bias: bool = False, eps: float = 1e-5, se_ratio: float = 0.0, drop_path_rate: float = 0.0,
-                 stride_in_1x1: bool = False, anti_alias: bool = False, act_layer: str = "relu") -> None:
+                 stride_in_1x1: bool = False, anti_alias: bool = False, act_layer: str = "relu",
+                 se_act_layer: str = "relu") -> None:
         super().__init__()
         first_dilation = first_dilation or dilation
         width = int(planes * (base_width / 64.0)) * groups
@@ -463,7 +470,7 @@ class Bottleneck(nn.Module):
         self.conv3 = _conv1x1(width, planes * self.expansion, bias=bias)
         self.bn3 = nn.BatchNorm2d(planes * self.expansion, eps=eps)
         self.relu = make_act(act_layer)
-        self.se = SEModule(planes * self.expansion, se_ratio) if se_ratio else None
+        self.se = SEModule(planes * self.expansion, se_ratio, act_layer=se_act_layer) if se_ratio else None
         self.drop_path = DropPath(drop_path_rate) if drop_path_rate else None
         self.downsample = downsample
         self.stride = stride
@@ -498,7 +505,7 @@ class PreActBasicBlock(nn.Module):
     def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None,
                  groups: int = 1, base_width: int = 64, dilation: int = 1, first_dilation: int | None = None,
                  bias: bool = False, eps: float = 1e-5, se_ratio: float = 0.0, drop_path_rate: float = 0.0,
-                 stride_in_1x1: bool = False, act_layer: str = "relu") -> None:
+                 stride_in_1x1: bool = False, act_layer: str = "relu", se_act_layer: str = "relu") -> None:
         super().__init__()
         first_dilation = first_dilation or dilation
         self.bn1 = nn.BatchNorm2d(inplanes, eps=eps)
@@ -506,7 +513,7 @@ class PreActBasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(planes, eps=eps)
         self.conv2 = _conv3x3(planes, planes, dilation=dilation, bias=bias)
         self.relu = make_act(act_layer)
-        self.se = SEModule(planes, se_ratio) if se_ratio else None
+        self.se = SEModule(planes, se_ratio, act_layer=se_act_layer) if se_ratio else None
         self.drop_path = DropPath(drop_path_rate) if drop_path_rate else None
         self.downsample = downsample
         self.stride = stride
@@ -542,7 +549,7 @@ class PreActBottleneck(nn.Module):
     def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None,
                  groups: int = 1, base_width: int = 64, dilation: int = 1, first_dilation: int | None = None,
                  bias: bool = False, eps: float = 1e-5, se_ratio: float = 0.0, drop_path_rate: float = 0.0,
-                 stride_in_1x1: bool = False, act_layer: str = "relu") -> None:
+                 stride_in_1x1: bool = False, act_layer: str = "relu", se_act_layer: str = "relu") -> None:
         super().__init__()
         first_dilation = first_dilation or dilation
         width = int(planes * (base_width / 64.0)) * groups
@@ -553,7 +560,7 @@ class PreActBottleneck(nn.Module):
         self.bn3 = nn.BatchNorm2d(width, eps=eps)
         self.conv3 = _conv1x1(width, planes * self.expansion, bias=bias)
         self.relu = make_act(act_layer)
-        self.se = SEModule(planes * self.expansion, se_ratio) if se_ratio else None
+        self.se = SEModule(planes * self.expansion, se_ratio, act_layer=se_act_layer) if se_ratio else None
         self.drop_path = DropPath(drop_path_rate) if drop_path_rate else None
         self.downsample = downsample
         self.stride = stride
@@ -664,7 +671,8 @@ class ResNet(nn.Module):
                     inplanes, width, s, ds, groups=cfg.groups, base_width=cfg.base_width, dilation=dilation,
                     first_dilation=prev_dilation if j == 0 else dilation, bias=cfg.conv_bias, eps=eps,
                     se_ratio=cfg.se_ratio, drop_path_rate=dpr, stride_in_1x1=cfg.stride_in_1x1,
-                    act_layer=cfg.act_layer, **({"anti_alias": True} if cfg.anti_alias else {}),
+                    act_layer=cfg.act_layer, se_act_layer=cfg.se_act_layer,
+                    **({"anti_alias": True} if cfg.anti_alias else {}),
                 ))
                 inplanes = out_ch
                 block_idx += 1
