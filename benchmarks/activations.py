@@ -1,7 +1,9 @@
 """The cost of an activation on this machine: forward + backward of ReLU, Mish and SiLU on a tensor the size of
 ``resnet18d``'s first-stage activations at 128 px (batch 64, 64 channels, 32 x 32), bf16, channels-last, in place
 as the network runs them (``act_layer``), and ATen's own ``nn.Mish`` (what ``mish`` ran before its compiled
-kernels). ReLU is the baseline; each figure is the median of ``--repeats`` windows.
+kernels). Then the forward alone without gradients (a validation pass; ``mish`` runs its compiled forward there
+once training built it, as the first part did). ReLU is the baseline; each figure is the median of ``--repeats``
+windows.
 
     python benchmarks/activations.py [--repeats 5 --steps 20]
 """
@@ -43,6 +45,17 @@ def main() -> None:
         ms = timed(window, repeats=args.repeats) / args.steps * 1000
         base = base or ms
         print(f"{name}: {ms:.2f} ms forward + backward of {tuple(args.shape)} bf16 ({ms / base:.2f}x ReLU)")
+    base = None
+    for name, act in acts.items():
+
+        def forward_only() -> None:
+            with torch.inference_mode():
+                for _ in range(args.steps):
+                    act(x0.clone())
+
+        ms = timed(forward_only, repeats=args.repeats) / args.steps * 1000
+        base = base or ms
+        print(f"{name}: {ms:.2f} ms forward without gradients ({ms / base:.2f}x ReLU)")
 
 
 if __name__ == "__main__":

@@ -305,7 +305,8 @@ def test_se_act_layer_changes_only_the_squeeze_and_excitation_activation(name: s
 def test_mish_trains_on_the_cpu_through_its_compiled_kernels_with_atens_values(monkeypatch) -> None:
     """``act_layer=mish`` trains on a CPU through the one-exponential kernels (never ATen's ``F.mish``), with
     ATen's values and gradients in float32 and bfloat16, far tails included; a whole network's gradients equal
-    those with ``nn.Mish`` swapped in. Without gradients ATen's kernel runs."""
+    those with ``nn.Mish`` swapped in. Without gradients the forward kernel runs once training built it (a run's
+    validation), else ATen's, and tracing for export records ATen's operator."""
     import shutil
 
     from resnet_tune.models import activations
@@ -349,8 +350,21 @@ def test_mish_trains_on_the_cpu_through_its_compiled_kernels_with_atens_values(m
     torch.nn.functional.cross_entropy(ref(inp), target).backward()
     for (name, p), q in zip(net.named_parameters(), ref.parameters()):
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-3, atol=1e-5, msg=name)
-    with torch.no_grad():  # evaluation: ATen's kernel
+    # without gradients, after training built the kernels for this type and layout (a run's validation): the
+    # forward kernel, ATen's values; tracing for export still records ATen's operator
+    with monkeypatch.context() as m, torch.no_grad():
+        m.setattr(torch.nn.functional, "mish", no_aten)
+        torch.testing.assert_close(mish(x.clone()), aten_mish(x), rtol=1e-5, atol=1e-6)
+        with torch.inference_mode():
+            torch.testing.assert_close(mish(xb.clone()), aten_mish(xb), rtol=1e-2, atol=1e-2)
+    traced = torch.jit.trace(torch.nn.Sequential(activations.Mish()), (x,))
+    assert "aten::mish" in str(traced.inlined_graph)
+    exported = torch.export.export(torch.nn.Sequential(activations.Mish()).eval(), (x,))
+    assert "aten.mish" in str(exported.graph)
+    monkeypatch.setattr(activations, "_kernels", {})  # a fresh process: evaluation alone builds nothing
+    with torch.no_grad():
         torch.testing.assert_close(mish(x.clone()), aten_mish(x))
+    assert activations._kernels == {}
 
 
 def test_mish_falls_back_to_atens_kernel_with_one_warning_where_compilation_fails(monkeypatch) -> None:
