@@ -8,8 +8,8 @@ in bf16 on a 2-core AVX-512 CPU its forward + backward costs 5.5x ReLU's and 3.9
 as kernels compiled by ``torch.compile`` (computed in float32 whatever the tensor's type) when it trains on a CPU,
 and ATen's ``F.mish`` everywhere else: on GPUs, without gradients unless training in the same process built the
 kernels (evaluation, prediction, export, tracing), inside a compiled model (Inductor fuses it there), or where
-``torch.compile`` does not work (no C++ compiler: one warning, then ATen's kernel). Same values as ``F.mish`` to float rounding; no parameters, so state dicts and
-``isinstance(m, nn.Mish)`` are unchanged.
+``torch.compile`` does not work (no C++ compiler: one warning, then ATen's kernel). Same values as ``F.mish`` to
+float rounding; no parameters, so state dicts and ``isinstance(m, nn.Mish)`` are unchanged.
 """
 
 from __future__ import annotations
