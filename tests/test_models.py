@@ -247,12 +247,28 @@ def test_anti_alias_blurs_every_downsampling_and_keeps_the_state_dict() -> None:
         rt.create_model("resnet50", anti_alias=True, stride_in_1x1=True)
 
 
+def with_atens_mish_at(model: nn.Module, paths: list[str]) -> nn.Module:
+    """A copy of ``model`` with ATen's ``nn.Mish`` as the module at each of ``paths``."""
+    out = copy.deepcopy(model)
+    for path in paths:
+        parent, _, attr = path.rpartition(".")
+        setattr(out.get_submodule(parent) if parent else out, attr, nn.Mish())
+    return out
+
+
+def assert_mish_at(mish: nn.Module, relu: nn.Module, paths: list[str]) -> None:
+    """``mish`` (ReLU network's weights loaded) computes ``relu`` with ATen's Mish at ``paths``, not ``relu``."""
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(mish(x), with_atens_mish_at(relu, paths)(x))
+        assert not torch.allclose(mish(x), relu(x))
+
+
 @pytest.mark.parametrize("name", ["resnet18d", "preact_resnet18", "resnet9_narrow", "resnet50"])
 def test_act_layer_replaces_every_activation_and_keeps_the_state_dict(name: str) -> None:
     """``act_layer`` (timm's name): every activation of the stem, blocks, stage entries and final norm becomes the
-    one asked for (the SE bottleneck keeps ReLU, as timm's); weights interchange with the ReLU network, which
-    with each ReLU module swapped for Mish computes the same function."""
-    import copy
+    one asked for (the SE bottleneck keeps ReLU, as timm's: ``se_act_layer``); weights interchange with the ReLU
+    network, which with each ReLU module swapped for Mish computes the same function."""
 
     def acts(model: torch.nn.Module, cls: type) -> list[str]:
         return [n for n, m in model.named_modules() if isinstance(m, cls) and ".se." not in n]
@@ -265,14 +281,7 @@ def test_act_layer_replaces_every_activation_and_keeps_the_state_dict(name: str)
     assert not acts(mish, torch.nn.ReLU) and acts(mish, torch.nn.Mish) == acts(relu, torch.nn.ReLU) != []
     if name == "resnet18d":
         assert all(isinstance(b.se.act, torch.nn.ReLU) for b in mish.layer1)
-    swapped = copy.deepcopy(relu)
-    for path in acts(relu, torch.nn.ReLU):
-        parent, _, attr = path.rpartition(".")
-        setattr(swapped.get_submodule(parent) if parent else swapped, attr, torch.nn.Mish())
-    x = torch.randn(2, 3, 32, 32)
-    with torch.no_grad():
-        torch.testing.assert_close(mish(x), swapped(x))
-        assert not torch.allclose(mish(x), relu(x))
+    assert_mish_at(mish, relu, acts(relu, torch.nn.ReLU))
     with pytest.raises(ValueError, match="act_layer='gelu'; choose one of relu, mish, silu"):
         rt.create_model(name, act_layer="gelu")
 
@@ -290,18 +299,12 @@ def test_se_act_layer_changes_only_the_squeeze_and_excitation_activation(name: s
     assert all(isinstance(mish.get_submodule(n), torch.nn.Mish) for n in se_acts)
     others = [(n, type(m)) for n, m in mish.named_modules() if not n.endswith(".se.act")]
     assert others == [(n, type(m)) for n, m in relu.named_modules() if not n.endswith(".se.act")]
-    swapped = copy.deepcopy(relu)
-    for path in se_acts:
-        parent, _, attr = path.rpartition(".")
-        setattr(swapped.get_submodule(parent), attr, torch.nn.Mish())
-    x = torch.randn(2, 3, 32, 32)
-    with torch.no_grad():
-        torch.testing.assert_close(mish(x), swapped(x))
-        assert not torch.allclose(mish(x), relu(x))
+    assert_mish_at(mish, relu, se_acts)
     with pytest.raises(ValueError, match="se_act_layer='gelu'; choose one of relu, mish, silu"):
         rt.create_model(name, se_act_layer="gelu")
 
 
+@pytest.mark.filterwarnings(r"ignore:`torch.jit.trace\w*` is deprecated:FutureWarning")
 def test_mish_trains_on_the_cpu_through_its_compiled_kernels_with_atens_values(monkeypatch) -> None:
     """``act_layer=mish`` trains on a CPU through the one-exponential kernels (never ATen's ``F.mish``), with
     ATen's values and gradients in float32 and bfloat16, far tails included; a whole network's gradients equal
@@ -340,11 +343,7 @@ def test_mish_trains_on_the_cpu_through_its_compiled_kernels_with_atens_values(m
         torch.testing.assert_close(xb_in.grad, ref_b.grad, rtol=1e-2, atol=1e-2)
 
         net = rt.create_model("seresnext10d_64x4d", num_classes=5, act_layer="mish").train()
-        ref = copy.deepcopy(net)
-        for path, mod in list(ref.named_modules()):
-            if isinstance(mod, activations.Mish):
-                parent, _, attr = path.rpartition(".")
-                setattr(ref.get_submodule(parent) if parent else ref, attr, torch.nn.Mish())
+        ref = with_atens_mish_at(net, [n for n, m in net.named_modules() if isinstance(m, activations.Mish)])
         inp, target = torch.randn(4, 3, 64, 64), torch.tensor([0, 1, 2, 3])
         torch.nn.functional.cross_entropy(net(inp), target).backward()
     torch.nn.functional.cross_entropy(ref(inp), target).backward()
