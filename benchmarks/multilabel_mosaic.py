@@ -26,6 +26,8 @@ import sys
 import time
 from pathlib import Path
 
+import yaml
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import DATA  # noqa: E402
 
@@ -101,8 +103,6 @@ def main() -> int:
     print(f"command: python benchmarks/multilabel_mosaic.py --work {args.work} --train {args.train} --test "
           f"{args.test} --seed {args.seed}" + (f" --epochs {args.epochs}" if args.epochs else "")
           + (f" --model {args.model}" if args.model else ""))
-    import yaml
-
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     print(f"trained: {cfg['model']} at {cfg['img_size']} px, {cfg['epochs']} epochs, {cfg['optimizer']}, "
           f"model_kwargs {cfg.get('model_kwargs')}")

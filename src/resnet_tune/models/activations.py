@@ -69,13 +69,17 @@ def _key(x: Tensor) -> tuple[str, torch.dtype, bool]:
     return ("checked", x.dtype, x.is_contiguous(memory_format=torch.channels_last))
 
 
+def _built_for(x: Tensor) -> bool:
+    """Whether training in this process already built and tried the kernels on ``x``'s type and layout."""
+    return "failed" not in _kernels and _key(x) in _kernels
+
+
 def _fast_path_works(x: Tensor) -> bool:
     """Build (once) and try both kernels on ``x``'s type and layout; False for good if torch.compile fails."""
+    if _built_for(x):
+        return True
     if "failed" in _kernels:
         return False
-    key = _key(x)
-    if key in _kernels:
-        return True
     # the C++ toolchain's import may log that no CUDA runtime was found: irrelevant to a CPU kernel, so not shown
     cpp_log = logging.getLogger("torch.utils.cpp_extension")
     level = cpp_log.level
@@ -92,13 +96,8 @@ def _fast_path_works(x: Tensor) -> bool:
         return False
     finally:
         cpp_log.setLevel(level)
-    _kernels[key] = True
+    _kernels[_key(x)] = True
     return True
-
-
-def _built_for(x: Tensor) -> bool:
-    """Whether training in this process already built and tried the kernels on ``x``'s type and layout."""
-    return "failed" not in _kernels and _key(x) in _kernels
 
 
 class Mish(nn.Mish):
