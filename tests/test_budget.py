@@ -221,6 +221,27 @@ def test_model_auto_follows_the_budget_and_says_why(folder, tmp_path):
     assert _chosen(res.run_dir) == ("resnet32", 32) and not any("--model auto" in n for n in res.notes)
 
 
+def test_model_auto_times_each_candidate_with_the_architecture_options_it_will_train_with(folder, tmp_path,
+                                                                                          monkeypatch):
+    from resnet_tune.engine import budget
+
+    timed: list[tuple[str, dict]] = []
+    real = budget.image_seconds
+
+    def spy(model, size, batch, view, num_classes, model_kwargs=None):
+        timed.append((model, dict(model_kwargs or {})))
+        return real(model, size, batch, view, num_classes, model_kwargs=model_kwargs)
+
+    monkeypatch.setattr(budget, "image_seconds", spy)
+    res = fit(data=str(folder), budget="2m", output=str(tmp_path / "r"), model_kwargs=["act_layer=silu"],
+              drop_path_rate=0.05, clock=FakeClock(step=5.0, probe=1e-4), started=0.0, **FAST)
+    assert [m for m, _ in timed] == ["resnet20", "resnet9_narrow"]
+    assert all(kw == {"act_layer": "silu", "drop_path_rate": 0.05} for _, kw in timed)
+    cfg = yaml.safe_load((res.run_dir / "config.yaml").read_text())  # and trains with them
+    assert _chosen(res.run_dir) == ("resnet9_narrow", 32)
+    assert cfg["model_kwargs"] == {"act_layer": "silu"} and cfg["drop_path_rate"] == 0.05
+
+
 def test_a_fine_tune_on_a_budget_keeps_the_stem_and_first_stage_frozen_and_says_why(folder, tmp_path):
     from conftest import random_checkpoint
 

@@ -216,9 +216,9 @@ class Task:
             return candidates[0]
         first = candidates[0]
         batch = max(2, min(self.cfg.batch_size or 64, n_train))
-        # timed as they will train (a classification run's architecture options, e.g. its activation)
-        kwargs = getattr(self.cfg, "model_kwargs", None)
-        s0 = image_seconds(first.model, first.size, batch, view, num_classes, model_kwargs=kwargs)
+        # timed as they will train (the run's architecture options, e.g. its activation)
+        s0 = image_seconds(first.model, first.size, batch, view, num_classes,
+                           model_kwargs=self.architecture_options(first.model))
         base = model_gflops(first.model, first.size)
         costs, timed = [s0], [True]
         # every process decides alike (timing is a collective, and all must choose the same model): the time left
@@ -229,8 +229,8 @@ class Task:
             # other networks are timed too where that is cheap (3 steps): FLOPs mislead across layouts
             # (resnet9_narrow: 3.8x resnet20's FLOPs, 1.4-2.1x its time on the CPUs measured)
             probe = c.model != first.model and 3 * batch * estimate < afford
-            costs.append(image_seconds(c.model, c.size, batch, view, num_classes, model_kwargs=kwargs) if probe
-                         else estimate)
+            costs.append(image_seconds(c.model, c.size, batch, view, num_classes,
+                                       model_kwargs=self.architecture_options(c.model)) if probe else estimate)
             timed.append(probe)
         left = view.agree(view.left())
         k, epochs = choose_candidate(candidates, costs, n_train, n_val, view.world, left, view.budget)
@@ -271,6 +271,11 @@ class Task:
                     ) -> tuple[nn.Module, str]:
         """The model (with ``body_and_head()``) and one sentence describing it for the log."""
         raise NotImplementedError
+
+    def architecture_options(self, model_name: str) -> dict[str, Any]:
+        """The :func:`~resnet_tune.models.create_model` options the run builds ``model_name`` with (e.g. its
+        activation); none by default. :meth:`choose_within_budget` times candidates with them, as they will train."""
+        return {}
 
     #: SGD's default peak learning rate: (from scratch or for a linear probe, fine-tuning the whole network, the
     #: global batch these are for); it scales linearly with the global batch

@@ -96,19 +96,25 @@ class ClassificationTask(Task):
 
     def build_model(self, data: TaskData, pretrained: tuple[dict[str, torch.Tensor], dict[str, Any]] | None
                     ) -> tuple[nn.Module, str]:
-        from ...models import create_model, model_kwargs
+        from ...models import create_model
 
         cfg, name = self.cfg, data.model_name
-        # checked again against the model chosen now (--model auto decides after the config was made)
-        overrides = {**model_kwargs(cfg.model_kwargs, name),
-                     **({"drop_path_rate": cfg.drop_path_rate} if cfg.drop_path_rate else {})}
-        model = create_model(name, num_classes=len(data.classes), **overrides)
+        model = create_model(name, num_classes=len(data.classes), **self.architecture_options(name))
         if pretrained is None:
             return model, f"{name}, training from scratch ({self.weights_reason})"
         from ...models.pretrained import load_pretrained
 
         load_pretrained(model, pretrained[0], reset_head=True, source=cfg.pretrained)
         return model, f"{name}, pretrained from {cfg.pretrained} ({self.weights_reason})"
+
+    def architecture_options(self, model_name: str) -> dict[str, Any]:
+        """``--model-kwargs`` (checked again against ``model_name``: ``--model auto`` decides after the config was
+        made) and ``--drop-path-rate``."""
+        from ...models import model_kwargs
+
+        cfg = self.cfg
+        return {**model_kwargs(cfg.model_kwargs, model_name),
+                **({"drop_path_rate": cfg.drop_path_rate} if cfg.drop_path_rate else {})}
 
     def criterion(self, data: TaskData, device: torch.device) -> nn.Module:
         weight = class_weights(data.extra["train_labels"], len(data.classes)).to(device) \
