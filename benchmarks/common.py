@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import platform
 import random
@@ -88,9 +89,9 @@ def peaks_line(peaks: dict[str, tuple[float, float]]) -> str:
 
 
 def read_metrics(run: Path) -> list[dict[str, float]]:
-    """A run folder's ``metrics.csv``, every value a float."""
+    """A run folder's ``metrics.csv``, every value a float (NaN where an epoch has none: ``--val-every``)."""
     with (run / "metrics.csv").open(newline="") as f:
-        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+        return [{k: float(v) if v != "" else math.nan for k, v in row.items()} for row in csv.DictReader(f)]
 
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"

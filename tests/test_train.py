@@ -137,6 +137,54 @@ def test_resume_after_interruption_is_bit_exact(image_folder: Path, tmp_path: Pa
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
+def test_val_every_validates_every_nth_and_the_last_epoch_and_trains_the_same(
+        image_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """``--val-every 2`` over 5 epochs: one validation pass after epochs 2, 4 and 5 each and none more (the last
+    one's predictions are the report's); the other epochs keep their training metrics, leave the validation cells
+    of metrics.csv empty and still save the last checkpoint, so a run stopped after one of them resumes exactly; the
+    best checkpoint is a validated epoch's; the weights are those of a run validated every epoch. A budget refuses
+    it in one sentence."""
+    from resnet_tune.engine.trainer import Trainer
+
+    calls: list[int] = []
+    real = Trainer.evaluate
+
+    def counted(self, *args, **kwargs):
+        calls.append(1)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "evaluate", counted)
+    opts = dict(FAST, epochs=5, deterministic=True)
+    every = fit(data=str(image_folder), output=str(tmp_path / "every"), quiet=True, **opts)
+    assert len(calls) == 5
+    calls.clear()
+    sparse = fit(data=str(image_folder), output=str(tmp_path / "sparse"), val_every=2, **opts)
+    assert len(calls) == 3
+    out = capsys.readouterr().out
+    assert "epoch 1/5  train loss" in out and "(validated every 2 epochs)" in out
+    assert [("val_acc" in r) for r in sparse.history] == [False, True, False, True, True]
+    assert sparse.best_epoch in (2, 4, 5) and all("train_acc" in r for r in sparse.history)
+    with (sparse.run_dir / "metrics.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [r["val_acc"] != "" for r in rows] == [False, True, False, True, True]
+    assert [float(r["val_acc"]) for r in rows if r["val_acc"]] == pytest.approx(
+        [every.history[i]["val_acc"] for i in (1, 3, 4)])
+    assert "val_every: 2" in (sparse.run_dir / "config.yaml").read_text()
+    a, b = _weights(every.run_dir / "last.safetensors"), _weights(sparse.run_dir / "last.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # stopped after epoch 3 (not validated): resumes to the same weights
+    monkeypatch.setenv("RESNET_TUNE_DEBUG_INTERRUPT_AT", "4")
+    with pytest.raises(KeyboardInterrupt):
+        fit(data=str(image_folder), output=str(tmp_path / "part"), quiet=True, val_every=2, **opts)
+    monkeypatch.delenv("RESNET_TUNE_DEBUG_INTERRUPT_AT")
+    resumed = fit(resume=tmp_path / "part", quiet=True)
+    assert [("val_acc" in r) for r in resumed.history] == [False, True, False, True, True]
+    c = _weights(tmp_path / "part" / "last.safetensors")
+    assert all(torch.equal(a[k], c[k]) for k in a)
+    with pytest.raises(ConfigError, match="--val-every with --budget is not supported yet"):
+        TrainConfig(data="d", budget="2m", val_every=2)
+
+
 def test_resume_keeps_schedule(image_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     full = fit(data=str(image_folder), output=str(tmp_path / "full"), quiet=True, **dict(FAST, epochs=3))
     monkeypatch.setenv("RESNET_TUNE_DEBUG_INTERRUPT_AT", "2")  # Ctrl-C at the start of that epoch

@@ -284,8 +284,12 @@ class RunConfig:
     grad_clip: float = option(0.0, "clip the global gradient norm to this value (0 = off)",
                               range=(0.0, math.inf, ">= 0 (0 turns clipping off)"))
     accum_steps: int = option(1, "gradient accumulation steps", range=(1, math.inf, "at least 1"))
-    early_stop: int = option(0, "stop after this many epochs without validation improvement (0 = off)",
+    early_stop: int = option(0, "stop after this many validations without improvement (0 = off)",
                              range=(0, math.inf, ">= 0 (0 turns early stopping off)"))
+    val_every: int = option(1, "validate after every N-th epoch and after the last one (Keras' validation_freq, "
+                               "Lightning's check_val_every_n_epoch): the best checkpoint and early stopping see "
+                               "only the validated epochs; the other epochs still save the last checkpoint and "
+                               "their training metrics (1 = every epoch)", range=(1, math.inf, "at least 1"))
     # hardware
     device: str = option("auto", "auto, cpu, cuda, cuda:N or mps")
     precision: str = option("auto", "auto = bf16 where the hardware has it, fp16 with a gradient scaler on older "
@@ -330,6 +334,10 @@ class RunConfig:
             if self.progressive_resize < 1.0:
                 raise ConfigError("--progressive-resize with --budget is not supported yet: the plan measures the "
                                   "step time at one image size. Give --epochs instead, or drop --progressive-resize.")
+            if self.val_every > 1:
+                raise ConfigError("--val-every with --budget is not supported yet: the plan counts a validation "
+                                  "after every epoch and may end the run after any of them. Give --epochs instead, "
+                                  "or drop --val-every.")
         if not self.dist_timeout > 0:
             raise ConfigError(f"dist_timeout must be a positive number of minutes, got {self.dist_timeout}.")
         if self.strategy in ("linear_probe", "freeze_unfreeze") and self.pretrained in NO_WEIGHTS:

@@ -488,7 +488,9 @@ class Trainer:
             # always leaves a complete checkpoint to resume from
             self.dist.barrier()
             frozen = epoch - 1 < r.n_frozen
-            self.say(f"epoch {epoch}/{self.cfg.epochs}  {self.task.epoch_summary(row)}  lr {row['lr']:.2e}  "
+            summary = (self.task.epoch_summary(row) if self.task.best_metric in row else
+                       f"train loss {row['train_loss']:.4f} (validated every {self.cfg.val_every} epochs)")
+            self.say(f"epoch {epoch}/{self.cfg.epochs}  {summary}  lr {row['lr']:.2e}  "
                      f"{row['seconds']:.1f}s  {row['images_per_s']:.1f} img/s" + ("  *" if improved else "")
                      + ("  (frozen body)" if frozen else "") + (", cached features" if frozen and r.views else ""))
             if r.out_of_time:
@@ -537,8 +539,9 @@ class Trainer:
             task.check_resume(self.state, s.data)
             r.start_epoch, r.best, r.best_epoch, r.history = self._restore(s)
             self._rescale_on_new_world(s.optimizer, s.strategy)
-            self.say(f"resumed {r.run_dir} after epoch {r.start_epoch} (best {task.best_metric} {r.best:.4f} at epoch "
-                     f"{r.best_epoch})")
+            best = (f"best {task.best_metric} {r.best:.4f} at epoch {r.best_epoch}" if r.best_epoch > 0 else
+                    "not validated yet")
+            self.say(f"resumed {r.run_dir} after epoch {r.start_epoch} ({best})")
         # the resolved configuration: what "auto" chose is written down (and resumes the same)
         cfg = self.cfg = task.resolved_config(s.data)
         if cfg.budget is not None:
@@ -727,31 +730,41 @@ class Trainer:
                 names = {n for n, _ in ckpt.unwrap(model).named_buffers()}
                 dist.broadcast_tensors([v for k, v in s.ema.shadow.items() if k in names])
         eval_model = self._ema_model(model, s.ema) if s.ema else model
-        if s.precise_bn and not frozen:
-            self._recalibrate_bn(eval_model, data.train, s, epoch)
-        if cached:  # the head on the cached validation features: the same numbers, no backbone pass
-            val = self.evaluate(task.head(eval_model), r.cache.val, s, features=True)
-        else:
-            val = self.evaluate(eval_model, data.val, s)
-        self._last_val = val if dist.is_main else None
-        row = {"epoch": epoch + 1, **train_row, **val.metrics, "lr": s.optimizer.param_groups[-1]["lr"],
-               "seconds": time.perf_counter() - t0, "images_per_s": seen / max(train_time, 1e-9),
-               "train_seconds": train_time}
+        validate = self.validates(epoch, r)
+        val = None
+        if validate:
+            if s.precise_bn and not frozen:
+                self._recalibrate_bn(eval_model, data.train, s, epoch)
+            if cached:  # the head on the cached validation features: the same numbers, no backbone pass
+                val = self.evaluate(task.head(eval_model), r.cache.val, s, features=True)
+            else:
+                val = self.evaluate(eval_model, data.val, s)
+            self._last_val = val if dist.is_main else None
+        row = {"epoch": epoch + 1, **train_row, **(val.metrics if val is not None else {}),
+               "lr": s.optimizer.param_groups[-1]["lr"], "seconds": time.perf_counter() - t0,
+               "images_per_s": seen / max(train_time, 1e-9), "train_seconds": train_time}
         r.history.append(row)
-        improved = row[task.best_metric] > r.best or r.best_epoch < 0
+        improved = val is not None and (row[task.best_metric] > r.best or r.best_epoch < 0)
         if improved:
             r.best, r.best_epoch, r.bad_after = row[task.best_metric], epoch + 1, 0
             self._best_val = (epoch + 1, self._last_val)
-        else:
+        elif val is not None:
             r.bad_after += 1
-        self.clock.event("eval_features" if cached else "eval")
+        if val is not None:
+            self.clock.event("eval_features" if cached else "eval")
         if dist.is_main:
-            self._save(s, r, eval_model, row, improved, task.evaluation_record(val))
+            self._save(s, r, eval_model, row, improved, task.evaluation_record(val) if val is not None else {})
         self.clock.event("save")
         if r.budget is not None:  # the mean of the recent validations and saves
             r.evals = [*r.evals, self.dist.all_reduce_max(self.clock.now() - t_eval)][-SPEED_EPOCHS:]
             r.eval_s = sum(r.evals) / len(r.evals)
         return row, improved
+
+    def validates(self, epoch: int, r: _Run) -> bool:
+        """Whether epoch ``epoch`` (0-based) ends with a validation pass: every ``val_every``-th epoch, the last
+        one, and one the budget cut short."""
+        n = self.cfg.val_every
+        return n == 1 or (epoch + 1) % n == 0 or epoch + 1 >= self.cfg.epochs or r.out_of_time
 
     def _budget_record(self, r: _Run) -> dict[str, Any] | None:
         """What a resumed budgeted run needs: the seconds spent so far (this save included, roughly) and the plans."""
