@@ -336,7 +336,8 @@ def test_model_auto_trains_photos_from_scratch_at_a_smaller_size_on_a_short_budg
               clock=FakeClock(step=2.0, probe=1.0), started=0.0, **FAST)
     assert _chosen(res.run_dir) == ("resnet18", 128)
     assert any(n.startswith("--model auto chose resnet18 at 128 px") for n in res.notes)
-    # with no network named, photos from scratch train the mini net at its 128 px (no smaller size to step down to)
+    # with no network named, photos from scratch train the photo default at its 128 px (no smaller size to step
+    # down to)
     res = fit(data=str(photos), budget="1m", pretrained="none", output=str(tmp_path / "mini"),
               clock=FakeClock(step=2.0, probe=1.0), started=0.0, **FAST)
-    assert _chosen(res.run_dir) == ("seresnext10d_64x4d", 128)
+    assert _chosen(res.run_dir) == ("seresnext12d_64x4d", 128)

@@ -152,6 +152,8 @@ def test_grouped_basic_block_is_fastai_resnext_block_at_expansion_1() -> None:
     mini = rt.create_model("resnet18d", num_classes=10, layers=[1, 1, 1, 1], groups=64, base_width=4,
                            se_ratio=1 / 8)
     assert count_params(mini) == 12_938_274
+    # the photo default, fastai's XResNet(SEResNeXtBlock, 1, [1, 1, 2, 1], groups=64, reduction=8): 15,353,666
+    assert count_params(rt.create_model("seresnext12d_64x4d", num_classes=10)) == 15_353_666
     block = mini.layer2[0]
     assert (block.conv1.in_channels, block.conv1.out_channels, block.conv1.groups, block.conv1.stride) == \
         (64, 512, 64, (2, 2))

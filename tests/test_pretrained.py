@@ -658,9 +658,9 @@ def test_train_offline_warns_once_and_trains_from_scratch(tmp_path, monkeypatch,
     assert "could not be fetched" in line and "resnet18-f37072fd.pth" in line
     assert str(_torch_ckpt_dir()) in line and "--pretrained none" in line
     assert "so the run trains from scratch" in line
-    # photos from scratch with no --model named: the mini net, not resnet18 (benchmarks/RESULTS.md, issue 12)
-    assert "seresnext10d_64x4d, training from scratch (resnet18's published weights could not be fetched)" in out
-    assert "photos from scratch (resnet18's published weights could not be fetched) train seresnext10d_64x4d" in out
+    # photos from scratch with no --model named: the photo default, not resnet18 (benchmarks/RESULTS.md, issue 12)
+    assert "seresnext12d_64x4d, training from scratch (resnet18's published weights could not be fetched)" in out
+    assert "photos from scratch (resnet18's published weights could not be fetched) train seresnext12d_64x4d" in out
     assert "pretrained: none" in (tmp_path / "run" / "config.yaml").read_text()
     assert (tmp_path / "run" / "best.safetensors").is_file()
 

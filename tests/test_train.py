@@ -390,23 +390,30 @@ def test_small_image_recipe_fills_only_what_the_user_left_unset(image_folder: Pa
 
 
 def test_photos_from_scratch_train_the_mini_net_with_its_recipe_unless_told(tmp_path: Path) -> None:
-    """Photos trained from scratch with no network named get seresnext10d_64x4d at 128 px and its measured recipe
-    (AdamW at 0.01, weight decay 1e-4, Lookahead 6, flat-then-cosine): said, recorded in config.yaml and in the
+    """Photos trained from scratch with no network named get seresnext12d_64x4d at 128 px and its measured recipe
+    (AdamW at 0.01, weight decay 1e-4, Lookahead 6, flat-then-cosine, crops moved by up to 8 px; the mini net
+    seresnext10d_64x4d, named, gets the same without the crop setting): said, recorded in config.yaml and in the
     optimiser. Options the user set stay; another optimiser keeps its own learning rate and weight decay; a named
     network, pretrained weights and small images keep the other defaults."""
     from types import SimpleNamespace
 
-    from resnet_tune.tasks.classification.data import OTHER_DEFAULTS, PHOTO_MODEL, PHOTO_RECIPE, apply_recipe
+    from resnet_tune.tasks.classification.data import (MINI_RECIPE, OTHER_DEFAULTS, PHOTO_MODEL, PHOTO_RECIPE,
+                                                        apply_recipe)
 
     def chosen(cfg: TrainConfig, name: str = PHOTO_MODEL, pretrained: object = None) -> tuple[TrainConfig, list[str]]:
         task = SimpleNamespace(cfg=cfg, pretrained=pretrained, plan_notes=[], resuming=False)
         apply_recipe(task, name, 128)
         return task.cfg, task.plan_notes
 
-    cfg, notes = chosen(TrainConfig(data="d"))
-    assert {k: getattr(cfg, k) for k in PHOTO_RECIPE} == PHOTO_RECIPE == {
-        "optimizer": "adamw", "lr": 1e-2, "weight_decay": 1e-4, "lookahead": 6, "schedule": "flat_cos"}
-    assert len(notes) == 1 and "AdamW (--optimizer), a peak learning rate of 0.01 (--lr)" in notes[0]
+    assert PHOTO_MODEL == "seresnext12d_64x4d"
+    mini = {"optimizer": "adamw", "lr": 1e-2, "weight_decay": 1e-4, "lookahead": 6, "schedule": "flat_cos"}
+    for name, recipe in ((PHOTO_MODEL, {**mini, "translate": 8}), ("seresnext10d_64x4d", mini)):
+        cfg, notes = chosen(TrainConfig(data="d"), name)
+        assert {k: getattr(cfg, k) for k in recipe} == recipe and cfg.translate == recipe.get("translate")
+        assert len(notes) == 1 and "AdamW (--optimizer), a peak learning rate of 0.01 (--lr)" in notes[0]
+        assert notes[0].startswith(f"{name} from scratch at 128 px trains with its measured recipe")
+        assert ("crops moved up to 8 px (--translate)" in notes[0]) == ("translate" in recipe)
+    assert PHOTO_RECIPE == {**MINI_RECIPE, "translate": 8} and MINI_RECIPE == mini
     cfg, notes = chosen(TrainConfig(data="d", lr=3e-3, schedule="cosine"))
     assert (cfg.optimizer, cfg.lr, cfg.schedule, cfg.lookahead) == ("adamw", 3e-3, "cosine", 6)
     assert "--lr" not in notes[0] and "--schedule" not in notes[0]
@@ -423,8 +430,8 @@ def test_photos_from_scratch_train_the_mini_net_with_its_recipe_unless_told(tmp_
               **dict(FAST, epochs=1, img_size=None))
     saved = yaml.safe_load((res.run_dir / "config.yaml").read_text())
     assert (saved["model"], saved["img_size"], saved["optimizer"], saved["lr"], saved["weight_decay"],
-            saved["lookahead"], saved["schedule"], saved["model_kwargs"]) == (
-        PHOTO_MODEL, 128, "adamw", 1e-2, 1e-4, 6, "flat_cos", {"act_layer": "mish"})
+            saved["lookahead"], saved["schedule"], saved["translate"], saved["model_kwargs"]) == (
+        PHOTO_MODEL, 128, "adamw", 1e-2, 1e-4, 6, "flat_cos", 8, {"act_layer": "mish"})
     assert any(n.startswith(f"photos from scratch (--pretrained none) train {PHOTO_MODEL} at 128 px")
                for n in res.notes)
     state = ckpt.load_state(res.run_dir / ckpt.STATE)

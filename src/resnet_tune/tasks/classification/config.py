@@ -26,26 +26,26 @@ class ClassificationConfig(RunConfig):
                                  "workers with RandomResizedCrop; auto: memory up to 64 px (160 px on a CPU) if it "
                                  "fits in 2 GiB")
     model: str | None = option(None, "architecture (`resnet-tune models` lists them; default: resnet9_narrow for "
-                                     "small images, else resnet18, or seresnext10d_64x4d at 128 px when photos "
+                                     "small images, else resnet18, or seresnext12d_64x4d at 128 px when photos "
                                      "train from scratch)")
     whiten: bool | None = option(None, WHITEN_HELP + " (default: on for resnet9/resnet9_narrow from scratch at up "
                                                      "to 64 px, their measured recipe; off otherwise)")
     weight_decay: float | None = option(None, "weight decay, never applied to BatchNorm and biases (default: 1e-3 "
                                               "for resnet9/resnet9_narrow from scratch at up to 64 px, else 5e-4)",
                                         range=(0.0, math.inf, ">= 0"))
-    optimizer: str | None = option(None, "optimiser (default: adamw for seresnext10d_64x4d from scratch, its "
+    optimizer: str | None = option(None, "optimiser (default: adamw for seresnext10d/12d_64x4d from scratch, their "
                                          "measured recipe; else sgd)", choices=(None, *OPTIMIZERS))
     lr: Any = option(None, "peak learning rate, or auto: a learning-rate range test on the training data picks it "
                            "(the curve is saved as lr_find.png in the run folder) (default: 0.01 for "
-                           "seresnext10d_64x4d from scratch with AdamW; else the optimiser's rule, scaled to the "
+                           "seresnext10d/12d_64x4d from scratch with AdamW; else the optimiser's rule, scaled to the "
                            "global batch for SGD)")
     schedule: str | None = option(None, "learning-rate schedule (flat_cos: flat at the peak for 75% of the steps, "
                                          "then cosine; poly: (1 - t/T)^power) (default: flat_cos for "
-                                         "seresnext10d_64x4d from scratch; else onecycle)",
+                                         "seresnext10d/12d_64x4d from scratch; else onecycle)",
                                   choices=(None, *SCHEDULES))
     lookahead: int | None = option(None, "Lookahead (Zhang et al. 2019): every N optimiser steps the weights move "
                                          "back halfway to their slow copy, which then takes their place (0 = off; "
-                                         "the paper uses 5) (default: 6 for seresnext10d_64x4d from scratch; else "
+                                         "the paper uses 5) (default: 6 for seresnext10d/12d_64x4d from scratch; else "
                                          "0)", range=(0, math.inf, ">= 0 (0 turns Lookahead off)"))
     img_size: int | None = option(None, "input size in pixels (default: the model's, or 32 for small images)",
                                   range=(8, math.inf, "at least 8 pixels"))
@@ -76,7 +76,7 @@ class ClassificationConfig(RunConfig):
                                      "ResNetConfig (e.g. global_pool=max logit_scale=0.125 anti_alias=true; a "
                                      "mapping in YAML; timm's --model-kwargs); recorded in every checkpoint. "
                                      "From scratch act_layer is silu unless given (mish for "
-                                     "seresnext10d_64x4d; act_layer=relu: the classic ResNet)",
+                                     "seresnext10d/12d_64x4d; act_layer=relu: the classic ResNet)",
                                nargs="+")
     cache_views: int = option(1, "frozen-body epochs train the head on cached backbone features of this many "
                                  "augmented views of the training set (0 = run the backbone every epoch)",
