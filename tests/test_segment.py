@@ -212,6 +212,29 @@ def test_class_weights_median_and_inverse() -> None:
     assert class_weights(counts, None, "none") is None
 
 
+def test_curves_draw_only_the_validated_epochs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With --val-every 2 the rows of epochs 1 and 3 have no validation metrics: the validation lines join epochs
+    2 and 4 (no gaps that would leave lone markers), the training line all four."""
+    from matplotlib.axes import Axes
+
+    from resnet_tune.tasks.segmentation.evaluate import plot_seg_curves
+
+    drawn: dict[str, list[float]] = {}
+    real = Axes.plot
+
+    def spy(self, x, y, *args, **kwargs):  # type: ignore[no-untyped-def]
+        drawn[kwargs.get("label", "")] = list(x)
+        return real(self, x, y, *args, **kwargs)
+
+    monkeypatch.setattr(Axes, "plot", spy)
+    rows = [{"epoch": e, "train_loss": 1.0 / e, "lr": 0.01,
+             **({"val_loss": 0.9 / e, "val_miou": 0.1 * e, "val_pixel_acc": 0.2 * e} if e % 2 == 0 else {})}
+            for e in (1, 2, 3, 4)]
+    assert plot_seg_curves(rows, tmp_path / "curves.png").is_file()
+    assert drawn["train"] == [1, 2, 3, 4]
+    assert drawn["validation"] == drawn["validation mean IoU"] == drawn["validation pixel accuracy"] == [2, 4]
+
+
 def test_poly_schedule() -> None:
     assert lr_at(0, 100, "poly") == 1.0
     assert lr_at(50, 100, "poly", power=1.0) == pytest.approx(0.5)

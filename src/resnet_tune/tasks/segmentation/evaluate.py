@@ -128,12 +128,17 @@ def plot_seg_curves(rows: list[dict[str, Any]], out_png: str | Path) -> Path:
     gs = fig.add_gridspec(2, 2, height_ratios=[3, 1.15], hspace=0.45, wspace=0.22)
     ax_loss, ax_iou, ax_lr = fig.add_subplot(gs[0, 0]), fig.add_subplot(gs[0, 1]), fig.add_subplot(gs[1, :])
     marker = "o" if len(rows) <= 30 else None
-    ax_loss.plot(epoch, col("train_loss"), marker=marker, ms=3.5, color="tab:blue", label="train")
-    ax_loss.plot(epoch, col("val_loss"), marker=marker, ms=3.5, color="tab:orange", label="validation")
+
+    def line(ax: Any, y: np.ndarray, **style: Any) -> None:  # epochs without a validation (--val-every) skipped
+        ok = np.isfinite(y)
+        ax.plot(epoch[ok], y[ok], marker=marker, ms=3.5, **style)
+
+    line(ax_loss, col("train_loss"), color="tab:blue", label="train")
+    line(ax_loss, col("val_loss"), color="tab:orange", label="validation")
     ax_loss.set(title="Loss", xlabel="epoch", ylabel="loss")
     miou, pix = 100 * col("val_miou"), 100 * col("val_pixel_acc")
-    ax_iou.plot(epoch, miou, marker=marker, ms=3.5, color="tab:orange", label="validation mean IoU")
-    ax_iou.plot(epoch, pix, marker=marker, ms=3.5, color="tab:green", ls="--", label="validation pixel accuracy")
+    line(ax_iou, miou, color="tab:orange", label="validation mean IoU")
+    line(ax_iou, pix, color="tab:green", ls="--", label="validation pixel accuracy")
     if np.isfinite(miou).any():
         b = int(np.nanargmax(miou))
         ax_iou.scatter([epoch[b]], [miou[b]], s=90, facecolors="none", edgecolors="tab:red", linewidths=1.8,
