@@ -730,9 +730,8 @@ class Trainer:
                 names = {n for n, _ in ckpt.unwrap(model).named_buffers()}
                 dist.broadcast_tensors([v for k, v in s.ema.shadow.items() if k in names])
         eval_model = self._ema_model(model, s.ema) if s.ema else model
-        validate = self.validates(epoch, r)
         val = None
-        if validate:
+        if self._validates(epoch, r):
             if s.precise_bn and not frozen:
                 self._recalibrate_bn(eval_model, data.train, s, epoch)
             if cached:  # the head on the cached validation features: the same numbers, no backbone pass
@@ -744,13 +743,14 @@ class Trainer:
                "lr": s.optimizer.param_groups[-1]["lr"], "seconds": time.perf_counter() - t0,
                "images_per_s": seen / max(train_time, 1e-9), "train_seconds": train_time}
         r.history.append(row)
-        improved = val is not None and (row[task.best_metric] > r.best or r.best_epoch < 0)
-        if improved:
-            r.best, r.best_epoch, r.bad_after = row[task.best_metric], epoch + 1, 0
-            self._best_val = (epoch + 1, self._last_val)
-        elif val is not None:
-            r.bad_after += 1
+        improved = False
         if val is not None:
+            improved = row[task.best_metric] > r.best or r.best_epoch < 0
+            if improved:
+                r.best, r.best_epoch, r.bad_after = row[task.best_metric], epoch + 1, 0
+                self._best_val = (epoch + 1, self._last_val)
+            else:
+                r.bad_after += 1
             self.clock.event("eval_features" if cached else "eval")
         if dist.is_main:
             self._save(s, r, eval_model, row, improved, task.evaluation_record(val) if val is not None else {})
@@ -760,7 +760,7 @@ class Trainer:
             r.eval_s = sum(r.evals) / len(r.evals)
         return row, improved
 
-    def validates(self, epoch: int, r: _Run) -> bool:
+    def _validates(self, epoch: int, r: _Run) -> bool:
         """Whether epoch ``epoch`` (0-based) ends with a validation pass: every ``val_every``-th epoch, the last
         one, and one the budget cut short."""
         n = self.cfg.val_every
