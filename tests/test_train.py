@@ -437,6 +437,12 @@ def test_photos_from_scratch_train_the_mini_net_with_its_recipe_unless_told(tmp_
     state = ckpt.load_state(res.run_dir / ckpt.STATE)
     assert {g["weight_decay"] for g in state["optimizer"]["param_groups"]} == {0.0, 1e-4}
     assert state["lookahead"] is not None
+    assert not any("random resized crops" in n for n in res.notes)  # in memory: the crops move by 8 px
+    # DataLoader workers take random resized crops instead of moving a crop: said, not silently dropped
+    res = fit(data=str(photos), pretrained="none", output=str(tmp_path / "workers"), quiet=True, loader="workers",
+              workers=0, **dict(FAST, epochs=1, img_size=None))
+    assert ("the photos are read by DataLoader workers, which train on random resized crops of at least 25% of the "
+            "image's area (--min-scale), not on a crop moved by up to 8 px (--translate") in " ".join(res.notes)
     # a network named, or a size given, is kept
     res = fit(data=str(photos), pretrained="none", model="resnet20", output=str(tmp_path / "r20"), quiet=True,
               **dict(FAST, epochs=1, img_size=40))

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from ...data.loaders import EpochLoader, FileDataset, MemoryLoader, decode_to_memory
-from ...data.transforms import SMALL, Preprocessing, eval_transform, train_transform
+from ...data.transforms import MIN_SCALE, SMALL, Preprocessing, eval_transform, train_transform
 from ...engine.budget import Candidate
 from ...engine.finetune import TransferFacts, choose_transfer, weights_input_size
 from ...engine.hardware import default_workers
@@ -22,7 +22,7 @@ __all__ = ["FEW_PER_CLASS", "MINI_RECIPE", "OTHER_DEFAULTS", "PHOTO_MODEL", "PHO
            "RECIPE_MODELS", "SCRATCH_ACT_LAYER", "SCRATCH_SIZES", "SMALL_MODEL", "SMALL_RECIPE", "apply_recipe",
            "budget_candidates", "balance_weights", "build_data", "choose_model", "choose_model_and_size",
            "class_weights", "image_loaders", "memory_by_default", "recipe_for", "scratch_act_layer",
-           "scratch_activation", "scratch_hint", "scratch_photo_model"]
+           "scratch_activation", "scratch_hint", "scratch_photo_model", "worker_crop_note"]
 
 #: below this many training images a class, a run from scratch says that pretrained weights usually help a lot
 FEW_PER_CLASS = 100
@@ -309,10 +309,22 @@ def build_data(task: Any, device: torch.device, channels_last: bool, rank: int, 
     loaders, use_memory, how = image_loaders(cfg, parts, targets, pp, device, channels_last, rank, world, weights)
     desc = f"{cfg.data} ({splits.describe()}) at {size}x{size}{how}"
     hint = None if pretrained else scratch_hint(name, len(train_s), len(splits.classes))
+    notes = [n for n in (hint, None if use_memory else worker_crop_note(cfg, size)) if n]
     return TaskData(splits.classes, loaders["train"], loaders["val"], loaders.get("test"), len(train_s), desc, name,
-                    pp.to_dict(), notes=list(splits.notes) + ([hint] if hint else []), scan_summary=report.summary(),
+                    pp.to_dict(), notes=list(splits.notes) + notes, scan_summary=report.summary(),
                     extra={"scan": report, "train_labels": labels, "val_samples": val_s, "test_samples": test_s,
                            "input_size": size, "in_memory": use_memory})
+
+
+def worker_crop_note(cfg: Any, size: int) -> str | None:
+    """The sentence for a run whose photos (over ``SMALL`` px) go through DataLoader workers with a ``translate``
+    set (by the user or a recipe): the workers take random resized crops, so the crops are not moved by it."""
+    if size <= SMALL or cfg.translate is None:
+        return None
+    return (f"the photos are read by DataLoader workers, which train on random resized crops of at least "
+            f"{cfg.min_scale or MIN_SCALE:.0%} of the image's area (--min-scale), not on a crop moved by up to "
+            f"{cfg.translate} px (--translate: the in-memory loader's, --loader memory where the decoded images fit "
+            "in memory)")
 
 
 def image_loaders(cfg: Any, parts: dict[str, list[tuple[str, Any]] | None], targets: dict[str, torch.Tensor],
