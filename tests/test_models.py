@@ -409,6 +409,39 @@ def test_conv_pool_stages_make_page_resnet9() -> None:
     assert 2.3 < ratio < 2.7 and narrow(torch.randn(2, 3, 32, 32)).shape == (2, 10)
 
 
+def test_fixed_batchnorm_scales_identity_init_and_bn_momentum_as_airbench() -> None:
+    """``bn_scale=False``: no BatchNorm scale is a parameter (nothing trains it); each stays 1 as a buffer under the
+    same name, so state dicts load both ways. ``bn_momentum`` reaches every BatchNorm. ``dirac_init``: a dense 3x3
+    convolution starts by passing its input's channels through. Fixed scales with zero-initialised residual
+    branches are refused (the zeros would stay)."""
+    ref = rt.create_model("resnet9_narrow", num_classes=10)
+    ours = rt.create_model("resnet9_narrow", num_classes=10, bn_scale=False, bn_momentum=0.4, dirac_init=True)
+    bns = [m for m in ours.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert len(bns) == 8 and all(m.momentum == 0.4 and not isinstance(m.weight, nn.Parameter) for m in bns)
+    assert count_params(ref) - count_params(ours) == sum(m.weight.numel() for m in bns)
+    assert set(ours.state_dict()) == set(ref.state_dict())
+    ref.load_state_dict(ours.state_dict())
+    ours.load_state_dict(rt.create_model("resnet9_narrow", num_classes=10, bn_scale=False).state_dict())
+    shifts = [m.bias.detach().clone() for m in bns]
+    opt = torch.optim.SGD(ours.parameters(), lr=0.5)
+    nn.functional.cross_entropy(ours(torch.randn(8, 3, 32, 32)), torch.arange(8)).backward()
+    opt.step()
+    assert all(torch.equal(m.weight, torch.ones_like(m.weight)) for m in bns)  # the scales did not move
+    assert any(not torch.equal(m.bias, b) for m, b in zip(bns, shifts))  # the shifts did
+    x = torch.randn(2, 64, 8, 8)
+    fresh = rt.create_model("resnet9_narrow", dirac_init=True)
+    for conv in (fresh.layer1[0].conv, fresh.layer1[1].conv1, fresh.layer1[1].conv2):
+        torch.testing.assert_close(conv(x), x)
+    plain = rt.create_model("resnet9_narrow").layer1[1].conv1
+    assert not torch.allclose(plain(x), x, atol=0.1)
+    entry = fresh.layer2[0].conv  # 64 -> 256 channels: the first 64 filters pass the input through
+    torch.testing.assert_close(entry(x)[:, :64], x)
+    with pytest.raises(ValueError, match="zero_init_residual .* bn_scale=False would keep at 0"):
+        ResNetConfig(zero_init_residual=True, bn_scale=False)
+    with pytest.raises(ValueError, match=r"bn_momentum=0.0 must be in \(0, 1\]"):
+        ResNetConfig(bn_momentum=0.0)
+
+
 def test_max_pool_and_scaled_logits_classifier_as_page_resnet9() -> None:
     from resnet_tune.models.resnet import ScaledLinear
 

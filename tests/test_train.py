@@ -623,6 +623,44 @@ def test_model_kwargs_from_the_command_line_reach_the_model_the_checkpoint_and_t
         TrainConfig(model="resnet20", model_kwargs=["stage_entry=conv_pool", "block=bottleneck"])
 
 
+def test_batchnorm_shifts_learn_faster_with_fixed_scales_as_airbench(image_folder: Path, tmp_path: Path) -> None:
+    """--bn-bias-lr-scale 64: each block's BatchNorm shifts get a group of their own at 64 times that block's rate
+    (airbench's bias_scaler), without decay; every parameter is in exactly one group, and 1 keeps the usual
+    groups. Through the CLI with fixed BatchNorm scales and identity-initialised convolutions (--model-kwargs
+    bn_scale=false dirac_init=true): the optimiser has the groups, the scales stay 1, and the checkpoint rebuilds
+    the same network for prediction."""
+    from torch import nn
+
+    from resnet_tune.engine.optim import param_groups
+
+    model = rt.create_model("resnet9_narrow", num_classes=3, bn_scale=False)
+    shifts = {id(m.bias) for m in model.modules() if isinstance(m, nn.BatchNorm2d)}
+    plain = param_groups(model, 0.1, 5e-4, lr_decay=0.5)
+    scaled = param_groups(model, 0.1, 5e-4, lr_decay=0.5, bn_bias_lr_scale=64)
+    for groups in (plain, scaled):
+        assert sorted(id(p) for g in groups for p in g["params"]) == sorted(id(p) for p in model.parameters())
+    own = [g for g in scaled if any(id(p) in shifts for p in g["params"])]
+    assert not any(id(p) in shifts for g in plain for p in g["params"] if g["weight_decay"])
+    assert own and all(id(p) in shifts for g in own for p in g["params"])
+    rates = {g["stage"]: g["lr"] for g in scaled if g["weight_decay"]}
+    assert len(set(rates.values())) > 1  # discriminative rates: the multiple is per block
+    assert all(g["weight_decay"] == 0 and g["lr"] == pytest.approx(64 * rates[g["stage"]]) for g in own)
+
+    out = tmp_path / "air"
+    assert main(["train", "--data", str(image_folder), "--model", "resnet9_narrow", "--img-size", "16", "--epochs", "1",
+                 "--batch-size", "8", "--pretrained", "none", "--no-progress", "--output", str(out), "--lr-decay",
+                 "1", "--model-kwargs", "bn_scale=false", "dirac_init=true", "--bn-bias-lr-scale", "64"]) == 0
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["bn_bias_lr_scale"] == 64 and saved["model_kwargs"]["bn_scale"] is False
+    groups = ckpt.load_state(out / ckpt.STATE)["optimizer"]["param_groups"]
+    assert sorted({g["base_lr"] / min(x["base_lr"] for x in groups) for g in groups}) == [1.0, 64.0]
+    predictor = rt.Predictor(out, device="cpu").eager
+    assert predictor.cfg.bn_scale is False and predictor.cfg.dirac_init is True
+    bns = [m for m in predictor.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert bns and all(torch.equal(m.weight, torch.ones_like(m.weight)) for m in bns)
+    assert not any(torch.equal(m.bias, torch.zeros_like(m.bias)) for m in bns)
+
+
 def test_default_job_is_embedded_digits(tmp_path: Path) -> None:
     res = fit(output=str(tmp_path / "d"), epochs=1, quiet=True, progress=False)
     rec = ckpt.read_record(res.run_dir)

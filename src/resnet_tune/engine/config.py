@@ -262,6 +262,9 @@ class RunConfig:
     nesterov: bool = option(True, "Nesterov momentum for SGD")
     weight_decay: float = option(5e-4, "weight decay (never applied to BatchNorm and biases)",
                                  range=(0.0, math.inf, ">= 0"))
+    bn_bias_lr_scale: float = option(1.0, "the BatchNorm shifts' learning rate as a multiple of the rest's (airbench: "
+                                          "64, with the scales fixed: --model-kwargs bn_scale=false)",
+                                     range=(1e-6, math.inf, "positive"))
     schedule: str = option("onecycle", "learning-rate schedule (flat_cos: flat at the peak for 75% of the steps, "
                                        "then cosine; poly: (1 - t/T)^power)", choices=SCHEDULES)
     warmup_epochs: float = option(0.3, "warm-up epochs for the cosine, flat_cos and poly schedules (onecycle warms "

@@ -10,14 +10,18 @@ import torch
 from torch import nn
 
 
-def param_groups(model: nn.Module, lr: float, weight_decay: float, lr_decay: float = 1.0, frozen: int = 0
-                 ) -> list[dict]:
+def param_groups(model: nn.Module, lr: float, weight_decay: float, lr_decay: float = 1.0, frozen: int = 0,
+                 bn_bias_lr_scale: float = 1.0) -> list[dict]:
     """Groups from input to output with discriminative learning rates and no decay on BN/bias.
 
     The head gets ``lr``; each earlier stage gets ``lr_decay`` times the next one's (the stem the
     smallest). Parameters with one dimension (BN affine, biases) get no weight decay. The first ``frozen`` blocks
     of the body (frozen for the whole run, :func:`~resnet_tune.engine.finetune.set_frozen_blocks`) are left out.
+    With ``bn_bias_lr_scale`` other than 1, the BatchNorm shifts (biases) of each block get a group of their own at
+    that multiple of the block's rate (airbench's ``bias_scaler``, 64 with fixed BatchNorm scales).
     """
+    from .stability import BATCHNORMS
+
     if hasattr(model, "body_and_head"):
         body, head = model.body_and_head()
         blocks = [*body, head]
@@ -30,16 +34,18 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float, lr_decay: flo
         if i < frozen:
             continue
         scale = lr_decay ** (n - 1 - i)
-        decay, no_decay = [], []
+        shifts = {id(m.bias) for m in block.modules() if isinstance(m, BATCHNORMS) and m.bias is not None
+                  } if bn_bias_lr_scale != 1.0 else set()
+        decay, no_decay, bn_bias = [], [], []
         for p in block.parameters():
             if id(p) in seen:
                 continue
             seen.add(id(p))
-            (no_decay if p.ndim <= 1 else decay).append(p)
-        for params, wd in ((decay, weight_decay), (no_decay, 0.0)):
+            (bn_bias if id(p) in shifts else no_decay if p.ndim <= 1 else decay).append(p)
+        for params, wd, mult in ((decay, weight_decay, 1.0), (no_decay, 0.0, 1.0), (bn_bias, 0.0, bn_bias_lr_scale)):
             if params:
-                groups.append({"params": params, "lr": lr * scale, "base_lr": lr * scale, "weight_decay": wd,
-                               "stage": i})
+                groups.append({"params": params, "lr": lr * scale * mult, "base_lr": lr * scale * mult,
+                               "weight_decay": wd, "stage": i})
     rest = [p for p in model.parameters() if id(p) not in seen]
     if rest:
         groups.append({"params": rest, "lr": lr, "base_lr": lr, "weight_decay": weight_decay, "stage": n - 1})

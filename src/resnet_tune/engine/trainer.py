@@ -415,7 +415,8 @@ class Trainer:
         """The run's optimiser over ``model``'s parameter groups (discriminative rates ``decay``, the first
         ``freeze_at`` body blocks left out)."""
         cfg = self.cfg
-        groups = param_groups(model, lr, cfg.weight_decay, decay, frozen=freeze_at)
+        groups = param_groups(model, lr, cfg.weight_decay, decay, frozen=freeze_at,
+                              bn_bias_lr_scale=cfg.bn_bias_lr_scale)
         return make_optimizer(cfg.optimizer, groups, lr, cfg.momentum, cfg.nesterov, cfg.weight_decay,
                               beta2=cfg.beta2, eps=cfg.opt_eps)
 

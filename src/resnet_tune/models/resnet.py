@@ -53,10 +53,11 @@ _FIELD_TYPES: dict[str, tuple[Any, str]] = {
        for k in ("block", "stem", "shortcut", "stage_entry", "global_pool", "act_layer", "se_act_layer",
                  "conv_init")},
     **{k: (_whole, "a whole number") for k in ("stem_width", "groups", "base_width", "num_classes")},
-    **{k: (_finite, "a finite number") for k in ("bn_eps", "se_ratio", "drop_path_rate", "logit_scale")},
+    **{k: (_finite, "a finite number")
+       for k in ("bn_eps", "bn_momentum", "se_ratio", "drop_path_rate", "logit_scale")},
     **{k: (lambda v: isinstance(v, bool), "true or false")
        for k in ("stem_bias", "stem_pool_zero_pad", "stride_in_1x1", "stride_in_last_block", "conv_bias",
-                 "zero_init_residual", "anti_alias")},
+                 "zero_init_residual", "anti_alias", "bn_scale", "dirac_init")},
 }
 _TUPLE_TYPES: dict[str, tuple[Any, str]] = {
     **{k: (_whole, "whole numbers") for k in ("layers", "widths", "strides", "input_size")},
@@ -115,6 +116,14 @@ class ResNetConfig:
         conv_bias: biases in block convolutions (Keras v1: all; Keras V2: the last 1x1 and the
             projection).
         bn_eps: BatchNorm epsilon (1e-5 torchvision, 1.001e-5 Keras).
+        bn_momentum: how much of each batch's statistics the BatchNorm running averages take (PyTorch's
+            ``momentum``: 0.1; airbench's "momentum 0.6" is 0.4 here). Only affects training (state dicts are
+            unchanged).
+        bn_scale: every BatchNorm learns its scale (gamma), as every ResNet of He et al.; False fixes the scales at 1
+            and only the shifts learn (airbench, Jordan 2024, with a higher learning rate for the shifts: the
+            trainer's ``bn_bias_lr_scale``). The fixed scales stay in the state dict under the same names (as
+            buffers), so checkpoints load either way; not with ``zero_init_residual``, whose zero scale would then
+            stay zero.
         se_ratio: squeeze-and-excitation reduction (0 = off; timm's ``seresnet`` uses 1/16).
         drop_path_rate: stochastic depth, rising linearly to this rate over the blocks.
         anti_alias: anti-aliased downsampling (Zhang 2019, "Making Convolutional Networks Shift-Invariant
@@ -131,6 +140,10 @@ class ResNetConfig:
             most: the mini net's 64-group 3x3s start 16-23x smaller over their fan-out, so an adaptive optimiser's
             steps, about the learning rate in size, move them that much further relative to their size. Only
             affects new weights (state dicts are unchanged).
+        dirac_init: new weights of every dense 3x3 convolution start with their first min(in, out) filters as the
+            identity (``torch.nn.init.dirac_`` over the initialisation above; airbench's identity initialisation,
+            "an implicit residual"): at the start each such convolution passes its input's channels through.
+            Only affects new weights.
         replace_stride_with_dilation: per stage after the first, dilate instead of striding
             (for segmentation at output stride 8 or 16).
         act_layer: the activation after each BN and residual addition (timm's name): ``relu``, ``mish`` or ``silu``
@@ -161,10 +174,13 @@ class ResNetConfig:
     stride_in_last_block: bool = False
     conv_bias: bool = False
     bn_eps: float = 1e-5
+    bn_momentum: float = 0.1
+    bn_scale: bool = True
     se_ratio: float = 0.0
     drop_path_rate: float = 0.0
     zero_init_residual: bool = False
     conv_init: str = "fan_out"
+    dirac_init: bool = False
     anti_alias: bool = False
     replace_stride_with_dilation: tuple[bool, ...] = ()
     global_pool: str = "avg"
@@ -190,6 +206,11 @@ class ResNetConfig:
             bad(f"input_size={self.input_size} must be (channels, height, width), all positive")
         if not self.bn_eps > 0 or self.se_ratio < 0 or self.stem_width < 1:
             bad("bn_eps must be positive, se_ratio at least 0 and stem_width at least 1")
+        if not 0 < self.bn_momentum <= 1:
+            bad(f"bn_momentum={self.bn_momentum} must be in (0, 1] (PyTorch's convention: the weight of each batch)")
+        if self.zero_init_residual and not self.bn_scale:
+            bad("zero_init_residual starts the last BatchNorm scale of each block at 0, which bn_scale=False would "
+                "keep at 0 for good; use one of them")
         if self.block not in BLOCK_TYPES:
             bad(f"block={self.block!r}; choose one of {', '.join(BLOCK_TYPES)}")
         if self.stem not in STEM_TYPES:
@@ -585,6 +606,15 @@ class PreActBottleneck(nn.Module):
         return out + shortcut
 
 
+def _fix_bn_scale(bn: nn.BatchNorm2d) -> None:
+    """A BatchNorm layer's scale fixed at 1 (``ResNetConfig.bn_scale=False``): the learned ``weight`` becomes a
+    buffer of ones under the same name, so the state dict keeps its keys and no optimiser sees it."""
+    if isinstance(bn.weight, nn.Parameter):
+        ones = torch.ones_like(bn.weight, requires_grad=False)
+        del bn.weight
+        bn.register_buffer("weight", ones)
+
+
 def _has_params(m: nn.Module) -> bool:
     return not isinstance(m, (Subsample, PadShortcut))
 
@@ -731,10 +761,20 @@ class ResNet(nn.Module):
             for m in self.modules():
                 if isinstance(m, SEModule):  # timm: SE starts neutral-ish, convs default init
                     nn.init.kaiming_normal_(m.fc1.weight, mode="fan_out", nonlinearity="relu")
+        if self.cfg.dirac_init:
+            for m in self.modules():
+                if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3) and m.groups == 1:
+                    with torch.no_grad():
+                        nn.init.dirac_(m.weight[:min(m.in_channels, m.out_channels)])
         if self.cfg.zero_init_residual:
             for m in self.modules():
                 if hasattr(m, "zero_init_last"):
                     m.zero_init_last()
+        for m in self.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.momentum = self.cfg.bn_momentum
+                if not self.cfg.bn_scale:
+                    _fix_bn_scale(m)
 
     # --- the timm-style interface -------------------------------------------------------------
 
