@@ -119,8 +119,8 @@ class ResNetConfig:
         bn_momentum: how much of each batch's statistics the BatchNorm running averages take (PyTorch's
             ``momentum``: 0.1; airbench's "momentum 0.6" is 0.4 here). Only affects training (state dicts are
             unchanged).
-        bn_scale: every BatchNorm learns its scale (gamma), as every ResNet of He et al.; False fixes the scales at 1
-            and only the shifts learn (airbench, Jordan 2024, with a higher learning rate for the shifts: the
+        bn_scale: every BatchNorm learns its scale (gamma), as every ResNet of He et al.; False fixes the scales (at
+            1 in new weights; loaded weights bring their own) and only the shifts learn (airbench, Jordan 2024, with a higher learning rate for the shifts: the
             trainer's ``bn_bias_lr_scale``). The fixed scales stay in the state dict under the same names (as
             buffers), so checkpoints load either way; not with ``zero_init_residual``, whose zero scale would then
             stay zero.
