@@ -139,6 +139,18 @@ def test_launch_info_config_and_single_process_helpers() -> None:
     assert one.run_on_main(lambda: "x") == "x"
     model = torch.nn.Linear(2, 2)
     assert one.wrap(model) is model and one.convert_sync_bn(model) is model
+    # --sync-bn on a network with fixed BatchNorm scales (buffers, which PyTorch's conversion cannot take): they stay
+    # fixed buffers with their values, the learned ones stay parameters
+    fixed = rt.create_model("resnet9_narrow", bn_scale=False)
+    fixed.bn1.weight.fill_(2.0)
+    keys = set(fixed.state_dict())
+    synced = D.sync_batchnorm(fixed)
+    bns = [m for m in synced.modules() if isinstance(m, torch.nn.SyncBatchNorm)]
+    assert len(bns) == 8 and not any(isinstance(m.weight, torch.nn.Parameter) for m in bns)
+    assert set(synced.state_dict()) == keys and torch.equal(synced.bn1.weight, torch.full((64,), 2.0))
+    learned = D.sync_batchnorm(rt.create_model("resnet9_narrow"))
+    assert all(isinstance(m.weight, torch.nn.Parameter) for m in learned.modules()
+               if isinstance(m, torch.nn.SyncBatchNorm))
     assert D.is_peer_failure(RuntimeError("[pair.cc:545] Read error: Connection reset by peer"))
     assert not D.is_peer_failure(ValueError("bad value"))
     msg = str(one.failure(RuntimeError("[/x/gloo/pair.cc:545] Read error [127.0.0.1]:1: Connection reset by "

@@ -436,6 +436,13 @@ def test_fixed_batchnorm_scales_identity_init_and_bn_momentum_as_airbench() -> N
     assert not torch.allclose(plain(x), x, atol=0.1)
     entry = fresh.layer2[0].conv  # 64 -> 256 channels: the first 64 filters pass the input through
     torch.testing.assert_close(entry(x)[:, :64], x)
+    grouped = [m for m in rt.create_model("seresnext10d_64x4d", dirac_init=True).modules()
+               if isinstance(m, nn.Conv2d) and m.groups > 1]
+    assert len(grouped) == 4  # the mini net's 64-group 3x3s: the first filter of each group passes its input on
+    for conv in grouped[:2]:
+        xg = torch.randn(2, conv.in_channels, 8, 8)
+        s = conv.stride[0]  # (the second is strided: the centre tap reads every other pixel)
+        torch.testing.assert_close(conv(xg)[:, ::conv.out_channels // conv.groups], xg[:, :, ::s, ::s])
     with pytest.raises(ValueError, match="zero_init_residual .* bn_scale=False would keep at 0"):
         ResNetConfig(zero_init_residual=True, bn_scale=False)
     with pytest.raises(ValueError, match=r"bn_momentum=0.0 must be in \(0, 1\]"):

@@ -414,6 +414,13 @@ def test_hf_config_architecture_is_checked(tmp_path):
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(_out(model, x), hf(pixel_values=x).logits, rtol=1e-4, atol=1e-4)
+    # options that only change how the network trains read the same weights (fixed scales keep the loaded values)
+    fixed = create_model("resnet50", pretrained=str(tmp_path / "v1"), stride_in_1x1=True, bn_scale=False,
+                         bn_momentum=0.4, dirac_init=True, **arch)
+    assert not any(isinstance(m.weight, torch.nn.Parameter) for m in fixed.modules()
+                   if isinstance(m, torch.nn.BatchNorm2d))
+    with torch.no_grad():
+        torch.testing.assert_close(_out(fixed, x), hf(pixel_values=x).logits, rtol=1e-4, atol=1e-4)
 
 
 def test_keras_files_go_to_the_keras_converter(tmp_path, monkeypatch, r18):

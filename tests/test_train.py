@@ -443,6 +443,10 @@ def test_photos_from_scratch_train_the_mini_net_with_its_recipe_unless_told(tmp_
               workers=0, **dict(FAST, epochs=1, img_size=None))
     assert ("the photos are read by DataLoader workers, which train on random resized crops of at least 25% of the "
             "image's area (--min-scale), not on a crop moved by up to 8 px (--translate") in " ".join(res.notes)
+    from resnet_tune.tasks.classification.data import worker_crop_note
+
+    assert worker_crop_note(TrainConfig(translate=0), 128) is None
+    assert worker_crop_note(TrainConfig(translate=2), 32) is None
     # a network named, or a size given, is kept
     res = fit(data=str(photos), pretrained="none", model="resnet20", output=str(tmp_path / "r20"), quiet=True,
               **dict(FAST, epochs=1, img_size=40))
@@ -645,6 +649,7 @@ def test_batchnorm_shifts_learn_faster_with_fixed_scales_as_airbench(image_folde
     rates = {g["stage"]: g["lr"] for g in scaled if g["weight_decay"]}
     assert len(set(rates.values())) > 1  # discriminative rates: the multiple is per block
     assert all(g["weight_decay"] == 0 and g["lr"] == pytest.approx(64 * rates[g["stage"]]) for g in own)
+    assert scaled[-1]["lr"] == plain[-1]["lr"] == 0.1  # the last group is the head's rate (lr_find reads it)
 
     out = tmp_path / "air"
     assert main(["train", "--data", str(image_folder), "--model", "resnet9_narrow", "--img-size", "16", "--epochs", "1",

@@ -29,6 +29,7 @@ import torch.distributed as dist
 from torch import nn
 
 from ..errors import ConfigError, ResnetTuneError, TrainingError
+from ..models import fix_bn_scale
 
 T = TypeVar("T")
 
@@ -38,6 +39,23 @@ TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT
 # Words in the messages of collectives that failed because another process is gone or silent.
 _PEER_FAILURE_HINTS = ("gloo", "nccl", "connection closed", "connection reset", "connection refused",
                        "broken pipe", "timed out", "timeout", "processgroup", "peer", "socket", "watchdog")
+
+
+def sync_batchnorm(model: nn.Module) -> nn.Module:
+    """``model`` with every BatchNorm a ``SyncBatchNorm`` (PyTorch's conversion); scales that a model holds fixed
+    (``ResNetConfig.bn_scale=False``: buffers, which the conversion cannot take) stay fixed, with their values."""
+    fixed = set()
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d) and m.weight is not None and not isinstance(m.weight, nn.Parameter):
+            w = m.weight
+            del m.weight
+            m.weight = nn.Parameter(w, requires_grad=False)
+            fixed.add(id(m.weight))
+    model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    for m in model.modules():
+        if isinstance(m, nn.SyncBatchNorm) and id(m.weight) in fixed:
+            fix_bn_scale(m)
+    return model
 
 
 @dataclass(frozen=True)
@@ -229,7 +247,7 @@ class Dist:
 
     def convert_sync_bn(self, model: nn.Module) -> nn.Module:
         """BatchNorm layers that compute their statistics over the global batch (all ranks)."""
-        return nn.SyncBatchNorm.convert_sync_batchnorm(model) if self.enabled else model
+        return sync_batchnorm(model) if self.enabled else model
 
     def wrap(self, model: nn.Module) -> nn.Module:
         """``model`` in DistributedDataParallel (gradients averaged over ranks in the backward pass).

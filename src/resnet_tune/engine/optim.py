@@ -42,7 +42,8 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float, lr_decay: flo
                 continue
             seen.add(id(p))
             (bn_bias if id(p) in shifts else no_decay if p.ndim <= 1 else decay).append(p)
-        for params, wd, mult in ((decay, weight_decay, 1.0), (no_decay, 0.0, 1.0), (bn_bias, 0.0, bn_bias_lr_scale)):
+        # the shifts first: a block's last group is at its rate (lr_find and the history read the head's there)
+        for params, wd, mult in ((bn_bias, 0.0, bn_bias_lr_scale), (decay, weight_decay, 1.0), (no_decay, 0.0, 1.0)):
             if params:
                 groups.append({"params": params, "lr": lr * scale * mult, "base_lr": lr * scale * mult,
                                "weight_decay": wd, "stage": i})

@@ -34,6 +34,7 @@ __all__ = [
     "ResNet",
     "ResNetConfig",
     "StageOutput",
+    "fix_bn_scale",
 ]
 
 BLOCK_TYPES = ("basic", "bottleneck", "preact_basic", "preact_bottleneck")
@@ -140,9 +141,10 @@ class ResNetConfig:
             most: the mini net's 64-group 3x3s start 16-23x smaller over their fan-out, so an adaptive optimiser's
             steps, about the learning rate in size, move them that much further relative to their size. Only
             affects new weights (state dicts are unchanged).
-        dirac_init: new weights of every dense 3x3 convolution start with their first min(in, out) filters as the
-            identity (``torch.nn.init.dirac_`` over the initialisation above; airbench's identity initialisation,
-            "an implicit residual"): at the start each such convolution passes its input's channels through.
+        dirac_init: new weights of every 3x3 convolution start with their first min(in, out) filters (a grouped
+            one's: in each group) as the identity (``torch.nn.init.dirac_`` over the initialisation above;
+            airbench's identity initialisation, "an implicit residual"): at the start each such convolution passes
+            its input's channels through.
             Only affects new weights.
         replace_stride_with_dilation: per stage after the first, dilate instead of striding
             (for segmentation at output stride 8 or 16).
@@ -210,7 +212,7 @@ class ResNetConfig:
             bad(f"bn_momentum={self.bn_momentum} must be in (0, 1] (PyTorch's convention: the weight of each batch)")
         if self.zero_init_residual and not self.bn_scale:
             bad("zero_init_residual starts the last BatchNorm scale of each block at 0, which bn_scale=False would "
-                "keep at 0 for good; use one of them")
+                "keep at 0 for good; add zero_init_residual=false to fix the scales")
         if self.block not in BLOCK_TYPES:
             bad(f"block={self.block!r}; choose one of {', '.join(BLOCK_TYPES)}")
         if self.stem not in STEM_TYPES:
@@ -606,13 +608,13 @@ class PreActBottleneck(nn.Module):
         return out + shortcut
 
 
-def _fix_bn_scale(bn: nn.BatchNorm2d) -> None:
-    """A BatchNorm layer's scale fixed at 1 (``ResNetConfig.bn_scale=False``): the learned ``weight`` becomes a
-    buffer of ones under the same name, so the state dict keeps its keys and no optimiser sees it."""
+def fix_bn_scale(bn: nn.Module) -> None:
+    """A BatchNorm layer's scale fixed (``ResNetConfig.bn_scale=False``): its ``weight`` becomes a buffer with the
+    same values under the same name, so the state dict keeps its keys and no optimiser sees it."""
     if isinstance(bn.weight, nn.Parameter):
-        ones = torch.ones_like(bn.weight, requires_grad=False)
+        fixed = bn.weight.detach().clone()
         del bn.weight
-        bn.register_buffer("weight", ones)
+        bn.register_buffer("weight", fixed)
 
 
 def _has_params(m: nn.Module) -> bool:
@@ -763,9 +765,12 @@ class ResNet(nn.Module):
                     nn.init.kaiming_normal_(m.fc1.weight, mode="fan_out", nonlinearity="relu")
         if self.cfg.dirac_init:
             for m in self.modules():
-                if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3) and m.groups == 1:
+                if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3):
                     with torch.no_grad():
-                        nn.init.dirac_(m.weight[:min(m.in_channels, m.out_channels)])
+                        if m.groups == 1:
+                            nn.init.dirac_(m.weight[:min(m.in_channels, m.out_channels)])
+                        else:  # within each group
+                            nn.init.dirac_(m.weight, groups=m.groups)
         if self.cfg.zero_init_residual:
             for m in self.modules():
                 if hasattr(m, "zero_init_last"):
@@ -774,7 +779,7 @@ class ResNet(nn.Module):
             if isinstance(m, nn.BatchNorm2d):
                 m.momentum = self.cfg.bn_momentum
                 if not self.cfg.bn_scale:
-                    _fix_bn_scale(m)
+                    fix_bn_scale(m)
 
     # --- the timm-style interface -------------------------------------------------------------
 

@@ -69,7 +69,7 @@ KERAS_WEIGHTS = {
 }
 # Config fields that do not change how weights must be read (free to differ from the checkpoint's).
 _FREE_FIELDS = {"num_classes", "drop_path_rate", "zero_init_residual", "conv_init", "input_size",
-                "replace_stride_with_dilation"}
+                "replace_stride_with_dilation", "bn_momentum", "bn_scale", "dirac_init"}
 
 State = dict[str, Tensor]
 

@@ -319,7 +319,7 @@ def build_data(task: Any, device: torch.device, channels_last: bool, rank: int, 
 def worker_crop_note(cfg: Any, size: int) -> str | None:
     """The sentence for a run whose photos (over ``SMALL`` px) go through DataLoader workers with a ``translate``
     set (by the user or a recipe): the workers take random resized crops, so the crops are not moved by it."""
-    if size <= SMALL or cfg.translate is None:
+    if size <= SMALL or not cfg.translate:
         return None
     return (f"the photos are read by DataLoader workers, which train on random resized crops of at least "
             f"{cfg.min_scale or MIN_SCALE:.0%} of the image's area (--min-scale), not on a crop moved by up to "
