@@ -114,50 +114,13 @@ def plot_worst_segmentations(worst: list[dict[str, Any]], lut: np.ndarray, out_p
 
 
 def plot_seg_curves(rows: list[dict[str, Any]], out_png: str | Path) -> Path:
-    """Training curves: train/validation loss, validation mean IoU and pixel accuracy, learning rate."""
-    import matplotlib
+    """Training curves (:func:`~resnet_tune.eval.plots.plot_curves`): train/validation loss, validation mean IoU
+    (the best marked) and pixel accuracy, learning rate; epochs without a validation (``--val-every``) skipped."""
+    from ...eval.plots import plot_curves
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    def col(key: str) -> np.ndarray:
-        return np.array([float(r.get(key, math.nan)) for r in rows], dtype=np.float64)
-
-    epoch = col("epoch")
-    fig = plt.figure(figsize=(11, 6.2))
-    gs = fig.add_gridspec(2, 2, height_ratios=[3, 1.15], hspace=0.45, wspace=0.22)
-    ax_loss, ax_iou, ax_lr = fig.add_subplot(gs[0, 0]), fig.add_subplot(gs[0, 1]), fig.add_subplot(gs[1, :])
-    marker = "o" if len(rows) <= 30 else None
-
-    def line(ax: Any, y: np.ndarray, **style: Any) -> None:  # epochs without a validation (--val-every) skipped
-        ok = np.isfinite(y)
-        ax.plot(epoch[ok], y[ok], marker=marker, ms=3.5, **style)
-
-    line(ax_loss, col("train_loss"), color="tab:blue", label="train")
-    line(ax_loss, col("val_loss"), color="tab:orange", label="validation")
-    ax_loss.set(title="Loss", xlabel="epoch", ylabel="loss")
-    miou, pix = 100 * col("val_miou"), 100 * col("val_pixel_acc")
-    line(ax_iou, miou, color="tab:orange", label="validation mean IoU")
-    line(ax_iou, pix, color="tab:green", ls="--", label="validation pixel accuracy")
-    if np.isfinite(miou).any():
-        b = int(np.nanargmax(miou))
-        ax_iou.scatter([epoch[b]], [miou[b]], s=90, facecolors="none", edgecolors="tab:red", linewidths=1.8,
-                       zorder=5, label=f"best mIoU {miou[b]:.2f}% (epoch {epoch[b]:g})")
-    ax_iou.set(title="Validation mean IoU and pixel accuracy", xlabel="epoch", ylabel="%")
-    ax_lr.plot(epoch, col("lr"), marker=marker, ms=3, color="tab:green")
-    ax_lr.set(title="Learning rate", xlabel="epoch", ylabel="lr")
-    for ax in (ax_loss, ax_iou, ax_lr):
-        ax.grid(True, alpha=0.3)
-        ax.xaxis.get_major_locator().set_params(integer=True)
-    ax_loss.legend(fontsize=9)
-    ax_iou.legend(fontsize=9)
-    out = Path(out_png)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fig.savefig(out, dpi=110, bbox_inches="tight", facecolor="white")
-    finally:
-        plt.close(fig)
-    return out
+    return plot_curves(rows, out_png, score_keys=(("val_miou", "validation mean IoU"),
+                                                  ("val_pixel_acc", "validation pixel accuracy")),
+                       score_name="mean IoU and pixel accuracy", best_key="val_miou", loss_name="loss")
 
 
 def write_eval_outputs(report: dict[str, Any], worst: list[dict[str, Any]], out: str | Path, lut: np.ndarray
