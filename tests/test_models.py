@@ -443,6 +443,7 @@ def test_fixed_batchnorm_scales_identity_init_and_bn_momentum_as_airbench() -> N
         xg = torch.randn(2, conv.in_channels, 8, 8)
         s = conv.stride[0]  # (the second is strided: the centre tap reads every other pixel)
         torch.testing.assert_close(conv(xg)[:, ::conv.out_channels // conv.groups], xg[:, :, ::s, ::s])
+        assert conv.weight[1::conv.out_channels // conv.groups].abs().sum() > 0  # the other filters keep their init
     with pytest.raises(ValueError, match="zero_init_residual .* bn_scale=False would keep at 0"):
         ResNetConfig(zero_init_residual=True, bn_scale=False)
     with pytest.raises(ValueError, match=r"bn_momentum=0.0 must be in \(0, 1\]"):

@@ -9,6 +9,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .stability import BATCHNORMS
+
 
 def param_groups(model: nn.Module, lr: float, weight_decay: float, lr_decay: float = 1.0, frozen: int = 0,
                  bn_bias_lr_scale: float = 1.0) -> list[dict]:
@@ -20,8 +22,6 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float, lr_decay: flo
     With ``bn_bias_lr_scale`` other than 1, the BatchNorm shifts (biases) of each block get a group of their own at
     that multiple of the block's rate (airbench's ``bias_scaler``, 64 with fixed BatchNorm scales).
     """
-    from .stability import BATCHNORMS
-
     if hasattr(model, "body_and_head"):
         body, head = model.body_and_head()
         blocks = [*body, head]

@@ -121,10 +121,10 @@ class ResNetConfig:
             ``momentum``: 0.1; airbench's "momentum 0.6" is 0.4 here). Only affects training (state dicts are
             unchanged).
         bn_scale: every BatchNorm learns its scale (gamma), as every ResNet of He et al.; False fixes the scales (at
-            1 in new weights; loaded weights bring their own) and only the shifts learn (airbench, Jordan 2024, with a higher learning rate for the shifts: the
-            trainer's ``bn_bias_lr_scale``). The fixed scales stay in the state dict under the same names (as
-            buffers), so checkpoints load either way; not with ``zero_init_residual``, whose zero scale would then
-            stay zero.
+            1 in new weights; loaded weights bring their own) and only the shifts learn (airbench, Jordan 2024, with
+            a higher learning rate for the shifts: the trainer's ``bn_bias_lr_scale``). The fixed scales stay in the
+            state dict under the same names (as buffers), so checkpoints load either way; not with
+            ``zero_init_residual``, whose zero scale would then stay zero.
         se_ratio: squeeze-and-excitation reduction (0 = off; timm's ``seresnet`` uses 1/16).
         drop_path_rate: stochastic depth, rising linearly to this rate over the blocks.
         anti_alias: anti-aliased downsampling (Zhang 2019, "Making Convolutional Networks Shift-Invariant
@@ -143,9 +143,8 @@ class ResNetConfig:
             affects new weights (state dicts are unchanged).
         dirac_init: new weights of every 3x3 convolution start with their first min(in, out) filters (a grouped
             one's: in each group) as the identity (``torch.nn.init.dirac_`` over the initialisation above;
-            airbench's identity initialisation, "an implicit residual"): at the start each such convolution passes
-            its input's channels through.
-            Only affects new weights.
+            airbench's identity initialisation, "an implicit residual"; the other filters keep it): at the start
+            each such convolution passes its input's channels through. Only affects new weights.
         replace_stride_with_dilation: per stage after the first, dilate instead of striding
             (for segmentation at output stride 8 or 16).
         act_layer: the activation after each BN and residual addition (timm's name): ``relu``, ``mish`` or ``silu``
@@ -766,11 +765,10 @@ class ResNet(nn.Module):
         if self.cfg.dirac_init:
             for m in self.modules():
                 if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3):
+                    per_group = m.weight.view(m.groups, -1, *m.weight.shape[1:])  # (groups, out, in, 3, 3)
                     with torch.no_grad():
-                        if m.groups == 1:
-                            nn.init.dirac_(m.weight[:min(m.in_channels, m.out_channels)])
-                        else:  # within each group
-                            nn.init.dirac_(m.weight, groups=m.groups)
+                        for w in per_group:  # (dirac_ zeroes what it is given: only the first filters)
+                            nn.init.dirac_(w[:min(w.shape[0], w.shape[1])])
         if self.cfg.zero_init_residual:
             for m in self.modules():
                 if hasattr(m, "zero_init_last"):
