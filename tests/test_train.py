@@ -700,6 +700,11 @@ def test_small_images_from_scratch_train_longer_by_default(image_folder: Path, t
     task = ClassificationTask(TrainConfig(data=str(image_folder)))
     photos = TaskData([], None, None, None, 24, "", "resnet18", {}, extra={"input_size": 128})
     assert task.choose_epochs(photos) == (15, None)
+    # the embedded digits: the demo's own count (under two minutes on the slowest CPU measured), whatever the size
+    from resnet_tune.data.default import DEMO_EPOCHS
+
+    digits = TaskData([], None, None, None, 1437, "", "resnet9_narrow", {}, extra={"input_size": 32})
+    assert ClassificationTask(TrainConfig()).choose_epochs(digits) == (DEMO_EPOCHS, None) and DEMO_EPOCHS < 15
 
 
 def test_yaml_config_and_flags_win(image_folder: Path, tmp_path: Path) -> None:

@@ -242,7 +242,8 @@ class RunConfig:
                                   "one's lr", range=(1e-300, math.inf, "positive"))
     epochs: int | None = option(None, "number of epochs (default: 15 for classification, 30 for segmentation; "
                                       "from scratch on small images, enough to see about 128,000 images, at most "
-                                      "60; planned from --budget when it is given)", range=(1, math.inf, "at least 1"))
+                                      "60; 6 on the embedded digits; planned from --budget when it is given)",
+                                range=(1, math.inf, "at least 1"))
     budget: str | None = option(None, "time for the whole run, e.g. 10m, 90s or 1h30m (scan, decoding, training, "
                                       "validation, checkpoints and report): the trainer measures its speed and plans "
                                       "the epochs to fit; instead of --epochs")
@@ -263,7 +264,9 @@ class RunConfig:
     weight_decay: float = option(5e-4, "weight decay (never applied to BatchNorm and biases)",
                                  range=(0.0, math.inf, ">= 0"))
     bn_bias_lr_scale: float = option(1.0, "the BatchNorm shifts' learning rate as a multiple of the rest's (airbench: "
-                                          "64, with the scales fixed: --model-kwargs bn_scale=false)",
+                                          "64 with SGD, with the scales fixed: --model-kwargs bn_scale=false; with "
+                                          "AdamW, RAdam or LAMB, whose steps do not grow with the gradient, the "
+                                          "shifts move about this many times as far each step)",
                                      range=(1e-6, math.inf, "positive"))
     schedule: str = option("onecycle", "learning-rate schedule (flat_cos: flat at the peak for 75% of the steps, "
                                        "then cosine; poly: (1 - t/T)^power)", choices=SCHEDULES)

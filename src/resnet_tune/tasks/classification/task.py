@@ -85,12 +85,15 @@ class ClassificationTask(Task):
 
     def choose_epochs(self, data: TaskData) -> tuple[int, str | None]:
         """From scratch on small images (64 px or less, where it was measured), enough epochs to see
-        :data:`~resnet_tune.engine.defaults.MIN_SCRATCH_IMAGES` images; fine-tuning, photos and the embedded demo
-        (99% on the digits in 15 epochs) keep :attr:`default_epochs`."""
+        :data:`~resnet_tune.engine.defaults.MIN_SCRATCH_IMAGES` images; the embedded demo
+        :data:`~resnet_tune.data.default.DEMO_EPOCHS`; fine-tuning and photos keep :attr:`default_epochs`."""
+        from ...data.default import DEMO_EPOCHS
         from ...engine.defaults import scratch_epochs
 
+        if self.cfg.data is None:
+            return DEMO_EPOCHS, None
         size = data.extra.get("input_size")
-        if self.pretrained is not None or self.cfg.data is None or not isinstance(size, int) or size > 64:
+        if self.pretrained is not None or not isinstance(size, int) or size > 64:
             return self.default_epochs, None
         return scratch_epochs(self.default_epochs, data.num_train)
 
