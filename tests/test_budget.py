@@ -261,8 +261,9 @@ def test_a_fine_tune_of_small_images_on_a_budget_trains_between_their_size_and_t
     from conftest import random_checkpoint
 
     ck = random_checkpoint(tmp_path, "resnet20", 96, ["a", "b", "c"])  # weights trained at 96 px; images: 24 px
+    clock = dict(step=4.0)  # a minute an epoch: two epochs a run (the choices do not depend on how many)
     res = fit(data=str(folder), model="resnet20", pretrained=str(ck), budget="2m", output=str(tmp_path / "b"),
-              clock=FakeClock(), started=0.0, **FAST)
+              clock=FakeClock(**clock), started=0.0, **FAST)
     saved = yaml.safe_load((res.run_dir / "config.yaml").read_text())
     assert (saved["img_size"], saved["freeze_at"], saved["strategy"]) == (64, 0, "full")
     assert any("with --budget below the weights' size nothing is frozen" in n for n in res.notes)
@@ -271,7 +272,7 @@ def test_a_fine_tune_of_small_images_on_a_budget_trains_between_their_size_and_t
     # --img-size decides the branch: at the weights' size the stem and first stage stay frozen, below it not
     for size, frozen in ((96, 2), (32, 0)):
         res = fit(data=str(folder), model="resnet20", pretrained=str(ck), budget="2m", img_size=size,
-                  output=str(tmp_path / f"s{size}"), clock=FakeClock(), started=0.0, **FAST)
+                  output=str(tmp_path / f"s{size}"), clock=FakeClock(**clock), started=0.0, **FAST)
         saved = yaml.safe_load((res.run_dir / "config.yaml").read_text())
         assert (saved["img_size"], saved["freeze_at"]) == (size, frozen)
         assert not any(n.startswith("fine-tunes at") for n in res.notes)
@@ -333,11 +334,11 @@ def test_after_unfreezing_the_budget_times_whole_network_validations_again(folde
 def test_model_auto_trains_photos_from_scratch_at_a_smaller_size_on_a_short_budget(tmp_path):
     photos = make_folder(tmp_path / "photos", per_class=12, size=150)
     res = fit(data=str(photos), model="resnet18", budget="1m", pretrained="none", output=str(tmp_path / "r"),
-              clock=FakeClock(step=2.0, probe=1.0), started=0.0, **FAST)
+              clock=FakeClock(step=5.0, probe=1.0), started=0.0, **FAST)
     assert _chosen(res.run_dir) == ("resnet18", 128)
     assert any(n.startswith("--model auto chose resnet18 at 128 px") for n in res.notes)
     # with no network named, photos from scratch train the photo default at its 128 px (no smaller size to step
     # down to)
     res = fit(data=str(photos), budget="1m", pretrained="none", output=str(tmp_path / "mini"),
-              clock=FakeClock(step=2.0, probe=1.0), started=0.0, **FAST)
+              clock=FakeClock(step=5.0, probe=1.0), started=0.0, **FAST)
     assert _chosen(res.run_dir) == ("seresnext12d_64x4d", 128)

@@ -434,6 +434,7 @@ def test_silent_process_times_out_instead_of_hanging(job: dict, tmp_path: Path) 
 
 # --- segmentation on the same engine ------------------------------------------------------------------------
 
+@pytest.mark.slow  # 20-30 s of torchrun start-up: in CI's slow phase (the engine's DDP path is tested above)
 def test_segmentation_two_processes_equal_one_process_with_accumulation(tmp_path: Path) -> None:
     """2 processes at batch 2 train exactly the micro-batches of 1 process at batch 2 with --accum-steps 2 (rank r's
     batch is the r-th micro-batch, augmentation is drawn per sample): the same weights; and the distributed
@@ -467,6 +468,7 @@ def test_segmentation_two_processes_equal_one_process_with_accumulation(tmp_path
 
 
 
+@pytest.mark.slow  # 20-30 s of torchrun start-up: in CI's slow phase (the engine's DDP path is tested above)
 def test_multilabel_two_processes_equal_one_process_with_accumulation(tmp_path: Path) -> None:
     """The multi-label task under torchrun: 2 processes at batch 4 train what 1 process trains at batch 4 with
     --accum-steps 2, and the distributed evaluation (probabilities gathered in batch order) gives exactly the mAP

@@ -564,11 +564,15 @@ def test_torchscript_trace_matches_eager(name: str) -> None:
     torch.testing.assert_close(traced(y), model(y), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["resnet20", "resnet50"])  # one basic-block and one bottleneck preset
-def test_torch_compile_matches_eager(name: str) -> None:
-    # about a minute of compilation each on 2 CPU cores
+@pytest.mark.parametrize("name, kwargs", [
+    ("resnet20", {}),  # a basic-block preset
+    ("resnet50", {"layers": (1, 1, 1, 1)}),  # the bottleneck path, one block a stage: a quarter of the compile time
+    pytest.param("resnet50", {}, marks=pytest.mark.slow),  # the whole preset
+])
+def test_torch_compile_matches_eager(name: str, kwargs: dict) -> None:
+    # 10-25 s of compilation each on 2 CPU cores
     torch._dynamo.reset()
-    model = rt.create_model(name, num_classes=5).eval()
+    model = rt.create_model(name, num_classes=5, **kwargs).eval()
     x = _small_input(model)
     compiled = torch.compile(model)
     torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-4)
