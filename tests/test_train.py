@@ -116,9 +116,10 @@ def test_folded_predictor_matches_eager(image_folder: Path, tmp_path: Path, monk
 @pytest.mark.parametrize("loader", ["memory", "workers"])
 def test_resume_after_interruption_is_bit_exact(image_folder: Path, tmp_path: Path, loader: str,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    # with EMA, Lookahead in mid-cycle at the interruption (3 steps an epoch, k=2) and progressive resizing
+    # with EMA, Lookahead in mid-cycle at the interruption (3 steps an epoch, k=2; airbench's schedule, weights and
+    # BatchNorm statistics, in one of the two) and progressive resizing
     opts = dict(FAST, epochs=3, deterministic=True, loader=loader, workers=0, ema=True, lookahead=2,
-                progressive_resize=0.5)
+                lookahead_schedule="airbench" if loader == "workers" else "constant", progressive_resize=0.5)
     full = fit(data=str(image_folder), output=str(tmp_path / "full"), quiet=True, **opts)
 
     monkeypatch.setenv("RESNET_TUNE_DEBUG_INTERRUPT_AT", "3")  # Ctrl-C at the start of that epoch
@@ -132,9 +133,12 @@ def test_resume_after_interruption_is_bit_exact(image_folder: Path, tmp_path: Pa
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
-    sa = ckpt.load_state(full.run_dir / ckpt.STATE)["model"]
-    sb = ckpt.load_state(tmp_path / "part" / ckpt.STATE)["model"]
+    full_state = ckpt.load_state(full.run_dir / ckpt.STATE)
+    sa, sb = full_state["model"], ckpt.load_state(tmp_path / "part" / ckpt.STATE)["model"]
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    if opts["lookahead_schedule"] == "airbench":  # the run ended on the slow copy, BatchNorm statistics included
+        slow = full_state["lookahead"]["slow"]
+        assert any(k.endswith("running_mean") for k in slow) and all(torch.equal(sa[k], v) for k, v in slow.items())
 
 
 def test_val_every_validates_every_nth_and_the_last_epoch_and_trains_the_same(
@@ -209,6 +213,23 @@ def test_flat_cos_schedule_holds_the_peak_then_anneals() -> None:
         lr_at(0, 10, "flat-cos")
 
 
+def test_triangle_schedule_is_airbench94s() -> None:
+    from resnet_tune.engine.optim import lr_at
+
+    def get_lr(step: int, total: int) -> float:  # legacy/airbench94.py, verbatim but for the argument
+        warmup_steps = int(total * 0.23)
+        warmdown_steps = total - warmup_steps
+        if step < warmup_steps:
+            frac = step / warmup_steps
+            return 0.2 * (1 - frac) + 1.0 * frac
+        frac = (step - warmup_steps) / warmdown_steps
+        return 1.0 * (1 - frac) + 0.07 * frac
+
+    for total in (426, 97, 10):
+        for t in range(total + 1):
+            assert lr_at(t, total, "triangle") == pytest.approx(get_lr(t, total), abs=1e-12), (total, t)
+
+
 def test_progressive_resizing_trains_small_first_and_full_at_the_end(image_folder: Path, tmp_path: Path,
                                                                     monkeypatch: pytest.MonkeyPatch,
                                                                     capsys: pytest.CaptureFixture) -> None:
@@ -274,6 +295,56 @@ def test_lookahead_pulls_back_to_the_slow_weights_every_k_steps() -> None:
     copy = Lookahead(model, k=3)
     copy.load_state_dict(la.state_dict())
     assert copy.steps == 3 and all(torch.equal(copy.slow[n], la.slow[n]) for n in la.slow)
+
+
+def test_lookahead_airbench_schedule_is_airbenchs_lookahead_ema() -> None:
+    """Against airbench94's own ``LookaheadState`` (legacy/airbench94.py): every 5 steps the weights and BatchNorm
+    statistics move to an average with decay 0.95^5 (t/T)^3, and after the last step the model is that average."""
+    from resnet_tune.engine.optim import Lookahead
+
+    def net() -> torch.nn.Module:
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+                                   torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 2))
+
+    ours, ref = net(), net()
+    opts = [torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.85, nesterov=True) for m in (ours, ref)]
+    total, k = 12, 5
+    la = Lookahead(ours, k=k, schedule="airbench")
+    ema = {n: v.clone() for n, v in ref.state_dict().items()}  # airbench's LookaheadState
+    alpha = 0.95 ** 5 * (torch.arange(total + 1) / total) ** 3
+    torch.manual_seed(1)
+    batches = [torch.randn(6, 3, 8, 8) for _ in range(total)]
+    for step, x in enumerate(batches):
+        for model, opt in zip((ours, ref), opts):
+            opt.zero_grad()
+            model(x).square().mean().backward()
+            opt.step()
+        la.update(ours, progress=(step + 1) / total)
+        with torch.no_grad():
+            if (step + 1) % k == 0:
+                for e, p in zip(ema.values(), ref.state_dict().values()):
+                    if p.dtype.is_floating_point:
+                        e.lerp_(p, 1 - alpha[step + 1].item())
+                        p.copy_(e)
+            if step + 1 == total:
+                la.finish(ours)
+                for e, p in zip(ema.values(), ref.state_dict().values()):
+                    if p.dtype.is_floating_point:
+                        p.copy_(e)  # airbench's last update, decay 1.0
+    a, b = ours.state_dict(), ref.state_dict()
+    assert not torch.equal(a["1.running_mean"], torch.zeros(4))  # the statistics moved, and were averaged
+    for n in a:
+        torch.testing.assert_close(a[n], b[n], rtol=1e-6, atol=1e-7, msg=n)
+    assert la.alpha_at(0.0) == 1.0 and la.alpha_at(1.0) == pytest.approx(1 - 0.95 ** 5)
+    with pytest.raises(ValueError, match="cannot resume"):
+        Lookahead(ours, k=k).load_state_dict(la.state_dict())
+
+
+def test_lookahead_schedule_needs_lookahead(image_folder: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"--lookahead-schedule airbench needs --lookahead N"):
+        fit(data=str(image_folder), output=str(tmp_path / "r"), quiet=True, lookahead_schedule="airbench",
+            **dict(FAST, epochs=1))
 
 
 def _same_steps(*pairs: tuple[torch.nn.Module, torch.optim.Optimizer], steps: int = 4) -> None:

@@ -24,13 +24,15 @@ from typing import Any
 
 from ..errors import ConfigError
 
-__all__ = ["LOADERS", "NO_WEIGHTS", "OPTIMIZERS", "PRECISIONS", "RunConfig", "SCHEDULES", "STRATEGIES", "WHITEN_HELP",
-           "check_options", "from_dict", "has_weights", "load_yaml", "option", "option_help", "option_nargs",
-           "save_yaml", "show"]
+__all__ = ["LOADERS", "LOOKAHEAD_SCHEDULES", "NO_WEIGHTS", "OPTIMIZERS", "PRECISIONS", "RunConfig", "SCHEDULES",
+           "STRATEGIES", "WHITEN_HELP", "check_options", "from_dict", "has_weights", "load_yaml", "option",
+           "option_help", "option_nargs", "save_yaml", "show"]
 
 STRATEGIES = ("auto", "scratch", "full", "linear_probe", "freeze_unfreeze")
 OPTIMIZERS = ("sgd", "adamw", "radam", "lamb")
-SCHEDULES = ("onecycle", "cosine", "flat_cos", "poly", "constant")
+SCHEDULES = ("onecycle", "cosine", "flat_cos", "poly", "triangle", "constant")
+#: how Lookahead's pull-back weight changes over a run (:class:`~resnet_tune.engine.optim.Lookahead`)
+LOOKAHEAD_SCHEDULES = ("constant", "airbench")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 LOADERS = ("auto", "memory", "workers")
 
@@ -269,9 +271,11 @@ class RunConfig:
                                           "shifts move about this many times as far each step)",
                                      range=(1e-6, math.inf, "positive"))
     schedule: str = option("onecycle", "learning-rate schedule (flat_cos: flat at the peak for 75% of the steps, "
-                                       "then cosine; poly: (1 - t/T)^power)", choices=SCHEDULES)
-    warmup_epochs: float = option(0.3, "warm-up epochs for the cosine, flat_cos and poly schedules (onecycle warms "
-                                       "up over its first 25% of steps)", range=(0.0, math.inf, ">= 0"))
+                                       "then cosine; poly: (1 - t/T)^power; triangle: airbench's, 0.2 of the peak "
+                                       "rising to it over 23% of the steps, then down to 0.07)", choices=SCHEDULES)
+    warmup_epochs: float = option(0.3, "warm-up epochs for the cosine, flat_cos and poly schedules (onecycle and "
+                                       "triangle warm up over their first 25% and 23% of steps)",
+                                  range=(0.0, math.inf, ">= 0"))
     poly_power: float = option(0.9, "power of the poly schedule", range=(0.0, math.inf, ">= 0"))
     progressive_resize: float = option(1.0, "progressive resizing: the first epoch trains at this fraction of the "
                                              "image size (e.g. 0.5), growing linearly to the full size by three "
@@ -280,6 +284,11 @@ class RunConfig:
     lookahead: int = option(0, "Lookahead (Zhang et al. 2019): every N optimiser steps the weights move back "
                                "halfway to their slow copy, which then takes their place (0 = off; the paper uses 5)",
                             range=(0, math.inf, ">= 0 (0 turns Lookahead off)"))
+    lookahead_schedule: str = option("constant", "with --lookahead: constant (halfway back each time) or airbench "
+                                                 "(airbench's lookahead-EMA: the pull-back grows from nothing at the "
+                                                 "start to 0.95^N at the end as (t/T)^3, BatchNorm statistics "
+                                                 "averaged too, and the run ends on the slow copy)",
+                                     choices=LOOKAHEAD_SCHEDULES)
     ema: bool = option(False, "keep an exponential moving average of the weights and save it")
     ema_decay: float = option(0.999, "EMA decay per step", range=(0.0, 1.0, "between 0 and 1"))
     precise_bn: bool | None = option(None, "recompute the BatchNorm statistics on the epoch's training batches "

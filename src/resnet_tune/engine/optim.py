@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .config import LOOKAHEAD_SCHEDULES
 from .stability import BATCHNORMS
 
 
@@ -155,6 +156,7 @@ def lr_at(step: int, total_steps: int, schedule: str, warmup_steps: int = 0, fin
     ``flat_cos``: linear warm-up over ``warmup_steps``, flat at the peak until ``flat_frac`` of the steps, then
     cosine to ``final_frac`` (fastai's ``fit_flat_cos``, whose ``pct_start`` is 0.75; the Imagenette leaderboard's
     recipe).
+    ``triangle``: airbench94's: linear from 0.2 to 1 over the first 23% of steps, then linear down to 0.07.
     ``constant``: 1.
     """
     total_steps = max(total_steps, 1)
@@ -168,6 +170,11 @@ def lr_at(step: int, total_steps: int, schedule: str, warmup_steps: int = 0, fin
             return start + (1.0 - start) * t / warm
         p = (t - warm) / max(total_steps - warm, 1)
         return final_frac + (1.0 - final_frac) * 0.5 * (1.0 + math.cos(math.pi * p))
+    if schedule == "triangle":
+        warm = int(0.23 * total_steps)
+        if t < warm:
+            return 0.2 + 0.8 * t / warm
+        return 1.0 - 0.93 * (t - warm) / max(total_steps - warm, 1)
     if schedule in ("cosine", "flat_cos", "poly"):
         if warmup_steps > 0 and t < warmup_steps:
             return (t + 1) / (warmup_steps + 1)
@@ -202,27 +209,60 @@ def set_lr(optimizer: torch.optim.Optimizer, mult: float) -> None:
 class Lookahead:
     """Lookahead (Zhang et al. 2019, "Lookahead Optimizer: k steps forward, 1 step back"): every ``k`` optimiser
     steps the slow copy of the weights moves ``alpha`` of the way to the fast weights, and the fast weights restart
-    from it. Applied after the inner optimiser's step (any optimiser); its state is saved for exact resume."""
+    from it. Applied after the inner optimiser's step (any optimiser); its state is saved for exact resume.
 
-    def __init__(self, model: nn.Module, k: int = 5, alpha: float = 0.5) -> None:
-        self.k, self.alpha, self.steps = k, alpha, 0
-        self.slow = {n: p.detach().clone() for n, p in model.named_parameters()}
+    ``schedule="airbench"`` is airbench's lookahead-EMA (Jordan 2024): ``alpha`` falls from 1 at the start (the slow
+    copy simply follows) to ``1 - 0.95^k`` at the end as ``1 - 0.95^k (t/T)^3`` of the way through the ``T`` steps,
+    the BatchNorm statistics (floating-point buffers) are averaged with the weights, and :meth:`finish` leaves the
+    model on the slow copy at the last step."""
+
+    def __init__(self, model: nn.Module, k: int = 5, alpha: float = 0.5, schedule: str = "constant") -> None:
+        if schedule not in LOOKAHEAD_SCHEDULES:
+            raise ValueError(f"lookahead schedule {schedule!r}: choose one of {', '.join(LOOKAHEAD_SCHEDULES)}")
+        self.k, self.alpha, self.steps, self.schedule = k, alpha, 0, schedule
+        self.slow = {n: t.detach().clone() for n, t in self._tracked(model)}
+
+    def _tracked(self, model: nn.Module) -> list[tuple[str, torch.Tensor]]:
+        if self.schedule == "constant":
+            return list(model.named_parameters())
+        return [(n, t) for n, t in model.state_dict(keep_vars=True).items() if t.dtype.is_floating_point]
+
+    def alpha_at(self, progress: float) -> float:
+        """How far the slow copy moves towards the fast weights at a sync ``progress`` (0-1) through the run."""
+        if self.schedule == "constant":
+            return self.alpha
+        return 1.0 - 0.95 ** self.k * min(max(progress, 0.0), 1.0) ** 3
 
     @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
+    def update(self, model: nn.Module, progress: float = 0.0) -> None:
+        """After an optimiser step; ``progress``: the share of the run's steps done (the airbench schedule's t/T)."""
         self.steps += 1
         if self.steps % self.k:
             return
-        for n, p in model.named_parameters():
+        alpha = self.alpha_at(progress)
+        for n, t in self._tracked(model):
             slow = self.slow[n]
-            slow.lerp_(p.detach(), self.alpha)
-            p.copy_(slow)
+            slow.lerp_(t.detach(), alpha)
+            t.copy_(slow)
+
+    @torch.no_grad()
+    def finish(self, model: nn.Module) -> None:
+        """The last step of the run: with the airbench schedule the model ends on the slow copy (the steps since the
+        last sync are dropped, as airbench's final update with decay 1); the constant schedule keeps the fast
+        weights."""
+        if self.schedule == "constant":
+            return
+        for n, t in self._tracked(model):
+            t.copy_(self.slow[n])
 
     def state_dict(self) -> dict:
-        return {"k": self.k, "alpha": self.alpha, "steps": self.steps, "slow": self.slow}
+        return {"k": self.k, "alpha": self.alpha, "steps": self.steps, "schedule": self.schedule, "slow": self.slow}
 
     def load_state_dict(self, state: dict) -> None:
         self.k, self.alpha, self.steps = int(state["k"]), float(state["alpha"]), int(state["steps"])
+        if state.get("schedule", "constant") != self.schedule:
+            raise ValueError(f"a lookahead state of schedule {state.get('schedule', 'constant')!r} cannot resume "
+                             f"one of {self.schedule!r}")
         for n, v in state["slow"].items():
             self.slow[n].copy_(v)
 

@@ -360,7 +360,7 @@ class Trainer:
                        strategy=strategy, freeze_at=freeze_at, optimizer=optimizer,
                        scaler=gradient_scaler(precision, device),
                        ema=EMA(model, cfg.ema_decay) if cfg.ema else None,
-                       lookahead=Lookahead(model, cfg.lookahead) if cfg.lookahead else None,
+                       lookahead=self._lookahead(model),
                        criterion=criterion, steps_per_epoch=steps_per_epoch,
                        total_steps=total, warmup=warmup_steps(cfg.warmup_epochs, steps_per_epoch, total),
                        precise_bn=precise)
@@ -378,6 +378,15 @@ class Trainer:
         except (ResnetTuneError, OSError, ValueError):
             return None
         return {"mean": pp["mean"], "std": pp["std"]} if pp.get("mean") and pp.get("std") else None
+
+    def _lookahead(self, model: nn.Module) -> Lookahead | None:
+        cfg = self.cfg
+        if not cfg.lookahead:
+            if cfg.lookahead_schedule != "constant":
+                raise ConfigError(f"--lookahead-schedule {cfg.lookahead_schedule} needs --lookahead N, the steps "
+                                  "between syncs (airbench: 5).")
+            return None
+        return Lookahead(model, cfg.lookahead, schedule=cfg.lookahead_schedule)
 
     def _whiten(self, model: nn.Module, data: TaskData, device: torch.device, channels_last: bool) -> None:
         """``--whiten``: the first convolution set from the patches of the first training batches (about as many
@@ -877,13 +886,15 @@ class Trainer:
                     scaler.step(optimizer)
                     scaler.update()
                     if s.lookahead is not None:
-                        s.lookahead.update(ckpt.unwrap(model))
+                        s.lookahead.update(ckpt.unwrap(model), progress=(step + 1) / s.total_steps)
                     if s.ema is not None:
                         s.ema.update(ckpt.unwrap(model))
                 else:
                     self._loss_jumped(judged, s.guard, epoch, i)
                 optimizer.zero_grad(set_to_none=True)
                 step += 1
+                if s.lookahead is not None and step == s.total_steps:
+                    s.lookahead.finish(ckpt.unwrap(model))  # the schedule's last step (even a skipped one)
                 self.clock.event("step")
                 if budget is not None:
                     self._budget_step(s, budget, epoch, step - epoch * s.steps_per_epoch, t_epoch)

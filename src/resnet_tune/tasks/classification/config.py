@@ -40,8 +40,9 @@ class ClassificationConfig(RunConfig):
                            "seresnext10d/12d_64x4d from scratch with AdamW; else the optimiser's rule, scaled to the "
                            "global batch for SGD)")
     schedule: str | None = option(None, "learning-rate schedule (flat_cos: flat at the peak for 75% of the steps, "
-                                         "then cosine; poly: (1 - t/T)^power) (default: flat_cos for "
-                                         "seresnext10d/12d_64x4d from scratch; else onecycle)",
+                                         "then cosine; poly: (1 - t/T)^power; triangle: airbench's, 0.2 of the "
+                                         "peak rising to it over 23% of the steps, then down to 0.07) (default: "
+                                         "flat_cos for seresnext10d/12d_64x4d from scratch; else onecycle)",
                                   choices=(None, *SCHEDULES))
     lookahead: int | None = option(None, "Lookahead (Zhang et al. 2019): every N optimiser steps the weights move "
                                          "back halfway to their slow copy, which then takes their place (0 = off; "
